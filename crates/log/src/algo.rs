@@ -1,0 +1,240 @@
+//! Hash algorithms of TPM banks and IMA digests.
+
+use sha1::Digest as _;
+use std::fmt;
+
+/// Largest digest any supported bank produces (SHA-512).
+pub const MAX_DIGEST: usize = 64;
+
+/// A hash algorithm as used for TPM banks and IMA template digests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HashAlgo {
+    Sha1,
+    Sha256,
+    Sha384,
+    Sha512,
+    Sm3,
+}
+
+impl HashAlgo {
+    pub const ALL: [HashAlgo; 5] = [Self::Sha1, Self::Sha256, Self::Sha384, Self::Sha512, Self::Sm3];
+
+    pub const fn size(self) -> usize {
+        match self {
+            Self::Sha1 => 20,
+            Self::Sha256 | Self::Sm3 => 32,
+            Self::Sha384 => 48,
+            Self::Sha512 => 64,
+        }
+    }
+
+    /// Name as the kernel spells it (`hash_algo_name`), also used in file suffixes.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Sha1 => "sha1",
+            Self::Sha256 => "sha256",
+            Self::Sha384 => "sha384",
+            Self::Sha512 => "sha512",
+            Self::Sm3 => "sm3",
+        }
+    }
+
+    /// TPM_ALG_ID (TPM 2.0 Part 2, table 9).
+    pub const fn tpm_alg_id(self) -> u16 {
+        match self {
+            Self::Sha1 => 0x0004,
+            Self::Sha256 => 0x000b,
+            Self::Sha384 => 0x000c,
+            Self::Sha512 => 0x000d,
+            Self::Sm3 => 0x0012,
+        }
+    }
+
+    pub fn from_tpm_alg_id(id: u16) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.tpm_alg_id() == id)
+    }
+
+    /// Parses a kernel hash name. `sm3-256` is the kernel's spelling in d-ng fields.
+    pub fn from_name(s: &str) -> Option<Self> {
+        match s {
+            "sha1" => Some(Self::Sha1),
+            "sha256" => Some(Self::Sha256),
+            "sha384" => Some(Self::Sha384),
+            "sha512" => Some(Self::Sha512),
+            "sm3" | "sm3-256" => Some(Self::Sm3),
+            _ => None,
+        }
+    }
+
+    pub fn hasher(self) -> Hasher {
+        match self {
+            Self::Sha1 => Hasher::Sha1(sha1::Sha1::new()),
+            Self::Sha256 => Hasher::Sha256(sha2::Sha256::new()),
+            Self::Sha384 => Hasher::Sha384(sha2::Sha384::new()),
+            Self::Sha512 => Hasher::Sha512(sha2::Sha512::new()),
+            Self::Sm3 => Hasher::Sm3(sm3::Sm3::new()),
+        }
+    }
+
+    /// One-shot hash over the concatenation of `parts`.
+    pub fn hash(self, parts: &[&[u8]]) -> PcrValue {
+        let mut h = self.hasher();
+        for p in parts {
+            h.update(p);
+        }
+        h.finish()
+    }
+
+    /// TPM2_PCR_Extend: `H(old || new)`.
+    pub fn extend(self, pcr: &mut PcrValue, data: &[u8]) {
+        debug_assert_eq!(pcr.algo, self);
+        *pcr = self.hash(&[pcr.as_bytes(), data]);
+    }
+}
+
+impl fmt::Display for HashAlgo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for HashAlgo {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::from_name(s)
+            .ok_or_else(|| format!("unknown hash algorithm {s:?} (want sha1, sha256, sha384, sha512 or sm3)"))
+    }
+}
+
+/// An incremental hasher over any supported algorithm. An enum, not a trait object,
+/// so the hot replay loop stays monomorphic and allocation-free.
+#[derive(Clone)]
+pub enum Hasher {
+    Sha1(sha1::Sha1),
+    Sha256(sha2::Sha256),
+    Sha384(sha2::Sha384),
+    Sha512(sha2::Sha512),
+    Sm3(sm3::Sm3),
+}
+
+impl Hasher {
+    #[inline]
+    pub fn update(&mut self, data: &[u8]) {
+        match self {
+            Self::Sha1(h) => h.update(data),
+            Self::Sha256(h) => h.update(data),
+            Self::Sha384(h) => h.update(data),
+            Self::Sha512(h) => h.update(data),
+            Self::Sm3(h) => h.update(data),
+        }
+    }
+
+    pub fn finish(self) -> PcrValue {
+        match self {
+            Self::Sha1(h) => PcrValue::from_slice(HashAlgo::Sha1, &h.finalize()),
+            Self::Sha256(h) => PcrValue::from_slice(HashAlgo::Sha256, &h.finalize()),
+            Self::Sha384(h) => PcrValue::from_slice(HashAlgo::Sha384, &h.finalize()),
+            Self::Sha512(h) => PcrValue::from_slice(HashAlgo::Sha512, &h.finalize()),
+            Self::Sm3(h) => PcrValue::from_slice(HashAlgo::Sm3, &h.finalize()),
+        }
+    }
+}
+
+/// A fixed-capacity digest tagged with its algorithm: a PCR value or a template digest.
+/// Fixed capacity keeps replay state free of heap allocations.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PcrValue {
+    algo: HashAlgo,
+    bytes: [u8; MAX_DIGEST],
+}
+
+impl PcrValue {
+    /// The all-zero value a PCR has after TPM2_Startup(CLEAR) for PCRs 0-15.
+    pub const fn zero(algo: HashAlgo) -> Self {
+        Self { algo, bytes: [0; MAX_DIGEST] }
+    }
+
+    /// All-ones, as PCRs 17-22 start with on a TPM.
+    pub fn ones(algo: HashAlgo) -> Self {
+        let mut v = Self::zero(algo);
+        v.bytes[..algo.size()].fill(0xff);
+        v
+    }
+
+    /// Copies `b` into a value of `algo`; a shorter `b` is zero-padded, a longer one
+    /// truncated. Padding is IMA's own rule for banks it cannot hash.
+    pub fn from_slice(algo: HashAlgo, b: &[u8]) -> Self {
+        let mut v = Self::zero(algo);
+        let n = b.len().min(algo.size());
+        v.bytes[..n].copy_from_slice(&b[..n]);
+        v
+    }
+
+    /// Exact-length constructor for untrusted input.
+    pub fn new(algo: HashAlgo, b: &[u8]) -> Result<Self, String> {
+        if b.len() != algo.size() {
+            return Err(format!("{algo} value must be {} bytes, got {}", algo.size(), b.len()));
+        }
+        Ok(Self::from_slice(algo, b))
+    }
+
+    pub fn from_hex(algo: HashAlgo, s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let s = s.strip_prefix("0x").unwrap_or(s);
+        let b = hex::decode(s).map_err(|e| format!("bad hex for {algo} value: {e}"))?;
+        Self::new(algo, &b)
+    }
+
+    pub fn algo(&self) -> HashAlgo {
+        self.algo
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.algo.size()]
+    }
+
+    pub fn is_zero(&self) -> bool {
+        self.as_bytes().iter().all(|&b| b == 0)
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.as_bytes())
+    }
+}
+
+impl fmt::Debug for PcrValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.algo, self.to_hex())
+    }
+}
+
+impl fmt::Display for PcrValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extend_matches_known_violation_vector() {
+        // shared/vectors/README.md: one violation replayed from zero.
+        let mut p = PcrValue::zero(HashAlgo::Sha256);
+        HashAlgo::Sha256.extend(&mut p, &[0xff; 32]);
+        assert_eq!(p.to_hex(), "bba91ca85dc914b2ec3efb9e16e7267bf9193b14350d20fba8a8b406730ae30a");
+        let mut s = PcrValue::zero(HashAlgo::Sha1);
+        HashAlgo::Sha1.extend(&mut s, &[0xff; 20]);
+        assert_eq!(s.to_hex(), "bac37b84f007d0238af95af707cac8d61254870e");
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for a in HashAlgo::ALL {
+            assert_eq!(HashAlgo::from_name(a.name()), Some(a));
+            assert_eq!(HashAlgo::from_tpm_alg_id(a.tpm_alg_id()), Some(a));
+        }
+    }
+}

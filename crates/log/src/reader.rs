@@ -1,0 +1,294 @@
+//! Streaming readers over `io::Read`. Memory is bounded by the largest record, never by
+//! the log: the buffer only grows as bytes actually arrive, so a lying length field
+//! cannot force a large allocation.
+
+use crate::ascii;
+use crate::codec::{BinaryFormat, Endian, Record};
+use crate::error::{Error, Location, Reason, Result};
+use crate::template::TemplateCache;
+use std::io::{BufRead, BufReader, Read};
+
+const CHUNK: usize = 128 << 10;
+/// Longest ASCII line we accept (a record of maximal template data, printed in hex).
+const MAX_LINE: usize = 2 * crate::codec::DEFAULT_MAX_TEMPLATE_DATA as usize + 4096;
+
+/// Reads binary records one at a time.
+pub struct BinaryReader<R> {
+    inner: R,
+    fmt: BinaryFormat,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    eof: bool,
+    index: u64,
+    offset: u64,
+    cache: TemplateCache,
+    failed: bool,
+}
+
+impl<R: Read> BinaryReader<R> {
+    pub fn new(inner: R, fmt: BinaryFormat) -> Self {
+        Self::starting_at(inner, fmt, 0)
+    }
+
+    /// `first_index` is the global index of the first record in this input, so errors
+    /// name global indices when reading a segment that starts after a cut.
+    pub fn starting_at(inner: R, fmt: BinaryFormat, first_index: u64) -> Self {
+        Self {
+            inner,
+            fmt,
+            buf: vec![0; CHUNK],
+            start: 0,
+            end: 0,
+            eof: false,
+            index: first_index,
+            offset: 0,
+            cache: TemplateCache::default(),
+            failed: false,
+        }
+    }
+
+    /// Global index of the next record.
+    pub fn next_index(&self) -> u64 {
+        self.index
+    }
+    /// Byte offset of the next record.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    fn err(&mut self, rel: u64, reason: Reason) -> Error {
+        self.failed = true;
+        Error { at: Location { record: self.index, offset: self.offset + rel, line: None }, reason }
+    }
+
+    /// Reads the next record into `slot`, reusing its allocations. Returns false at the end.
+    pub fn read_into(&mut self, slot: &mut Option<Record>) -> Result<bool> {
+        if self.failed {
+            return Ok(false);
+        }
+        loop {
+            let avail = &self.buf[self.start..self.end];
+            match self.fmt.decode(avail, &mut self.cache, slot) {
+                Ok(Some(n)) => {
+                    self.start += n;
+                    self.offset += n as u64;
+                    self.index += 1;
+                    return Ok(true);
+                }
+                Ok(None) => {}
+                Err((rel, reason)) => return Err(self.err(rel, reason)),
+            }
+            if self.eof {
+                if self.start == self.end {
+                    return Ok(false);
+                }
+                let (rel, reason) = self.fmt.truncation(&self.buf[self.start..self.end]);
+                return Err(self.err(rel, reason));
+            }
+            self.fill().map_err(|e| self.err(0, Reason::Io(e.to_string())))?;
+        }
+    }
+
+    fn fill(&mut self) -> std::io::Result<()> {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.buf.len() {
+            // A record larger than the buffer: grow by what we are about to read.
+            self.buf.resize(self.buf.len() + CHUNK.max(self.buf.len() / 2), 0);
+        }
+        loop {
+            match self.inner.read(&mut self.buf[self.end..]) {
+                Ok(0) => {
+                    self.eof = true;
+                    return Ok(());
+                }
+                Ok(n) => {
+                    self.end += n;
+                    return Ok(());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl<R: Read> Iterator for BinaryReader<R> {
+    type Item = Result<Record>;
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut slot = None;
+        match self.read_into(&mut slot) {
+            Ok(true) => slot.map(Ok),
+            Ok(false) => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
+}
+
+/// Reads ASCII lines one at a time.
+pub struct AsciiReader<R> {
+    inner: BufReader<R>,
+    digest_len: usize,
+    endian: Endian,
+    line: Vec<u8>,
+    index: u64,
+    offset: u64,
+    line_no: u64,
+    cache: TemplateCache,
+    failed: bool,
+}
+
+impl<R: Read> AsciiReader<R> {
+    pub fn new(inner: R, digest_len: usize, endian: Endian) -> Self {
+        Self::starting_at(inner, digest_len, endian, 0)
+    }
+    pub fn starting_at(inner: R, digest_len: usize, endian: Endian, first_index: u64) -> Self {
+        Self {
+            inner: BufReader::with_capacity(CHUNK, inner),
+            digest_len,
+            endian,
+            line: Vec::new(),
+            index: first_index,
+            offset: 0,
+            line_no: 0,
+            cache: TemplateCache::default(),
+            failed: false,
+        }
+    }
+
+    fn err(&mut self, reason: Reason) -> Error {
+        self.failed = true;
+        Error { at: Location { record: self.index, offset: self.offset, line: Some(self.line_no) }, reason }
+    }
+
+    pub fn read_into(&mut self, slot: &mut Option<Record>) -> Result<bool> {
+        if self.failed {
+            return Ok(false);
+        }
+        loop {
+            self.line.clear();
+            let n = (&mut self.inner)
+                .take(MAX_LINE as u64 + 1)
+                .read_until(b'\n', &mut self.line)
+                .map_err(|e| self.err(Reason::Io(e.to_string())))?;
+            if n == 0 {
+                return Ok(false);
+            }
+            self.line_no += 1;
+            if n > MAX_LINE {
+                return Err(self.err(Reason::AbsurdLength {
+                    what: "ASCII line",
+                    len: n as u64,
+                    limit: MAX_LINE as u64,
+                }));
+            }
+            let body = self.line.strip_suffix(b"\n").unwrap_or(&self.line);
+            if body.is_empty() {
+                self.offset += n as u64;
+                continue;
+            }
+            let rec = ascii::parse_line(body, self.digest_len, self.endian, &mut self.cache);
+            let rec = rec.map_err(|r| self.err(r))?;
+            *slot = Some(rec);
+            self.offset += n as u64;
+            self.index += 1;
+            return Ok(true);
+        }
+    }
+}
+
+impl<R: Read> Iterator for AsciiReader<R> {
+    type Item = Result<Record>;
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut slot = None;
+        match self.read_into(&mut slot) {
+            Ok(true) => slot.map(Ok),
+            Ok(false) => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
+}
+
+/// Input format of a log file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Format {
+    #[default]
+    Auto,
+    Binary,
+    Ascii,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "binary" => Ok(Self::Binary),
+            "ascii" => Ok(Self::Ascii),
+            _ => Err(format!("unknown format {s:?} (want auto, binary or ascii)")),
+        }
+    }
+}
+
+/// Guesses the format from the first bytes: ASCII starts with `%2d` then a space.
+pub fn sniff(head: &[u8]) -> Format {
+    let digit_or_space = |b: u8| b == b' ' || b.is_ascii_digit();
+    match head {
+        [a, b, b' ', ..] if digit_or_space(*a) && b.is_ascii_digit() => Format::Ascii,
+        _ => Format::Binary,
+    }
+}
+
+/// Either reader behind one type, for tools that accept both formats.
+pub enum LogReader<R> {
+    Binary(BinaryReader<R>),
+    Ascii(AsciiReader<R>),
+}
+
+impl<R: Read> LogReader<R> {
+    pub fn read_into(&mut self, slot: &mut Option<Record>) -> Result<bool> {
+        match self {
+            Self::Binary(r) => r.read_into(slot),
+            Self::Ascii(r) => r.read_into(slot),
+        }
+    }
+}
+
+impl<R: Read> Iterator for LogReader<R> {
+    type Item = Result<Record>;
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Self::Binary(r) => r.next(),
+            Self::Ascii(r) => r.next(),
+        }
+    }
+}
+
+/// Opens `input` in `format`, sniffing when `Auto`. Peeks without consuming.
+pub fn open<R: Read>(
+    input: R,
+    format: Format,
+    fmt: BinaryFormat,
+) -> std::io::Result<LogReader<std::io::Chain<std::io::Cursor<Vec<u8>>, R>>> {
+    let mut input = input;
+    let mut head = vec![0u8; 3];
+    let mut got = 0;
+    while got < 3 {
+        let n = input.read(&mut head[got..])?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    head.truncate(got);
+    let f = if format == Format::Auto { sniff(&head) } else { format };
+    let chained = std::io::Cursor::new(head).chain(input);
+    Ok(match f {
+        Format::Ascii => LogReader::Ascii(AsciiReader::new(chained, fmt.digest_len, fmt.endian)),
+        _ => LogReader::Binary(BinaryReader::new(chained, fmt)),
+    })
+}
