@@ -1,1 +1,39 @@
-fn main() {}
+//! `imasnap`: a thin shell over the imasnap libraries.
+
+mod cmd;
+mod ui;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// IMA measurement-log snapshotting: formats, replay, verification.
+///
+/// Exit codes: 0 success or verified; 1 verification failed (the evidence is wrong);
+/// 2 bad input or usage (the evidence could not be read).
+#[derive(Parser)]
+#[command(name = "imasnap", version, propagate_version = true, max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Read, convert, replay and verify IMA measurement logs.
+    #[command(subcommand)]
+    Log(cmd::log::LogCmd),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.command {
+        Command::Log(c) => cmd::log::run(c),
+    };
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("imasnap: error: {e:#}");
+            ExitCode::from(ui::EXIT_INPUT)
+        }
+    }
+}

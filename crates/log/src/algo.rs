@@ -77,16 +77,31 @@ impl HashAlgo {
         }
     }
 
-    /// One-shot hash over the concatenation of `parts`.
+    /// One-shot hash over the concatenation of `parts`. Monomorphic per algorithm: this
+    /// is the replay hot path, and the generic [`Hasher`] enum costs copies of its largest state.
+    #[inline]
     pub fn hash(self, parts: &[&[u8]]) -> PcrValue {
-        let mut h = self.hasher();
-        for p in parts {
-            h.update(p);
+        fn run<D: sha1::Digest>(algo: HashAlgo, parts: &[&[u8]]) -> PcrValue {
+            let mut h = D::new();
+            for p in parts {
+                h.update(p);
+            }
+            let mut v = PcrValue::zero(algo);
+            let n = algo.size();
+            v.bytes[..n].copy_from_slice(&h.finalize()[..n]);
+            v
         }
-        h.finish()
+        match self {
+            Self::Sha1 => run::<sha1::Sha1>(self, parts),
+            Self::Sha256 => run::<sha2::Sha256>(self, parts),
+            Self::Sha384 => run::<sha2::Sha384>(self, parts),
+            Self::Sha512 => run::<sha2::Sha512>(self, parts),
+            Self::Sm3 => run::<sm3::Sm3>(self, parts),
+        }
     }
 
     /// TPM2_PCR_Extend: `H(old || new)`.
+    #[inline]
     pub fn extend(self, pcr: &mut PcrValue, data: &[u8]) {
         debug_assert_eq!(pcr.algo, self);
         *pcr = self.hash(&[pcr.as_bytes(), data]);
@@ -143,7 +158,7 @@ impl Hasher {
 
 /// A fixed-capacity digest tagged with its algorithm: a PCR value or a template digest.
 /// Fixed capacity keeps replay state free of heap allocations.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Eq)]
 pub struct PcrValue {
     algo: HashAlgo,
     bytes: [u8; MAX_DIGEST],
@@ -200,6 +215,21 @@ impl PcrValue {
 
     pub fn to_hex(&self) -> String {
         hex::encode(self.as_bytes())
+    }
+}
+
+// Compare only the meaningful bytes: the tail past the digest size is always zero.
+impl PartialEq for PcrValue {
+    #[inline]
+    fn eq(&self, o: &Self) -> bool {
+        self.algo == o.algo && self.as_bytes() == o.as_bytes()
+    }
+}
+
+impl std::hash::Hash for PcrValue {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        std::hash::Hash::hash(&self.algo, h);
+        self.as_bytes().hash(h);
     }
 }
 

@@ -70,7 +70,8 @@ fn unhex(what: &'static str, s: &[u8]) -> Result<Vec<u8>, Reason> {
 /// Parses one line (without its newline) into a record. Fields are split on single
 /// spaces, never on runs of whitespace, because an empty field still prints its space.
 pub fn parse_line(line: &[u8], digest_len: usize, endian: Endian, cache: &mut TemplateCache) -> Result<Record, Reason> {
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    // No `\r` is stripped: the kernel never writes CRLF, and a file name may end in `\r`,
+    // which stripping would silently cut off.
     // `%2d`: a one-digit PCR is padded with a leading space.
     let line = line.strip_prefix(b" ").unwrap_or(line);
     let mut parts = line.splitn(4, |&b| b == b' ');
@@ -128,8 +129,24 @@ fn parse_field(id: FieldId, text: &[u8], legacy: bool, endian: Endian) -> Result
             v.extend(unhex(id.id(), hexpart)?);
             v
         }
-        DataFmt::Digest | DataFmt::Hex => unhex(id.id(), text)?,
+        DataFmt::Digest | DataFmt::Hex => {
+            let v = unhex(id.id(), text)?;
+            // The binary `ima` record has no length word for `d`: it is always 20 bytes.
+            if legacy && id == FieldId::D && v.len() != 20 {
+                return Err(legacy_bad(id, format!("digest of {} bytes, the `ima` template needs 20", v.len())));
+            }
+            v
+        }
         DataFmt::String => {
+            // The kernel prints strings with `%s`, which stops at the first NUL: a NUL in
+            // the text cannot come from the kernel, and would not survive a write back.
+            if text.contains(&0) {
+                return Err(Reason::BadLine(format!("{} holds a NUL byte", id.id())));
+            }
+            // As in the binary decoder: the kernel's `ima` names are at most 255 bytes.
+            if legacy && text.len() > 255 {
+                return Err(legacy_bad(id, format!("name of {} bytes exceeds 255", text.len())));
+            }
             let mut v = text.to_vec();
             // The kernel stores strings with their NUL, except the legacy `ima` name in
             // binary form. An empty string is ambiguous in ASCII; we read it as absent.
@@ -156,6 +173,10 @@ fn parse_field(id: FieldId, text: &[u8], legacy: bool, endian: Endian) -> Result
             v
         }
     })
+}
+
+fn legacy_bad(id: FieldId, detail: String) -> Reason {
+    Reason::BadField { template: "ima".into(), field: id.id(), detail }
 }
 
 #[cfg(test)]

@@ -225,8 +225,7 @@ impl BinaryFormat {
         let Some(data) = buf.get(p..p + data_len) else {
             return Ok(None);
         };
-        let mut scratch = Vec::new();
-        template.split(data, e, &mut scratch).map_err(|r| (p as u64, r))?;
+        template.walk(data, e, |_| ()).map_err(|r| (p as u64, r))?;
         match rec {
             Some(r) => {
                 r.pcr = pcr;

@@ -6,6 +6,7 @@
 
 pub mod algo;
 pub mod ascii;
+pub mod check;
 pub mod codec;
 pub mod digest;
 pub mod entry;

@@ -108,8 +108,10 @@ struct Extends {
     pcr: u32,
     violation: bool,
     digest_mismatch: bool,
-    /// [mode][bank]
-    v: [[PcrValue; 5]; 2],
+    /// Native (5.8+) extend value per bank.
+    native: [PcrValue; 5],
+    /// SHA1 template digest, for padded-SHA1 mode.
+    sha1: [u8; 20],
 }
 
 /// Outcome of a replay.
@@ -137,28 +139,70 @@ impl ReplayReport {
     }
 }
 
-struct Tracker {
-    /// [bank][pcr] expected value.
-    want: Vec<[Option<PcrValue>; NUM_PCRS]>,
-    has_target: Vec<bool>,
-    /// [mode][bank] touched PCRs whose value differs from the target.
-    bad: Vec<Vec<u32>>,
-    matched_after: Option<u64>,
-    matched_modes: Vec<(HashAlgo, ExtendMode)>,
+/// One hash chain: a bank under one extend mode. Chains are independent, so a batch is
+/// extended on all of them in parallel.
+#[derive(Clone)]
+struct Chain {
+    mode: ExtendMode,
+    bank: usize,
+    algo: HashAlgo,
+    values: [PcrValue; NUM_PCRS],
+    touched: u32,
+    /// Target values, when this bank is targeted.
+    want: Option<[Option<PcrValue>; NUM_PCRS]>,
+    /// Touched PCRs whose value differs from the target.
+    bad: u32,
+    /// Per record of the current batch: did every touched PCR match afterwards?
+    ok: Vec<bool>,
+}
+
+impl Chain {
+    fn value_for(&self, e: &Extends) -> PcrValue {
+        match (e.violation, self.mode) {
+            (true, m) => violation_value(self.algo, m),
+            (false, ExtendMode::Native) => e.native[self.bank],
+            (false, ExtendMode::PaddedSha1) => PcrValue::from_slice(self.algo, &e.sha1),
+        }
+    }
+
+    fn run(&mut self, batch: &[Extends]) {
+        self.ok.clear();
+        for e in batch {
+            let p = e.pcr as usize;
+            let first = self.touched & (1 << p) == 0;
+            self.touched |= 1 << p;
+            let before = self.values[p];
+            let v = self.value_for(e);
+            self.algo.extend(&mut self.values[p], v.as_bytes());
+            if let Some(want) = &self.want {
+                let was_bad = !first && want[p] != Some(before);
+                let is_bad = want[p] != Some(self.values[p]);
+                match (was_bad, is_bad) {
+                    (false, true) => self.bad += 1,
+                    (true, false) => self.bad -= 1,
+                    _ => {}
+                }
+                self.ok.push(self.bad == 0);
+            }
+        }
+    }
 }
 
 /// Replays records into PCR state.
 pub struct Replayer {
     opts: ReplayOptions,
-    states: Vec<PcrState>,
+    chains: Vec<Chain>,
     next_index: u64,
     records: u64,
     violations: u64,
     first_violation: Option<u64>,
     mismatches: Vec<u64>,
     mismatch_count: u64,
-    tracker: Option<Tracker>,
+    targeted: bool,
+    matched_after: Option<u64>,
+    matched_modes: Vec<(HashAlgo, ExtendMode)>,
     scratch: Vec<std::result::Result<Extends, crate::error::Reason>>,
+    extends: Vec<Extends>,
 }
 
 impl Replayer {
@@ -167,34 +211,40 @@ impl Replayer {
         Self::resume(opts, s, 0)
     }
 
-    /// Continues from `state` (e.g. a marker's PCR values or a checkpoint) at global index `next_index`.
-    /// Every mode starts from the same state.
+    /// Continues from `state` (e.g. a marker's PCR values or a checkpoint) at global index
+    /// `next_index`. Every mode starts from the same state; banks missing from it start at zero.
     pub fn resume(opts: ReplayOptions, state: PcrState, next_index: u64) -> Self {
         assert!(opts.banks.len() <= 5 && !opts.modes.is_empty() && opts.modes.len() <= 2);
-        let mut state = state;
-        if state.banks != opts.banks {
-            // Reorder to the replay's bank order, filling missing banks with zero.
-            let mut s = PcrState::new(&opts.banks);
-            for (bi, a) in opts.banks.iter().enumerate() {
-                if let Some(v) = state.bank(*a) {
-                    s.values[bi] = *v;
-                }
+        let mut chains = Vec::new();
+        for &mode in &opts.modes {
+            for (bank, &algo) in opts.banks.iter().enumerate() {
+                let values = state.bank(algo).copied().unwrap_or([PcrValue::zero(algo); NUM_PCRS]);
+                chains.push(Chain {
+                    mode,
+                    bank,
+                    algo,
+                    values,
+                    touched: state.touched,
+                    want: None,
+                    bad: 0,
+                    ok: Vec::new(),
+                });
             }
-            s.touched = state.touched;
-            state = s;
         }
-        let states = opts.modes.iter().map(|_| state.clone()).collect();
         Self {
             opts,
-            states,
+            chains,
             next_index,
             records: 0,
             violations: 0,
             first_violation: None,
             mismatches: Vec::new(),
             mismatch_count: 0,
-            tracker: None,
+            targeted: false,
+            matched_after: None,
+            matched_modes: Vec::new(),
             scratch: Vec::new(),
+            extends: Vec::new(),
         }
     }
 
@@ -204,157 +254,156 @@ impl Replayer {
     pub fn next_index(&self) -> u64 {
         self.next_index
     }
-    pub fn state(&self) -> &PcrState {
-        &self.states[0]
+
+    /// Current state under extend mode `mode` (the first mode if absent).
+    pub fn state_for(&self, mode: ExtendMode) -> PcrState {
+        let mode = if self.opts.modes.contains(&mode) { mode } else { self.opts.modes[0] };
+        let mut s = PcrState::new(&self.opts.banks);
+        for c in self.chains.iter().filter(|c| c.mode == mode) {
+            s.values[c.bank] = c.values;
+            s.touched = c.touched;
+        }
+        s
+    }
+
+    /// Current state under the first extend mode.
+    pub fn state(&self) -> PcrState {
+        self.state_for(self.opts.modes[0])
     }
 
     /// Watches for the first record after which all targeted banks equal `target`.
     /// Only PCRs the replay has touched are compared; a touched PCR without a target
     /// value never matches.
     pub fn set_target(&mut self, target: &PcrTarget) {
-        let nb = self.opts.banks.len();
-        let mut want = vec![[None; NUM_PCRS]; nb];
-        let mut has_target = vec![false; nb];
-        for (bi, a) in self.opts.banks.iter().enumerate() {
-            if let Some(m) = target.values.get(a) {
-                has_target[bi] = true;
-                for (&p, v) in m {
-                    if p < NUM_PCRS {
-                        want[bi][p] = Some(*v);
-                    }
+        self.targeted = false;
+        for c in &mut self.chains {
+            c.want = target.values.get(&c.algo).map(|m| {
+                let mut w = [None; NUM_PCRS];
+                for (&p, v) in m.iter().filter(|(p, _)| **p < NUM_PCRS) {
+                    w[p] = Some(*v);
                 }
+                w
+            });
+            if let Some(w) = &c.want {
+                self.targeted = true;
+                c.bad =
+                    (0..NUM_PCRS).filter(|&p| c.touched & (1 << p) != 0 && w[p] != Some(c.values[p])).count() as u32;
             }
         }
-        let mut bad = vec![vec![0u32; nb]; self.opts.modes.len()];
-        for (mi, s) in self.states.iter().enumerate() {
-            for p in s.touched() {
-                for bi in 0..nb {
-                    if has_target[bi] && want[bi][p] != Some(s.values[bi][p]) {
-                        bad[mi][bi] += 1;
-                    }
+        if self.chains[0].touched != 0 {
+            let ok: Vec<bool> = self.chains.iter().map(|c| c.bad == 0).collect();
+            self.check_match(|ci| ok[ci], self.next_index);
+        }
+    }
+
+    /// Sets `matched_after` if every targeted bank matches under some mode.
+    fn check_match(&mut self, ok: impl Fn(usize) -> bool, after: u64) -> bool {
+        if !self.targeted || self.matched_after.is_some() {
+            return self.matched_after.is_some();
+        }
+        let mut modes = Vec::new();
+        for (bank, &algo) in self.opts.banks.iter().enumerate() {
+            let mut targeted = false;
+            let mut hit = None;
+            for (ci, c) in self.chains.iter().enumerate().filter(|(_, c)| c.bank == bank) {
+                let ok_ci = c.want.is_some() && ok(ci);
+                targeted |= c.want.is_some();
+                if hit.is_none() && ok_ci {
+                    hit = Some(c.mode);
                 }
             }
+            match (targeted, hit) {
+                (false, _) => {}
+                (true, Some(m)) => modes.push((algo, m)),
+                (true, None) => return false,
+            }
         }
-        self.tracker = Some(Tracker { want, has_target, bad, matched_after: None, matched_modes: Vec::new() });
-        self.check_match();
+        self.matched_after = Some(after);
+        self.matched_modes = modes;
+        true
     }
 
     fn compute(opts: &ReplayOptions, rec: &Record) -> std::result::Result<Extends, crate::error::Reason> {
         let zero = PcrValue::zero(HashAlgo::Sha1);
-        let mut e = Extends { pcr: rec.pcr, violation: rec.is_violation(), digest_mismatch: false, v: [[zero; 5]; 2] };
+        let mut e = Extends {
+            pcr: rec.pcr,
+            violation: rec.is_violation(),
+            digest_mismatch: false,
+            native: [zero; 5],
+            sha1: [0; 20],
+        };
         if rec.pcr as usize >= NUM_PCRS {
             return Err(crate::error::Reason::PcrIndex(rec.pcr as u64));
         }
         if e.violation {
-            for (mi, m) in opts.modes.iter().enumerate() {
-                for (bi, a) in opts.banks.iter().enumerate() {
-                    e.v[mi][bi] = violation_value(*a, *m);
-                }
-            }
             return Ok(e);
         }
-        let mut sha1 = None;
+        let padded = opts.modes.contains(&ExtendMode::PaddedSha1);
+        let mut have_sha1 = false;
         let mut logd = None;
         for (bi, a) in opts.banks.iter().enumerate() {
             let h = template_hash(*a, rec, opts.endian)?;
             if *a == HashAlgo::Sha1 {
-                sha1 = Some(h);
+                e.sha1.copy_from_slice(h.as_bytes());
+                have_sha1 = true;
             }
             if *a == opts.log_bank {
                 logd = Some(h);
             }
-            for (mi, m) in opts.modes.iter().enumerate() {
-                if *m == ExtendMode::Native {
-                    e.v[mi][bi] = h;
-                }
-            }
+            e.native[bi] = h;
         }
         let logd = match logd {
             Some(d) => d,
             None => template_hash(opts.log_bank, rec, opts.endian)?,
         };
         e.digest_mismatch = logd.as_bytes() != rec.digest.as_slice();
-        if opts.modes.contains(&ExtendMode::PaddedSha1) {
-            let s = match sha1 {
-                Some(s) => s,
-                None => template_hash(HashAlgo::Sha1, rec, opts.endian)?,
-            };
-            for (mi, m) in opts.modes.iter().enumerate() {
-                if *m == ExtendMode::PaddedSha1 {
-                    for (bi, a) in opts.banks.iter().enumerate() {
-                        e.v[mi][bi] = PcrValue::from_slice(*a, s.as_bytes());
-                    }
-                }
-            }
+        if padded && !have_sha1 {
+            e.sha1.copy_from_slice(template_hash(HashAlgo::Sha1, rec, opts.endian)?.as_bytes());
         }
         Ok(e)
     }
 
-    fn apply(&mut self, e: &Extends) {
-        let idx = self.next_index;
-        let p = e.pcr as usize;
-        if e.violation {
-            self.violations += 1;
-            self.first_violation.get_or_insert(idx);
+    /// Extends every chain with a batch of computed records, chains in parallel.
+    fn apply(&mut self, batch: &[Extends]) {
+        let parallel = self.opts.parallel && batch.len() >= 64 && self.chains.len() > 1;
+        if parallel {
+            self.chains.par_iter_mut().for_each(|c| c.run(batch));
+        } else {
+            self.chains.iter_mut().for_each(|c| c.run(batch));
         }
-        if e.digest_mismatch {
-            self.mismatch_count += 1;
-            if self.mismatches.len() < MAX_REPORTED_MISMATCHES {
-                self.mismatches.push(idx);
+        let start = self.next_index;
+        for (i, e) in batch.iter().enumerate() {
+            let idx = start + i as u64;
+            if e.violation {
+                self.violations += 1;
+                self.first_violation.get_or_insert(idx);
             }
-        }
-        let nb = self.opts.banks.len();
-        for (mi, s) in self.states.iter_mut().enumerate() {
-            let first = s.touched & (1 << p) == 0;
-            s.touched |= 1 << p;
-            for bi in 0..nb {
-                let a = self.opts.banks[bi];
-                let before = s.values[bi][p];
-                a.extend(&mut s.values[bi][p], e.v[mi][bi].as_bytes());
-                if let Some(t) = self.tracker.as_mut() {
-                    if t.has_target[bi] {
-                        let want = t.want[bi][p];
-                        let was_bad = !first && want != Some(before);
-                        let is_bad = want != Some(s.values[bi][p]);
-                        match (was_bad, is_bad) {
-                            (false, true) => t.bad[mi][bi] += 1,
-                            (true, false) => t.bad[mi][bi] -= 1,
-                            _ => {}
-                        }
-                    }
+            if e.digest_mismatch {
+                self.mismatch_count += 1;
+                if self.mismatches.len() < MAX_REPORTED_MISMATCHES {
+                    self.mismatches.push(idx);
                 }
             }
         }
-        self.next_index += 1;
-        self.records += 1;
-        self.check_match();
-    }
-
-    fn check_match(&mut self) {
-        let Some(t) = self.tracker.as_mut() else {
-            return;
-        };
-        if t.matched_after.is_some() || self.states[0].touched == 0 || !t.has_target.iter().any(|&x| x) {
-            return;
-        }
-        let mut modes = Vec::new();
-        for (bi, a) in self.opts.banks.iter().enumerate() {
-            if !t.has_target[bi] {
-                continue;
-            }
-            match (0..self.opts.modes.len()).find(|&mi| t.bad[mi][bi] == 0) {
-                Some(mi) => modes.push((*a, self.opts.modes[mi])),
-                None => return,
+        if self.targeted && self.matched_after.is_none() {
+            for i in 0..batch.len() {
+                let mut ok = [false; 10];
+                for (o, c) in ok.iter_mut().zip(&self.chains) {
+                    *o = c.ok.get(i).copied().unwrap_or(false);
+                }
+                if self.check_match(|ci| ok[ci], start + i as u64 + 1) {
+                    break;
+                }
             }
         }
-        t.matched_after = Some(self.next_index);
-        t.matched_modes = modes;
+        self.next_index += batch.len() as u64;
+        self.records += batch.len() as u64;
     }
 
     /// Replays one record.
     pub fn push(&mut self, rec: &Record) -> Result<()> {
         let e = Self::compute(&self.opts, rec).map_err(|r| Error::new(self.next_index, 0, r))?;
-        self.apply(&e);
+        self.apply(&[e]);
         Ok(())
     }
 
@@ -368,25 +417,27 @@ impl Replayer {
             scratch.clear();
             scratch.extend(recs.iter().map(|r| Self::compute(opts, r)));
         }
+        let mut extends = std::mem::take(&mut self.extends);
+        extends.clear();
         let mut out = Ok(());
         for e in &scratch {
             match e {
-                Ok(e) => self.apply(e),
+                Ok(e) => extends.push(*e),
                 Err(r) => {
-                    out = Err(Error::new(self.next_index, 0, r.clone()));
+                    out = Err(Error::new(self.next_index + extends.len() as u64, 0, r.clone()));
                     break;
                 }
             }
         }
+        // Records before a bad one still count: the error names the first unreplayable index.
+        self.apply(&extends);
         self.scratch = scratch;
+        self.extends = extends;
         out
     }
 
     pub fn finish(self) -> ReplayReport {
-        let (matched_after, matched_modes) = match self.tracker {
-            Some(t) => (t.matched_after, t.matched_modes),
-            None => (None, Vec::new()),
-        };
+        let states = self.opts.modes.iter().map(|&m| (m, self.state_for(m))).collect();
         ReplayReport {
             records: self.records,
             next_index: self.next_index,
@@ -394,42 +445,92 @@ impl Replayer {
             first_violation: self.first_violation,
             template_digest_mismatches: self.mismatches,
             mismatch_count: self.mismatch_count,
-            states: self.opts.modes.iter().copied().zip(self.states).collect(),
-            matched_after,
-            matched_modes,
+            states,
+            matched_after: self.matched_after,
+            matched_modes: self.matched_modes,
         }
     }
 }
 
-/// Replays a whole stream in batches of `batch` records, with memory bounded by the batch.
-pub fn replay_stream<R: std::io::Read>(
+/// Replays a whole stream in batches of `batch` records. A second thread decodes the next
+/// batch while this one hashes and extends; memory is bounded by three batches.
+pub fn replay_stream<R: std::io::Read + Send>(
     reader: &mut crate::reader::LogReader<R>,
     replayer: &mut Replayer,
     batch: usize,
     mut progress: impl FnMut(u64),
 ) -> Result<()> {
-    let mut slots: Vec<Option<Record>> = (0..batch).map(|_| None).collect();
-    let mut recs: Vec<Record> = Vec::with_capacity(batch);
-    loop {
-        let mut n = 0;
-        while n < batch {
-            if !reader.read_into(&mut slots[n])? {
+    use std::sync::mpsc::sync_channel;
+    let (full_tx, full_rx) = sync_channel::<Result<Vec<Record>>>(1);
+    let (empty_tx, empty_rx) = sync_channel::<Vec<Record>>(3);
+    for _ in 0..2 {
+        empty_tx.send(Vec::with_capacity(batch)).expect("channel has room");
+    }
+    std::thread::scope(|sc| {
+        sc.spawn(move || {
+            let mut slot = None;
+            while let Ok(mut recs) = empty_rx.recv() {
+                // Refill in place, reusing each record's buffers.
+                let mut n = 0;
+                let res = loop {
+                    if n == batch {
+                        break Ok(());
+                    }
+                    if n < recs.len() {
+                        slot = Some(std::mem::replace(&mut recs[n], placeholder()));
+                    }
+                    match reader.read_into(&mut slot) {
+                        Ok(true) => {
+                            let r = slot.take().expect("filled");
+                            if n < recs.len() {
+                                recs[n] = r;
+                            } else {
+                                recs.push(r);
+                            }
+                            n += 1;
+                        }
+                        Ok(false) => break Ok(()),
+                        Err(e) => break Err(e),
+                    }
+                };
+                recs.truncate(n);
+                let done = n < batch;
+                let msg = match res {
+                    Ok(()) => Ok(recs),
+                    Err(e) => Err(e),
+                };
+                let failed = msg.is_err();
+                if full_tx.send(msg).is_err() || done || failed {
+                    return;
+                }
+            }
+        });
+        let mut result = Ok(());
+        while let Ok(msg) = full_rx.recv() {
+            let recs = match msg {
+                Ok(r) => r,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            };
+            if let Err(e) = replayer.push_batch(&recs) {
+                result = Err(e);
                 break;
             }
-            n += 1;
+            progress(replayer.next_index());
+            // The producer may already have finished; its last batch is still queued.
+            let _ = empty_tx.send(recs);
         }
-        if n == 0 {
-            return Ok(());
-        }
-        // Move filled slots into a contiguous batch and back, keeping their allocations.
-        recs.extend(slots[..n].iter_mut().map(|s| s.take().expect("filled")));
-        replayer.push_batch(&recs)?;
-        for (s, r) in slots.iter_mut().zip(recs.drain(..)) {
-            *s = Some(r);
-        }
-        progress(replayer.next_index());
-        if n < batch {
-            return Ok(());
-        }
-    }
+        drop(empty_tx);
+        drop(full_rx);
+        result
+    })
+}
+
+fn placeholder() -> Record {
+    use std::sync::OnceLock;
+    static T: OnceLock<std::sync::Arc<crate::template::Template>> = OnceLock::new();
+    let t = T.get_or_init(|| std::sync::Arc::new(crate::template::Template::parse("ima-ng").expect("built-in")));
+    Record { pcr: 0, digest: Vec::new(), template: t.clone(), template_data: Vec::new() }
 }

@@ -53,13 +53,20 @@ pub struct Synth {
     sig: Arc<Template>,
     buf: Arc<Template>,
     ngv2: Arc<Template>,
+    platform: [[u8; 32]; 10],
 }
 
 impl Synth {
     /// `bank`: the digest stored in records (SHA1 for the classic file).
     pub fn new(seed: u64, bank: HashAlgo) -> Self {
+        let mut rng = Rng::new(seed);
+        let mut platform = [[0u8; 32]; 10];
+        for p in &mut platform {
+            rng.fill(p);
+        }
         Self {
-            rng: Rng::new(seed),
+            platform,
+            rng,
             bank,
             endian: Endian::Little,
             index: 0,
@@ -68,6 +75,12 @@ impl Synth {
             buf: builtin("ima-buf"),
             ngv2: builtin("ima-ngv2"),
         }
+    }
+
+    /// PCR 0-9 of the simulated firmware, per bank: the boot_aggregate is computed over
+    /// the SHA256 values, as the kernel does when a SHA256 bank exists.
+    pub fn platform_pcrs(&self, algo: HashAlgo) -> Vec<crate::algo::PcrValue> {
+        self.platform.iter().map(|p| crate::algo::PcrValue::from_slice(algo, algo.hash(&[p]).as_bytes())).collect()
     }
 
     fn path(&mut self) -> Vec<u8> {
@@ -89,7 +102,16 @@ impl Iterator for Synth {
         self.rng.fill(&mut digest);
         let (bank, e) = (self.bank, self.endian);
         if i == 0 {
-            return Some(build(&self.ng, &[&d_ng("sha256", &digest), &n_ng(b"boot_aggregate")], bank, 10, false, e));
+            let pcrs = self.platform_pcrs(HashAlgo::Sha256);
+            let agg = crate::digest::boot_aggregate(HashAlgo::Sha256, &pcrs, true);
+            return Some(build(
+                &self.ng,
+                &[&d_ng("sha256", agg.as_bytes()), &n_ng(b"boot_aggregate")],
+                bank,
+                10,
+                false,
+                e,
+            ));
         }
         let roll = self.rng.below(1000);
         let rec = if roll < 5 {

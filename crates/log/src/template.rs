@@ -165,13 +165,18 @@ impl Template {
     /// then `n` as u32 length + name without NUL.
     pub fn split<'a>(&self, data: &'a [u8], endian: Endian, out: &mut Vec<&'a [u8]>) -> Result<(), Reason> {
         out.clear();
+        self.walk(data, endian, |f| out.push(f))
+    }
+
+    /// Visits each field payload in order; the allocation-free core of [`Template::split`].
+    pub fn walk<'a>(&self, data: &'a [u8], endian: Endian, mut visit: impl FnMut(&'a [u8])) -> Result<(), Reason> {
         let mut p = 0usize;
         for (i, f) in self.fields.iter().enumerate() {
             if self.legacy_ima && *f == FieldId::D {
                 let d = data
                     .get(p..p + 20)
                     .ok_or_else(|| self.mismatch(format!("field {i} ({}) needs 20 bytes", f.id())))?;
-                out.push(d);
+                visit(d);
                 p += 20;
                 continue;
             }
@@ -183,7 +188,7 @@ impl Template {
             let v = data.get(p..).and_then(|r| r.get(..len)).ok_or_else(|| {
                 self.mismatch(format!("field {i} ({}) claims {len} bytes, {} remain", f.id(), data.len() - p))
             })?;
-            out.push(v);
+            visit(v);
             p += len;
         }
         if p != data.len() {
@@ -218,7 +223,7 @@ impl Template {
             FieldId::Buf => Field::Buffer(raw),
             FieldId::Modsig | FieldId::Evmsig | FieldId::XattrValues => Field::Bytes(raw),
             FieldId::XattrLengths => {
-                if raw.len() % 4 != 0 {
+                if !raw.len().is_multiple_of(4) {
                     return Err(bad(format!("length {} is not a multiple of 4", raw.len())));
                 }
                 Field::XattrLengths(raw)
