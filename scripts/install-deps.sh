@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what imasnap's tests need on a fresh Debian 12 machine (as root). Idempotent:
+# apt runs only when a package is missing.
+set -euo pipefail
+
+pkgs=(
+  swtpm swtpm-tools tpm2-tools libtss2-dev   # the real TPM 2.0 stack and a software TPM
+  ima-evm-utils                              # evmctl, the peer we cross-check against
+  qemu-system-x86 busybox-static cpio e2fsprogs linux-image-amd64  # real-kernel logs
+  pkg-config clang                           # tss-esapi / bindings
+  openssl hyperfine
+)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "install-deps: apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+command -v cargo >/dev/null || { echo "install-deps: cargo not found (rustup toolchain expected)" >&2; exit 1; }
