@@ -12,6 +12,7 @@ pub mod digest;
 pub mod entry;
 pub mod error;
 pub mod kexec;
+pub mod marker;
 pub mod pcrfile;
 pub mod reader;
 pub mod replay;
