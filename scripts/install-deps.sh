@@ -8,7 +8,7 @@ pkgs=(
   ima-evm-utils                              # evmctl, the peer we cross-check against
   qemu-system-x86 busybox-static cpio e2fsprogs linux-image-amd64  # real-kernel logs
   pkg-config clang                           # tss-esapi / bindings
-  openssl hyperfine
+  openssl hyperfine bc
 )
 missing=()
 for p in "${pkgs[@]}"; do
