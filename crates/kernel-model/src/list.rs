@@ -1,0 +1,382 @@
+//! The measurement list (`ima_queue.c`): entries with one template digest per bank.
+
+use imasnap_log::digest::{boot_aggregate, boot_aggregate_includes_8_9, template_hash};
+use imasnap_log::entry::{builtin, d_ng, n_ng};
+use imasnap_log::{Endian, HashAlgo, PcrValue, Record, Template};
+use imasnap_tpm::Tpm;
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How the marker obtains PCR values (DESIGN §2; issue "snapshotting end to end").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PcrMode {
+    /// RFC-faithful: read PCR 0-23 of every bank from the TPM while holding the list lock.
+    TpmUnderLock,
+    /// Shadow copies of the PCRs IMA extends, kept under the lock; the other PCRs are read
+    /// from the TPM before taking it. Valid because only IMA extends its PCR after boot.
+    Shadow,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `CONFIG_IMA_MEASURE_PCR_IDX`.
+    pub pcr: u32,
+    /// `ima_hash`: file digests and the `d-ng` of buffers.
+    pub ima_hash: HashAlgo,
+    /// `ima_template`.
+    pub template: String,
+    pub pcr_mode: PcrMode,
+    /// Keep removed records' digests in the dedup table (the default; the kernel's
+    /// `ima_flush_htable` analogue drops them).
+    pub keep_dedup_on_done: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            pcr: 10,
+            ima_hash: HashAlgo::Sha256,
+            template: "ima-ng".into(),
+            pcr_mode: PcrMode::Shadow,
+            keep_dedup_on_done: true,
+        }
+    }
+}
+
+/// One list entry: the record with a template digest per TPM bank.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub pcr: u32,
+    pub template: Arc<Template>,
+    pub template_data: Vec<u8>,
+    /// Template digest per bank, in the TPM's bank order. All zero for a violation.
+    pub digests: Vec<PcrValue>,
+    pub violation: bool,
+}
+
+impl Entry {
+    /// The record as it appears in the binary list of `bank`.
+    pub fn record(&self, bank_idx: usize) -> Record {
+        Record {
+            pcr: self.pcr,
+            digest: self.digests[bank_idx].as_bytes().to_vec(),
+            template: self.template.clone(),
+            template_data: self.template_data.clone(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KernelError {
+    #[error("EBUSY: {0}")]
+    Busy(&'static str),
+    #[error("EINVAL: {0}")]
+    Invalid(String),
+    #[error("EIO: TPM: {0}")]
+    Tpm(String),
+    #[error("injected fault: {0:?}")]
+    Injected(crate::snapshot::Fault),
+}
+
+/// The kernel's IMA state for one boot (or one kexec segment of a boot).
+pub struct Kernel<T: Tpm> {
+    pub(crate) cfg: Config,
+    pub(crate) tpm: T,
+    pub(crate) banks: Vec<HashAlgo>,
+    pub(crate) list: VecDeque<Entry>,
+    /// Dedup table: (pcr, template digest in the ima_hash bank).
+    pub(crate) htable: HashSet<(u32, Vec<u8>)>,
+    pub(crate) dedup_bank: usize,
+    pub(crate) violations: u64,
+    /// Shadow copies of PCRs IMA has extended, per bank.
+    pub(crate) shadow: Vec<[PcrValue; 24]>,
+    pub(crate) shadow_valid: u32,
+    pub(crate) snapshot: crate::snapshot::SnapState,
+    /// Records removed by `done` since this kernel started.
+    pub(crate) removed: u64,
+    pub(crate) suspended: bool,
+    pub(crate) last_pause: Option<Duration>,
+    pub(crate) max_pause: Duration,
+    pub(crate) bytes_in_list: u64,
+}
+
+impl<T: Tpm> Kernel<T> {
+    fn empty(cfg: Config, tpm: T) -> Self {
+        let banks = tpm.banks();
+        let dedup_bank = banks.iter().position(|&b| b == cfg.ima_hash).unwrap_or(0);
+        let shadow = banks.iter().map(|&a| [PcrValue::zero(a); 24]).collect();
+        Self {
+            cfg,
+            tpm,
+            banks,
+            list: VecDeque::new(),
+            htable: HashSet::new(),
+            dedup_bank,
+            violations: 0,
+            shadow,
+            shadow_valid: 0,
+            snapshot: Default::default(),
+            removed: 0,
+            suspended: false,
+            last_pause: None,
+            max_pause: Duration::ZERO,
+            bytes_in_list: 0,
+        }
+    }
+
+    /// Cold boot: IMA initialises and measures boot_aggregate over the TPM's PCR 0-9.
+    pub fn boot(cfg: Config, tpm: T) -> Result<Self, KernelError> {
+        let mut k = Self::empty(cfg, tpm);
+        k.measure_boot_aggregate()?;
+        Ok(k)
+    }
+
+    /// The bank boot_aggregate uses: the ima_hash bank, else the last SHA256, else SHA1.
+    fn boot_aggregate_bank(&self) -> HashAlgo {
+        if self.banks.contains(&self.cfg.ima_hash) {
+            return self.cfg.ima_hash;
+        }
+        if self.banks.contains(&HashAlgo::Sha256) {
+            return HashAlgo::Sha256;
+        }
+        HashAlgo::Sha1
+    }
+
+    fn measure_boot_aggregate(&mut self) -> Result<(), KernelError> {
+        let bank = self.boot_aggregate_bank();
+        let pcrs =
+            self.tpm.pcr_read(bank, &(0..10).collect::<Vec<_>>()).map_err(|e| KernelError::Tpm(e.to_string()))?;
+        let agg = boot_aggregate(bank, &pcrs, boot_aggregate_includes_8_9(bank));
+        let t = builtin(&self.cfg.template);
+        let fields = self.name_fields(&t, bank.name(), agg.as_bytes(), b"boot_aggregate", None);
+        self.add(t, fields, false)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+    pub fn banks(&self) -> &[HashAlgo] {
+        &self.banks
+    }
+    pub fn tpm(&self) -> &T {
+        &self.tpm
+    }
+    pub fn tpm_mut(&mut self) -> &mut T {
+        &mut self.tpm
+    }
+    pub fn into_tpm(self) -> T {
+        self.tpm
+    }
+
+    fn name_fields(&self, t: &Template, algo: &str, digest: &[u8], name: &[u8], buf: Option<&[u8]>) -> Vec<Vec<u8>> {
+        use imasnap_log::FieldId::*;
+        t.fields()
+            .iter()
+            .map(|f| match f {
+                DNg | DModsig => d_ng(algo, digest),
+                D => digest.get(..20).map(|d| d.to_vec()).unwrap_or_else(|| vec![0; 20]),
+                NNg => n_ng(name),
+                N => name.to_vec(),
+                Buf => buf.unwrap_or_default().to_vec(),
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+
+    /// A file measurement (`ima_store_measurement`) with the configured template.
+    pub fn measure_file(&mut self, path: &[u8], file_digest: &[u8]) -> Result<bool, KernelError> {
+        let t = builtin(&self.cfg.template);
+        let f = self.name_fields(&t, self.cfg.ima_hash.name(), file_digest, path, None);
+        self.add_checked(t, f, false)
+    }
+
+    /// A buffer measurement (`ima_measure_critical_data`, `kexec-cmdline`): template ima-buf.
+    pub fn measure_buffer(&mut self, name: &[u8], buf: &[u8]) -> Result<bool, KernelError> {
+        let t = builtin("ima-buf");
+        let d = self.cfg.ima_hash.hash(&[buf]);
+        let f = self.name_fields(&t, self.cfg.ima_hash.name(), d.as_bytes(), name, Some(buf));
+        self.add_checked(t, f, false)
+    }
+
+    /// A ToMToU / open-writers violation: digest fields zeroed, template digests zero,
+    /// and 0xff extended into every bank.
+    pub fn violation(&mut self, path: &[u8]) -> Result<(), KernelError> {
+        let t = builtin(&self.cfg.template);
+        let zero = vec![0u8; self.cfg.ima_hash.size()];
+        let f = self.name_fields(&t, self.cfg.ima_hash.name(), &zero, path, None);
+        self.violations += 1;
+        self.add(t, f, true)
+    }
+
+    /// Adds a measurement unless it is a duplicate. Returns whether it was added.
+    fn add_checked(&mut self, t: Arc<Template>, fields: Vec<Vec<u8>>, violation: bool) -> Result<bool, KernelError> {
+        let e = self.make_entry(t, fields, violation);
+        if !violation && self.htable.contains(&(e.pcr, e.digests[self.dedup_bank].as_bytes().to_vec())) {
+            return Ok(false);
+        }
+        self.append(e)?;
+        Ok(true)
+    }
+
+    fn add(&mut self, t: Arc<Template>, fields: Vec<Vec<u8>>, violation: bool) -> Result<(), KernelError> {
+        let e = self.make_entry(t, fields, violation);
+        self.append(e)
+    }
+
+    pub(crate) fn make_entry(&self, template: Arc<Template>, fields: Vec<Vec<u8>>, violation: bool) -> Entry {
+        let refs: Vec<&[u8]> = fields.iter().map(|f| f.as_slice()).collect();
+        let template_data = Record::encode_fields(&template, &refs, Endian::Little);
+        let mut e = Entry { pcr: self.cfg.pcr, template, template_data, digests: Vec::new(), violation };
+        let probe = Record {
+            pcr: e.pcr,
+            digest: Vec::new(),
+            template: e.template.clone(),
+            template_data: e.template_data.clone(),
+        };
+        e.digests = self
+            .banks
+            .iter()
+            .map(|&a| {
+                if violation {
+                    PcrValue::zero(a)
+                } else {
+                    template_hash(a, &probe, Endian::Little).expect("built here")
+                }
+            })
+            .collect();
+        e
+    }
+
+    /// `ima_add_template_entry`: append under the lock, then extend every bank.
+    pub(crate) fn append(&mut self, e: Entry) -> Result<(), KernelError> {
+        let values: Vec<PcrValue> =
+            self.banks.iter().zip(&e.digests).map(|(&a, d)| if e.violation { PcrValue::ones(a) } else { *d }).collect();
+        if !e.violation {
+            self.htable.insert((e.pcr, e.digests[self.dedup_bank].as_bytes().to_vec()));
+        }
+        let p = e.pcr as usize;
+        self.bytes_in_list += e.record(0).encoded_len() as u64;
+        self.list.push_back(e);
+        self.tpm.pcr_extend(p as u32, &values).map_err(|e| KernelError::Tpm(e.to_string()))?;
+        for (bi, (&a, v)) in self.banks.iter().zip(&values).enumerate() {
+            if self.shadow_valid & (1 << p) == 0 {
+                // First extend of this PCR by IMA in this kernel: seed from the TPM.
+                continue;
+            }
+            a.extend(&mut self.shadow[bi][p], v.as_bytes());
+        }
+        if self.shadow_valid & (1 << p) == 0 {
+            self.seed_shadow(p)?;
+        }
+        Ok(())
+    }
+
+    /// Seeds the shadow copy of PCR `p` from the TPM (after the first extend).
+    fn seed_shadow(&mut self, p: usize) -> Result<(), KernelError> {
+        for bi in 0..self.banks.len() {
+            let v = self.tpm.pcr_read(self.banks[bi], &[p as u32]).map_err(|e| KernelError::Tpm(e.to_string()))?;
+            self.shadow[bi][p] = v[0];
+        }
+        self.shadow_valid |= 1 << p;
+        Ok(())
+    }
+
+    /// Records in the in-memory list.
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+    /// Records removed by `done` since this kernel started (the securityfs counter).
+    pub fn removed(&self) -> u64 {
+        self.removed
+    }
+    pub fn violations(&self) -> u64 {
+        self.violations
+    }
+    /// Bytes the list would take as a binary SHA1 log.
+    pub fn list_bytes(&self) -> u64 {
+        self.bytes_in_list
+    }
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.list.iter()
+    }
+
+    /// `binary_runtime_measurements[_<bank>]` of the current list.
+    pub fn binary_measurements(&self, bank: HashAlgo) -> Vec<u8> {
+        let bi = self.banks.iter().position(|&b| b == bank).unwrap_or(0);
+        let mut out = Vec::new();
+        for e in &self.list {
+            let mut r = e.record(bi);
+            if bank != self.banks[bi] {
+                r.digest = vec![0; bank.size()];
+            }
+            r.encode(Endian::Little, &mut out);
+        }
+        out
+    }
+
+    /// Snapshot pause of the last marker (time appends were blocked) and the maximum seen.
+    pub fn last_pause(&self) -> Option<Duration> {
+        self.last_pause
+    }
+    pub fn max_pause(&self) -> Duration {
+        self.max_pause
+    }
+
+    /// kexec load+exec, outgoing side: measurement is suspended and the list is written to
+    /// the hand-over buffer in the real format (classic SHA1 records).
+    pub fn kexec_save(&mut self) -> Vec<u8> {
+        self.suspended = true;
+        let sha1 = self.banks.iter().position(|&b| b == HashAlgo::Sha1);
+        let recs: Vec<Record> = self
+            .list
+            .iter()
+            .map(|e| match sha1 {
+                Some(i) => e.record(i),
+                None => {
+                    let mut r = e.record(0);
+                    r.digest = if e.violation {
+                        vec![0; 20]
+                    } else {
+                        template_hash(HashAlgo::Sha1, &r, Endian::Little).expect("valid").as_bytes().to_vec()
+                    };
+                    r
+                }
+            })
+            .collect();
+        imasnap_log::kexec::encode(&recs, Endian::Little)
+    }
+
+    /// kexec, incoming side: restores the list from the buffer (digests recomputed for every
+    /// bank, violations kept zero; restored records are not in the dedup table), then measures
+    /// this kernel's boot_aggregate after them. The TPM carries over untouched.
+    pub fn kexec_restore(cfg: Config, tpm: T, buf: &[u8]) -> Result<Self, KernelError> {
+        let recs = imasnap_log::kexec::decode(buf, Endian::Little).map_err(|e| KernelError::Invalid(e.to_string()))?;
+        let mut k = Self::empty(cfg, tpm);
+        for r in recs {
+            let violation = r.is_violation();
+            let digests = k
+                .banks
+                .iter()
+                .map(|&a| if violation { Ok(PcrValue::zero(a)) } else { template_hash(a, &r, Endian::Little) })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| KernelError::Invalid(e.to_string()))?;
+            if violation {
+                k.violations += 1;
+            }
+            k.bytes_in_list += r.encoded_len() as u64;
+            k.list.push_back(Entry {
+                pcr: r.pcr,
+                template: r.template,
+                template_data: r.template_data,
+                digests,
+                violation,
+            });
+        }
+        k.measure_boot_aggregate()?;
+        Ok(k)
+    }
+}

@@ -1,0 +1,186 @@
+//! The RFC snapshot interface (DESIGN §2): open (exclusive, marker under the lock), read,
+//! `done` (truncate), close without `done` (abort; the marker stays).
+
+use crate::list::{Kernel, KernelError, PcrMode};
+use imasnap_log::marker::Marker;
+use imasnap_log::{Endian, HashAlgo, PcrValue};
+use imasnap_tpm::Tpm;
+use std::time::Instant;
+
+/// One-shot faults the model can inject, one per kernel-side step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// `open` fails before the attempt counter moves (e.g. ENOMEM).
+    OpenEarly,
+    /// The TPM read for the marker fails: no marker is appended, the attempt is spent.
+    MarkerTpmRead,
+    /// `read` fails (EIO).
+    Read,
+    /// `done` fails before removing anything.
+    Done,
+}
+
+#[derive(Default)]
+pub(crate) struct SnapState {
+    open: Option<u64>,
+    attempts: u64,
+    /// List position of the open attempt's marker.
+    marker_pos: usize,
+    done: bool,
+    fault: Option<Fault>,
+    next_id: u64,
+}
+
+/// The open file description of `snapshot`. Only the holder may read or finish.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SnapshotHandle {
+    id: u64,
+    /// Attempt number written into this open's marker.
+    pub attempt: u64,
+    /// Records before the marker, which `read` returns and `done` removes.
+    pub records: usize,
+}
+
+impl<T: Tpm> Kernel<T> {
+    /// Arms a one-shot fault.
+    pub fn inject(&mut self, f: Fault) {
+        self.snapshot.fault = Some(f);
+    }
+
+    fn take_fault(&mut self, f: Fault) -> Result<(), KernelError> {
+        if self.snapshot.fault == Some(f) {
+            self.snapshot.fault = None;
+            return Err(KernelError::Injected(f));
+        }
+        Ok(())
+    }
+
+    /// Attempts so far in this kernel (the counter in the markers).
+    pub fn snapshot_attempts(&self) -> u64 {
+        self.snapshot.attempts
+    }
+
+    /// `open("snapshot", O_RDWR)`: exclusive; counts an attempt and appends the marker.
+    pub fn snapshot_open(&mut self) -> Result<SnapshotHandle, KernelError> {
+        if self.snapshot.open.is_some() {
+            return Err(KernelError::Busy("snapshot is already open"));
+        }
+        self.take_fault(Fault::OpenEarly)?;
+        self.snapshot.attempts += 1;
+        let attempt = self.snapshot.attempts;
+        self.take_fault(Fault::MarkerTpmRead)?;
+        // Shadow mode: PCRs IMA never extends are read before taking the lock.
+        let outside = if self.cfg.pcr_mode == PcrMode::Shadow { Some(self.read_all_pcrs()?) } else { None };
+        let lock = Instant::now();
+        let values = match outside {
+            Some(mut v) => {
+                for (bi, bank) in v.iter_mut().enumerate() {
+                    for p in 0..24 {
+                        if self.shadow_valid & (1 << p) != 0 {
+                            bank[p] = self.shadow[bi][p];
+                        }
+                    }
+                }
+                v
+            }
+            None => self.read_all_pcrs()?,
+        };
+        let marker = Marker { attempt, banks: self.banks.iter().copied().zip(values).collect() };
+        let buf = marker.encode();
+        let t = imasnap_log::entry::builtin("ima-buf");
+        let d = self.cfg.ima_hash.hash(&[&buf]);
+        let fields = vec![
+            imasnap_log::entry::d_ng(self.cfg.ima_hash.name(), d.as_bytes()),
+            imasnap_log::entry::n_ng(imasnap_log::marker::EVENT_NAME.as_bytes()),
+            buf,
+        ];
+        let e = self.make_entry(t, fields, false);
+        let pos = self.list.len();
+        self.append(e)?;
+        let pause = lock.elapsed();
+        self.last_pause = Some(pause);
+        self.max_pause = self.max_pause.max(pause);
+        self.snapshot.next_id += 1;
+        let id = self.snapshot.next_id;
+        self.snapshot.open = Some(id);
+        self.snapshot.marker_pos = pos;
+        self.snapshot.done = false;
+        Ok(SnapshotHandle { id, attempt, records: pos })
+    }
+
+    fn read_all_pcrs(&mut self) -> Result<Vec<[PcrValue; 24]>, KernelError> {
+        let all: Vec<u32> = (0..24).collect();
+        let mut out = Vec::with_capacity(self.banks.len());
+        for &b in &self.banks.clone() {
+            let v = self.tpm.pcr_read(b, &all).map_err(|e| KernelError::Tpm(e.to_string()))?;
+            let mut a = [PcrValue::zero(b); 24];
+            for (i, x) in v.into_iter().enumerate().take(24) {
+                a[i] = x;
+            }
+            out.push(a);
+        }
+        Ok(out)
+    }
+
+    fn check_handle(&self, h: &SnapshotHandle) -> Result<(), KernelError> {
+        if self.snapshot.open != Some(h.id) {
+            return Err(KernelError::Invalid("stale snapshot handle".into()));
+        }
+        Ok(())
+    }
+
+    /// `read`: records `[from, from + n)` of those before the marker, as a binary SHA1 log.
+    pub fn snapshot_read(&mut self, h: &SnapshotHandle, from: usize, n: usize) -> Result<Vec<u8>, KernelError> {
+        self.check_handle(h)?;
+        self.take_fault(Fault::Read)?;
+        let end = self.snapshot.marker_pos.min(from.saturating_add(n));
+        let bi = self.banks.iter().position(|&b| b == HashAlgo::Sha1);
+        let mut out = Vec::new();
+        for e in self.list.range(from.min(end)..end) {
+            let mut r = e.record(bi.unwrap_or(0));
+            if bi.is_none() && !e.violation {
+                r.digest = imasnap_log::digest::template_hash(HashAlgo::Sha1, &r, Endian::Little)
+                    .expect("valid")
+                    .as_bytes()
+                    .to_vec();
+            }
+            r.encode(Endian::Little, &mut out);
+        }
+        Ok(out)
+    }
+
+    /// `write("done")`: removes every record before the marker and frees it.
+    pub fn snapshot_done(&mut self, h: &SnapshotHandle) -> Result<usize, KernelError> {
+        self.check_handle(h)?;
+        if self.suspended {
+            return Err(KernelError::Busy("measurement suspended for kexec"));
+        }
+        if self.snapshot.done {
+            return Err(KernelError::Invalid("done already written".into()));
+        }
+        self.take_fault(Fault::Done)?;
+        let n = self.snapshot.marker_pos;
+        for e in self.list.drain(..n) {
+            self.bytes_in_list -= e.record(0).encoded_len() as u64;
+            if !self.cfg.keep_dedup_on_done && !e.violation {
+                self.htable.remove(&(e.pcr, e.digests[self.dedup_bank].as_bytes().to_vec()));
+            }
+        }
+        self.removed += n as u64;
+        self.snapshot.marker_pos = 0;
+        self.snapshot.done = true;
+        Ok(n)
+    }
+
+    /// `close`: without `done` the attempt is aborted and the marker stays as an ordinary record.
+    pub fn snapshot_close(&mut self, h: SnapshotHandle) {
+        if self.snapshot.open == Some(h.id) {
+            self.snapshot.open = None;
+        }
+    }
+
+    /// The agent process died: the kernel closes its descriptors.
+    pub fn process_exit(&mut self) {
+        self.snapshot.open = None;
+    }
+}

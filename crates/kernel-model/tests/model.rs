@@ -1,0 +1,127 @@
+use imasnap_kernel_model::{Config, Fault, Kernel, KernelError, PcrMode};
+use imasnap_log::marker::Marker;
+use imasnap_log::*;
+use imasnap_tpm::{SoftTpm, Tpm};
+
+fn kernel(mode: PcrMode) -> Kernel<SoftTpm> {
+    let cfg = Config { pcr_mode: mode, ..Config::default() };
+    Kernel::boot(cfg, SoftTpm::new(1)).unwrap()
+}
+
+fn digest(i: u64) -> Vec<u8> {
+    HashAlgo::Sha256.hash(&[&i.to_le_bytes()]).as_bytes().to_vec()
+}
+
+fn records(bin: &[u8]) -> Vec<Record> {
+    BinaryReader::new(bin, BinaryFormat::new(HashAlgo::Sha1)).map(|r| r.unwrap()).collect()
+}
+
+/// Replays `recs` and compares with the TPM's PCR 10 in both banks.
+fn assert_replays_to_tpm(recs: &[Record], k: &mut Kernel<SoftTpm>) {
+    let mut rp = Replayer::new(ReplayOptions::new(&[HashAlgo::Sha1, HashAlgo::Sha256]));
+    rp.push_batch(recs).unwrap();
+    let rep = rp.finish();
+    assert_eq!(rep.mismatch_count, 0);
+    for a in [HashAlgo::Sha1, HashAlgo::Sha256] {
+        let tpm = k.tpm_mut().pcr_read(a, &[10]).unwrap()[0];
+        assert_eq!(rep.state().get(a, 10).unwrap(), &tpm, "{a}");
+    }
+}
+
+#[test]
+fn list_replays_to_tpm_with_dedup_and_violations() {
+    let mut k = kernel(PcrMode::Shadow);
+    assert!(k.measure_file(b"/bin/a", &digest(1)).unwrap());
+    assert!(!k.measure_file(b"/bin/a", &digest(1)).unwrap(), "duplicate is not re-added");
+    assert!(k.measure_file(b"/bin/a", &digest(2)).unwrap(), "changed file is re-measured");
+    k.violation(b"/tmp/x").unwrap();
+    assert!(k.measure_buffer(b"kernel_version", b"6.12.0").unwrap());
+    assert_eq!(k.len(), 5);
+    let recs = records(&k.binary_measurements(HashAlgo::Sha1));
+    assert_eq!(recs[0].name(Endian::Little).unwrap(), "boot_aggregate");
+    assert!(recs[3].is_violation());
+    assert_replays_to_tpm(&recs, &mut k);
+    // boot_aggregate matches the TPM's PCR 0-9 (sha256 bank).
+    let pcrs = k.tpm_mut().pcr_read(HashAlgo::Sha256, &(0..10).collect::<Vec<_>>()).unwrap();
+    assert!(digest::check_boot_aggregate(&recs[0], Endian::Little, |_| Some(pcrs.clone())).unwrap());
+}
+
+#[test]
+fn snapshot_protocol_both_modes() {
+    for mode in [PcrMode::TpmUnderLock, PcrMode::Shadow] {
+        let mut k = kernel(mode);
+        for i in 0..10 {
+            k.measure_file(format!("/f{i}").as_bytes(), &digest(i)).unwrap();
+        }
+        let before = records(&k.binary_measurements(HashAlgo::Sha1));
+        let h = k.snapshot_open().unwrap();
+        assert_eq!((h.attempt, h.records), (1, 11));
+        assert_eq!(k.snapshot_open().unwrap_err(), KernelError::Busy("snapshot is already open"));
+        // Appends continue while the file is open.
+        k.measure_file(b"/late", &digest(99)).unwrap();
+        let snap = records(&k.snapshot_read(&h, 0, usize::MAX).unwrap());
+        assert_eq!(snap, before, "read returns exactly the records before the marker");
+        let live = records(&k.binary_measurements(HashAlgo::Sha1));
+        let m = Marker::from_record(&live[11], Endian::Little).unwrap().expect("marker at position 11");
+        // The marker's PCR 10 equals the replay of everything before it, in every bank.
+        let mut rp = Replayer::new(ReplayOptions::new(&[HashAlgo::Sha1, HashAlgo::Sha256]));
+        rp.push_batch(&before).unwrap();
+        for a in [HashAlgo::Sha1, HashAlgo::Sha256] {
+            assert_eq!(&m.bank(a).unwrap()[10], rp.state().get(a, 10).unwrap(), "{mode:?} {a}");
+        }
+        assert_eq!(k.snapshot_done(&h).unwrap(), 11);
+        k.snapshot_close(h);
+        assert_eq!(k.removed(), 11);
+        let live = records(&k.binary_measurements(HashAlgo::Sha1));
+        assert_eq!(live.len(), 2, "marker and the late record remain");
+        assert!(Marker::from_record(&live[0], Endian::Little).unwrap().is_some());
+        // Stitched: snapshot + live replays to the TPM.
+        let all: Vec<Record> = snap.into_iter().chain(live).collect();
+        assert_replays_to_tpm(&all, &mut k);
+        assert!(k.last_pause().is_some());
+    }
+}
+
+#[test]
+fn close_without_done_aborts_and_marker_stays() {
+    let mut k = kernel(PcrMode::Shadow);
+    k.measure_file(b"/a", &digest(1)).unwrap();
+    let h = k.snapshot_open().unwrap();
+    k.snapshot_close(h);
+    assert_eq!(k.len(), 3);
+    let h2 = k.snapshot_open().unwrap();
+    assert_eq!(h2.attempt, 2, "attempt counter moves on every open");
+    assert_eq!(h2.records, 3, "the aborted marker is an ordinary record now");
+    k.snapshot_done(&h2).unwrap();
+    assert_eq!(k.len(), 1);
+}
+
+#[test]
+fn faults_and_kexec() {
+    let mut k = kernel(PcrMode::Shadow);
+    k.inject(Fault::MarkerTpmRead);
+    assert!(matches!(k.snapshot_open(), Err(KernelError::Injected(Fault::MarkerTpmRead))));
+    assert_eq!(k.snapshot_attempts(), 1, "the attempt is spent");
+    k.measure_file(b"/a", &digest(1)).unwrap();
+    let h = k.snapshot_open().unwrap();
+    k.snapshot_done(&h).unwrap();
+    k.snapshot_close(h);
+    k.measure_file(b"/b", &digest(2)).unwrap();
+    // kexec: save between load and exec; done is refused once suspended.
+    let h = k.snapshot_open().unwrap();
+    let buf = k.kexec_save();
+    assert_eq!(k.snapshot_done(&h), Err(KernelError::Busy("measurement suspended for kexec")));
+    let before = records(&k.binary_measurements(HashAlgo::Sha1));
+    let tpm = k.into_tpm();
+    let mut k2 = Kernel::kexec_restore(Config::default(), tpm, &buf).unwrap();
+    let after = records(&k2.binary_measurements(HashAlgo::Sha1));
+    assert_eq!(&after[..before.len()], &before[..], "restored records come first");
+    assert_eq!(after[before.len()].name(Endian::Little).unwrap(), "boot_aggregate");
+    // The list head is a marker; replay from its values reaches the TPM.
+    let m = Marker::from_record(&after[0], Endian::Little).unwrap().unwrap();
+    let mut rp = Replayer::resume(ReplayOptions::new(&[HashAlgo::Sha1, HashAlgo::Sha256]), m.to_state(), 0);
+    rp.push_batch(&after).unwrap();
+    let tpm10 = k2.tpm_mut().pcr_read(HashAlgo::Sha256, &[10]).unwrap()[0];
+    assert_eq!(rp.state().get(HashAlgo::Sha256, 10).unwrap(), &tpm10);
+    assert_eq!(k2.snapshot_open().unwrap().attempt, 1, "a new kernel restarts the counter");
+}
