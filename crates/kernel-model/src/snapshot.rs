@@ -74,10 +74,10 @@ impl<T: Tpm> Kernel<T> {
         let lock = Instant::now();
         let values = match outside {
             Some(mut v) => {
-                for (bi, bank) in v.iter_mut().enumerate() {
-                    for p in 0..24 {
+                for (bank, shadow) in v.iter_mut().zip(&self.shadow) {
+                    for (p, (val, sh)) in bank.iter_mut().zip(shadow).enumerate() {
                         if self.shadow_valid & (1 << p) != 0 {
-                            bank[p] = self.shadow[bi][p];
+                            *val = *sh;
                         }
                     }
                 }
