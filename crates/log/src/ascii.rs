@@ -208,4 +208,61 @@ mod tests {
         let unk = parse_line(format!("10 {d} nope a b").as_bytes(), 20, Endian::Little, &mut c).unwrap_err();
         assert!(matches!(unk, Reason::UnknownTemplate(_)));
     }
+
+    /// Parses `line`, then checks it writes back and re-parses to the same record.
+    fn round_trip(line: &[u8]) -> Result<Record, Reason> {
+        let mut c = TemplateCache::default();
+        let rec = parse_line(line, 20, Endian::Little, &mut c)?;
+        let mut out = Vec::new();
+        write_line(&rec, Endian::Little, &mut out).expect("a parsed record must write back");
+        let again = parse_line(out.strip_suffix(b"\n").unwrap(), 20, Endian::Little, &mut c).unwrap();
+        assert_eq!(again, rec);
+        Ok(rec)
+    }
+
+    /// Fuzz regression (ascii_log): an `ima` line with a `d` field that is not 20 bytes
+    /// was accepted, but its binary form has no length word for `d`, so the record could
+    /// not be split, written back or encoded.
+    #[test]
+    fn legacy_ima_digest_must_be_20_bytes() {
+        let d = "00".repeat(20);
+        let short = round_trip(format!("10 {d} ima b5a1 /init").as_bytes()).unwrap_err();
+        assert!(matches!(short, Reason::BadField { field: "d", .. }), "{short:?}");
+        let long = round_trip(format!("10 {d} ima {}00 /init", "11".repeat(20)).as_bytes()).unwrap_err();
+        assert!(matches!(long, Reason::BadField { field: "d", .. }), "{long:?}");
+        round_trip(format!("10 {d} ima {} /init", "11".repeat(20)).as_bytes()).unwrap();
+        // Names over 255 bytes are refused, as in the binary decoder.
+        let name = "a".repeat(256);
+        let r = round_trip(format!("10 {d} ima {} {name}", "11".repeat(20)).as_bytes()).unwrap_err();
+        assert!(matches!(r, Reason::BadField { field: "n", .. }), "{r:?}");
+        round_trip(format!("10 {d} ima {} {}", "11".repeat(20), &name[1..]).as_bytes()).unwrap();
+    }
+
+    /// Fuzz regression (ascii_log): a NUL inside a printed string was kept, but `%s`
+    /// never prints one and the writer stops at it, so the record changed on write-back.
+    #[test]
+    fn nul_in_string_field_is_refused() {
+        let d = "00".repeat(20);
+        for line in [
+            format!("10 {d} ima-ng sha1:{d} b\x01\x00t_aggregate"),
+            format!("10 {d} ima {d} /in\x00it"),
+            format!("10 {d} d-ng|xattrnames sha1:{d} a\x00|b"),
+        ] {
+            let r = round_trip(line.as_bytes()).unwrap_err();
+            assert!(matches!(r, Reason::BadLine(ref m) if m.contains("NUL")), "{r:?}");
+        }
+    }
+
+    /// Fuzz regression (ascii_log): a trailing `\r` was stripped as if the file were CRLF,
+    /// which cut it off a name that ends in `\r` (legal in Linux paths, printed raw by
+    /// the kernel): `/foo\r\r` read as `/foo\r`, wrote back as `/foo\r\n`, re-read as
+    /// `/foo`. The kernel never writes CRLF, so nothing is stripped.
+    #[test]
+    fn trailing_cr_belongs_to_the_name() {
+        let d = "00".repeat(20);
+        let rec = round_trip(format!("10 {d} ima-ng sha256:f1b4 /foo\r").as_bytes()).unwrap();
+        assert_eq!(rec.name(Endian::Little).unwrap(), "/foo\r");
+        let rec = round_trip(format!("10 {d} ima-ng sha256:f1b4 /foo\r\r").as_bytes()).unwrap();
+        assert_eq!(rec.name(Endian::Little).unwrap(), "/foo\r\r");
+    }
 }
