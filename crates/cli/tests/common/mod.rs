@@ -1,0 +1,98 @@
+//! Helpers shared by the CLI integration tests: paths, running the built binary, and
+//! splitting binary logs into raw records for tampering.
+
+#![allow(dead_code)]
+
+use imasnap_log::{BinaryFormat, BinaryReader, HashAlgo, Record};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const SCENARIOS: [&str; 4] = ["ima-ng", "ima-sig", "ima-buf", "violation"];
+
+pub fn imasnap_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_imasnap")
+}
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+pub fn scenario_dir(scenario: &str) -> PathBuf {
+    fixtures().join("real-kernel").join(scenario)
+}
+
+pub fn read(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// Runs `imasnap` with `args`; never panics on a non-zero exit.
+pub fn imasnap<I, S>(args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    Command::new(imasnap_bin()).args(args).output().expect("run the imasnap binary")
+}
+
+pub fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or_else(|| panic!("killed by a signal: {:?}", o.status))
+}
+
+/// Splits a well-formed SHA1 binary log into its records' raw bytes.
+pub fn split_records(bytes: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut p = 0;
+    for r in BinaryReader::new(bytes, BinaryFormat::new(HashAlgo::Sha1)) {
+        let r = r.unwrap_or_else(|e| panic!("fixture does not parse: {e}"));
+        let n = r.encoded_len();
+        out.push(bytes[p..p + n].to_vec());
+        p += n;
+    }
+    assert_eq!(p, bytes.len());
+    out
+}
+
+pub fn parse_records(bytes: &[u8]) -> Vec<Record> {
+    BinaryReader::new(bytes, BinaryFormat::new(HashAlgo::Sha1)).collect::<Result<_, _>>().unwrap()
+}
+
+/// A violation has an all-zero template digest (bytes 4..24 of a SHA1 record).
+pub fn is_violation(raw: &[u8]) -> bool {
+    raw[4..24].iter().all(|&b| b == 0)
+}
+
+/// Offset, inside a raw record, of the first byte of the file digest in its first field
+/// (`d-ng`/`d-ngv2`: after the `<algo>:` NUL prefix).
+pub fn file_digest_offset(raw: &[u8]) -> usize {
+    let name_len = u32::from_le_bytes(raw[24..28].try_into().unwrap()) as usize;
+    let field0 = 28 + name_len + 4 + 4;
+    let nul = raw[field0..].iter().position(|&b| b == 0).expect("d-ng prefix NUL");
+    field0 + nul + 1
+}
+
+/// Replaces the value of `PCR-NN` in an evmctl-style PCR file with `f(old hex)`.
+pub fn edit_pcr(text: &str, pcr: usize, f: impl Fn(&str) -> String) -> String {
+    let key = format!("PCR-{pcr:02}: ");
+    let mut found = false;
+    let out: String = text
+        .lines()
+        .map(|l| match l.strip_prefix(&key) {
+            Some(v) => {
+                found = true;
+                format!("{key}{}\n", f(v))
+            }
+            None => format!("{l}\n"),
+        })
+        .collect();
+    assert!(found, "no {key} line");
+    out
+}
+
+/// Flips the lowest bit of the last hex digit.
+pub fn flip_hex(v: &str) -> String {
+    let mut b = v.as_bytes().to_vec();
+    let last = b.last_mut().unwrap();
+    let d = (*last as char).to_digit(16).unwrap() ^ 1;
+    *last = std::char::from_digit(d, 16).unwrap() as u8;
+    String::from_utf8(b).unwrap()
+}
