@@ -1,0 +1,35 @@
+//! Snapshot pause: time appends are blocked while the marker is made, in both PCR modes.
+//! Criterion's `iter_custom` reports the model's own measurement of the locked section.
+//! `cargo bench -p imasnap-kernel-model --bench pause`
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use imasnap_kernel_model::{Config, Kernel, PcrMode};
+use imasnap_log::HashAlgo;
+use imasnap_tpm::SoftTpm;
+use std::time::Duration;
+
+fn bench(c: &mut Criterion) {
+    let mut g = c.benchmark_group("snapshot_pause");
+    for (name, mode) in [("tpm-under-lock", PcrMode::TpmUnderLock), ("shadow", PcrMode::Shadow)] {
+        g.bench_function(format!("{name} (soft TPM, sha1+sha256)"), |b| {
+            let mut k = Kernel::boot(Config { pcr_mode: mode, ..Config::default() }, SoftTpm::new(1)).unwrap();
+            for i in 0..10_000u64 {
+                k.measure_file(format!("/f{i}").as_bytes(), HashAlgo::Sha256.hash(&[&i.to_le_bytes()]).as_bytes())
+                    .unwrap();
+            }
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let h = k.snapshot_open().unwrap();
+                    total += k.last_pause().unwrap();
+                    k.snapshot_close(h);
+                }
+                total
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
