@@ -113,6 +113,37 @@ impl Manifest {
         self.snapshots.last().map(|s| &s.end_marker)
     }
 
+    /// Checks that `rec` can be record `index` where a segment starts (index 0 or the end
+    /// of a committed snapshot): record 0 is this boot's boot_aggregate, any later segment
+    /// starts with the previous snapshot's end marker.
+    pub fn check_boundary(&self, index: u64, rec: &Record) -> Result<(), String> {
+        if index == 0 {
+            let name = rec.name(imasnap_log::Endian::Little).unwrap_or_default();
+            if name != "boot_aggregate" {
+                return Err(format!("record 0 is {name:?}, not boot_aggregate"));
+            }
+            if hex::encode(&rec.digest) != self.boot.boot_aggregate_sha1 {
+                return Err("record 0 is not the boot_aggregate this boot directory belongs to".into());
+            }
+            return Ok(());
+        }
+        let prev = self
+            .snapshots
+            .iter()
+            .find(|s| s.end_index() == index)
+            .ok_or_else(|| format!("no committed snapshot ends at record {index}"))?;
+        if !prev.end_marker.matches(rec) {
+            return Err(format!(
+                "record {index} should be the end marker of snapshot {} (attempt {}, sha1 {}), found sha1 {}",
+                prev.seq,
+                prev.end_marker.attempt,
+                prev.end_marker.sha1,
+                hex::encode(&rec.digest)
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks internal consistency; the message names the offending entry.
     pub fn validate(&self) -> Result<(), String> {
         if self.format != MANIFEST_FORMAT {

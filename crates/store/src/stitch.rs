@@ -133,29 +133,6 @@ impl<L: Read> StitchedReader<L> {
         Ok(false)
     }
 
-    /// The first record of a segment must continue the previous one.
-    fn check_first(&self, index: u64, rec: &Record) -> Result<(), String> {
-        let m = &self.manifest;
-        if index == 0 {
-            let name = rec.name(imasnap_log::Endian::Little).unwrap_or_default();
-            if name != "boot_aggregate" {
-                return Err(format!("record 0 is {name:?}, not boot_aggregate"));
-            }
-            if hex::encode(&rec.digest) != m.boot.boot_aggregate_sha1 {
-                return Err("record 0 is not the boot_aggregate this boot directory belongs to".into());
-            }
-            return Ok(());
-        }
-        let prev = m.snapshots.iter().find(|s| s.end_index() == index).ok_or("no segment ends here")?;
-        if !prev.end_marker.matches(rec) {
-            return Err(format!(
-                "record {index} should be the end marker of snapshot {} (attempt {}, sha1 {})",
-                prev.seq, prev.end_marker.attempt, prev.end_marker.sha1
-            ));
-        }
-        Ok(())
-    }
-
     /// Reads the next record into `slot` (reusing its buffers). Returns its global index,
     /// or `None` at the end of the log.
     #[allow(clippy::result_large_err)] // an error ends the stream: size is irrelevant
@@ -192,7 +169,7 @@ impl<L: Read> StitchedReader<L> {
                         }
                     }
                     if index == first_index {
-                        if let Err(why) = self.check_first(index, rec) {
+                        if let Err(why) = self.manifest.check_boundary(index, rec) {
                             return Err(self.fail(seg, index, 0, StitchReason::Discontinuity(why)));
                         }
                     }

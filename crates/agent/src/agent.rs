@@ -1,0 +1,514 @@
+//! The agent: the snapshot protocol of docs/SNAPSHOTS.md step by step, recovery on start,
+//! and cold-boot retention. Every step boundary is a [`CrashPoint`]; arming one makes the
+//! agent stop dead there, as if the process had been killed.
+
+use crate::kernel::{KernelIfError, SnapshotKernel};
+use crate::policy::{AgentConfig, Trigger};
+use imasnap_log::marker::Marker;
+use imasnap_log::{Endian, Record};
+use imasnap_store::{
+    decide, BootDir, BootId, BootInfo, Decision, FileInfo, Manifest, MarkerRef, Pending, SnapshotEntry, StitchedReader,
+    Store, StoreError,
+};
+use std::time::Instant;
+
+/// A step boundary where a crash can be injected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CrashPoint {
+    /// Snapshot opened (marker appended); nothing on disk yet.
+    AfterOpen,
+    /// `.tmp-pending.json` written and fsynced, not renamed.
+    DuringPendingWrite,
+    /// `pending.json` installed.
+    AfterPendingWritten,
+    /// First chunk of records written to `.tmp-<seq>.snap`.
+    DuringTmpWrite,
+    /// All records written, file not fsynced.
+    AfterTmpWrite,
+    AfterFsync,
+    /// Renamed to `<seq>.snap`, directory not fsynced.
+    AfterRename,
+    AfterDirFsync,
+    /// `done` written: the kernel has dropped the records.
+    AfterDone,
+    /// `.tmp-manifest.json` written, not renamed.
+    DuringManifestWrite,
+    /// Manifest renamed and directory fsynced; `pending.json` still present.
+    AfterManifestCommit,
+    /// An attempt being aborted: handle closed, files not yet removed.
+    AbortAfterClose,
+    /// Recovery retired an earlier boot's directory, the new one is not created yet.
+    RecoveryAfterRetire,
+    /// Recovery (commit path): `.tmp-manifest.json` written, not renamed.
+    RecoveryDuringManifestWrite,
+    /// Recovery (commit path): manifest committed, `pending.json` still present.
+    RecoveryAfterManifestCommit,
+    /// Recovery (drop path): snapshot file removed, `pending.json` still present.
+    RecoveryAfterFileRemoved,
+    /// Recovery: `pending.json` removed, directory not fsynced, leftovers not cleaned.
+    RecoveryAfterPendingRemoved,
+}
+
+impl CrashPoint {
+    pub const ALL: [CrashPoint; 17] = [
+        Self::AfterOpen,
+        Self::DuringPendingWrite,
+        Self::AfterPendingWritten,
+        Self::DuringTmpWrite,
+        Self::AfterTmpWrite,
+        Self::AfterFsync,
+        Self::AfterRename,
+        Self::AfterDirFsync,
+        Self::AfterDone,
+        Self::DuringManifestWrite,
+        Self::AfterManifestCommit,
+        Self::AbortAfterClose,
+        Self::RecoveryAfterRetire,
+        Self::RecoveryDuringManifestWrite,
+        Self::RecoveryAfterManifestCommit,
+        Self::RecoveryAfterFileRemoved,
+        Self::RecoveryAfterPendingRemoved,
+    ];
+
+    pub fn in_recovery(self) -> bool {
+        self >= Self::RecoveryAfterRetire
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// A simulated crash: the agent is dead and must be dropped.
+    #[error("simulated crash at {0:?}")]
+    Crashed(CrashPoint),
+    /// The kernel refused or failed before anything changed (e.g. EBUSY on open).
+    #[error("kernel: {0}")]
+    Kernel(#[from] KernelIfError),
+    /// The attempt failed and was rolled back: marker left in the list, no files left.
+    #[error("snapshot attempt aborted: {0}")]
+    Aborted(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The live list does not continue the store: records would be lost or duplicated.
+    #[error("live list and store disagree: {0}")]
+    Inconsistent(String),
+    #[error("no boot directory: run recover() first")]
+    NotRecovered,
+}
+
+/// What `recover` found and did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub boot: BootId,
+    /// A new boot directory was created (first start in this cold boot).
+    pub created: bool,
+    /// Earlier boots' directories archived or deleted (a cold boot was detected).
+    pub retired: Vec<BootId>,
+    /// What was done with a `pending.json`, if there was one.
+    pub pending: Option<Decision>,
+    /// Stale tmp and uncommitted snapshot files removed.
+    pub removed: Vec<String>,
+}
+
+impl RecoveryReport {
+    pub fn cold_boot(&self) -> bool {
+        !self.retired.is_empty()
+    }
+}
+
+struct Current {
+    dir: BootDir,
+    manifest: Manifest,
+}
+
+/// The agent over kernel back end `K`.
+pub struct Agent<K: SnapshotKernel> {
+    kernel: K,
+    store: Store,
+    cfg: AgentConfig,
+    current: Option<Current>,
+    /// A failure after `done` (or a failed rollback) left `pending.json`: recover first.
+    needs_recovery: bool,
+    crash_at: Option<CrashPoint>,
+    dead: Option<CrashPoint>,
+    last_snapshot: Instant,
+}
+
+fn is_boot_aggregate(rec: &Record) -> bool {
+    rec.name(Endian::Little).as_deref() == Some("boot_aggregate")
+}
+
+impl<K: SnapshotKernel> Agent<K> {
+    /// An agent over `kernel` with the store at `cfg.state_dir`. Call [`Agent::recover`]
+    /// before anything else.
+    pub fn new(kernel: K, cfg: AgentConfig) -> Result<Self, AgentError> {
+        let store = Store::open(&cfg.state_dir)?;
+        Ok(Self {
+            kernel,
+            store,
+            cfg,
+            current: None,
+            needs_recovery: true,
+            crash_at: None,
+            dead: None,
+            last_snapshot: Instant::now(),
+        })
+    }
+
+    /// `new` then `recover`.
+    pub fn start(kernel: K, cfg: AgentConfig) -> Result<(Self, RecoveryReport), AgentError> {
+        let mut a = Self::new(kernel, cfg)?;
+        let r = a.recover()?;
+        Ok((a, r))
+    }
+
+    pub fn kernel(&self) -> &K {
+        &self.kernel
+    }
+    pub fn kernel_mut(&mut self) -> &mut K {
+        &mut self.kernel
+    }
+    /// Ends the agent (normally, or after a simulated crash) and hands the kernel back.
+    pub fn into_kernel(self) -> K {
+        self.kernel
+    }
+    pub fn config(&self) -> &AgentConfig {
+        &self.cfg
+    }
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+    pub fn boot_dir(&self) -> Option<&BootDir> {
+        self.current.as_ref().map(|c| &c.dir)
+    }
+    /// The committed manifest of the current boot.
+    pub fn manifest(&self) -> Option<&Manifest> {
+        self.current.as_ref().map(|c| &c.manifest)
+    }
+
+    /// Arms a crash at `p` (one-shot).
+    pub fn crash_at(&mut self, p: CrashPoint) {
+        self.crash_at = Some(p);
+    }
+    /// Where the agent crashed, if it did.
+    pub fn crashed(&self) -> Option<CrashPoint> {
+        self.dead
+    }
+
+    fn alive(&self) -> Result<(), AgentError> {
+        match self.dead {
+            Some(p) => Err(AgentError::Crashed(p)),
+            None => Ok(()),
+        }
+    }
+
+    fn point(&mut self, p: CrashPoint) -> Result<(), AgentError> {
+        if self.crash_at == Some(p) {
+            self.crash_at = None;
+            self.dead = Some(p);
+            return Err(AgentError::Crashed(p));
+        }
+        Ok(())
+    }
+
+    fn current(&self) -> Result<(BootDir, Manifest), AgentError> {
+        let c = self.current.as_ref().ok_or(AgentError::NotRecovered)?;
+        Ok((c.dir.clone(), c.manifest.clone()))
+    }
+
+    /// Snapshots if the policy says so at time `now`.
+    pub fn maybe_snapshot(&mut self, now: Instant) -> Result<Option<(Trigger, SnapshotEntry)>, AgentError> {
+        self.alive()?;
+        let stats = self.kernel.live_stats()?;
+        let Some(t) = self.cfg.snapshot.due(stats, now.saturating_duration_since(self.last_snapshot)) else {
+            return Ok(None);
+        };
+        let e = self.snapshot_once()?;
+        self.last_snapshot = now;
+        Ok(Some((t, e)))
+    }
+
+    /// One snapshot now (on demand): the commit protocol of docs/SNAPSHOTS.md.
+    pub fn snapshot_once(&mut self) -> Result<SnapshotEntry, AgentError> {
+        self.alive()?;
+        if self.needs_recovery {
+            self.recover()?;
+        }
+        let (dir, manifest) = self.current()?;
+        // 1. open: the kernel appends marker M at list position n.
+        let mut h = self.kernel.snapshot_open()?;
+        self.point(CrashPoint::AfterOpen)?;
+
+        // 2. learn M and record the intent.
+        let (n, mrec) = match self.kernel.snapshot_marker(&h) {
+            Ok(x) => x,
+            Err(e) => return self.abort(h, &dir, &manifest, None, format!("marker: {e}")),
+        };
+        let marker = match (Marker::from_record(&mrec, Endian::Little), MarkerRef::from_record(&mrec)) {
+            (Ok(Some(m)), Ok(r)) => (m, r),
+            _ => return self.abort(h, &dir, &manifest, None, format!("record {n} is not a well-formed marker")),
+        };
+        let pending =
+            Pending { seq: manifest.next_seq(), first_index: manifest.next_index, count: n, marker: marker.1 };
+        let seq = pending.seq;
+        if n == 0 {
+            return self.abort(h, &dir, &manifest, None, "marker is the list head: nothing precedes it".into());
+        }
+        if let Err(e) = dir.write_pending_tmp(&pending) {
+            return self.abort(h, &dir, &manifest, None, e.to_string());
+        }
+        self.point(CrashPoint::DuringPendingWrite)?;
+        if let Err(e) = dir.install_pending() {
+            return self.abort(h, &dir, &manifest, Some(seq), e.to_string());
+        }
+        self.point(CrashPoint::AfterPendingWritten)?;
+
+        // 3. read the n records into the tentative file; fsync it.
+        let info = match self.copy_out(&dir, &mut h, seq) {
+            Ok(info) => info,
+            Err(AgentError::Crashed(p)) => return Err(AgentError::Crashed(p)),
+            Err(e) => return self.abort(h, &dir, &manifest, Some(seq), e.to_string()),
+        };
+        if info.count != n {
+            let why = format!("kernel returned {} records, the marker is at position {n}", info.count);
+            return self.abort(h, &dir, &manifest, Some(seq), why);
+        }
+        let first_ok = info.first.as_ref().map(|r| manifest.check_boundary(manifest.next_index, r));
+        if let Some(Err(why)) = first_ok {
+            return self.abort(h, &dir, &manifest, Some(seq), why);
+        }
+
+        // 4. rename into place; fsync the directory.
+        if let Err(e) = dir.install_tentative(seq) {
+            return self.abort(h, &dir, &manifest, Some(seq), e.to_string());
+        }
+        self.point(CrashPoint::AfterRename)?;
+        if let Err(e) = dir.sync() {
+            return self.abort(h, &dir, &manifest, Some(seq), e.to_string());
+        }
+        self.point(CrashPoint::AfterDirFsync)?;
+
+        // 5. done. On an error the list head tells whether the kernel truncated anyway.
+        if let Err(e) = self.kernel.snapshot_done(&mut h) {
+            match self.kernel.live_head() {
+                Ok(head) if pending.marker.matches(&head) => {}
+                Ok(_) => return self.abort(h, &dir, &manifest, Some(seq), format!("done: {e}")),
+                Err(e2) => {
+                    self.kernel.snapshot_close(h);
+                    self.needs_recovery = true;
+                    return Err(AgentError::Kernel(KernelIfError::Failed(format!("done: {e}; live list: {e2}"))));
+                }
+            }
+        }
+        self.point(CrashPoint::AfterDone)?;
+        self.kernel.snapshot_close(h);
+
+        // 6. commit the manifest entry; remove the intent. From here on failures leave
+        // pending.json for recovery: the records exist only in the renamed file now.
+        self.needs_recovery = true;
+        let entry = manifest.entry_for(&pending, &marker.0, info.sha256).map_err(AgentError::Inconsistent)?;
+        let mut next = manifest;
+        next.snapshots.push(entry.clone());
+        next.next_index += pending.count;
+        dir.write_manifest_tmp(&next)?;
+        self.point(CrashPoint::DuringManifestWrite)?;
+        dir.install_manifest()?;
+        dir.sync()?;
+        self.point(CrashPoint::AfterManifestCommit)?;
+        dir.remove_pending()?;
+        dir.sync()?;
+        self.current = Some(Current { dir, manifest: next });
+        self.needs_recovery = false;
+        self.last_snapshot = Instant::now();
+        Ok(entry)
+    }
+
+    /// Step 3: streams the records before the marker into `.tmp-<seq>.snap` and fsyncs it.
+    fn copy_out(&mut self, dir: &BootDir, h: &mut K::Handle, seq: u64) -> Result<FileInfo, AgentError> {
+        let mut t = dir.create_tentative(seq)?;
+        let mut first = true;
+        loop {
+            let chunk = self.kernel.snapshot_read(h)?;
+            if chunk.is_empty() {
+                break;
+            }
+            t.write(&chunk)?;
+            if first {
+                first = false;
+                self.point(CrashPoint::DuringTmpWrite)?;
+            }
+        }
+        self.point(CrashPoint::AfterTmpWrite)?;
+        t.sync()?;
+        self.point(CrashPoint::AfterFsync)?;
+        Ok(t.finish()?)
+    }
+
+    /// Rolls an attempt back before `done`: close (the marker stays as an ordinary record),
+    /// then remove the attempt's files and intent.
+    fn abort<T>(
+        &mut self,
+        h: K::Handle,
+        dir: &BootDir,
+        manifest: &Manifest,
+        seq: Option<u64>,
+        cause: String,
+    ) -> Result<T, AgentError> {
+        self.kernel.snapshot_close(h);
+        self.point(CrashPoint::AbortAfterClose)?;
+        let cleanup = || -> Result<(), StoreError> {
+            if let Some(seq) = seq {
+                dir.remove_snapshot(seq)?;
+            }
+            dir.remove_pending()?;
+            dir.remove_leftovers(manifest)?;
+            dir.sync()
+        };
+        if let Err(e) = cleanup() {
+            self.needs_recovery = true;
+            return Err(e.into());
+        }
+        Err(AgentError::Aborted(cause))
+    }
+
+    /// On start: find (or create) this boot's directory, retire earlier cold boots', settle
+    /// a pending snapshot by the recovery rule, remove leftovers, and check that the live
+    /// list continues the store.
+    pub fn recover(&mut self) -> Result<RecoveryReport, AgentError> {
+        self.alive()?;
+        self.current = None;
+        self.needs_recovery = true;
+        let rc = self.kernel.reset_count()?;
+        let head = self.kernel.live_head()?;
+        let mut retired = Vec::new();
+        let mut created = false;
+        let (dir, mut m) = if is_boot_aggregate(&head) {
+            // The list starts at this kernel's cold boot: no snapshot of this boot was
+            // taken. A directory with snapshots, even with the same identity, is a previous boot.
+            let info = BootInfo::from_boot_aggregate(rc, &head);
+            let id = BootId::of(&info);
+            let mut found = None;
+            for b in self.store.list_boots()? {
+                if b == id {
+                    if let Some(d) = self.store.boot(&b) {
+                        if let Ok(m) = d.load_manifest() {
+                            if m.boot == info && m.snapshots.is_empty() {
+                                found = Some((d, m));
+                                continue;
+                            }
+                        }
+                    }
+                }
+                self.store.retire(&b, self.cfg.retention)?;
+                retired.push(b);
+                self.point(CrashPoint::RecoveryAfterRetire)?;
+            }
+            match found {
+                Some(x) => x,
+                None => {
+                    let m = Manifest::new(info, self.kernel.banks()?, self.kernel.measurement_pcr());
+                    created = true;
+                    (self.store.create_boot(&m)?, m)
+                }
+            }
+        } else {
+            // A marker heads the list: the boot whose last end marker (or pending marker) it is.
+            let mut found = None;
+            for b in self.store.list_boots()? {
+                if b.reset_count() != rc {
+                    continue;
+                }
+                let Some(d) = self.store.boot(&b) else { continue };
+                let Ok(m) = d.load_manifest() else { continue };
+                let by_manifest = m.head_marker().is_some_and(|mk| mk.matches(&head));
+                let by_pending = matches!(d.read_pending(), Ok(Some(p)) if p.marker.matches(&head));
+                if by_manifest || by_pending {
+                    found = Some((d, m));
+                    break;
+                }
+            }
+            let Some((d, m)) = found else {
+                return Err(AgentError::Inconsistent(format!(
+                    "the live list starts with {:?} (sha1 {}), which is no stored boot's end marker \
+                     (resetCount {rc}): records before it are not in the store",
+                    head.name(Endian::Little).unwrap_or_default(),
+                    hex::encode(&head.digest)
+                )));
+            };
+            for b in self.store.list_boots()? {
+                if &b != d.id() {
+                    self.store.retire(&b, self.cfg.retention)?;
+                    retired.push(b);
+                    self.point(CrashPoint::RecoveryAfterRetire)?;
+                }
+            }
+            (d, m)
+        };
+
+        let pending = match dir.read_pending()? {
+            Some(p) => Some(self.settle(&dir, &mut m, p, &head)?),
+            None => None,
+        };
+        let removed = dir.remove_leftovers(&m)?;
+        m.check_boundary(m.next_index, &head)
+            .map_err(|why| AgentError::Inconsistent(format!("live list head: {why}")))?;
+        let report = RecoveryReport { boot: dir.id().clone(), created, retired, pending, removed };
+        self.current = Some(Current { dir, manifest: m });
+        self.needs_recovery = false;
+        self.last_snapshot = Instant::now();
+        Ok(report)
+    }
+
+    /// The recovery rule for one `pending.json`.
+    fn settle(&mut self, dir: &BootDir, m: &mut Manifest, p: Pending, head: &Record) -> Result<Decision, AgentError> {
+        p.validate_against(m).map_err(|why| AgentError::Inconsistent(format!("pending.json: {why}")))?;
+        let d = decide(m, &p, head);
+        match d {
+            Decision::AlreadyCommitted => {}
+            Decision::Commit => {
+                // The kernel dropped the records: the renamed file is now their only copy.
+                let info = dir.scan_snapshot(p.seq, p.first_index)?;
+                if info.count != p.count {
+                    return Err(AgentError::Inconsistent(format!(
+                        "{} holds {} records, pending.json says {}",
+                        p.file_name(),
+                        info.count,
+                        p.count
+                    )));
+                }
+                if let Some(first) = &info.first {
+                    m.check_boundary(p.first_index, first).map_err(AgentError::Inconsistent)?;
+                }
+                let marker = Marker::from_record(head, Endian::Little).ok().flatten().ok_or_else(|| {
+                    AgentError::Inconsistent("head matched the pending marker but does not parse".into())
+                })?;
+                let entry = m.entry_for(&p, &marker, info.sha256).map_err(AgentError::Inconsistent)?;
+                let mut next = m.clone();
+                next.snapshots.push(entry);
+                next.next_index += p.count;
+                dir.write_manifest_tmp(&next)?;
+                self.point(CrashPoint::RecoveryDuringManifestWrite)?;
+                dir.install_manifest()?;
+                dir.sync()?;
+                *m = next;
+                self.point(CrashPoint::RecoveryAfterManifestCommit)?;
+            }
+            Decision::Drop => {
+                dir.remove_snapshot(p.seq)?;
+                self.point(CrashPoint::RecoveryAfterFileRemoved)?;
+            }
+        }
+        dir.remove_pending()?;
+        self.point(CrashPoint::RecoveryAfterPendingRemoved)?;
+        dir.sync()?;
+        Ok(d)
+    }
+
+    /// The whole log of this boot from global index `from`: snapshots, then the live list.
+    pub fn stitched(&mut self, from: u64) -> Result<StitchedReader<K::Live>, AgentError> {
+        self.alive()?;
+        let c = self.current.as_ref().ok_or(AgentError::NotRecovered)?;
+        let (dir, m) = (c.dir.clone(), c.manifest.clone());
+        let live = self.kernel.live_list()?;
+        Ok(dir.stitched(&m, live, from))
+    }
+}

@@ -1,0 +1,136 @@
+//! The evidence bundle of docs/SNAPSHOTS.md: what a verifier consumes.
+
+use crate::agent::{Agent, AgentError};
+use crate::kernel::SnapshotKernel;
+use imasnap_log::{BinaryReader, HashAlgo};
+use imasnap_store::fsio::HashingReader;
+use imasnap_store::StoreError;
+use serde::Serialize;
+use std::fs::File;
+use std::io::{BufReader, Write};
+use std::path::{Path, PathBuf};
+
+pub const BUNDLE_FORMAT: &str = "imasnap-bundle/1";
+
+/// The attestation key's public part, as the bundle carries it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AkKey {
+    /// A marshalled TPM2B_PUBLIC: written hex-encoded to `ak.pub`.
+    Tpm2bPublic(Vec<u8>),
+    /// PEM text: written to `ak.pem`.
+    Pem(String),
+}
+
+/// What the caller brings: the quote (taken before the bundle is written, so the log can
+/// only run ahead of it), its nonce and the AK.
+#[derive(Clone, Debug)]
+pub struct Evidence<'a> {
+    /// `quote.json` content: `{ "nonce", "attest", "signature", "pcr_values" }`.
+    pub quote: &'a serde_json::Value,
+    pub nonce: &'a [u8],
+    pub ak: &'a AkKey,
+}
+
+/// `bundle.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct BundleIndex {
+    pub format: String,
+    pub banks: Vec<HashAlgo>,
+    pub pcr: u32,
+    pub live_first_index: u64,
+    pub nonce: String,
+}
+
+/// What was written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BundleInfo {
+    pub dir: PathBuf,
+    pub index: BundleIndex,
+    pub snapshots: usize,
+    pub live_bytes: u64,
+}
+
+fn io<T>(op: &'static str, path: &Path, r: std::io::Result<T>) -> Result<T, AgentError> {
+    r.map_err(|source| AgentError::Store(StoreError::Io { op, path: path.to_path_buf(), source }))
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), AgentError> {
+    io("write", path, std::fs::write(path, bytes))
+}
+
+/// `quote.json` from a TPM quote and its nonce.
+pub fn quote_json(q: &imasnap_tpm::Quote, nonce: &[u8]) -> serde_json::Value {
+    let mut v = serde_json::to_value(q).expect("quote serialises");
+    if let Some(o) = v.as_object_mut() {
+        o.insert("nonce".into(), serde_json::Value::String(hex::encode(nonce)));
+    }
+    v
+}
+
+impl<K: SnapshotKernel> Agent<K> {
+    /// Writes the evidence bundle into `out` (created; must not exist or be empty).
+    /// Snapshot files are re-hashed while copied, and the live list must continue the
+    /// manifest, so the bundle is consistent when this returns.
+    pub fn write_bundle(&mut self, out: &Path, ev: &Evidence<'_>) -> Result<BundleInfo, AgentError> {
+        let (dir, m) = match (self.boot_dir(), self.manifest()) {
+            (Some(d), Some(m)) => (d.clone(), m.clone()),
+            _ => return Err(AgentError::NotRecovered),
+        };
+        if out.exists() && io("list", out, std::fs::read_dir(out))?.next().is_some() {
+            return Err(AgentError::Store(StoreError::Exists(out.to_path_buf())));
+        }
+        let snaps = out.join("snapshots");
+        io("create directory", &snaps, std::fs::create_dir_all(&snaps))?;
+        for s in &m.snapshots {
+            let src = dir.path().join(&s.file);
+            let dst = snaps.join(&s.file);
+            let mut r = HashingReader::new(BufReader::new(io("open", &src, File::open(&src))?));
+            let mut w = io("create", &dst, File::create(&dst))?;
+            io("copy", &src, std::io::copy(&mut r, &mut w))?;
+            let got = r.finish_hex();
+            if got != s.sha256 {
+                return Err(AgentError::Inconsistent(format!(
+                    "{}: sha256 {got} does not match the manifest's {}",
+                    src.display(),
+                    s.sha256
+                )));
+            }
+        }
+        write_file(&out.join("manifest.json"), &pretty(&m))?;
+
+        let live_path = out.join("live.bin");
+        let mut live = self.kernel_mut().live_list()?;
+        let mut w = io("create", &live_path, File::create(&live_path))?;
+        let live_bytes = io("copy", &live_path, std::io::copy(&mut live, &mut w))?;
+        io("write", &live_path, w.flush())?;
+        drop(w);
+        let f = io("open", &live_path, File::open(&live_path))?;
+        let head = match BinaryReader::new(BufReader::new(f), imasnap_store::snapshot_format()).next() {
+            Some(Ok(r)) => r,
+            Some(Err(e)) => return Err(AgentError::Inconsistent(format!("live list: {e}"))),
+            None => return Err(AgentError::Inconsistent("live list is empty".into())),
+        };
+        m.check_boundary(m.next_index, &head).map_err(|why| AgentError::Inconsistent(format!("live list: {why}")))?;
+
+        write_file(&out.join("quote.json"), &pretty(ev.quote))?;
+        match ev.ak {
+            AkKey::Tpm2bPublic(b) => write_file(&out.join("ak.pub"), format!("{}\n", hex::encode(b)).as_bytes())?,
+            AkKey::Pem(p) => write_file(&out.join("ak.pem"), p.as_bytes())?,
+        }
+        let index = BundleIndex {
+            format: BUNDLE_FORMAT.into(),
+            banks: m.banks.clone(),
+            pcr: m.pcr,
+            live_first_index: m.next_index,
+            nonce: hex::encode(ev.nonce),
+        };
+        write_file(&out.join("bundle.json"), &pretty(&index))?;
+        Ok(BundleInfo { dir: out.to_path_buf(), index, snapshots: m.snapshots.len(), live_bytes })
+    }
+}
+
+fn pretty<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut b = serde_json::to_vec_pretty(v).expect("plain data serialises");
+    b.push(b'\n');
+    b
+}

@@ -1,0 +1,123 @@
+//! What the agent needs from the kernel, as a trait: the RFC `snapshot` file, the live
+//! list, and the TPM's resetCount. Back ends: the in-process kernel model (here), the real
+//! securityfs files and upstream staging (later).
+
+use imasnap_log::{BinaryReader, HashAlgo, Record};
+use std::io::Read;
+
+/// A kernel interface failure. `Busy` is the exclusive-open EBUSY.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KernelIfError {
+    #[error("EBUSY: {0}")]
+    Busy(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Size of the in-memory list, for the snapshot policy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LiveStats {
+    pub records: u64,
+    /// Bytes of the list in binary SHA1 form.
+    pub bytes: u64,
+}
+
+pub trait SnapshotKernel {
+    /// An open `snapshot` file description (closing it without `done` aborts).
+    type Handle;
+    /// The live list as `binary_runtime_measurements` (SHA1) bytes.
+    type Live: Read;
+
+    /// `open(snapshot, O_RDWR)`: starts an attempt; the kernel appends the marker.
+    fn snapshot_open(&mut self) -> Result<Self::Handle, KernelIfError>;
+
+    /// The open attempt's marker: its list position n (= records before it) and the
+    /// marker record in SHA1 form.
+    fn snapshot_marker(&mut self, h: &Self::Handle) -> Result<(u64, Record), KernelIfError>;
+
+    /// Next chunk of the records before the marker (binary SHA1); empty at the end.
+    fn snapshot_read(&mut self, h: &mut Self::Handle) -> Result<Vec<u8>, KernelIfError>;
+
+    /// `write("done")`: the kernel drops every record before the marker.
+    fn snapshot_done(&mut self, h: &mut Self::Handle) -> Result<(), KernelIfError>;
+
+    /// `close`.
+    fn snapshot_close(&mut self, h: Self::Handle);
+
+    /// The live list, streaming.
+    fn live_list(&mut self) -> Result<Self::Live, KernelIfError>;
+
+    /// TPM resetCount (cold boots since TPM2_Clear).
+    fn reset_count(&mut self) -> Result<u64, KernelIfError>;
+
+    /// TPM banks in bank order (the banks markers list).
+    fn banks(&mut self) -> Result<Vec<HashAlgo>, KernelIfError>;
+
+    /// The measurement PCR (`CONFIG_IMA_MEASURE_PCR_IDX`).
+    fn measurement_pcr(&self) -> u32;
+
+    /// First record of the live list.
+    fn live_head(&mut self) -> Result<Record, KernelIfError> {
+        let live = self.live_list()?;
+        let mut r = BinaryReader::new(live, imasnap_store::snapshot_format());
+        match r.next() {
+            Some(Ok(rec)) => Ok(rec),
+            Some(Err(e)) => Err(KernelIfError::Failed(format!("live list: {e}"))),
+            None => Err(KernelIfError::Failed("live list is empty".into())),
+        }
+    }
+
+    /// Records and bytes in the live list. The default decodes the whole list.
+    fn live_stats(&mut self) -> Result<LiveStats, KernelIfError> {
+        let live = self.live_list()?;
+        let mut r = BinaryReader::new(live, imasnap_store::snapshot_format());
+        let mut slot = None;
+        loop {
+            match r.read_into(&mut slot) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => return Err(KernelIfError::Failed(format!("live list: {e}"))),
+            }
+        }
+        Ok(LiveStats { records: r.next_index(), bytes: r.offset() })
+    }
+}
+
+/// A borrowed kernel is a kernel: lets a caller keep ownership across agent restarts.
+impl<K: SnapshotKernel + ?Sized> SnapshotKernel for &mut K {
+    type Handle = K::Handle;
+    type Live = K::Live;
+    fn snapshot_open(&mut self) -> Result<Self::Handle, KernelIfError> {
+        (**self).snapshot_open()
+    }
+    fn snapshot_marker(&mut self, h: &Self::Handle) -> Result<(u64, Record), KernelIfError> {
+        (**self).snapshot_marker(h)
+    }
+    fn snapshot_read(&mut self, h: &mut Self::Handle) -> Result<Vec<u8>, KernelIfError> {
+        (**self).snapshot_read(h)
+    }
+    fn snapshot_done(&mut self, h: &mut Self::Handle) -> Result<(), KernelIfError> {
+        (**self).snapshot_done(h)
+    }
+    fn snapshot_close(&mut self, h: Self::Handle) {
+        (**self).snapshot_close(h)
+    }
+    fn live_list(&mut self) -> Result<Self::Live, KernelIfError> {
+        (**self).live_list()
+    }
+    fn reset_count(&mut self) -> Result<u64, KernelIfError> {
+        (**self).reset_count()
+    }
+    fn banks(&mut self) -> Result<Vec<HashAlgo>, KernelIfError> {
+        (**self).banks()
+    }
+    fn measurement_pcr(&self) -> u32 {
+        (**self).measurement_pcr()
+    }
+    fn live_head(&mut self) -> Result<Record, KernelIfError> {
+        (**self).live_head()
+    }
+    fn live_stats(&mut self) -> Result<LiveStats, KernelIfError> {
+        (**self).live_stats()
+    }
+}

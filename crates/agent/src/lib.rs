@@ -1,0 +1,19 @@
+//! imasnap-agent: agent logic as a library (DESIGN §4.5, docs/SNAPSHOTS.md).
+//!
+//! - [`SnapshotKernel`]: the kernel interface the agent drives (RFC `snapshot` file, live
+//!   list, TPM resetCount); implemented here for the in-process kernel model.
+//! - [`Agent`]: the commit protocol step by step ([`Agent::snapshot_once`]), recovery and
+//!   cold-boot retention ([`Agent::recover`]), the stitched log, evidence bundles.
+//! - [`SnapshotPolicy`] / [`AgentConfig`]: when to snapshot, from TOML.
+
+pub mod agent;
+pub mod bundle;
+pub mod kernel;
+#[cfg(feature = "kernel-model")]
+pub mod model;
+pub mod policy;
+
+pub use agent::{Agent, AgentError, CrashPoint, RecoveryReport};
+pub use bundle::{quote_json, AkKey, BundleIndex, BundleInfo, Evidence, BUNDLE_FORMAT};
+pub use kernel::{KernelIfError, LiveStats, SnapshotKernel};
+pub use policy::{AgentConfig, SnapshotPolicy, Trigger};
