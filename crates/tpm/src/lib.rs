@@ -1,0 +1,101 @@
+//! imasnap-tpm: the TPM component (DESIGN §4.3).
+//!
+//! - [`Tpm`]: one object-safe interface for every back end (PCR read/extend, quote,
+//!   clock info, AK public key).
+//! - [`SoftTpm`]: a deterministic in-process software TPM, the embedded default.
+//! - Real TPM 2.0 wire formats ([`Attest`], [`Signature`], [`PcrSelection`],
+//!   [`PublicArea`]) so quotes from swtpm or hardware verify the same way.
+//! - [`verify_quote`]: pure-Rust verification that never needs a TPM.
+//!
+//! Nothing here panics on input: every parser of untrusted bytes returns a
+//! [`WireError`] or [`QuoteError`] naming the structure and byte offset.
+
+pub mod attest;
+pub mod public;
+pub mod quote;
+pub mod selection;
+pub mod signature;
+pub mod soft;
+mod wire;
+
+#[cfg(test)]
+mod tests;
+
+pub use attest::{Attest, ClockInfo};
+pub use imasnap_log::{HashAlgo, PcrValue};
+pub use public::{AkError, AkKind, AkPublic, EccCurve, PublicArea, PublicKeyParams};
+pub use quote::{compute_pcr_digest, verify_quote, Quote, QuoteError, VerifiedQuote};
+pub use selection::PcrSelection;
+pub use signature::{SigAlg, SigScheme, Signature};
+pub use soft::SoftTpm;
+pub use wire::WireError;
+
+/// PCRs of a PC Client TPM: 0-23.
+pub const NUM_PCRS: usize = imasnap_log::replay::NUM_PCRS;
+
+/// Largest nonce (qualifyingData) accepted: a TPM2B_DATA holds a TPMT_HA, 66 bytes
+/// with SHA-512, but TPMs without SHA-512 allow less, so we cap at 64. Verifiers
+/// should use 32 bytes, which every TPM accepts.
+pub const MAX_NONCE: usize = 64;
+
+/// PCR 0-23 of every bank, as returned by [`Tpm::pcr_read_all`]. The same type replay
+/// uses, so a read can seed [`imasnap_log::Replayer::resume`] directly.
+pub type PcrBanks = imasnap_log::PcrState;
+
+/// Why a TPM command failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TpmError {
+    #[error("PCR index {0} out of range (0-23)")]
+    PcrOutOfRange(u32),
+    #[error("PCR bank {0} is not allocated")]
+    BankNotAllocated(HashAlgo),
+    #[error("PCR bank {0} listed twice")]
+    DuplicateBank(HashAlgo),
+    #[error("no PCR banks")]
+    NoBanks,
+    #[error("nonce of {len} bytes exceeds {max}")]
+    NonceTooLong { len: usize, max: usize },
+    /// A back end's own failure (transport, TPM response code, ...).
+    #[error("TPM back end: {0}")]
+    Backend(String),
+}
+
+/// A TPM 2.0 as imasnap uses it. Object-safe, so back ends are chosen at run time
+/// (`Box<dyn Tpm>`). Commands take `&mut self` because each one changes TPM state
+/// (at least the clock).
+pub trait Tpm: Send {
+    /// Allocated PCR banks, in TPM bank order (the order IMA's snapshot_aggregate lists them).
+    fn banks(&self) -> Vec<HashAlgo>;
+
+    /// TPM2_PCR_Read of `pcrs` (in that order) from one bank.
+    fn pcr_read(&mut self, bank: HashAlgo, pcrs: &[u32]) -> Result<Vec<PcrValue>, TpmError>;
+
+    /// PCR 0-23 of every allocated bank.
+    fn pcr_read_all(&mut self) -> Result<PcrBanks, TpmError> {
+        let banks = self.banks();
+        let all: Vec<u32> = (0..NUM_PCRS as u32).collect();
+        let mut out = PcrBanks::new(&banks);
+        for bank in banks {
+            for (i, v) in self.pcr_read(bank, &all)?.into_iter().enumerate() {
+                if v.algo() != bank || !out.set(i, v) {
+                    return Err(TpmError::Backend(format!("pcr_read returned a bad {bank} value for PCR {i}")));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// TPM2_PCR_Extend: `digests` holds at most one digest per bank (a TPML_DIGEST_VALUES);
+    /// banks without a digest are left unchanged. All-or-nothing on error.
+    fn pcr_extend(&mut self, pcr: u32, digests: &[PcrValue]) -> Result<(), TpmError>;
+
+    /// TPM2_Quote with the AK over `selection`, `nonce` as qualifyingData.
+    fn quote(&mut self, nonce: &[u8], selection: &PcrSelection) -> Result<Quote, TpmError>;
+
+    /// TPM2_ReadClock's clock info: reboot and suspend detection.
+    fn clock_info(&mut self) -> Result<ClockInfo, TpmError>;
+
+    /// The attestation key that signs [`Tpm::quote`].
+    fn ak_public(&self) -> AkPublic;
+}
