@@ -2,7 +2,8 @@
 //! list, and the TPM's resetCount. Back ends: the in-process kernel model (here), the real
 //! securityfs files and upstream staging (later).
 
-use imasnap_log::{BinaryReader, HashAlgo, Record};
+use imasnap_log::marker::EVENT_NAME;
+use imasnap_log::{BinaryReader, Endian, HashAlgo, Record};
 use std::io::Read;
 
 /// A kernel interface failure. `Busy` is the exclusive-open EBUSY.
@@ -32,8 +33,11 @@ pub trait SnapshotKernel {
     fn snapshot_open(&mut self) -> Result<Self::Handle, KernelIfError>;
 
     /// The open attempt's marker: its list position n (= records before it) and the
-    /// marker record in SHA1 form.
-    fn snapshot_marker(&mut self, h: &Self::Handle) -> Result<(u64, Record), KernelIfError>;
+    /// marker record in SHA1 form. The default scans the live list for the last marker:
+    /// only one attempt is open at a time, so the newest marker is this attempt's.
+    fn snapshot_marker(&mut self, _h: &Self::Handle) -> Result<(u64, Record), KernelIfError> {
+        last_marker(self.live_list()?)
+    }
 
     /// Next chunk of the records before the marker (binary SHA1); empty at the end.
     fn snapshot_read(&mut self, h: &mut Self::Handle) -> Result<Vec<u8>, KernelIfError>;
@@ -83,6 +87,26 @@ pub trait SnapshotKernel {
     }
 }
 
+/// Position and record of the last `snapshot_aggregate` in a binary SHA1 list.
+pub fn last_marker(live: impl Read) -> Result<(u64, Record), KernelIfError> {
+    let mut r = BinaryReader::new(live, imasnap_store::snapshot_format());
+    let mut slot = None;
+    let mut found = None;
+    loop {
+        match r.read_into(&mut slot) {
+            Ok(true) => {
+                let rec = slot.as_ref().expect("filled");
+                if rec.name(Endian::Little).as_deref() == Some(EVENT_NAME) {
+                    found = Some((r.next_index() - 1, rec.clone()));
+                }
+            }
+            Ok(false) => break,
+            Err(e) => return Err(KernelIfError::Failed(format!("live list: {e}"))),
+        }
+    }
+    found.ok_or_else(|| KernelIfError::Failed("no snapshot_aggregate in the live list".into()))
+}
+
 /// A borrowed kernel is a kernel: lets a caller keep ownership across agent restarts.
 impl<K: SnapshotKernel + ?Sized> SnapshotKernel for &mut K {
     type Handle = K::Handle;
@@ -119,5 +143,29 @@ impl<K: SnapshotKernel + ?Sized> SnapshotKernel for &mut K {
     }
     fn live_stats(&mut self) -> Result<LiveStats, KernelIfError> {
         (**self).live_stats()
+    }
+}
+
+#[cfg(all(test, feature = "kernel-model"))]
+mod tests {
+    use super::*;
+    use imasnap_kernel_model::{Config, Kernel};
+    use imasnap_tpm::SoftTpm;
+
+    #[test]
+    fn default_marker_lookup_agrees_with_the_model() {
+        let mut k = Kernel::boot(Config::default(), SoftTpm::new(3)).unwrap();
+        k.measure_file(b"/a", &[1; 32]).unwrap();
+        // An aborted attempt leaves an older marker behind.
+        let old = Kernel::snapshot_open(&mut k).unwrap();
+        Kernel::snapshot_close(&mut k, old);
+        k.measure_file(b"/b", &[2; 32]).unwrap();
+        let h = SnapshotKernel::snapshot_open(&mut k).unwrap();
+        k.measure_file(b"/c", &[3; 32]).unwrap();
+        let (n, rec) = k.snapshot_marker(&h).unwrap();
+        assert_eq!(n, 4);
+        assert_eq!(last_marker(k.live_list().unwrap()).unwrap(), (n, rec.clone()));
+        let m = imasnap_log::marker::Marker::from_record(&rec, Endian::Little).unwrap().unwrap();
+        assert_eq!(m.attempt, 2, "the open attempt's marker, not the aborted one");
     }
 }

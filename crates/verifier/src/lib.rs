@@ -1,0 +1,27 @@
+//! imasnap-verifier: the pure verification engine for snapshotted IMA logs (DESIGN §4.6).
+//!
+//! Sans-IO: [`verify`] takes an [`Evidence`] bundle in memory (snapshot files with the
+//! manifest's claims, the live list, the quote) and the verifier's saved [`State`], and
+//! returns a [`Verdict`], a [`Report`] of what was replayed or skipped, and the new state.
+//!
+//! Three modes ([`Mode`]):
+//! - **full history**: replay from record 0 through every snapshot and the live list;
+//! - **latest segment**: start from the marker heading the live list
+//!   (`history_verified: false`);
+//! - **incremental**: continue from the saved checkpoint; cost depends on new records only.
+//!
+//! Nothing the host says is trusted: indices, manifests and marker contents are claims,
+//! checked against the replay and the quote, and every mismatch has its own
+//! [`Failure`] variant. Nothing panics on any input, and memory is bounded by one batch.
+
+mod engine;
+pub mod evidence;
+pub mod quote;
+pub mod reason;
+pub mod state;
+
+pub use engine::{verify, Mode, Options, Outcome, Report, Restart, Verdict};
+pub use evidence::{BootClaim, EndMarkerClaim, Evidence, Input, SnapshotClaim, SnapshotEvidence};
+pub use quote::{AttestedQuote, QuoteEvidence, TpmQuote, TrustedPcrs};
+pub use reason::{Failure, Segment};
+pub use state::{BootIdentity, State};

@@ -1,0 +1,224 @@
+//! Why evidence was rejected. One variant per failure class, each naming the global record
+//! index where one applies, so an operator (and the adversarial suite) can tell a forged
+//! marker from a reordered snapshot from a replayed quote.
+
+use imasnap_log::HashAlgo;
+use std::fmt;
+
+/// Which piece of evidence a record came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Segment {
+    /// The snapshot file with this manifest `seq`.
+    Snapshot(u64),
+    /// The live (in-kernel) list.
+    Live,
+}
+
+impl fmt::Display for Segment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Snapshot(s) => write!(f, "snapshot {s}"),
+            Self::Live => f.write_str("live list"),
+        }
+    }
+}
+
+/// The reason a verification failed. Indices are global record indices as replayed by the
+/// verifier (never the host's claims), unless a field says `claimed`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Failure {
+    // ---- evidence shape -------------------------------------------------------------
+    /// The evidence cannot be verified as given (no banks, a bank twice, PCR out of range…).
+    #[error("unusable evidence: {detail}")]
+    BadEvidence { detail: String },
+
+    // ---- the quote ---------------------------------------------------------------------
+    /// Quote bytes that do not decode.
+    #[error("malformed quote: {detail}")]
+    QuoteMalformed { detail: String },
+    /// The AK shipped with the evidence is not the AK this verifier trusts for the host.
+    #[error("evidence carries AK {claimed}, the verifier trusts {trusted}")]
+    AkMismatch { claimed: String, trusted: String },
+    /// The signature does not verify under the trusted AK: altered, or signed by another key.
+    #[error("quote signature does not verify under the trusted AK: {detail}")]
+    QuoteBadSignature { detail: String },
+    /// Signed by the AK but not a TPM-generated quote structure (magic / type).
+    #[error("signed data is not a TPM-generated quote: {detail}")]
+    QuoteNotTpmGenerated { detail: String },
+    /// The quote answers another challenge: replayed or foreign.
+    #[error("quote nonce {found} is not the challenge {expected}")]
+    QuoteNonceMismatch { expected: String, found: String },
+    /// The PCR values supplied with the quote do not hash to its signed pcrDigest.
+    #[error("supplied PCR values do not match the signed pcrDigest: {detail}")]
+    QuotePcrDigestMismatch { detail: String },
+    /// The signed selection lacks a PCR the verifier requires.
+    #[error("quote does not cover {bank} PCR {pcr}")]
+    QuoteSelectionMissing { bank: HashAlgo, pcr: u32 },
+    /// A record extends a PCR the quote does not cover, so it can never be proven.
+    #[error("record {index} extends PCR {pcr}, which the quote does not cover")]
+    UnquotedPcr { index: u64, pcr: u32 },
+    /// The replay never reached the quoted values, up to the end of the evidence.
+    /// `bank`/`pcr` name the first PCR that differs at the end of the log.
+    #[error("replay of {records} records never reaches the quote ({bank} PCR {pcr} differs at the end)")]
+    QuoteNotReached { records: u64, bank: HashAlgo, pcr: u32 },
+
+    // ---- manifest claims ---------------------------------------------------------------
+    /// Snapshot sequence numbers are not 1, 2, 3, … in manifest order.
+    #[error("manifest entry {position} has seq {found}, want {expected}")]
+    ManifestSeqGap { position: usize, expected: u64, found: u64 },
+    /// A snapshot's claimed first index is not where the previous one claims to end.
+    #[error("snapshot {seq} claims first_index {claimed}, the manifest implies {expected}")]
+    ManifestNotContiguous { seq: u64, claimed: u64, expected: u64 },
+    /// The bundle's live_first_index is not where the snapshots end.
+    #[error("live list claimed to start at {claimed}, expected {expected}")]
+    LiveFirstIndexMismatch { claimed: u64, expected: u64 },
+    /// A snapshot file holds another number of records than the manifest claims.
+    #[error("snapshot {seq} holds {actual} records, the manifest claims {claimed}")]
+    ManifestCountMismatch { seq: u64, claimed: u64, actual: u64 },
+    /// A snapshot file's sha256 differs from the manifest's.
+    #[error("snapshot {seq} file digest {actual} differs from the manifest's {claimed}")]
+    ManifestDigestMismatch { seq: u64, claimed: String, actual: String },
+    /// The manifest names another end marker (attempt or digest) than the one found.
+    #[error("snapshot {seq}: the record ending it (index {index}) is not the manifest's end marker ({detail})")]
+    ManifestEndMarkerMismatch { seq: u64, index: u64, detail: String },
+    /// The manifest's pcrs_end differs from the replayed measurement PCR.
+    #[error("snapshot {seq}: manifest pcrs_end for {bank} differs from the replay")]
+    ManifestPcrsEndMismatch { seq: u64, bank: HashAlgo },
+    /// The manifest's boot identity contradicts the quote or record 0.
+    #[error("manifest boot identity is wrong: {detail}")]
+    ManifestBootMismatch { detail: String },
+
+    // ---- the log itself -----------------------------------------------------------------
+    /// The manifest lists a snapshot whose bytes were not supplied.
+    #[error("snapshot {seq} is listed but its file is missing")]
+    SnapshotMissing { seq: u64 },
+    /// A snapshot file (or the live list) holds no record at all.
+    #[error("{segment} is empty")]
+    EmptySegment { segment: Segment },
+    /// Bytes that do not decode as records.
+    #[error("{segment}: record {index} at byte {offset}: {reason}")]
+    Malformed {
+        segment: Segment,
+        index: u64,
+        offset: u64,
+        #[serde(serialize_with = "display")]
+        reason: imasnap_log::Reason,
+    },
+    /// A record's stored template digest is not the hash of its template data.
+    #[error("record {index}: template digest does not match its template data")]
+    TemplateDigestMismatch { index: u64 },
+    /// Record 0 of a boot must be its boot_aggregate.
+    #[error("record {index} should be the boot_aggregate")]
+    FirstRecordNotBootAggregate { index: u64 },
+    /// A boot_aggregate does not match the quoted PCR 0-9.
+    #[error("record {index}: boot_aggregate does not match the quoted PCR 0-9: {detail}")]
+    BootAggregateMismatch { index: u64, detail: String },
+    /// The file after snapshot `seq` does not begin with a snapshot_aggregate marker.
+    #[error("record {index} after snapshot {seq} is not a snapshot_aggregate marker")]
+    MissingEndMarker { seq: u64, index: u64 },
+    /// The live list does not begin with a marker where one is required.
+    #[error("live list head (record {index}) is not the expected snapshot_aggregate marker")]
+    LiveStartNotMarker { index: u64 },
+    /// A record named snapshot_aggregate that is not a strictly well-formed marker.
+    #[error("record {index}: malformed snapshot_aggregate: {detail}")]
+    MalformedMarker { index: u64, detail: String },
+    /// A marker whose d-ng is not the hash of its buf.
+    #[error("record {index}: snapshot_aggregate d-ng is not the hash of its buf")]
+    MarkerBufDigestMismatch { index: u64 },
+    /// A marker listing other banks than the log is replayed in.
+    #[error("record {index}: marker banks differ from the replayed banks: {detail}")]
+    MarkerBankMismatch { index: u64, detail: String },
+    /// A marker's PCR 0-9 differ from the quoted PCR 0-9 (another boot or platform state).
+    #[error("record {index}: marker {bank} PCR {pcr} differs from the quoted platform state")]
+    MarkerPlatformMismatch { index: u64, bank: HashAlgo, pcr: u32 },
+    /// Attempt counts must strictly increase between markers of one kernel.
+    #[error("record {index}: snapshot attempt {attempt} does not follow attempt {previous}")]
+    AttemptNotIncreasing { index: u64, attempt: u64, previous: u64 },
+    /// An intermediate marker's values differ from the replay at its position.
+    #[error("record {index}: marker {bank} PCR {pcr} differs from the replay at its position")]
+    MarkerPcrMismatch { index: u64, bank: HashAlgo, pcr: u32 },
+    /// Snapshot `seq` does not replay to the values of the marker that ends it.
+    #[error("snapshot {seq} does not replay to its end marker (record {index}): {bank} PCR {pcr} differs")]
+    SnapshotEndMismatch { seq: u64, index: u64, bank: HashAlgo, pcr: u32 },
+    /// Incremental: the checkpoint lies in a snapshot whose file was not supplied.
+    #[error("checkpoint {checkpoint} lies in snapshot {seq}, which was not supplied")]
+    CheckpointNotInEvidence { checkpoint: u64, seq: u64 },
+    /// Incremental: the log ends before records the verifier already proved.
+    #[error("log ends at record {end}, before the verified checkpoint {checkpoint}: rolled back")]
+    LogRolledBack { checkpoint: u64, end: u64 },
+}
+
+impl Failure {
+    /// The global record index the failure names, if any.
+    pub fn index(&self) -> Option<u64> {
+        use Failure::*;
+        match self {
+            UnquotedPcr { index, .. }
+            | ManifestEndMarkerMismatch { index, .. }
+            | Malformed { index, .. }
+            | TemplateDigestMismatch { index }
+            | FirstRecordNotBootAggregate { index }
+            | BootAggregateMismatch { index, .. }
+            | MissingEndMarker { index, .. }
+            | LiveStartNotMarker { index }
+            | MalformedMarker { index, .. }
+            | MarkerBufDigestMismatch { index }
+            | MarkerBankMismatch { index, .. }
+            | MarkerPlatformMismatch { index, .. }
+            | AttemptNotIncreasing { index, .. }
+            | MarkerPcrMismatch { index, .. }
+            | SnapshotEndMismatch { index, .. } => Some(*index),
+            QuoteNotReached { records, .. } => Some(*records),
+            CheckpointNotInEvidence { checkpoint, .. } | LogRolledBack { checkpoint, .. } => Some(*checkpoint),
+            _ => None,
+        }
+    }
+
+    /// Stable snake_case name of the variant, for logs and JSON consumers.
+    pub fn kind(&self) -> &'static str {
+        use Failure::*;
+        match self {
+            BadEvidence { .. } => "bad_evidence",
+            QuoteMalformed { .. } => "quote_malformed",
+            AkMismatch { .. } => "ak_mismatch",
+            QuoteBadSignature { .. } => "quote_bad_signature",
+            QuoteNotTpmGenerated { .. } => "quote_not_tpm_generated",
+            QuoteNonceMismatch { .. } => "quote_nonce_mismatch",
+            QuotePcrDigestMismatch { .. } => "quote_pcr_digest_mismatch",
+            QuoteSelectionMissing { .. } => "quote_selection_missing",
+            UnquotedPcr { .. } => "unquoted_pcr",
+            QuoteNotReached { .. } => "quote_not_reached",
+            ManifestSeqGap { .. } => "manifest_seq_gap",
+            ManifestNotContiguous { .. } => "manifest_not_contiguous",
+            LiveFirstIndexMismatch { .. } => "live_first_index_mismatch",
+            ManifestCountMismatch { .. } => "manifest_count_mismatch",
+            ManifestDigestMismatch { .. } => "manifest_digest_mismatch",
+            ManifestEndMarkerMismatch { .. } => "manifest_end_marker_mismatch",
+            ManifestPcrsEndMismatch { .. } => "manifest_pcrs_end_mismatch",
+            ManifestBootMismatch { .. } => "manifest_boot_mismatch",
+            SnapshotMissing { .. } => "snapshot_missing",
+            EmptySegment { .. } => "empty_segment",
+            Malformed { .. } => "malformed",
+            TemplateDigestMismatch { .. } => "template_digest_mismatch",
+            FirstRecordNotBootAggregate { .. } => "first_record_not_boot_aggregate",
+            BootAggregateMismatch { .. } => "boot_aggregate_mismatch",
+            MissingEndMarker { .. } => "missing_end_marker",
+            LiveStartNotMarker { .. } => "live_start_not_marker",
+            MalformedMarker { .. } => "malformed_marker",
+            MarkerBufDigestMismatch { .. } => "marker_buf_digest_mismatch",
+            MarkerBankMismatch { .. } => "marker_bank_mismatch",
+            MarkerPlatformMismatch { .. } => "marker_platform_mismatch",
+            AttemptNotIncreasing { .. } => "attempt_not_increasing",
+            MarkerPcrMismatch { .. } => "marker_pcr_mismatch",
+            SnapshotEndMismatch { .. } => "snapshot_end_mismatch",
+            CheckpointNotInEvidence { .. } => "checkpoint_not_in_evidence",
+            LogRolledBack { .. } => "log_rolled_back",
+        }
+    }
+}
+
+fn display<S: serde::Serializer>(v: &impl fmt::Display, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
