@@ -22,12 +22,16 @@ enum Command {
     /// Read, convert, replay and verify IMA measurement logs.
     #[command(subcommand)]
     Log(cmd::log::LogCmd),
+    /// Simulate a host: the kernel model and the agent under a synthetic workload.
+    #[command(subcommand)]
+    Sim(cmd::sim::SimCmd),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
         Command::Log(c) => cmd::log::run(c),
+        Command::Sim(c) => cmd::sim::run(c),
     };
     match r {
         Ok(code) => code,

@@ -1,0 +1,231 @@
+//! `imasnap sim run`: the kernel model and the agent under a workload, ending in a bundle.
+
+use crate::workload::{Event, Workload};
+use imasnap_agent::{quote_json, Agent, AgentConfig, AgentError, AkKey, CrashPoint, Evidence};
+use imasnap_kernel_model::{Config, Kernel, KernelError};
+use imasnap_tpm::{PcrSelection, Tpm};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("kernel: {0}")]
+    Kernel(#[from] KernelError),
+    #[error("agent: {0}")]
+    Agent(#[from] AgentError),
+    #[error("TPM: {0}")]
+    Tpm(#[from] imasnap_tpm::TpmError),
+    #[error("{0}")]
+    Other(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct SimOptions {
+    /// Workload events to measure (file opens, buffers, violations; re-opens dedup).
+    pub records: u64,
+    /// Snapshot after every this many events.
+    pub snapshot_every: u64,
+    pub seed: u64,
+    /// kexec into a new kernel after this many events (the TPM and the list carry over).
+    pub kexec_at: Option<u64>,
+    /// Crash the agent at this step of its first snapshot after the halfway point.
+    pub crash_at: Option<CrashPoint>,
+    /// Every M-th snapshot attempt is aborted (closed without `done`).
+    pub abort_every: Option<u64>,
+    pub kernel: Config,
+    /// The agent's store.
+    pub state_dir: PathBuf,
+}
+
+/// What happened, for the summary and the tests.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct SimReport {
+    pub events: u64,
+    pub records_appended: u64,
+    pub snapshots: u64,
+    pub aborted_attempts: u64,
+    pub crashes: u64,
+    pub kexecs: u64,
+    pub live_records: u64,
+    pub live_bytes: u64,
+    pub max_pause_ns: u64,
+}
+
+/// The simulated host: a kernel model on some TPM, with its agent.
+pub struct Machine<T: Tpm> {
+    /// Always `Some` between calls; `None` only while a process restart swaps it.
+    agent: Option<Agent<Kernel<T>>>,
+    cfg: Config,
+    agent_cfg: AgentConfig,
+    pub report: SimReport,
+    appended_base: u64,
+}
+
+impl<T: Tpm> Machine<T> {
+    /// Cold boot on `tpm`, then the agent starts (and recovers whatever its store holds).
+    pub fn boot(cfg: Config, tpm: T, agent_cfg: AgentConfig) -> Result<Self, SimError> {
+        let k = Kernel::boot(cfg.clone(), tpm)?;
+        let (agent, _) = Agent::start(k, agent_cfg.clone())?;
+        Ok(Self { agent: Some(agent), cfg, agent_cfg, report: SimReport::default(), appended_base: 0 })
+    }
+
+    pub fn agent(&mut self) -> &mut Agent<Kernel<T>> {
+        self.agent.as_mut().expect("agent present between calls")
+    }
+
+    pub fn kernel(&mut self) -> &mut Kernel<T> {
+        self.agent().kernel_mut()
+    }
+
+    /// Applies one workload event. Returns whether a record was appended.
+    pub fn apply(&mut self, ev: &Event) -> Result<bool, SimError> {
+        self.report.events += 1;
+        let k = self.kernel();
+        Ok(match ev {
+            Event::File { path, digest } => k.measure_file(path, digest)?,
+            Event::Buffer { name, buf } => k.measure_buffer(name, buf)?,
+            Event::Violation { path } => {
+                k.violation(path)?;
+                true
+            }
+        })
+    }
+
+    /// One snapshot through the agent, or an aborted attempt.
+    pub fn snapshot(&mut self, abort: bool) -> Result<(), SimError> {
+        if abort {
+            let h = self.kernel().snapshot_open()?;
+            self.kernel().snapshot_close(h);
+            self.report.aborted_attempts += 1;
+            return Ok(());
+        }
+        self.agent().snapshot_once()?;
+        self.report.snapshots += 1;
+        Ok(())
+    }
+
+    /// Arms a crash, snapshots, and restarts the agent as a new process would.
+    pub fn snapshot_with_crash(&mut self, at: CrashPoint) -> Result<(), SimError> {
+        self.agent().crash_at(at);
+        match self.agent().snapshot_once() {
+            Err(AgentError::Crashed(_)) => {}
+            Err(e) => return Err(e.into()),
+            Ok(_) => {
+                // Recovery-only points do not fire during a normal snapshot.
+                self.report.snapshots += 1;
+                self.agent().crash_at(at);
+            }
+        }
+        self.report.crashes += 1;
+        self.restart_agent(Some(at))
+    }
+
+    /// The agent process dies (the kernel closes its descriptors) and starts again.
+    pub fn restart_agent(&mut self, crash_in_recovery: Option<CrashPoint>) -> Result<(), SimError> {
+        let mut k = self.take_agent().into_kernel();
+        k.process_exit();
+        let mut a = Agent::new(k, self.agent_cfg.clone())?;
+        if let Some(p) = crash_in_recovery.filter(|p| p.in_recovery()) {
+            a.crash_at(p);
+            if a.recover().is_err() {
+                let mut k = a.into_kernel();
+                k.process_exit();
+                a = Agent::new(k, self.agent_cfg.clone())?;
+            }
+        }
+        a.recover()?;
+        self.agent = Some(a);
+        Ok(())
+    }
+
+    fn take_agent(&mut self) -> Agent<Kernel<T>> {
+        self.agent.take().expect("agent present between calls")
+    }
+
+    /// kexec: the list goes through the hand-over buffer, the TPM carries over.
+    pub fn kexec(&mut self) -> Result<(), SimError> {
+        let agent = self.take_agent();
+        let mut k = agent.into_kernel();
+        let buf = k.kexec_save();
+        let tpm = k.into_tpm();
+        let k2 = Kernel::kexec_restore(self.cfg.clone(), tpm, &buf)?;
+        let (a, _) = Agent::start(k2, self.agent_cfg.clone())?;
+        self.agent = Some(a);
+        self.report.kexecs += 1;
+        Ok(())
+    }
+
+    /// Quotes PCR 0-9 and the measurement PCR in every bank with `nonce`, and writes the bundle.
+    pub fn write_bundle(&mut self, out: &Path, nonce: &[u8]) -> Result<(), SimError> {
+        let banks = self.kernel().banks().to_vec();
+        let mut pcrs: Vec<u32> = (0..10).collect();
+        pcrs.push(self.cfg.pcr);
+        let sel = PcrSelection::uniform(&banks, &pcrs)?;
+        let q = self.kernel().tpm_mut().quote(nonce, &sel)?;
+        let ak = self.kernel().tpm().ak_public();
+        let ak = match ak.public_area() {
+            Some(p) => AkKey::Tpm2bPublic(p.to_tpm2b()),
+            None => AkKey::Pem(ak.to_pem()),
+        };
+        let qj = quote_json(&q, nonce);
+        self.agent().write_bundle(out, &Evidence { quote: &qj, nonce, ak: &ak })?;
+        Ok(())
+    }
+
+    pub fn finish_report(&mut self) -> SimReport {
+        let mut r = self.report.clone();
+        r.snapshots = self.agent().manifest().map(|m| m.snapshots.len() as u64).unwrap_or(0);
+        let k = self.kernel();
+        r.live_records = k.len() as u64;
+        r.live_bytes = k.list_bytes();
+        r.max_pause_ns = k.max_pause().as_nanos() as u64;
+        r.records_appended = self.appended_base;
+        r
+    }
+}
+
+/// Runs a whole simulation and writes the bundle to `out`.
+pub fn run(opts: &SimOptions, tpm: impl Tpm, out: &Path) -> Result<SimReport, SimError> {
+    run_with_progress(opts, tpm, out, |_| {})
+}
+
+/// [`run`], reporting the number of events applied.
+pub fn run_with_progress(
+    opts: &SimOptions,
+    tpm: impl Tpm,
+    out: &Path,
+    mut progress: impl FnMut(u64),
+) -> Result<SimReport, SimError> {
+    let mut agent_cfg = AgentConfig::new(&opts.state_dir);
+    agent_cfg.snapshot = Default::default();
+    let mut m = Machine::boot(opts.kernel.clone(), tpm, agent_cfg)?;
+    let mut appended = 1u64; // boot_aggregate
+    let mut crash = opts.crash_at;
+    let mut attempts = 0u64;
+    for (i, ev) in Workload::new(opts.seed).take(opts.records as usize).enumerate() {
+        let i = i as u64 + 1;
+        appended += m.apply(&ev)? as u64;
+        if i % 1024 == 0 {
+            progress(i);
+        }
+        if opts.kexec_at == Some(i) {
+            m.kexec()?;
+            appended += 1; // the new kernel's boot_aggregate
+        }
+        if opts.snapshot_every > 0 && i % opts.snapshot_every == 0 {
+            attempts += 1;
+            let abort = opts.abort_every.is_some_and(|n| n > 0 && attempts % n == 0);
+            match crash {
+                Some(p) if !abort && i >= opts.records / 2 => {
+                    m.snapshot_with_crash(p)?;
+                    crash = None;
+                }
+                _ => m.snapshot(abort)?,
+            }
+            appended += 1; // the marker
+        }
+    }
+    m.appended_base = appended;
+    let nonce = imasnap_log::HashAlgo::Sha256.hash(&[b"imasnap sim nonce", &opts.seed.to_le_bytes()]);
+    m.write_bundle(out, &nonce.as_bytes()[..32])?;
+    Ok(m.finish_report())
+}
