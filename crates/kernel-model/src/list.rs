@@ -250,6 +250,11 @@ impl<T: Tpm> Kernel<T> {
 
     /// `ima_add_template_entry`: append under the lock, then extend every bank.
     pub(crate) fn append(&mut self, e: Entry) -> Result<(), KernelError> {
+        // After kexec_save the list is frozen in the hand-over buffer: like the kernel
+        // (`ima_measurements_suspended`), neither append nor extend.
+        if self.suspended {
+            return Err(KernelError::Busy("measurements suspended for kexec"));
+        }
         let values: Vec<PcrValue> =
             self.banks.iter().zip(&e.digests).map(|(&a, d)| if e.violation { PcrValue::ones(a) } else { *d }).collect();
         if !e.violation {

@@ -111,6 +111,7 @@ fn faults_and_kexec() {
     let h = k.snapshot_open().unwrap();
     let buf = k.kexec_save();
     assert_eq!(k.snapshot_done(&h), Err(KernelError::Busy("measurement suspended for kexec")));
+    assert_eq!(k.measure_file(b"/late", &digest(3)), Err(KernelError::Busy("measurements suspended for kexec")));
     let before = records(&k.binary_measurements(HashAlgo::Sha1));
     let tpm = k.into_tpm();
     let mut k2 = Kernel::kexec_restore(Config::default(), tpm, &buf).unwrap();
