@@ -14,6 +14,7 @@
 //! checked against the replay and the quote, and every mismatch has its own
 //! [`Failure`] variant. Nothing panics on any input, and memory is bounded by one batch.
 
+pub mod bundle;
 mod engine;
 pub mod evidence;
 pub mod quote;

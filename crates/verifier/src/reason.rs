@@ -86,6 +86,9 @@ pub enum Failure {
     /// The manifest's pcrs_end differs from the replayed measurement PCR.
     #[error("snapshot {seq}: manifest pcrs_end for {bank} differs from the replay")]
     ManifestPcrsEndMismatch { seq: u64, bank: HashAlgo },
+    /// `manifest.json` does not parse, or names an unsafe file.
+    #[error("malformed manifest: {detail}")]
+    ManifestMalformed { detail: String },
     /// The manifest's boot identity contradicts the quote or record 0.
     #[error("manifest boot identity is wrong: {detail}")]
     ManifestBootMismatch { detail: String },
@@ -197,6 +200,7 @@ impl Failure {
             ManifestDigestMismatch { .. } => "manifest_digest_mismatch",
             ManifestEndMarkerMismatch { .. } => "manifest_end_marker_mismatch",
             ManifestPcrsEndMismatch { .. } => "manifest_pcrs_end_mismatch",
+            ManifestMalformed { .. } => "manifest_malformed",
             ManifestBootMismatch { .. } => "manifest_boot_mismatch",
             SnapshotMissing { .. } => "snapshot_missing",
             EmptySegment { .. } => "empty_segment",
