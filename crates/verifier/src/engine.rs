@@ -13,7 +13,7 @@ use crate::reason::{Failure, Segment};
 use crate::state::{BootIdentity, State};
 use imasnap_log::marker::{Marker, EVENT_NAME as MARKER_NAME};
 use imasnap_log::replay::NUM_PCRS;
-use imasnap_log::template::{Field, FieldId};
+use imasnap_log::template::{Field, FieldId, TemplateCache};
 use imasnap_log::{BinaryFormat, BinaryReader, Endian, HashAlgo, PcrState, PcrTarget, PcrValue, Record};
 use imasnap_log::{ReplayOptions, Replayer};
 use sha2::Digest as _;
@@ -303,6 +303,69 @@ impl<'a> Seg<'a> {
     fn seq(&self) -> u64 {
         self.claim.as_ref().map_or(0, |c| c.seq)
     }
+    /// Only the first record (a skipped snapshot's head), read with the fewest bytes: in
+    /// place for a byte slice, in small growing reads from a reader. Nothing is hashed, so
+    /// crossing a snapshot costs the same whatever its size.
+    fn first_record_only(&mut self, endian: Endian, index: u64) -> Result<Option<Record>, Failure> {
+        if let Some(mut rd) = self.opened.take() {
+            return rd.next();
+        }
+        let Some(input) = self.input.take() else {
+            return Ok(None);
+        };
+        let fmt = BinaryFormat { endian, ..BinaryFormat::new(HashAlgo::Sha1) };
+        let seg = self.id;
+        let err = |(offset, reason)| Failure::Malformed { segment: seg, index, offset, reason };
+        let mut cache = TemplateCache::default();
+        let mut slot = None;
+        let decode = |buf: &[u8], eof: bool, cache: &mut TemplateCache, slot: &mut Option<Record>| match fmt
+            .decode(buf, cache, slot)
+            .map_err(err)?
+        {
+            Some(_) => Ok(true),
+            None if eof && buf.is_empty() => Ok(true),
+            None if eof => Err(err(fmt.truncation(buf))),
+            None => Ok(false),
+        };
+        match input {
+            Input::Bytes(b) => {
+                decode(b, true, &mut cache, &mut slot)?;
+            }
+            Input::Reader(mut r) => {
+                let mut buf = Vec::new();
+                let mut want = 4096usize;
+                loop {
+                    let mut eof = false;
+                    while buf.len() < want {
+                        let start = buf.len();
+                        buf.resize(want, 0);
+                        let n = loop {
+                            match r.read(&mut buf[start..]) {
+                                Ok(n) => break n.min(want - start),
+                                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                                Err(e) => {
+                                    return Err(err((start as u64, imasnap_log::Reason::Io(e.to_string()))));
+                                }
+                            }
+                        };
+                        buf.truncate(start + n);
+                        if n == 0 {
+                            eof = true;
+                            break;
+                        }
+                    }
+                    if decode(&buf, eof, &mut cache, &mut slot)? {
+                        break;
+                    }
+                    // The codec refuses absurd lengths before asking for more, so this stays
+                    // bounded by one legitimate record.
+                    want = want.saturating_mul(2);
+                }
+            }
+        }
+        Ok(slot)
+    }
+
     /// Opens the segment, naming its first record `index` in errors; `None` when its
     /// bytes were not supplied.
     fn take_reader(&mut self, endian: Endian, index: u64) -> Option<SegReader<'a>> {
@@ -1025,10 +1088,8 @@ fn incremental(mut eng: Engine<'_>, mut segs: Vec<Seg<'_>>, prior: &State) -> Re
         eng.segment = seg.id;
         eng.report.snapshots_skipped += 1;
         if let Some(p) = &prev {
-            if let Some(mut rd) = seg.take_reader(eng.endian, seg.first_index) {
-                if let Some(rec) = rd.next()? {
-                    crossed_end_marker(&mut eng, p, seg.first_index, &rec)?;
-                }
+            if let Some(rec) = seg.first_record_only(eng.endian, seg.first_index)? {
+                crossed_end_marker(&mut eng, p, seg.first_index, &rec)?;
             }
         }
         prev = seg.claim.clone().map(|claim| Pending { claim, count: 0, digest: [0; 32], read_all: false });
