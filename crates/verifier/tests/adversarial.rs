@@ -202,6 +202,18 @@ fn bundle_hides_a_bank() {
     assert!(matches!(full(&b), Failure::MarkerBankMismatch { index: M1, .. }));
 }
 
+#[test]
+fn forged_kexec_boot_aggregate_to_reset_the_attempt_counter() {
+    let (_, mut b) = honest(119);
+    // A boot_aggregate matching the quoted PCR 0-9 (anyone can compute it) makes a reused
+    // attempt count look like a new kernel's; it is not in the TPM chain.
+    let agg = b.snap_records(0)[0].clone();
+    b.edit_snap(1, |recs| recs.insert(M2_IN_S2, agg));
+    edit_marker(&mut b, 1, M2_IN_S2 + 1, |m| m.attempt = 1);
+    b.reseal();
+    assert_eq!(full(&b), Failure::MarkerPcrMismatch { index: M2 + 1, bank: Sha1, pcr: 10 });
+}
+
 // ---- records inside snapshots -------------------------------------------------------------
 
 #[test]
@@ -638,4 +650,40 @@ fn rejection_keeps_the_prior_state() {
     let o = b2.verify(Mode::Incremental, Some(&state));
     assert!(!o.verdict.is_verified());
     assert_eq!(o.state.as_ref(), Some(&state));
+}
+
+/// Manifest and index claims set to random and extreme values: never a panic, never a pass
+/// where the claims matter (latest-segment mode ignores the manifest by design).
+#[test]
+fn random_claims_never_pass_or_panic() {
+    let (_, b) = honest(164);
+    let state = b.verify(Mode::Incremental, None).state.unwrap();
+    let mut rng = imasnap_log::synth::Rng::new(164);
+    let pick = |rng: &mut imasnap_log::synth::Rng| match rng.below(5) {
+        0 => 0,
+        1 => u64::MAX,
+        2 => u64::MAX / 2,
+        3 => (1 << 48) + 1,
+        _ => rng.below(200),
+    };
+    for _ in 0..200 {
+        let mut m = b.clone();
+        let i = rng.below(3) as usize;
+        let v = pick(&mut rng);
+        match rng.below(4) {
+            0 => m.snaps[i].claim.first_index = v,
+            1 => m.snaps[i].claim.count = v,
+            2 => m.snaps[i].claim.seq = v,
+            _ => m.live_first_index = v,
+        }
+        let unchanged =
+            m.snaps.iter().zip(&b.snaps).all(|(x, y)| x.claim == y.claim) && m.live_first_index == b.live_first_index;
+        for (mode, prior) in [(Mode::FullHistory, None), (Mode::Incremental, Some(&state)), (Mode::LatestSegment, None)]
+        {
+            let o = m.verify(mode, prior);
+            if !unchanged && mode != Mode::LatestSegment {
+                assert!(!o.verdict.is_verified(), "{mode:?} passed with {:?}", m.snaps[i].claim);
+            }
+        }
+    }
 }

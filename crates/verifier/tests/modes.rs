@@ -265,3 +265,24 @@ fn readers_work_like_bytes_and_state_round_trips() {
     let back = State::from_json(&s.to_json()).unwrap();
     assert_eq!(&back, s);
 }
+
+#[test]
+fn kexec_between_two_incremental_rounds() {
+    let mut h = Host::boot(13);
+    h.measure(10);
+    h.snapshot();
+    h.measure(5);
+    h.aborted_snapshot();
+    let s1 = verified(&h.bundle(&nonce(15)).verify(Mode::Incremental, None)).clone();
+    assert_eq!(s1.last_attempt, Some(2));
+    h.kexec(); // the new kernel's counter restarts: its first marker is attempt 1 again
+    h.measure(6);
+    h.snapshot();
+    h.measure(2);
+    let o = h.bundle(&nonce(16)).verify(Mode::Incremental, Some(&s1));
+    let s2 = verified(&o);
+    assert_eq!(o.report.mode, Some(Mode::Incremental));
+    assert_eq!(o.report.kexecs, 1);
+    assert_eq!(s2.last_attempt, Some(1));
+    assert_eq!(o.report.records_replayed, 1 + 6 + 1 + 2);
+}
