@@ -25,6 +25,7 @@ enum Command {
     /// Simulate a host: the kernel model and the agent under a synthetic workload.
     #[command(subcommand)]
     Sim(cmd::sim::SimCmd),
+    Verify(cmd::verify::VerifyArgs),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +33,7 @@ fn main() -> ExitCode {
     let r = match cli.command {
         Command::Log(c) => cmd::log::run(c),
         Command::Sim(c) => cmd::sim::run(c),
+        Command::Verify(a) => cmd::verify::run(a),
     };
     match r {
         Ok(code) => code,

@@ -15,6 +15,7 @@
 //! [`Failure`] variant. Nothing panics on any input, and memory is bounded by one batch.
 
 pub mod bundle;
+pub mod dir;
 mod engine;
 pub mod evidence;
 pub mod quote;
