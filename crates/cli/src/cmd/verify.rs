@@ -162,12 +162,15 @@ fn finish(
                 );
                 println!("AK: {ak_source}; {:.1} ms", secs * 1000.0);
             }
-            (Some(f), _) => match f.index() {
-                Some(i) => println!("REJECTED: record {i}: {f}"),
-                None => println!("REJECTED: {f}"),
-            },
+            (Some(f), _) => println!("REJECTED ({}): {f}", f.kind()),
             _ => {}
         }
     }
-    Ok(ExitCode::from(if verified { ui::EXIT_OK } else { ui::EXIT_FAIL }))
+    // A bundle that cannot be read at all is bad input (2), not a rejection (1).
+    let code = match (&early, verified) {
+        (Err(_), _) => ui::EXIT_INPUT,
+        (Ok(()), true) => ui::EXIT_OK,
+        (Ok(()), false) => ui::EXIT_FAIL,
+    };
+    Ok(ExitCode::from(code))
 }
