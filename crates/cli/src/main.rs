@@ -26,14 +26,18 @@ enum Command {
     #[command(subcommand)]
     Sim(cmd::sim::SimCmd),
     Verify(cmd::verify::VerifyArgs),
+    /// The main job: kernel model + agent + verifier on a synthetic workload, with a summary.
+    Demo(cmd::demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
+    reset_sigpipe();
     let cli = Cli::parse();
     let r = match cli.command {
         Command::Log(c) => cmd::log::run(c),
         Command::Sim(c) => cmd::sim::run(c),
         Command::Verify(a) => cmd::verify::run(a),
+        Command::Demo(a) => cmd::demo::run_demo(a),
     };
     match r {
         Ok(code) => code,
@@ -41,5 +45,15 @@ fn main() -> ExitCode {
             eprintln!("imasnap: error: {e:#}");
             ExitCode::from(ui::EXIT_INPUT)
         }
+    }
+}
+
+/// Dies quietly on a closed pipe (`imasnap log show … | head`), like other Unix tools,
+/// instead of panicking in `println!`.
+fn reset_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of one signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

@@ -305,7 +305,7 @@ impl<T: Tpm> Kernel<T> {
     pub fn list_bytes(&self) -> u64 {
         self.bytes_in_list
     }
-    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+    pub fn entries(&self) -> impl DoubleEndedIterator<Item = &Entry> + ExactSizeIterator {
         self.list.iter()
     }
 

@@ -1,3 +1,4 @@
+pub mod demo;
 pub mod log;
 pub mod sim;
 pub mod verify;
