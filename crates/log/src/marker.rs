@@ -60,7 +60,8 @@ impl Marker {
             for (i, item) in items.iter().enumerate() {
                 let mut parts = item.splitn(3, ':');
                 let (a, p, v) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-                let a = HashAlgo::from_name(a).filter(|x| x.name() == a).ok_or_else(|| format!("unknown bank {a:?}"))?;
+                let a =
+                    HashAlgo::from_name(a).filter(|x| x.name() == a).ok_or_else(|| format!("unknown bank {a:?}"))?;
                 if *algo.get_or_insert(a) != a {
                     return Err(format!("PCR{i} of bank {} is labelled {a}", algo.unwrap_or(a)));
                 }
@@ -105,7 +106,14 @@ impl Marker {
     pub fn to_record(&self, pcr: u32, ima_hash: HashAlgo, bank: HashAlgo, endian: Endian) -> Record {
         let buf = self.encode();
         let d = ima_hash.hash(&[&buf]);
-        build(&builtin("ima-buf"), &[&d_ng(ima_hash.name(), d.as_bytes()), &n_ng(EVENT_NAME.as_bytes()), &buf], bank, pcr, false, endian)
+        build(
+            &builtin("ima-buf"),
+            &[&d_ng(ima_hash.name(), d.as_bytes()), &n_ng(EVENT_NAME.as_bytes()), &buf],
+            bank,
+            pcr,
+            false,
+            endian,
+        )
     }
 
     /// Recognises a marker record and parses it. `Ok(None)`: not a marker. `Err`: a record
@@ -150,7 +158,9 @@ mod tests {
         let m = sample();
         let b = m.encode();
         let s = String::from_utf8(b.clone()).unwrap();
-        assert!(s.starts_with("Snapshot_Attempt_Count=7; sha1:PCR0:0x0000000000000000000000000000000000000000,sha1:PCR1:"));
+        assert!(
+            s.starts_with("Snapshot_Attempt_Count=7; sha1:PCR0:0x0000000000000000000000000000000000000000,sha1:PCR1:")
+        );
         assert!(s.ends_with(&format!("sha256:PCR23:0x{};", "ff".repeat(32))));
         assert!(!b.contains(&0));
         assert_eq!(Marker::parse(&b).unwrap(), m);

@@ -204,16 +204,16 @@ pub fn run_with_progress(
     for (i, ev) in Workload::new(opts.seed).take(opts.records as usize).enumerate() {
         let i = i as u64 + 1;
         appended += m.apply(&ev)? as u64;
-        if i % 1024 == 0 {
+        if i.is_multiple_of(1024) {
             progress(i);
         }
         if opts.kexec_at == Some(i) {
             m.kexec()?;
             appended += 1; // the new kernel's boot_aggregate
         }
-        if opts.snapshot_every > 0 && i % opts.snapshot_every == 0 {
+        if opts.snapshot_every > 0 && i.is_multiple_of(opts.snapshot_every) {
             attempts += 1;
-            let abort = opts.abort_every.is_some_and(|n| n > 0 && attempts % n == 0);
+            let abort = opts.abort_every.is_some_and(|n| n > 0 && attempts.is_multiple_of(n));
             match crash {
                 Some(p) if !abort && i >= opts.records / 2 => {
                     m.snapshot_with_crash(p)?;

@@ -2,6 +2,12 @@
 //! same number of new records must not (DESIGN §5, "cost must depend on new records only").
 //!
 //!   cargo bench -p imasnap-verifier --bench verify
+//!   cargo bench -p imasnap-verifier --bench verify -- incremental_vs_history   (issue #3 figure)
+//!
+//! `incremental_vs_history` is the issue #3 target: the same 1,000-record delta after 10,000
+//! and after 1,000,000 records of history (200 snapshots of 5,000), the 1M case at most 1.2x
+//! the 10k case. Building the 1M-record history (kernel model + snapshots + one full
+//! verification) takes seconds; it happens once, before the timed part.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use imasnap_verifier::{Mode, State};
@@ -49,5 +55,25 @@ fn verify(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, verify);
+/// Issue #3: incremental cost must not depend on history length, 10k vs 1M records.
+fn incremental_vs_history(c: &mut Criterion) {
+    let mut g = c.benchmark_group("incremental_vs_history");
+    g.sample_size(20);
+    g.throughput(Throughput::Elements(NEW as u64));
+    for n in [10_000, 1_000_000] {
+        let t = std::time::Instant::now();
+        let (b, state) = setup(n);
+        eprintln!(
+            "incremental_vs_history: {n} records of history ({} snapshots) set up in {:.1?}",
+            b.snaps.len(),
+            t.elapsed()
+        );
+        g.bench_with_input(BenchmarkId::new("incremental_1000_new", n), &n, |bench, _| {
+            bench.iter(|| assert!(b.verify(Mode::Incremental, Some(&state)).verdict.is_verified()))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, verify, incremental_vs_history);
 criterion_main!(benches);
