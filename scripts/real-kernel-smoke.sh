@@ -23,10 +23,24 @@ for sc in ima-ng violation; do
     echo "real-kernel $sc ${iv:-strict}: imasnap=$o evmctl=$t"
     [ "$o" = "$t" ] || fail=1
   done
-  # Tamper: flip one byte of the last record's file digest; both must now fail.
-  cp "$d/binary_runtime_measurements" "$d/tampered"
-  size=$(stat -c %s "$d/tampered")
-  printf '\x5a' | dd of="$d/tampered" bs=1 seek=$((size - 40)) conv=notrunc status=none
+  # Tamper: flip one byte of the file digest of the first non-violation record after
+  # boot_aggregate (a violation's data is not hashed, by IMA's design). Both must now fail.
+  python3 - "$d/binary_runtime_measurements" "$d/tampered" <<'PY'
+import struct, sys
+b = bytearray(open(sys.argv[1], 'rb').read())
+p, i = 0, 0
+while p < len(b):
+    digest = b[p + 4:p + 24]
+    nl = struct.unpack_from('<I', b, p + 24)[0]
+    dl = struct.unpack_from('<I', b, p + 28 + nl)[0]
+    data = p + 32 + nl
+    if i > 0 and any(digest):
+        flen = struct.unpack_from('<I', b, data)[0]
+        b[data + 4 + flen - 1] ^= 0x01   # last byte of the d-ng digest
+        break
+    p, i = data + dl, i + 1
+open(sys.argv[2], 'wb').write(b)
+PY
   set +e
   "$bin" log verify "$d/tampered" "${args[@]}" --ignore-violations >/dev/null; ours=$?
   set -e
