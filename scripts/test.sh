@@ -21,5 +21,18 @@ if [ "${SKIP_QEMU:-0}" != 1 ]; then
   scripts/real-kernel-smoke.sh
 fi
 
-echo "== cargo test"
-cargo test --release --workspace
+echo "== cargo test (with swtpm: tests that need a real TPM 2.0 fail if it is missing)"
+swtpm_dir="$(mktemp -d)"
+trap 'scripts/swtpm.sh stop "$swtpm_dir/state" || true; rm -rf "$swtpm_dir"' EXIT
+IMASNAP_SWTPM="$(scripts/swtpm.sh start "$swtpm_dir/state" "${IMASNAP_SWTPM_PORT:-23210}")"
+export IMASNAP_SWTPM
+log="$swtpm_dir/cargo-test.log"
+set +e
+cargo test --release --workspace 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+set -e
+# One closing line over every test binary (doc-test runners print "0 passed" last).
+passed=$(grep -Eo '^test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')
+failed=$(grep -Eo '[0-9]+ failed;' "$log" | awk '{s += $1} END {print s + 0}')
+echo "tests: $passed passed, $failed failed"
+exit "$rc"

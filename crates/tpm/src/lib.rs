@@ -5,23 +5,30 @@
 //! - [`SoftTpm`]: a deterministic in-process software TPM, the embedded default.
 //! - Real TPM 2.0 wire formats ([`Attest`], [`Signature`], [`PcrSelection`],
 //!   [`PublicArea`]) so quotes from swtpm or hardware verify the same way.
+//! - `EsapiTpm` (feature `esapi`, on by default): a real TPM 2.0 through tss-esapi;
+//!   [`open_tpm`] picks a back end from a string such as `swtpm:host=127.0.0.1,port=2321`.
 //! - [`verify_quote`]: pure-Rust verification that never needs a TPM.
 //!
 //! Nothing here panics on input: every parser of untrusted bytes returns a
 //! [`WireError`] or [`QuoteError`] naming the structure and byte offset.
 
 pub mod attest;
+#[cfg(feature = "esapi")]
+pub mod esapi;
 pub mod public;
 pub mod quote;
 pub mod selection;
 pub mod signature;
 pub mod soft;
+pub mod swtpm;
 mod wire;
 
 #[cfg(test)]
 mod tests;
 
 pub use attest::{Attest, ClockInfo};
+#[cfg(feature = "esapi")]
+pub use esapi::{AkAlg, AkHierarchy, AkSource, EsapiTpm};
 pub use imasnap_log::{HashAlgo, PcrValue};
 pub use public::{AkError, AkKind, AkPublic, EccCurve, PublicArea, PublicKeyParams};
 pub use quote::{compute_pcr_digest, verify_quote, Quote, QuoteError, VerifiedQuote};
@@ -98,4 +105,65 @@ pub trait Tpm: Send {
 
     /// The attestation key that signs [`Tpm::quote`].
     fn ak_public(&self) -> AkPublic;
+}
+
+/// Opens a TPM back end from a spec string:
+///
+/// - `soft` or `soft:seed=N`: the in-process [`SoftTpm`] (seed 0 by default);
+/// - `swtpm:host=H,port=P`, `mssim:host=H,port=P`, `device[:/dev/tpmrm0]`, `tabrmd[:…]`:
+///   a real TPM 2.0 through tss-esapi (feature `esapi`), with the default AK
+///   ([`esapi::AkSource::default`]: ECC P-256 primary in the endorsement hierarchy).
+pub fn open_tpm(spec: &str) -> Result<Box<dyn Tpm>, TpmError> {
+    let spec = spec.trim();
+    if spec == "soft" {
+        return Ok(Box::new(SoftTpm::new(0)));
+    }
+    if let Some(rest) = spec.strip_prefix("soft:") {
+        let seed = rest
+            .strip_prefix("seed=")
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or_else(|| TpmError::Backend(format!("bad TPM spec {spec:?}: expected soft:seed=N")))?;
+        return Ok(Box::new(SoftTpm::new(seed)));
+    }
+    let kind = spec.split(':').next().unwrap_or_default();
+    if !matches!(kind, "swtpm" | "mssim" | "device" | "tabrmd") {
+        return Err(TpmError::Backend(format!(
+            "unknown TPM {spec:?}: use soft, swtpm:host=H,port=P, device:/dev/tpmrm0 or tabrmd"
+        )));
+    }
+    open_esapi(spec)
+}
+
+#[cfg(feature = "esapi")]
+fn open_esapi(spec: &str) -> Result<Box<dyn Tpm>, TpmError> {
+    Ok(Box::new(EsapiTpm::open(spec, AkSource::default())?))
+}
+
+#[cfg(not(feature = "esapi"))]
+fn open_esapi(spec: &str) -> Result<Box<dyn Tpm>, TpmError> {
+    Err(TpmError::Backend(format!("{spec}: imasnap was built without the `esapi` feature (tss-esapi)")))
+}
+
+impl<T: Tpm + ?Sized> Tpm for Box<T> {
+    fn banks(&self) -> Vec<HashAlgo> {
+        (**self).banks()
+    }
+    fn pcr_read(&mut self, bank: HashAlgo, pcrs: &[u32]) -> Result<Vec<PcrValue>, TpmError> {
+        (**self).pcr_read(bank, pcrs)
+    }
+    fn pcr_read_all(&mut self) -> Result<PcrBanks, TpmError> {
+        (**self).pcr_read_all()
+    }
+    fn pcr_extend(&mut self, pcr: u32, digests: &[PcrValue]) -> Result<(), TpmError> {
+        (**self).pcr_extend(pcr, digests)
+    }
+    fn quote(&mut self, nonce: &[u8], selection: &PcrSelection) -> Result<Quote, TpmError> {
+        (**self).quote(nonce, selection)
+    }
+    fn clock_info(&mut self) -> Result<ClockInfo, TpmError> {
+        (**self).clock_info()
+    }
+    fn ak_public(&self) -> AkPublic {
+        (**self).ak_public()
+    }
 }

@@ -1,0 +1,641 @@
+//! The real TPM 2.0 back end, through `tss-esapi` (the TSS2 Enhanced System API).
+//!
+//! One [`EsapiTpm`] owns one ESYS context on one TCTI (`swtpm:host=…,port=…`,
+//! `device:/dev/tpmrm0`, `tabrmd`, `mssim:…`) and one loaded attestation key.
+//! Every transient object it creates is flushed: the parent of a loaded AK right
+//! after the load, the AK when the `EsapiTpm` is dropped, helper keys after their
+//! one command. swtpm and `/dev/tpm0` have no resource manager, so a leaked
+//! handle would stay until the TPM restarts (libtpms holds only 3 objects).
+//!
+//! Authorisation is always the empty password (`TPM_RS_PW`): no session is ever
+//! started on the TPM, so there is no session context to flush.
+
+use crate::attest::ClockInfo;
+use crate::public::{attrs, AkPublic, EccCurve, PublicArea, PublicKeyParams};
+use crate::quote::{verify_quote, Quote};
+use crate::selection::PcrSelection;
+use crate::signature::{SigAlg, SigScheme};
+use crate::wire::{put_tpm2b, Reader};
+use crate::{PcrBanks, Tpm, TpmError, MAX_NONCE, NUM_PCRS};
+use imasnap_log::{HashAlgo, PcrValue};
+use std::path::Path;
+use std::str::FromStr as _;
+use tss_esapi::constants::CapabilityType;
+use tss_esapi::handles::{KeyHandle, ObjectHandle, PcrHandle, TpmHandle};
+use tss_esapi::interface_types::algorithm::HashingAlgorithm;
+use tss_esapi::interface_types::resource_handles::Hierarchy;
+use tss_esapi::interface_types::session_handles::AuthSession;
+use tss_esapi::structures::{
+    CapabilityData, Data, Digest, DigestValues, PcrSelectionList, Private, Public, SignatureScheme,
+};
+use tss_esapi::traits::{Marshall as _, UnMarshall as _};
+use tss_esapi::tss2_esys::{TPML_PCR_SELECTION, TPMS_PCR_SELECTION};
+use tss_esapi::{Context, TctiNameConf};
+
+/// TPM2_PCR_Read returns at most 8 digests per call (TPML_DIGEST holds 8).
+const PCRS_PER_READ: usize = 8;
+/// How often a multi-command PCR read or a quote is retried when an extend slipped in.
+pub const MAX_RACE_RETRIES: usize = 16;
+/// TPM_RH_OWNER / TPM_RH_ENDORSEMENT, for Qualified Names of primaries.
+const TPM_RH_OWNER: u32 = 0x4000_0001;
+const TPM_RH_ENDORSEMENT: u32 = 0x4000_000b;
+/// First transient handle (TPM_HT_TRANSIENT << 24).
+const TRANSIENT_FIRST: u32 = 0x8000_0000;
+
+/// Key type and signing scheme of an attestation key. All use SHA-256 as name and
+/// scheme hash, as `tpm2_createak` does by default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AkAlg {
+    /// ECC NIST P-256, ECDSA-SHA256. Fast to create; the default.
+    EccP256,
+    /// RSA-2048, RSASSA-PKCS1-v1_5-SHA256.
+    Rsa2048,
+    /// RSA-2048, RSA-PSS-SHA256.
+    Rsa2048Pss,
+}
+
+/// Hierarchy the AK (or the parent it is created under) belongs to.
+///
+/// Quotes and clock reads signed by keys of the owner hierarchy carry *obfuscated*
+/// resetCount, restartCount and firmwareVersion (TPM 2.0 Part 3, FillInAttestInfo),
+/// so boot identity from quotes needs an endorsement AK. [`EsapiTpm::clock_info`] is
+/// always unobfuscated (it signs with an endorsement-hierarchy helper key).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AkHierarchy {
+    Endorsement,
+    Owner,
+}
+
+impl AkHierarchy {
+    fn tss(self) -> Hierarchy {
+        match self {
+            Self::Endorsement => Hierarchy::Endorsement,
+            Self::Owner => Hierarchy::Owner,
+        }
+    }
+    fn handle(self) -> u32 {
+        match self {
+            Self::Endorsement => TPM_RH_ENDORSEMENT,
+            Self::Owner => TPM_RH_OWNER,
+        }
+    }
+    fn code(self) -> u8 {
+        match self {
+            Self::Endorsement => 0,
+            Self::Owner => 1,
+        }
+    }
+    fn from_code(c: u8) -> Option<Self> {
+        [Self::Endorsement, Self::Owner].into_iter().find(|h| h.code() == c)
+    }
+}
+
+/// Where the AK of an [`EsapiTpm`] comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AkSource {
+    /// TPM2_CreatePrimary from a fixed template: the same key every time on the same
+    /// TPM (it is derived from the hierarchy seed), so nothing needs to be stored.
+    Primary(AkAlg, AkHierarchy),
+    /// TPM2_Create of a fresh random key under a storage primary (ECC P-256 SRK
+    /// template) of the hierarchy; save it with [`EsapiTpm::save_ak`].
+    Create(AkAlg, AkHierarchy),
+    /// A key file written by [`EsapiTpm::save_ak`].
+    File(std::path::PathBuf),
+}
+
+impl Default for AkSource {
+    fn default() -> Self {
+        Self::Primary(AkAlg::EccP256, AkHierarchy::Endorsement)
+    }
+}
+
+/// The AK template (unique empty): restricted signing, fixedTPM/fixedParent,
+/// sensitiveDataOrigin, userWithAuth (what `tpm2_createak` builds), SHA-256 names.
+pub fn ak_template(alg: AkAlg) -> PublicArea {
+    let (scheme, params) = match alg {
+        AkAlg::EccP256 => (
+            SigScheme { alg: SigAlg::Ecdsa, hash: HashAlgo::Sha256 },
+            PublicKeyParams::Ecc { curve: EccCurve::P256, x: vec![], y: vec![] },
+        ),
+        AkAlg::Rsa2048 | AkAlg::Rsa2048Pss => (
+            SigScheme {
+                alg: if alg == AkAlg::Rsa2048 { SigAlg::RsaSsa } else { SigAlg::RsaPss },
+                hash: HashAlgo::Sha256,
+            },
+            PublicKeyParams::Rsa { key_bits: 2048, exponent: 0, modulus: vec![] },
+        ),
+    };
+    PublicArea {
+        name_alg: HashAlgo::Sha256,
+        object_attributes: attrs::AK_DEFAULT,
+        auth_policy: vec![],
+        scheme: Some(scheme),
+        params,
+    }
+}
+
+/// TPMT_PUBLIC of the storage parent: the `tpm2_createprimary -G ecc` template
+/// (ECC P-256, AES-128-CFB, restricted decrypt, noDA), so AK files stay loadable
+/// on the same TPM for as long as its hierarchy seed lives.
+fn srk_template() -> Vec<u8> {
+    let mut o = Vec::new();
+    let attrs = attrs::FIXED_TPM
+        | attrs::FIXED_PARENT
+        | attrs::SENSITIVE_DATA_ORIGIN
+        | attrs::USER_WITH_AUTH
+        | (1 << 10) // noDA
+        | attrs::RESTRICTED
+        | attrs::DECRYPT;
+    for v in [0x0023u16, 0x000b] {
+        o.extend_from_slice(&v.to_be_bytes());
+    }
+    o.extend_from_slice(&attrs.to_be_bytes());
+    // authPolicy empty; symmetric AES-128-CFB; scheme NULL; curve P-256; kdf NULL; unique empty.
+    for v in [0u16, 0x0006, 128, 0x0043, 0x0010, 0x0003, 0x0010, 0, 0] {
+        o.extend_from_slice(&v.to_be_bytes());
+    }
+    o
+}
+
+/// A TPM 2.0 reached through tss-esapi. See the module documentation.
+pub struct EsapiTpm {
+    ctx: SendContext,
+    tcti: String,
+    banks: Vec<HashAlgo>,
+    ak: LoadedAk,
+}
+
+struct LoadedAk {
+    handle: KeyHandle,
+    public: AkPublic,
+    /// Marshalled TPMT_PUBLIC as the TPM returned it.
+    area: Vec<u8>,
+    hierarchy: AkHierarchy,
+    /// TPM2B_PRIVATE contents of a created key; `None` for a primary.
+    private: Option<Vec<u8>>,
+}
+
+/// `tss_esapi::Context` holds raw pointers and is therefore not `Send`. ESYS keeps
+/// no thread-local state: a context may move between threads as long as it is used
+/// by one at a time, which `&mut self` on every [`Tpm`] command guarantees.
+struct SendContext(Context);
+// SAFETY: see above; the context is never shared (no `Sync`), only moved.
+unsafe impl Send for SendContext {}
+
+fn be<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> TpmError + '_ {
+    move |e| TpmError::Backend(format!("{what}: {e}"))
+}
+
+fn hash_alg(b: HashAlgo) -> Result<HashingAlgorithm, TpmError> {
+    HashingAlgorithm::try_from(b.tpm_alg_id()).map_err(be("hash algorithm"))
+}
+
+/// A TPML_PCR_SELECTION in exactly the given order (tss-esapi's builder would
+/// reorder banks through a HashMap).
+fn tpml(sel: &[(HashAlgo, &[u32])]) -> Result<PcrSelectionList, TpmError> {
+    let mut t = TPML_PCR_SELECTION::default();
+    if sel.len() > t.pcrSelections.len() {
+        return Err(TpmError::Backend(format!("{} banks in one selection", sel.len())));
+    }
+    for (i, (bank, pcrs)) in sel.iter().enumerate() {
+        let mut map = [0u8; 4];
+        for &p in pcrs.iter() {
+            if p as usize >= NUM_PCRS {
+                return Err(TpmError::PcrOutOfRange(p));
+            }
+            map[p as usize / 8] |= 1 << (p % 8);
+        }
+        t.pcrSelections[i] = TPMS_PCR_SELECTION { hash: bank.tpm_alg_id(), sizeofSelect: 3, pcrSelect: map };
+    }
+    t.count = sel.len() as u32;
+    PcrSelectionList::try_from(t).map_err(be("PCR selection"))
+}
+
+/// (bank, ascending PCRs) of a selection list, in its order. Unknown banks are kept
+/// out (`None`), so a caller can tell.
+fn from_tpml(list: PcrSelectionList) -> Vec<(Option<HashAlgo>, Vec<u32>)> {
+    let t = TPML_PCR_SELECTION::from(list);
+    t.pcrSelections
+        .iter()
+        .take(t.count as usize)
+        .map(|s| {
+            let pcrs = (0..(s.sizeofSelect as u32 * 8).min(32))
+                .filter(|&i| s.pcrSelect[i as usize / 8] & (1 << (i % 8)) != 0)
+                .collect();
+            (HashAlgo::from_tpm_alg_id(s.hash), pcrs)
+        })
+        .collect()
+}
+
+impl EsapiTpm {
+    /// Connects through `tcti` (`swtpm:host=127.0.0.1,port=2321`, `device:/dev/tpmrm0`,
+    /// `tabrmd`, `mssim:…`) and loads or creates the AK.
+    pub fn open(tcti: &str, ak: AkSource) -> Result<Self, TpmError> {
+        let conf = TctiNameConf::from_str(tcti).map_err(|e| TpmError::Backend(format!("TCTI {tcti:?}: {e}")))?;
+        let ctx = Context::new(conf).map_err(|e| TpmError::Backend(format!("connecting to {tcti}: {e}")))?;
+        let mut ctx = SendContext(ctx);
+        if tcti.starts_with("swtpm") || tcti.starts_with("mssim") {
+            flush_leftovers(&mut ctx.0)?;
+        }
+        let banks = allocated_banks(&mut ctx.0)?;
+        let ak = match ak {
+            AkSource::Primary(alg, h) => create_primary_ak(&mut ctx.0, alg, h)?,
+            AkSource::Create(alg, h) => {
+                let t = ak_template(alg).to_bytes();
+                let (private, public) = with_parent(&mut ctx.0, h, |ctx, parent| {
+                    let t = unmarshal_public(&t)?;
+                    let r = pw(ctx, |ctx| ctx.create(parent, t, None, None, None, None))
+                        .map_err(be("TPM2_Create of the AK"))?;
+                    Ok((r.out_private.value().to_vec(), r.out_public))
+                })?;
+                load_child_ak(&mut ctx.0, h, private, &public.marshall().map_err(be("AK public"))?)?
+            }
+            AkSource::File(path) => {
+                let b = std::fs::read(&path).map_err(|e| TpmError::Backend(format!("{}: {e}", path.display())))?;
+                let f = AkFile::from_bytes(&b).map_err(|e| TpmError::Backend(format!("{}: {e}", path.display())))?;
+                match f.private {
+                    Some(p) => load_child_ak(&mut ctx.0, f.hierarchy, p, &f.public)?,
+                    None => {
+                        let area = PublicArea::from_bytes(&f.public).map_err(be("AK file public area"))?;
+                        let mut t = area.clone();
+                        t.params = match t.params {
+                            PublicKeyParams::Ecc { curve, .. } => PublicKeyParams::Ecc { curve, x: vec![], y: vec![] },
+                            PublicKeyParams::Rsa { key_bits, exponent, .. } => {
+                                PublicKeyParams::Rsa { key_bits, exponent, modulus: vec![] }
+                            }
+                        };
+                        let ak = create_primary_from(&mut ctx.0, &t.to_bytes(), f.hierarchy)?;
+                        if ak.area != f.public {
+                            let _ = ctx.0.flush_context(ak.handle.into());
+                            return Err(TpmError::Backend(format!(
+                                "{}: this TPM derives another key from the AK template (other TPM or hierarchy seed changed)",
+                                path.display()
+                            )));
+                        }
+                        ak
+                    }
+                }
+            }
+        };
+        Ok(Self { ctx, tcti: tcti.to_string(), banks, ak })
+    }
+
+    /// The TCTI this TPM was opened with.
+    pub fn tcti(&self) -> &str {
+        &self.tcti
+    }
+
+    /// The AK's hierarchy.
+    pub fn ak_hierarchy(&self) -> AkHierarchy {
+        self.ak.hierarchy
+    }
+
+    /// The AK's TPM2B_PUBLIC, as `tpm2_createak -u` writes it.
+    pub fn ak_tpm2b_public(&self) -> Vec<u8> {
+        let mut o = Vec::with_capacity(self.ak.area.len() + 2);
+        put_tpm2b(&mut o, &self.ak.area);
+        o
+    }
+
+    /// Writes the AK to `path` so [`AkSource::File`] loads the same key again:
+    /// the public area and, for a created key, the TPM-wrapped private part
+    /// (useless on any other TPM). Written to a temporary file then renamed.
+    pub fn save_ak(&self, path: &Path) -> Result<(), TpmError> {
+        let f = AkFile { hierarchy: self.ak.hierarchy, public: self.ak.area.clone(), private: self.ak.private.clone() };
+        let tmp = path.with_extension("tmp");
+        let io = |e: std::io::Error| TpmError::Backend(format!("{}: {e}", path.display()));
+        std::fs::write(&tmp, f.to_bytes()).map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)
+    }
+
+    /// PCR reads of `sel` (bank, ascending PCRs) all under one pcrUpdateCounter:
+    /// re-read when an extend changed it between two TPM2_PCR_Read calls.
+    fn read_consistent(&mut self, sel: &[(HashAlgo, Vec<u32>)]) -> Result<Vec<Vec<PcrValue>>, TpmError> {
+        'retry: for _ in 0..MAX_RACE_RETRIES {
+            let mut counter = None;
+            let mut out = Vec::with_capacity(sel.len());
+            for (bank, pcrs) in sel {
+                let mut vals = Vec::with_capacity(pcrs.len());
+                let mut rest: &[u32] = pcrs;
+                while !rest.is_empty() {
+                    let chunk = &rest[..rest.len().min(PCRS_PER_READ)];
+                    let (c, read, digests) =
+                        self.ctx.0.pcr_read(tpml(&[(*bank, chunk)])?).map_err(be("TPM2_PCR_Read"))?;
+                    if counter.is_some_and(|k| k != c) {
+                        continue 'retry;
+                    }
+                    counter = Some(c);
+                    let got: Vec<u32> =
+                        from_tpml(read).into_iter().filter(|(b, _)| *b == Some(*bank)).flat_map(|x| x.1).collect();
+                    let digests = digests.value();
+                    if got.is_empty() || got.len() != digests.len() || !chunk.starts_with(&got) {
+                        return Err(TpmError::Backend(format!(
+                            "TPM2_PCR_Read of {bank} {chunk:?} returned PCRs {got:?} with {} digests",
+                            digests.len()
+                        )));
+                    }
+                    for d in digests {
+                        vals.push(PcrValue::new(*bank, d.value()).map_err(be("PCR value"))?);
+                    }
+                    rest = &rest[got.len()..];
+                }
+                out.push(vals);
+            }
+            return Ok(out);
+        }
+        Err(TpmError::Backend(format!("PCRs changed during each of {MAX_RACE_RETRIES} reads")))
+    }
+
+    fn check_bank(&self, bank: HashAlgo) -> Result<(), TpmError> {
+        if self.banks.contains(&bank) {
+            Ok(())
+        } else {
+            Err(TpmError::BankNotAllocated(bank))
+        }
+    }
+
+    /// TPM2_GetTime signed by an endorsement-hierarchy key (the AK, or a helper
+    /// primary when the AK is in the owner hierarchy), so nothing is obfuscated.
+    fn get_time(&mut self) -> Result<ClockInfo, TpmError> {
+        let helper = match self.ak.hierarchy {
+            AkHierarchy::Endorsement => None,
+            AkHierarchy::Owner => Some(create_primary_from(
+                &mut self.ctx.0,
+                &ak_template(AkAlg::EccP256).to_bytes(),
+                AkHierarchy::Endorsement,
+            )?),
+        };
+        let key = helper.as_ref().map_or(self.ak.handle, |h| h.handle);
+        let ctx = &mut self.ctx.0;
+        ctx.set_sessions((Some(AuthSession::Password), Some(AuthSession::Password), None));
+        let r = ctx.get_time(key, Data::default(), SignatureScheme::Null);
+        ctx.clear_sessions();
+        if let Some(h) = helper {
+            ctx.flush_context(h.handle.into()).map_err(be("flushing the clock key"))?;
+        }
+        let (attest, _sig) = r.map_err(be("TPM2_GetTime"))?;
+        let bytes = attest.marshall().map_err(be("TPMS_ATTEST"))?;
+        // magic, type, qualifiedSigner, extraData, then TPMS_CLOCK_INFO.
+        let mut r = Reader::new(&bytes, "TPMS_ATTEST");
+        let parse = |r: &mut Reader<'_>| -> Result<ClockInfo, crate::WireError> {
+            r.u32("magic")?;
+            r.u16("type")?;
+            r.tpm2b(usize::from(u16::MAX), "qualifiedSigner")?;
+            r.tpm2b(usize::from(u16::MAX), "extraData")?;
+            ClockInfo::unmarshal(r)
+        };
+        parse(&mut r).map_err(be("GetTime attest"))
+    }
+}
+
+impl Drop for EsapiTpm {
+    fn drop(&mut self) {
+        // Errors cannot be reported from drop; the TPM frees the slot at its next restart.
+        let _ = self.ctx.0.flush_context(self.ak.handle.into());
+    }
+}
+
+impl std::fmt::Debug for EsapiTpm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EsapiTpm")
+            .field("tcti", &self.tcti)
+            .field("banks", &self.banks)
+            .field("ak", &self.ak.public.kind())
+            .field("hierarchy", &self.ak.hierarchy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs one command authorised by the empty password (TPM_RS_PW), the only
+/// authorisation used; commands without an auth area must run with none.
+fn pw<T>(ctx: &mut Context, f: impl FnOnce(&mut Context) -> tss_esapi::Result<T>) -> tss_esapi::Result<T> {
+    ctx.execute_with_session(Some(AuthSession::Password), f)
+}
+
+fn unmarshal_public(b: &[u8]) -> Result<Public, TpmError> {
+    Public::unmarshall(b).map_err(be("TPMT_PUBLIC"))
+}
+
+/// Flushes transient objects a crashed earlier process left in a TPM without a
+/// resource manager (swtpm): libtpms has only 3 object slots.
+fn flush_leftovers(ctx: &mut Context) -> Result<(), TpmError> {
+    let (data, _) =
+        ctx.get_capability(CapabilityType::Handles, TRANSIENT_FIRST, 16).map_err(be("GetCapability(handles)"))?;
+    let CapabilityData::Handles(list) = data else { return Ok(()) };
+    for h in list.into_inner() {
+        if let TpmHandle::Transient(_) = h {
+            let o = ctx.tr_from_tpm_public(h).map_err(be("TR_FromTPMPublic"))?;
+            ctx.flush_context(o).map_err(be("flushing a leftover transient object"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Banks with at least one PCR allocated, in the TPM's order.
+fn allocated_banks(ctx: &mut Context) -> Result<Vec<HashAlgo>, TpmError> {
+    let (data, _) = ctx.get_capability(CapabilityType::AssignedPcr, 0, 16).map_err(be("GetCapability(PCRs)"))?;
+    let CapabilityData::AssignedPcr(list) = data else {
+        return Err(TpmError::Backend("GetCapability(PCRs) returned other data".into()));
+    };
+    let banks: Vec<HashAlgo> =
+        from_tpml(list).into_iter().filter(|(_, p)| !p.is_empty()).filter_map(|(b, _)| b).collect();
+    if banks.is_empty() {
+        return Err(TpmError::NoBanks);
+    }
+    Ok(banks)
+}
+
+fn ak_from_area(area: &[u8]) -> Result<AkPublic, TpmError> {
+    let a = PublicArea::from_bytes(area).map_err(be("AK public area"))?;
+    AkPublic::from_public_area(a).map_err(be("AK public area"))
+}
+
+fn create_primary_from(ctx: &mut Context, template: &[u8], h: AkHierarchy) -> Result<LoadedAk, TpmError> {
+    let t = unmarshal_public(template)?;
+    let r = pw(ctx, |ctx| ctx.create_primary(h.tss(), t, None, None, None, None)).map_err(be("TPM2_CreatePrimary"))?;
+    let built = (|| {
+        let area = r.out_public.marshall().map_err(be("AK public"))?;
+        Ok::<_, TpmError>((ak_from_area(&area)?, area))
+    })();
+    match built {
+        Ok((public, area)) => Ok(LoadedAk { handle: r.key_handle, public, area, hierarchy: h, private: None }),
+        Err(e) => {
+            let _ = ctx.flush_context(r.key_handle.into());
+            Err(e)
+        }
+    }
+}
+
+fn create_primary_ak(ctx: &mut Context, alg: AkAlg, h: AkHierarchy) -> Result<LoadedAk, TpmError> {
+    create_primary_from(ctx, &ak_template(alg).to_bytes(), h)
+}
+
+/// Runs `f` with a storage primary of `h` loaded, and flushes it afterwards.
+fn with_parent<T>(
+    ctx: &mut Context,
+    h: AkHierarchy,
+    f: impl FnOnce(&mut Context, KeyHandle) -> Result<T, TpmError>,
+) -> Result<T, TpmError> {
+    let t = unmarshal_public(&srk_template())?;
+    let parent = pw(ctx, |ctx| ctx.create_primary(h.tss(), t, None, None, None, None))
+        .map_err(be("TPM2_CreatePrimary of the storage parent"))?
+        .key_handle;
+    let r = f(ctx, parent);
+    let flushed = ctx.flush_context(ObjectHandle::from(parent)).map_err(be("flushing the storage parent"));
+    let v = r?;
+    flushed?;
+    Ok(v)
+}
+
+fn load_child_ak(ctx: &mut Context, h: AkHierarchy, private: Vec<u8>, area: &[u8]) -> Result<LoadedAk, TpmError> {
+    let public = ak_from_area(area)?;
+    let handle = with_parent(ctx, h, |ctx, parent| {
+        let p = Private::try_from(private.clone()).map_err(be("TPM2B_PRIVATE"))?;
+        let public = unmarshal_public(area)?;
+        pw(ctx, |ctx| ctx.load(parent, p, public)).map_err(be("TPM2_Load of the AK"))
+    })?;
+    Ok(LoadedAk { handle, public, area: area.to_vec(), hierarchy: h, private: Some(private) })
+}
+
+impl Tpm for EsapiTpm {
+    fn banks(&self) -> Vec<HashAlgo> {
+        self.banks.clone()
+    }
+
+    fn pcr_read(&mut self, bank: HashAlgo, pcrs: &[u32]) -> Result<Vec<PcrValue>, TpmError> {
+        self.check_bank(bank)?;
+        if let Some(&p) = pcrs.iter().find(|&&p| p as usize >= NUM_PCRS) {
+            return Err(TpmError::PcrOutOfRange(p));
+        }
+        let mut uniq = pcrs.to_vec();
+        uniq.sort_unstable();
+        uniq.dedup();
+        let vals = self.read_consistent(&[(bank, uniq.clone())])?.pop().unwrap_or_default();
+        pcrs.iter()
+            .map(|p| uniq.binary_search(p).ok().and_then(|i| vals.get(i).copied()))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| TpmError::Backend("PCR read returned too few values".into()))
+    }
+
+    fn pcr_read_all(&mut self) -> Result<PcrBanks, TpmError> {
+        let all: Vec<u32> = (0..NUM_PCRS as u32).collect();
+        let sel: Vec<(HashAlgo, Vec<u32>)> = self.banks.iter().map(|&b| (b, all.clone())).collect();
+        let vals = self.read_consistent(&sel)?;
+        let mut out = PcrBanks::new(&self.banks);
+        for ((bank, _), vals) in sel.iter().zip(vals) {
+            for (i, v) in vals.into_iter().enumerate() {
+                if v.algo() != *bank || !out.set(i, v) {
+                    return Err(TpmError::Backend(format!("bad {bank} value for PCR {i}")));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn pcr_extend(&mut self, pcr: u32, digests: &[PcrValue]) -> Result<(), TpmError> {
+        if pcr as usize >= NUM_PCRS {
+            return Err(TpmError::PcrOutOfRange(pcr));
+        }
+        let mut vals = DigestValues::new();
+        for (i, d) in digests.iter().enumerate() {
+            if digests[..i].iter().any(|e| e.algo() == d.algo()) {
+                return Err(TpmError::DuplicateBank(d.algo()));
+            }
+            self.check_bank(d.algo())?;
+            vals.set(hash_alg(d.algo())?, Digest::try_from(d.as_bytes()).map_err(be("digest"))?);
+        }
+        let handle = PcrHandle::try_from(pcr).map_err(be("PCR handle"))?;
+        pw(&mut self.ctx.0, |ctx| ctx.pcr_extend(handle, vals)).map_err(be("TPM2_PCR_Extend"))
+    }
+
+    /// TPM2_Quote, then the quoted PCR values are read and checked against the signed
+    /// pcrDigest; when an extend raced the quote, both are done again.
+    fn quote(&mut self, nonce: &[u8], selection: &PcrSelection) -> Result<Quote, TpmError> {
+        if nonce.len() > MAX_NONCE {
+            return Err(TpmError::NonceTooLong { len: nonce.len(), max: MAX_NONCE });
+        }
+        for (b, _) in selection.banks() {
+            self.check_bank(*b)?;
+        }
+        let sel: Vec<(HashAlgo, &[u32])> = selection.banks().iter().map(|(b, p)| (*b, p.as_slice())).collect();
+        let data = Data::try_from(nonce.to_vec()).map_err(be("nonce"))?;
+        for _ in 0..MAX_RACE_RETRIES {
+            let (ak, list) = (self.ak.handle, tpml(&sel)?);
+            let (attest, sig) = pw(&mut self.ctx.0, |ctx| ctx.quote(ak, data.clone(), SignatureScheme::Null, list))
+                .map_err(be("TPM2_Quote"))?;
+            let attest = attest.marshall().map_err(be("TPMS_ATTEST"))?;
+            let signature = sig.marshall().map_err(be("TPMT_SIGNATURE"))?;
+            let banks: Vec<(HashAlgo, Vec<u32>)> = selection.banks().to_vec();
+            let values = self.read_consistent(&banks)?;
+            let pcr_values: Vec<(HashAlgo, u32, PcrValue)> = banks
+                .iter()
+                .zip(values)
+                .flat_map(|((b, pcrs), vals)| pcrs.iter().zip(vals).map(move |(&p, v)| (*b, p, v)))
+                .collect();
+            let q = Quote { attest, signature, pcr_values };
+            // Our own verifier must accept what the TPM signed: this proves the bytes
+            // were re-marshalled exactly.
+            let vq = verify_quote(&q, &self.ak.public, nonce)
+                .map_err(|e| TpmError::Backend(format!("TPM quote does not verify after marshalling: {e}")))?;
+            if vq.check_pcrs(|b, p| q.pcr_value(b, p)).is_ok() {
+                return Ok(q);
+            }
+        }
+        Err(TpmError::Backend(format!("PCRs changed between quote and read {MAX_RACE_RETRIES} times")))
+    }
+
+    fn clock_info(&mut self) -> Result<ClockInfo, TpmError> {
+        self.get_time()
+    }
+
+    fn ak_public(&self) -> AkPublic {
+        self.ak.public.clone()
+    }
+}
+
+/// The AK file: `IMASNAPAK` 0x01, hierarchy (0 endorsement, 1 owner), kind
+/// (0 primary, 1 created), TPM2B_PUBLIC, and for a created key its TPM2B_PRIVATE.
+struct AkFile {
+    hierarchy: AkHierarchy,
+    public: Vec<u8>,
+    private: Option<Vec<u8>>,
+}
+
+const AK_MAGIC: &[u8; 10] = b"IMASNAPAK\x01";
+
+impl AkFile {
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut o = AK_MAGIC.to_vec();
+        o.push(self.hierarchy.code());
+        o.push(self.private.is_some() as u8);
+        put_tpm2b(&mut o, &self.public);
+        if let Some(p) = &self.private {
+            put_tpm2b(&mut o, p);
+        }
+        o
+    }
+
+    fn from_bytes(b: &[u8]) -> Result<Self, crate::WireError> {
+        let mut r = Reader::new(b, "AK file");
+        let at = r.pos();
+        if r.take(AK_MAGIC.len(), "magic")? != AK_MAGIC {
+            return Err(r.err(at, "not an imasnap AK file"));
+        }
+        let at = r.pos();
+        let hierarchy = AkHierarchy::from_code(r.u8("hierarchy")?).ok_or_else(|| r.err(at, "unknown hierarchy"))?;
+        let at = r.pos();
+        let kind = r.u8("kind")?;
+        if kind > 1 {
+            return Err(r.err(at, "unknown key kind"));
+        }
+        let public = r.tpm2b(usize::from(u16::MAX), "public")?.to_vec();
+        let private = if kind == 1 { Some(r.tpm2b(usize::from(u16::MAX), "private")?.to_vec()) } else { None };
+        r.finish()?;
+        Ok(Self { hierarchy, public, private })
+    }
+}
+
+/// The Qualified Name a primary AK of `h` has (what its quotes carry as qualifiedSigner).
+pub fn primary_qualified_name(area: &PublicArea, h: AkHierarchy) -> Vec<u8> {
+    area.qualified_name_of_primary(h.handle())
+}

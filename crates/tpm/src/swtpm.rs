@@ -1,0 +1,140 @@
+//! A private swtpm process for tests and benchmarks: fresh state, free ports on
+//! 127.0.0.1, killed and removed on drop. Pure std; needs the `swtpm` binary.
+//!
+//! swtpm has no resource manager and serves one connection at a time, so tests that
+//! share one would see each other's PCRs and transient objects. Each test starts
+//! its own instead ([`Swtpm::for_test`]).
+
+use std::io;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Set by `scripts/test.sh` (the swtpm it started); its presence says swtpm is
+/// expected to work here.
+pub const ENV_SWTPM: &str = "IMASNAP_SWTPM";
+/// `IMASNAP_SKIP_SWTPM=1` lets tests that need swtpm pass without it.
+pub const ENV_SKIP: &str = "IMASNAP_SKIP_SWTPM";
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A running `swtpm socket --tpm2` with its own state directory.
+#[derive(Debug)]
+pub struct Swtpm {
+    child: Child,
+    dir: PathBuf,
+    port: u16,
+}
+
+fn free_pair(port: u16) -> bool {
+    let ok = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+    ok(port) && ok(port + 1)
+}
+
+impl Swtpm {
+    /// Starts swtpm (TPM 2.0, manufactured on first start with its default banks
+    /// SHA-1, SHA-256, SHA-384, SHA-512; `startup-clear`, so PCRs are fresh) on two
+    /// free consecutive ports and waits until it accepts connections.
+    pub fn start() -> io::Result<Self> {
+        let pid = std::process::id();
+        let mut last = io::Error::other("no free port pair");
+        for _ in 0..20 {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            // Spread processes and calls over 20000-59999 (even ports).
+            let port = 20000 + ((pid.wrapping_mul(7919).wrapping_add(n.wrapping_mul(2))) % 20000 * 2) as u16;
+            if !free_pair(port) {
+                continue;
+            }
+            let dir = std::env::temp_dir().join(format!("imasnap-swtpm-{pid}-{n}"));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir)?;
+            match Self::spawn(&dir, port) {
+                Ok(s) => return Ok(s),
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    fn spawn(dir: &Path, port: u16) -> io::Result<Self> {
+        let log = std::fs::File::create(dir.join("swtpm.log"))?;
+        let child = Command::new("swtpm")
+            .arg("socket")
+            .arg("--tpm2")
+            .arg("--tpmstate")
+            .arg(format!("dir={}", dir.display()))
+            .arg("--server")
+            .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+            .arg("--ctrl")
+            .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
+            .arg("--flags")
+            .arg("not-need-init,startup-clear")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| io::Error::new(e.kind(), format!("starting swtpm (is it installed?): {e}")))?;
+        let mut s = Self { child, dir: dir.to_path_buf(), port };
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = s.child.try_wait()? {
+                let log = std::fs::read_to_string(dir.join("swtpm.log")).unwrap_or_default();
+                return Err(io::Error::other(format!("swtpm exited ({st}): {}", log.trim())));
+            }
+            if TcpStream::connect(("127.0.0.1", port + 1)).is_ok() && TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(s);
+            }
+            if t0.elapsed() > Duration::from_secs(10) {
+                let _ = s.child.kill();
+                return Err(io::Error::other("swtpm did not listen within 10 s"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A swtpm for a test, or `None` when `IMASNAP_SKIP_SWTPM=1`. Panics with a clear
+    /// message when `IMASNAP_SWTPM` is unset (so CI cannot skip silently) or swtpm
+    /// does not start.
+    pub fn for_test() -> Option<Self> {
+        if std::env::var(ENV_SKIP).is_ok_and(|v| v == "1") {
+            eprintln!("swtpm test skipped: {ENV_SKIP}=1");
+            return None;
+        }
+        if std::env::var_os(ENV_SWTPM).is_none() {
+            panic!(
+                "this test needs swtpm: run it through scripts/test.sh (which starts swtpm and sets \
+                 {ENV_SWTPM}), or set {ENV_SWTPM}=swtpm:host=127.0.0.1,port=PORT with swtpm installed, \
+                 or set {ENV_SKIP}=1 to skip it"
+            );
+        }
+        Some(Self::start().unwrap_or_else(|e| panic!("cannot start a private swtpm: {e}")))
+    }
+
+    /// The TCTI string: `swtpm:host=127.0.0.1,port=P`.
+    pub fn tcti(&self) -> String {
+        format!("swtpm:host=127.0.0.1,port={}", self.port)
+    }
+
+    /// The command port (the control port is one above).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
