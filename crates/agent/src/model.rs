@@ -1,8 +1,7 @@
 //! [`SnapshotKernel`] for the in-process kernel model.
 
 use crate::kernel::{KernelIfError, LiveStats, SnapshotKernel};
-use imasnap_kernel_model::{Entry, Kernel, KernelError, SnapshotHandle};
-use imasnap_log::digest::template_hash;
+use imasnap_kernel_model::{Kernel, KernelError, SnapshotHandle};
 use imasnap_log::{Endian, HashAlgo, Record};
 use imasnap_tpm::Tpm;
 use std::io::Cursor;
@@ -24,22 +23,6 @@ fn err(e: KernelError) -> KernelIfError {
     }
 }
 
-/// An entry as it appears in the SHA1 binary list (the kernel always has a SHA1 digest).
-fn sha1_record(banks: &[HashAlgo], e: &Entry) -> Record {
-    match banks.iter().position(|&b| b == HashAlgo::Sha1) {
-        Some(i) => e.record(i),
-        None => {
-            let mut r = e.record(0);
-            r.digest = if e.violation {
-                vec![0; 20]
-            } else {
-                template_hash(HashAlgo::Sha1, &r, Endian::Little).expect("model entries hash").as_bytes().to_vec()
-            };
-            r
-        }
-    }
-}
-
 impl<T: Tpm> SnapshotKernel for Kernel<T> {
     type Handle = ModelHandle;
     type Live = Cursor<Vec<u8>>;
@@ -52,7 +35,7 @@ impl<T: Tpm> SnapshotKernel for Kernel<T> {
         let n = h.inner.records;
         let e =
             self.entries().nth(n).ok_or_else(|| KernelIfError::Failed(format!("no record at marker position {n}")))?;
-        Ok((n as u64, sha1_record(Kernel::banks(self), e)))
+        Ok((n as u64, e.sha1_record(Kernel::banks(self))))
     }
 
     fn snapshot_read(&mut self, h: &mut ModelHandle) -> Result<Vec<u8>, KernelIfError> {
@@ -73,14 +56,14 @@ impl<T: Tpm> SnapshotKernel for Kernel<T> {
         // Same SHA1 digests as `snapshot_read`, also when the TPM has no SHA1 bank.
         let mut out = Vec::with_capacity(self.list_bytes() as usize);
         for e in self.entries() {
-            sha1_record(Kernel::banks(self), e).encode(Endian::Little, &mut out);
+            e.sha1_record(Kernel::banks(self)).encode(Endian::Little, &mut out);
         }
         Ok(Cursor::new(out))
     }
 
     fn live_head(&mut self) -> Result<Record, KernelIfError> {
         let e = self.entries().next().ok_or_else(|| KernelIfError::Failed("live list is empty".into()))?;
-        Ok(sha1_record(Kernel::banks(self), e))
+        Ok(e.sha1_record(Kernel::banks(self)))
     }
 
     fn live_stats(&mut self) -> Result<LiveStats, KernelIfError> {

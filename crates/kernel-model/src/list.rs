@@ -56,6 +56,23 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// The record as the classic (SHA1) binary list shows it. A kernel always has a SHA1
+    /// digest, even when the TPM has no SHA1 bank (`banks` is the TPM's bank order).
+    pub fn sha1_record(&self, banks: &[HashAlgo]) -> Record {
+        match banks.iter().position(|&b| b == HashAlgo::Sha1) {
+            Some(i) => self.record(i),
+            None => {
+                let mut r = self.record(0);
+                r.digest = if self.violation {
+                    vec![0; 20]
+                } else {
+                    template_hash(HashAlgo::Sha1, &r, Endian::Little).expect("entries hash").as_bytes().to_vec()
+                };
+                r
+            }
+        }
+    }
+
     /// The record as it appears in the binary list of `bank`.
     pub fn record(&self, bank_idx: usize) -> Record {
         Record {
@@ -335,23 +352,7 @@ impl<T: Tpm> Kernel<T> {
     /// the hand-over buffer in the real format (classic SHA1 records).
     pub fn kexec_save(&mut self) -> Vec<u8> {
         self.suspended = true;
-        let sha1 = self.banks.iter().position(|&b| b == HashAlgo::Sha1);
-        let recs: Vec<Record> = self
-            .list
-            .iter()
-            .map(|e| match sha1 {
-                Some(i) => e.record(i),
-                None => {
-                    let mut r = e.record(0);
-                    r.digest = if e.violation {
-                        vec![0; 20]
-                    } else {
-                        template_hash(HashAlgo::Sha1, &r, Endian::Little).expect("valid").as_bytes().to_vec()
-                    };
-                    r
-                }
-            })
-            .collect();
+        let recs: Vec<Record> = self.list.iter().map(|e| e.sha1_record(&self.banks)).collect();
         imasnap_log::kexec::encode(&recs, Endian::Little)
     }
 

@@ -3,7 +3,7 @@
 
 use crate::list::{Kernel, KernelError, PcrMode};
 use imasnap_log::marker::Marker;
-use imasnap_log::{Endian, HashAlgo, PcrValue};
+use imasnap_log::{Endian, PcrValue};
 use imasnap_tpm::Tpm;
 use std::time::Instant;
 
@@ -134,17 +134,9 @@ impl<T: Tpm> Kernel<T> {
         self.check_handle(h)?;
         self.take_fault(Fault::Read)?;
         let end = self.snapshot.marker_pos.min(from.saturating_add(n));
-        let bi = self.banks.iter().position(|&b| b == HashAlgo::Sha1);
         let mut out = Vec::new();
         for e in self.list.range(from.min(end)..end) {
-            let mut r = e.record(bi.unwrap_or(0));
-            if bi.is_none() && !e.violation {
-                r.digest = imasnap_log::digest::template_hash(HashAlgo::Sha1, &r, Endian::Little)
-                    .expect("valid")
-                    .as_bytes()
-                    .to_vec();
-            }
-            r.encode(Endian::Little, &mut out);
+            e.sha1_record(&self.banks).encode(Endian::Little, &mut out);
         }
         Ok(out)
     }
