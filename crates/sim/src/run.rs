@@ -183,6 +183,23 @@ impl<T: Tpm> Machine<T> {
     }
 }
 
+/// The kernel model starts its measurement list at boot, so the TPM's measurement
+/// PCR must be at its reset value (zero) in every bank, as after TPM2_Startup(CLEAR).
+/// A real TPM that was used before (a reused swtpm) would make every quote disagree
+/// with the list; refuse it up front with a clear message.
+pub fn check_fresh(tpm: &mut impl Tpm, pcr: u32) -> Result<(), SimError> {
+    for bank in tpm.banks() {
+        let v = tpm.pcr_read(bank, &[pcr])?;
+        if !matches!(v.first(), Some(v) if *v == imasnap_log::PcrValue::zero(bank)) {
+            return Err(SimError::Other(format!(
+                "{bank} PCR {pcr} of the TPM is not zero: the kernel model needs a TPM fresh from \
+                 TPM2_Startup(CLEAR) (start a new swtpm, e.g. scripts/swtpm.sh start DIR PORT)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Runs a whole simulation and writes the bundle to `out`.
 pub fn run(opts: &SimOptions, tpm: impl Tpm, out: &Path) -> Result<SimReport, SimError> {
     run_with_progress(opts, tpm, out, |_| {})
@@ -195,6 +212,8 @@ pub fn run_with_progress(
     out: &Path,
     mut progress: impl FnMut(u64),
 ) -> Result<SimReport, SimError> {
+    let mut tpm = tpm;
+    check_fresh(&mut tpm, opts.kernel.pcr)?;
     let mut agent_cfg = AgentConfig::new(&opts.state_dir);
     agent_cfg.snapshot = Default::default();
     let mut m = Machine::boot(opts.kernel.clone(), tpm, agent_cfg)?;

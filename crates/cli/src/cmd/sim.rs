@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 use imasnap_agent::CrashPoint;
 use imasnap_kernel_model::{Config, PcrMode};
 use imasnap_sim::SimOptions;
-use imasnap_tpm::SoftTpm;
+use imasnap_tpm::{SoftTpm, Tpm};
 use serde_json::json;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +47,11 @@ pub struct RunArgs {
     /// Read PCRs from the TPM under the list lock (RFC) instead of shadow values.
     #[arg(long)]
     tpm_under_lock: bool,
+    /// TPM to extend and quote: soft (in-process, seeded by --seed), swtpm:host=H,port=P,
+    /// device:/dev/tpmrm0 or tabrmd. A real TPM must be fresh (PCR 10 at zero), e.g.
+    /// a new swtpm from scripts/swtpm.sh.
+    #[arg(long, default_value = "soft")]
+    tpm: String,
     /// Agent store directory (default: DIR.state next to the bundle).
     #[arg(long)]
     state_dir: Option<PathBuf>,
@@ -81,7 +86,12 @@ pub fn run(cmd: SimCmd) -> Result<ExitCode> {
         state_dir: state_dir.clone(),
     };
     let pb = ui::count_bar(a.records, "events", a.json);
-    let rep = imasnap_sim::run::run_with_progress(&opts, SoftTpm::new(a.seed), &a.out, |n| pb.set_position(n))
+    let tpm: Box<dyn Tpm> = if a.tpm.trim() == "soft" {
+        Box::new(SoftTpm::new(a.seed))
+    } else {
+        imasnap_tpm::open_tpm(&a.tpm).with_context(|| format!("opening TPM {}", a.tpm))?
+    };
+    let rep = imasnap_sim::run::run_with_progress(&opts, tpm, &a.out, |n| pb.set_position(n))
         .with_context(|| format!("simulation writing {}", a.out.display()))?;
     pb.finish_and_clear();
     if a.json {
