@@ -308,42 +308,18 @@ impl EsapiTpm {
         std::fs::rename(&tmp, path).map_err(io)
     }
 
-    /// PCR reads of `sel` (bank, ascending PCRs) all under one pcrUpdateCounter:
-    /// re-read when an extend changed it between two TPM2_PCR_Read calls.
+    /// PCR reads of `sel` (bank, ascending PCRs) all under one pcrUpdateCounter.
     fn read_consistent(&mut self, sel: &[(HashAlgo, Vec<u32>)]) -> Result<Vec<Vec<PcrValue>>, TpmError> {
-        'retry: for _ in 0..MAX_RACE_RETRIES {
-            let mut counter = None;
-            let mut out = Vec::with_capacity(sel.len());
-            for (bank, pcrs) in sel {
-                let mut vals = Vec::with_capacity(pcrs.len());
-                let mut rest: &[u32] = pcrs;
-                while !rest.is_empty() {
-                    let chunk = &rest[..rest.len().min(PCRS_PER_READ)];
-                    let (c, read, digests) =
-                        self.ctx.0.pcr_read(tpml(&[(*bank, chunk)])?).map_err(be("TPM2_PCR_Read"))?;
-                    if counter.is_some_and(|k| k != c) {
-                        continue 'retry;
-                    }
-                    counter = Some(c);
-                    let got: Vec<u32> =
-                        from_tpml(read).into_iter().filter(|(b, _)| *b == Some(*bank)).flat_map(|x| x.1).collect();
-                    let digests = digests.value();
-                    if got.is_empty() || got.len() != digests.len() || !chunk.starts_with(&got) {
-                        return Err(TpmError::Backend(format!(
-                            "TPM2_PCR_Read of {bank} {chunk:?} returned PCRs {got:?} with {} digests",
-                            digests.len()
-                        )));
-                    }
-                    for d in digests {
-                        vals.push(PcrValue::new(*bank, d.value()).map_err(be("PCR value"))?);
-                    }
-                    rest = &rest[got.len()..];
-                }
-                out.push(vals);
-            }
-            return Ok(out);
-        }
-        Err(TpmError::Backend(format!("PCRs changed during each of {MAX_RACE_RETRIES} reads")))
+        read_consistent_with(&mut self.ctx.0, sel, |ctx, bank, chunk| {
+            let (c, read, digests) = ctx.pcr_read(tpml(&[(bank, chunk)])?).map_err(be("TPM2_PCR_Read"))?;
+            let got = from_tpml(read).into_iter().filter(|(b, _)| *b == Some(bank)).flat_map(|x| x.1).collect();
+            let vals = digests
+                .value()
+                .iter()
+                .map(|d| PcrValue::new(bank, d.value()).map_err(be("PCR value")))
+                .collect::<Result<_, _>>()?;
+            Ok((c, got, vals))
+        })
     }
 
     fn check_bank(&self, bank: HashAlgo) -> Result<(), TpmError> {
@@ -404,6 +380,75 @@ impl std::fmt::Debug for EsapiTpm {
             .field("hierarchy", &self.ak.hierarchy)
             .finish_non_exhaustive()
     }
+}
+
+/// Reads `sel` with `read` (one TPM2_PCR_Read of one bank: pcrUpdateCounter, the PCRs
+/// read, their values), at most 8 PCRs a call, until all are read; starts again when
+/// the counter changed between calls, i.e. an extend slipped in (PCRs the platform
+/// marks no-increment, 16 and 23 on PC Clients, do not move the counter).
+pub(crate) fn read_consistent_with<S>(
+    s: &mut S,
+    sel: &[(HashAlgo, Vec<u32>)],
+    mut read: impl FnMut(&mut S, HashAlgo, &[u32]) -> Result<(u32, Vec<u32>, Vec<PcrValue>), TpmError>,
+) -> Result<Vec<Vec<PcrValue>>, TpmError> {
+    'retry: for _ in 0..MAX_RACE_RETRIES {
+        let mut counter = None;
+        let mut out = Vec::with_capacity(sel.len());
+        for (bank, pcrs) in sel {
+            let mut vals = Vec::with_capacity(pcrs.len());
+            let mut rest: &[u32] = pcrs;
+            while !rest.is_empty() {
+                let chunk = &rest[..rest.len().min(PCRS_PER_READ)];
+                let (c, got, digests) = read(s, *bank, chunk)?;
+                if counter.is_some_and(|k| k != c) {
+                    continue 'retry;
+                }
+                counter = Some(c);
+                if got.is_empty() || got.len() != digests.len() || !chunk.starts_with(&got) {
+                    return Err(TpmError::Backend(format!(
+                        "TPM2_PCR_Read of {bank} {chunk:?} returned PCRs {got:?} with {} digests",
+                        digests.len()
+                    )));
+                }
+                vals.extend(digests);
+                rest = &rest[got.len()..];
+            }
+            out.push(vals);
+        }
+        return Ok(out);
+    }
+    Err(TpmError::Backend(format!("PCRs changed during each of {MAX_RACE_RETRIES} reads")))
+}
+
+/// Quotes with `quote` (attest and signature bytes), reads the quoted PCRs with `read`,
+/// and returns once our own verifier accepts the quote under `ak` and the values hash
+/// to its pcrDigest. A verification failure is an error at once (bad marshalling);
+/// a digest mismatch means an extend raced the quote, and both are done again.
+pub(crate) fn quote_retrying<S>(
+    s: &mut S,
+    ak: &AkPublic,
+    nonce: &[u8],
+    selection: &PcrSelection,
+    mut quote: impl FnMut(&mut S) -> Result<(Vec<u8>, Vec<u8>), TpmError>,
+    mut read: impl FnMut(&mut S, &[(HashAlgo, Vec<u32>)]) -> Result<Vec<Vec<PcrValue>>, TpmError>,
+) -> Result<Quote, TpmError> {
+    let banks = selection.banks().to_vec();
+    for _ in 0..MAX_RACE_RETRIES {
+        let (attest, signature) = quote(s)?;
+        let values = read(s, &banks)?;
+        let pcr_values: Vec<(HashAlgo, u32, PcrValue)> = banks
+            .iter()
+            .zip(values)
+            .flat_map(|((b, pcrs), vals)| pcrs.iter().zip(vals).map(move |(&p, v)| (*b, p, v)))
+            .collect();
+        let q = Quote { attest, signature, pcr_values };
+        let vq = verify_quote(&q, ak, nonce)
+            .map_err(|e| TpmError::Backend(format!("TPM quote does not verify after marshalling: {e}")))?;
+        if vq.check_pcrs(|b, p| q.pcr_value(b, p)).is_ok() {
+            return Ok(q);
+        }
+    }
+    Err(TpmError::Backend(format!("PCRs changed between quote and read {MAX_RACE_RETRIES} times")))
 }
 
 /// Runs one command authorised by the empty password (TPM_RS_PW), the only
@@ -559,29 +604,22 @@ impl Tpm for EsapiTpm {
         }
         let sel: Vec<(HashAlgo, &[u32])> = selection.banks().iter().map(|(b, p)| (*b, p.as_slice())).collect();
         let data = Data::try_from(nonce.to_vec()).map_err(be("nonce"))?;
-        for _ in 0..MAX_RACE_RETRIES {
-            let (ak, list) = (self.ak.handle, tpml(&sel)?);
-            let (attest, sig) = pw(&mut self.ctx.0, |ctx| ctx.quote(ak, data.clone(), SignatureScheme::Null, list))
-                .map_err(be("TPM2_Quote"))?;
-            let attest = attest.marshall().map_err(be("TPMS_ATTEST"))?;
-            let signature = sig.marshall().map_err(be("TPMT_SIGNATURE"))?;
-            let banks: Vec<(HashAlgo, Vec<u32>)> = selection.banks().to_vec();
-            let values = self.read_consistent(&banks)?;
-            let pcr_values: Vec<(HashAlgo, u32, PcrValue)> = banks
-                .iter()
-                .zip(values)
-                .flat_map(|((b, pcrs), vals)| pcrs.iter().zip(vals).map(move |(&p, v)| (*b, p, v)))
-                .collect();
-            let q = Quote { attest, signature, pcr_values };
-            // Our own verifier must accept what the TPM signed: this proves the bytes
-            // were re-marshalled exactly.
-            let vq = verify_quote(&q, &self.ak.public, nonce)
-                .map_err(|e| TpmError::Backend(format!("TPM quote does not verify after marshalling: {e}")))?;
-            if vq.check_pcrs(|b, p| q.pcr_value(b, p)).is_ok() {
-                return Ok(q);
-            }
-        }
-        Err(TpmError::Backend(format!("PCRs changed between quote and read {MAX_RACE_RETRIES} times")))
+        let list = tpml(&sel)?;
+        let ak = self.ak.public.clone();
+        let handle = self.ak.handle;
+        quote_retrying(
+            self,
+            &ak,
+            nonce,
+            selection,
+            |t| {
+                let (attest, sig) =
+                    pw(&mut t.ctx.0, |ctx| ctx.quote(handle, data.clone(), SignatureScheme::Null, list.clone()))
+                        .map_err(be("TPM2_Quote"))?;
+                Ok((attest.marshall().map_err(be("TPMS_ATTEST"))?, sig.marshall().map_err(be("TPMT_SIGNATURE"))?))
+            },
+            |t, banks| t.read_consistent(banks),
+        )
     }
 
     fn clock_info(&mut self) -> Result<ClockInfo, TpmError> {
@@ -638,4 +676,101 @@ impl AkFile {
 /// The Qualified Name a primary AK of `h` has (what its quotes carry as qualifiedSigner).
 pub fn primary_qualified_name(area: &PublicArea, h: AkHierarchy) -> Vec<u8> {
     area.qualified_name_of_primary(h.handle())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SoftTpm;
+
+    fn sha256(m: &[u8]) -> PcrValue {
+        HashAlgo::Sha256.hash(&[m])
+    }
+
+    /// A SoftTpm behind a TPM2_PCR_Read that returns at most 8 PCRs and a counter, with
+    /// an extend of PCR 10 slipped in before the read number `race_at`.
+    struct Racy {
+        tpm: SoftTpm,
+        counter: u32,
+        reads: usize,
+        race_at: Vec<usize>,
+    }
+
+    impl Racy {
+        fn read(&mut self, bank: HashAlgo, chunk: &[u32]) -> Result<(u32, Vec<u32>, Vec<PcrValue>), TpmError> {
+            self.reads += 1;
+            if self.race_at.contains(&self.reads) {
+                self.extend();
+            }
+            let got: Vec<u32> = chunk.iter().copied().take(PCRS_PER_READ).collect();
+            Ok((self.counter, got.clone(), self.tpm.pcr_read(bank, &got)?))
+        }
+        fn extend(&mut self) {
+            self.tpm.pcr_extend(10, &[HashAlgo::Sha1.hash(&[b"r"]), sha256(b"r")]).unwrap();
+            self.counter += 1;
+        }
+    }
+
+    #[test]
+    fn a_read_spanning_calls_restarts_when_the_counter_moves() {
+        let all: Vec<u32> = (0..24).collect();
+        let sel = vec![(HashAlgo::Sha1, all.clone()), (HashAlgo::Sha256, all.clone())];
+        // 6 calls per attempt; an extend before the 4th: the 1st attempt is discarded.
+        let mut r = Racy { tpm: SoftTpm::new(1), counter: 0, reads: 0, race_at: vec![4] };
+        let vals = read_consistent_with(&mut r, &sel, |r, b, c| r.read(b, c)).unwrap();
+        assert_eq!(r.reads, 4 + 6);
+        let now = r.tpm.pcr_read_all().unwrap();
+        for ((bank, _), v) in sel.iter().zip(&vals) {
+            assert_eq!(v.len(), 24);
+            for (i, x) in v.iter().enumerate() {
+                assert_eq!(Some(x), now.get(*bank, i), "{bank} {i}: one consistent state");
+            }
+        }
+        // Always racing: gives up with an error instead of looping.
+        let mut r = Racy { tpm: SoftTpm::new(1), counter: 0, reads: 0, race_at: (2..1000).collect() };
+        assert!(read_consistent_with(&mut r, &sel, |r, b, c| r.read(b, c)).is_err());
+    }
+
+    #[test]
+    fn a_quote_raced_by_an_extend_is_taken_again() {
+        let sel = PcrSelection::uniform(&[HashAlgo::Sha256, HashAlgo::Sha1], &[0, 10]).unwrap();
+        let nonce = [3u8; 32];
+        let mut r = Racy { tpm: SoftTpm::new(2), counter: 0, reads: 0, race_at: vec![1] };
+        let ak = r.tpm.ak_public();
+        let mut quotes = 0;
+        let q = quote_retrying(
+            &mut r,
+            &ak,
+            &nonce,
+            &sel,
+            |r| {
+                quotes += 1;
+                let q = r.tpm.quote(&nonce, &sel)?;
+                Ok((q.attest, q.signature))
+            },
+            |r, banks| read_consistent_with(r, banks, |r, b, c| r.read(b, c)),
+        )
+        .unwrap();
+        assert_eq!(quotes, 2, "the extend between the first quote and its read forces a second quote");
+        let vq = verify_quote(&q, &ak, &nonce).unwrap();
+        vq.check_pcrs(|b, p| q.pcr_value(b, p)).unwrap();
+        assert_eq!(q.pcr_value(HashAlgo::Sha256, 10), r.tpm.pcr_read(HashAlgo::Sha256, &[10]).unwrap().pop());
+
+        // Bytes that do not verify are an error at once, not a retry.
+        let e = quote_retrying(
+            &mut r,
+            &ak,
+            &nonce,
+            &sel,
+            |r| {
+                let q = r.tpm.quote(&nonce, &sel)?;
+                let mut a = q.attest;
+                a[10] ^= 1;
+                Ok((a, q.signature))
+            },
+            |r, banks| read_consistent_with(r, banks, |r, b, c| r.read(b, c)),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("does not verify"), "{e}");
+    }
 }
