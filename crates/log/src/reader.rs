@@ -9,6 +9,7 @@ use crate::template::TemplateCache;
 use std::io::{BufRead, BufReader, Read};
 
 const CHUNK: usize = 128 << 10;
+const FIRST_CHUNK: usize = 4 << 10;
 /// Longest ASCII line we accept (a record of maximal template data, printed in hex).
 const MAX_LINE: usize = 2 * crate::codec::DEFAULT_MAX_TEMPLATE_DATA as usize + 4096;
 
@@ -37,7 +38,9 @@ impl<R: Read> BinaryReader<R> {
         Self {
             inner,
             fmt,
-            buf: vec![0; CHUNK],
+            // Small at first: a reader that decodes one record (crossing a snapshot by its
+            // end marker) should not pay for a full chunk. `fill` grows it to CHUNK.
+            buf: vec![0; FIRST_CHUNK],
             start: 0,
             end: 0,
             eof: false,
@@ -96,7 +99,10 @@ impl<R: Read> BinaryReader<R> {
             self.end -= self.start;
             self.start = 0;
         }
-        if self.end == self.buf.len() {
+        if self.buf.len() < CHUNK {
+            // Still warming up: double towards the streaming chunk size.
+            self.buf.resize((self.buf.len() * 2).min(CHUNK), 0);
+        } else if self.end == self.buf.len() {
             // A record larger than the buffer: grow by what we are about to read.
             self.buf.resize(self.buf.len() + CHUNK.max(self.buf.len() / 2), 0);
         }
