@@ -2,11 +2,9 @@
 //! tampered copies, continues incrementally from saved state; `demo` verifies every round.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn imasnap(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_imasnap")).args(args).output().expect("run imasnap")
-}
+mod common;
+use common::{copy_bundle, imasnap, verify_json};
 
 fn sim(out: &Path, extra: &[&str]) {
     let o = out.to_str().unwrap();
@@ -14,26 +12,6 @@ fn sim(out: &Path, extra: &[&str]) {
     args.extend_from_slice(extra);
     let r = imasnap(&args);
     assert!(r.status.success(), "sim run {extra:?}: {}", String::from_utf8_lossy(&r.stderr));
-}
-
-fn verify_json(dir: &Path, extra: &[&str]) -> (i32, serde_json::Value) {
-    let mut args = vec!["verify", dir.to_str().unwrap(), "--json"];
-    args.extend_from_slice(extra);
-    let r = imasnap(&args);
-    let v =
-        serde_json::from_slice(&r.stdout).unwrap_or_else(|_| panic!("json: {}", String::from_utf8_lossy(&r.stdout)));
-    (r.status.code().unwrap(), v)
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to.join("snapshots")).unwrap();
-    for e in std::fs::read_dir(from).unwrap().chain(std::fs::read_dir(from.join("snapshots")).unwrap()) {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_file() {
-            let rel = e.path().strip_prefix(from).unwrap().to_path_buf();
-            std::fs::copy(e.path(), to.join(rel)).unwrap();
-        }
-    }
 }
 
 #[test]
@@ -69,7 +47,7 @@ fn tampering_is_rejected_with_reason() {
 
     // A byte inside a snapshot record.
     let bad = t.path().join("flip");
-    copy_dir(&good, &bad);
+    copy_bundle(&good, &bad);
     let f = bad.join("snapshots/000002.snap");
     let mut b = std::fs::read(&f).unwrap();
     let n = b.len();
@@ -82,7 +60,7 @@ fn tampering_is_rejected_with_reason() {
 
     // A snapshot file deleted.
     let bad = t.path().join("missing");
-    copy_dir(&good, &bad);
+    copy_bundle(&good, &bad);
     std::fs::remove_file(bad.join("snapshots/000001.snap")).unwrap();
     let (code, v) = verify_json(&bad, &[]);
     assert_eq!((code, v["reason"].as_str()), (1, Some("snapshot_missing")), "{v}");

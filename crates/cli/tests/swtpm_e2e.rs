@@ -8,11 +8,10 @@
 use imasnap_tpm::swtpm::Swtpm;
 use imasnap_tpm::Tpm as _;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn imasnap(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_imasnap")).args(args).output().expect("run imasnap")
-}
+mod common;
+use common::{copy_bundle, imasnap, verify_json};
 
 fn sim(tpm: &str, out: &Path, extra: &[&str]) -> Output {
     let o = out.to_str().unwrap();
@@ -20,26 +19,6 @@ fn sim(tpm: &str, out: &Path, extra: &[&str]) -> Output {
         vec!["sim", "run", "--tpm", tpm, "--out", o, "--records", "3000", "--snapshot-every", "1000", "--json"];
     args.extend_from_slice(extra);
     imasnap(&args)
-}
-
-fn verify_json(dir: &Path, extra: &[&str]) -> (i32, serde_json::Value) {
-    let mut args = vec!["verify", dir.to_str().unwrap(), "--json"];
-    args.extend_from_slice(extra);
-    let r = imasnap(&args);
-    let v =
-        serde_json::from_slice(&r.stdout).unwrap_or_else(|_| panic!("json: {}", String::from_utf8_lossy(&r.stdout)));
-    (r.status.code().unwrap(), v)
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to.join("snapshots")).unwrap();
-    for e in std::fs::read_dir(from).unwrap().chain(std::fs::read_dir(from.join("snapshots")).unwrap()) {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_file() {
-            let rel = e.path().strip_prefix(from).unwrap().to_path_buf();
-            std::fs::copy(e.path(), to.join(rel)).unwrap();
-        }
-    }
 }
 
 #[test]
@@ -79,7 +58,7 @@ fn sim_on_swtpm_verifies_and_tampering_is_rejected() {
 
     // A flipped byte inside a snapshot.
     let bad = t.path().join("flip");
-    copy_dir(&good, &bad);
+    copy_bundle(&good, &bad);
     let snap = std::fs::read_dir(bad.join("snapshots")).unwrap().map(|e| e.unwrap().path()).min().unwrap();
     let mut b = std::fs::read(&snap).unwrap();
     let n = b.len();
@@ -90,7 +69,7 @@ fn sim_on_swtpm_verifies_and_tampering_is_rejected() {
 
     // A forged signed attest (the TPM's signature no longer matches).
     let bad = t.path().join("attest");
-    copy_dir(&good, &bad);
+    copy_bundle(&good, &bad);
     let mut q: serde_json::Value = serde_json::from_str(&quote).unwrap();
     let attest = find_hex_field(&mut q, "attest").expect("quote.json has an attest field");
     let mut bytes = hex::decode(attest.as_str().unwrap()).unwrap();

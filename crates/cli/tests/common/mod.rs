@@ -96,3 +96,25 @@ pub fn flip_hex(v: &str) -> String {
     *last = std::char::from_digit(d, 16).unwrap() as u8;
     String::from_utf8(b).unwrap()
 }
+
+/// `imasnap verify DIR --json EXTRA…`: exit code and the parsed JSON.
+pub fn verify_json(dir: &Path, extra: &[&str]) -> (i32, serde_json::Value) {
+    let mut args = vec!["verify", dir.to_str().unwrap(), "--json"];
+    args.extend_from_slice(extra);
+    let r = imasnap(&args);
+    let v =
+        serde_json::from_slice(&r.stdout).unwrap_or_else(|_| panic!("json: {}", String::from_utf8_lossy(&r.stdout)));
+    (code(&r), v)
+}
+
+/// Copies a bundle directory (top-level files and `snapshots/`), for tampering.
+pub fn copy_bundle(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to.join("snapshots")).unwrap();
+    for e in std::fs::read_dir(from).unwrap().chain(std::fs::read_dir(from.join("snapshots")).unwrap()) {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            let rel = e.path().strip_prefix(from).unwrap().to_path_buf();
+            std::fs::copy(e.path(), to.join(rel)).unwrap();
+        }
+    }
+}
