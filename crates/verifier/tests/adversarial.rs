@@ -13,23 +13,9 @@ use imasnap_verifier::{Failure, Mode, Options, Segment, State};
 
 use HashAlgo::{Sha1, Sha256};
 
-/// Layout of the honest host (global indices):
-/// - S1 `[0, 41)`: boot_aggregate + 40 records; its end marker M1 (attempt 1) is record 41
-/// - S2 `[41, 93)`: M1, 30 records, M2 (aborted attempt 2) at 72, 20 records
-/// - S3 `[93, 119)`: M3 (attempt 3) + 25 records
-/// - live `[119, 130)`: M4 (attempt 4) + 10 records
+/// The shared honest host (see `Host::busy`).
 fn host(seed: u64) -> Host {
-    let mut h = Host::boot(seed);
-    h.measure(40);
-    h.snapshot();
-    h.measure(30);
-    h.aborted_snapshot();
-    h.measure(20);
-    h.snapshot();
-    h.measure(25);
-    h.snapshot();
-    h.measure(10);
-    h
+    Host::busy(seed)
 }
 
 const M1: u64 = 41;

@@ -10,19 +10,9 @@ fn verified(o: &imasnap_verifier::Outcome) -> &State {
     o.state.as_ref().unwrap()
 }
 
-/// boot, 40 records, snapshot, 30, aborted attempt, 20, snapshot, 25, snapshot, 10.
+/// The shared honest host (see `Host::busy`).
 fn busy_host(seed: u64) -> Host {
-    let mut h = Host::boot(seed);
-    h.measure(40);
-    h.snapshot();
-    h.measure(30);
-    h.aborted_snapshot();
-    h.measure(20);
-    h.snapshot();
-    h.measure(25);
-    h.snapshot();
-    h.measure(10);
-    h
+    Host::busy(seed)
 }
 
 #[test]

@@ -40,6 +40,25 @@ fn firmware(tpm: &mut SoftTpm, seed: u64) {
 }
 
 impl Host {
+    /// The honest host both suites start from (global indices):
+    /// - S1 `[0, 41)`: boot_aggregate + 40 records; its end marker M1 (attempt 1) is record 41
+    /// - S2 `[41, 93)`: M1, 30 records, M2 (aborted attempt 2) at 72, 20 records
+    /// - S3 `[93, 119)`: M3 (attempt 3) + 25 records
+    /// - live `[119, 130)`: M4 (attempt 4) + 10 records
+    pub fn busy(seed: u64) -> Self {
+        let mut h = Self::boot(seed);
+        h.measure(40);
+        h.snapshot();
+        h.measure(30);
+        h.aborted_snapshot();
+        h.measure(20);
+        h.snapshot();
+        h.measure(25);
+        h.snapshot();
+        h.measure(10);
+        h
+    }
+
     /// Cold boot of a fresh machine. `platform` seeds the firmware measurements (PCR 0-9).
     pub fn boot(seed: u64) -> Self {
         Self::boot_with(seed, seed)
