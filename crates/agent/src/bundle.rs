@@ -67,6 +67,30 @@ pub fn quote_json(q: &imasnap_tpm::Quote, nonce: &[u8]) -> serde_json::Value {
     v
 }
 
+/// A fresh quote for a bundle: PCR 0-9 (boot_aggregate) and the measurement PCR in every
+/// bank, signed over `nonce`, as `quote.json` content plus the AK the bundle carries.
+/// Take it before [`Agent::write_bundle`] copies the live list, so the log can only run
+/// ahead of the quote (the verifier carries that tail over).
+pub fn attest(
+    tpm: &mut (impl imasnap_tpm::Tpm + ?Sized),
+    pcr: u32,
+    nonce: &[u8],
+) -> Result<(serde_json::Value, AkKey), imasnap_tpm::TpmError> {
+    let banks = tpm.banks();
+    let mut pcrs: Vec<u32> = (0..10).collect();
+    if pcr >= 10 {
+        pcrs.push(pcr);
+    }
+    let sel = imasnap_tpm::PcrSelection::uniform(&banks, &pcrs)?;
+    let q = tpm.quote(nonce, &sel)?;
+    let ak = tpm.ak_public();
+    let ak = match ak.public_area() {
+        Some(p) => AkKey::Tpm2bPublic(p.to_tpm2b()),
+        None => AkKey::Pem(ak.to_pem()),
+    };
+    Ok((quote_json(&q, nonce), ak))
+}
+
 impl<K: SnapshotKernel> Agent<K> {
     /// Writes the evidence bundle into `out` (created; must not exist or be empty).
     /// Snapshot files are re-hashed while copied, and the live list must continue the

@@ -1,7 +1,8 @@
 //! imasnap-agent: agent logic as a library (DESIGN §4.5, docs/SNAPSHOTS.md).
 //!
 //! - [`SnapshotKernel`]: the kernel interface the agent drives (RFC `snapshot` file, live
-//!   list, TPM resetCount); implemented here for the in-process kernel model.
+//!   list, TPM resetCount); implemented here for the in-process kernel model and for a real kernel's securityfs
+//!   ([`SecurityFs`]).
 //! - [`Agent`]: the commit protocol step by step ([`Agent::snapshot_once`]), recovery and
 //!   cold-boot retention ([`Agent::recover`]), the stitched log, evidence bundles.
 //! - [`SnapshotPolicy`] / [`AgentConfig`]: when to snapshot, from TOML.
@@ -12,8 +13,10 @@ pub mod kernel;
 #[cfg(feature = "kernel-model")]
 pub mod model;
 pub mod policy;
+pub mod securityfs;
 
 pub use agent::{Agent, AgentError, CrashPoint, RecoveryReport};
-pub use bundle::{quote_json, AkKey, BundleIndex, BundleInfo, Evidence, BUNDLE_FORMAT};
+pub use bundle::{attest, quote_json, AkKey, BundleIndex, BundleInfo, Evidence, BUNDLE_FORMAT};
 pub use kernel::{KernelIfError, LiveStats, SnapshotKernel};
 pub use policy::{AgentConfig, SnapshotPolicy, Trigger};
+pub use securityfs::{SecurityFs, DEFAULT_IMA_DIR};

@@ -26,6 +26,12 @@ enum Command {
     #[command(subcommand)]
     Sim(cmd::sim::SimCmd),
     Verify(cmd::verify::VerifyArgs),
+    /// Agent work on a real kernel: snapshots through securityfs, evidence bundles.
+    #[command(subcommand)]
+    Agent(cmd::agent::AgentCmd),
+    /// TPM utilities: the attestation key to enrol.
+    #[command(subcommand)]
+    Tpm(cmd::tpm::TpmCmd),
     /// The main job: kernel model + agent + verifier on a synthetic workload, with a summary.
     Demo(cmd::demo::DemoArgs),
 }
@@ -37,6 +43,8 @@ fn main() -> ExitCode {
         Command::Log(c) => cmd::log::run(c),
         Command::Sim(c) => cmd::sim::run(c),
         Command::Verify(a) => cmd::verify::run(a),
+        Command::Agent(c) => cmd::agent::run(c),
+        Command::Tpm(c) => cmd::tpm::run(c),
         Command::Demo(a) => cmd::demo::run_demo(a),
     };
     match r {

@@ -1,9 +1,9 @@
 //! `imasnap sim run`: the kernel model and the agent under a workload, ending in a bundle.
 
 use crate::workload::{Event, Workload};
-use imasnap_agent::{quote_json, Agent, AgentConfig, AgentError, AkKey, CrashPoint, Evidence};
+use imasnap_agent::{Agent, AgentConfig, AgentError, CrashPoint, Evidence};
 use imasnap_kernel_model::{Config, Kernel, KernelError};
-use imasnap_tpm::{PcrSelection, Tpm};
+use imasnap_tpm::Tpm;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -156,17 +156,8 @@ impl<T: Tpm> Machine<T> {
 
     /// Quotes PCR 0-9 and the measurement PCR in every bank with `nonce`, and writes the bundle.
     pub fn write_bundle(&mut self, out: &Path, nonce: &[u8]) -> Result<(), SimError> {
-        let banks = self.kernel().banks().to_vec();
-        let mut pcrs: Vec<u32> = (0..10).collect();
-        pcrs.push(self.cfg.pcr);
-        let sel = PcrSelection::uniform(&banks, &pcrs)?;
-        let q = self.kernel().tpm_mut().quote(nonce, &sel)?;
-        let ak = self.kernel().tpm().ak_public();
-        let ak = match ak.public_area() {
-            Some(p) => AkKey::Tpm2bPublic(p.to_tpm2b()),
-            None => AkKey::Pem(ak.to_pem()),
-        };
-        let qj = quote_json(&q, nonce);
+        let pcr = self.cfg.pcr;
+        let (qj, ak) = imasnap_agent::attest(self.kernel().tpm_mut(), pcr, nonce)?;
         self.agent().write_bundle(out, &Evidence { quote: &qj, nonce, ak: &ak })?;
         Ok(())
     }

@@ -1,0 +1,153 @@
+//! `imasnap agent snapshot|bundle`: one-shot agent work on a real kernel's securityfs.
+
+use crate::ui;
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use imasnap_agent::{attest, Agent, AgentConfig, Evidence, SecurityFs, DEFAULT_IMA_DIR};
+use imasnap_tpm::Tpm;
+use serde_json::json;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(Subcommand)]
+pub enum AgentCmd {
+    /// Take one snapshot now through the kernel's `snapshot` file (needs the RFC patch in kernel/).
+    ///
+    /// Recovers the store first (a crash in an earlier run is settled by the recovery rule),
+    /// then moves every record before a fresh snapshot_aggregate marker into the next
+    /// snapshot file and tells the kernel `done`. Exit 0 on success, 2 when the kernel
+    /// refuses (EBUSY: another agent holds the file) or cannot snapshot.
+    ///
+    /// Example: imasnap agent snapshot --tpm device:/dev/tpmrm0 --state-dir /var/lib/imasnap --json
+    Snapshot(HostArgs),
+    /// Quote the TPM and write an evidence bundle for `imasnap verify`.
+    ///
+    /// The quote covers PCR 0-9 and the measurement PCR in every bank and answers --nonce;
+    /// the bundle holds the committed snapshots, the live list read after the quote, the
+    /// quote and the AK's public key. Works on stock kernels too (no snapshots then).
+    ///
+    /// Example: imasnap agent bundle --tpm device:/dev/tpmrm0 --nonce 00112233 --out /tmp/ev
+    Bundle(BundleArgs),
+}
+
+#[derive(Args)]
+pub struct HostArgs {
+    /// IMA securityfs directory.
+    #[arg(long, default_value = DEFAULT_IMA_DIR)]
+    ima_dir: PathBuf,
+    /// Snapshot store (one directory per boot below it) [default: the config's, else
+    /// /var/lib/imasnap].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Agent TOML (state_dir, retention, [snapshot]); --state-dir wins over its state_dir.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The TPM the kernel extends: device:/dev/tpmrm0, swtpm:host=H,port=P, tabrmd.
+    #[arg(long, default_value = "device:/dev/tpmrm0")]
+    tpm: String,
+    /// The measurement PCR (CONFIG_IMA_MEASURE_PCR_IDX).
+    #[arg(long, default_value_t = 10)]
+    pcr: u32,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct BundleArgs {
+    #[command(flatten)]
+    host: HostArgs,
+    /// The verifier's nonce, hex (at most 64 bytes).
+    #[arg(long)]
+    nonce: String,
+    /// Bundle directory to create (must not exist or be empty).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+type FsAgent = Agent<SecurityFs<Box<dyn Tpm>>>;
+
+fn start(h: &HostArgs) -> Result<(FsAgent, serde_json::Value)> {
+    let mut cfg = match &h.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            AgentConfig::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+        }
+        None => AgentConfig::new("/var/lib/imasnap"),
+    };
+    if let Some(d) = &h.state_dir {
+        cfg.state_dir = d.clone();
+    }
+    let tpm = imasnap_tpm::open_tpm(&h.tpm).with_context(|| format!("opening TPM {}", h.tpm))?;
+    let kernel = SecurityFs::new(&h.ima_dir, tpm, h.pcr);
+    let (agent, rep) = Agent::start(kernel, cfg).context("starting the agent (recovery)")?;
+    let rep = json!({
+        "boot": rep.boot.to_string(),
+        "created": rep.created,
+        "retired": rep.retired.iter().map(|b| b.to_string()).collect::<Vec<_>>(),
+        "pending": rep.pending.map(|d| format!("{d:?}")),
+        "removed": rep.removed,
+    });
+    Ok((agent, rep))
+}
+
+pub fn run(cmd: AgentCmd) -> Result<ExitCode> {
+    match cmd {
+        AgentCmd::Snapshot(h) => snapshot(h),
+        AgentCmd::Bundle(b) => bundle(b),
+    }
+}
+
+fn snapshot(h: HostArgs) -> Result<ExitCode> {
+    let (mut agent, recovery) = start(&h)?;
+    if !agent.kernel().can_snapshot() {
+        bail!("{}: no `snapshot` file; this kernel cannot trim its list (legacy read-only mode)", h.ima_dir.display());
+    }
+    let t0 = Instant::now();
+    let e = agent.snapshot_once().context("snapshot")?;
+    let secs = t0.elapsed().as_secs_f64();
+    if h.json {
+        ui::print_json(&json!({ "recovery": recovery, "snapshot": e, "seconds": secs }));
+    } else {
+        println!(
+            "snapshot {} ({}): records {}..{} ({}), sha256 {}, {:.1} ms",
+            e.seq,
+            e.file,
+            e.first_index,
+            e.end_index(),
+            e.count,
+            e.sha256,
+            secs * 1e3
+        );
+    }
+    Ok(ExitCode::from(ui::EXIT_OK))
+}
+
+fn bundle(b: BundleArgs) -> Result<ExitCode> {
+    let nonce = hex::decode(b.nonce.trim()).context("--nonce is not hex")?;
+    let (mut agent, recovery) = start(&b.host)?;
+    let pcr = b.host.pcr;
+    let (quote, ak) = attest(agent.kernel_mut().tpm_mut(), pcr, &nonce).context("quote")?;
+    let info = agent
+        .write_bundle(&b.out, &Evidence { quote: &quote, nonce: &nonce, ak: &ak })
+        .with_context(|| format!("writing {}", b.out.display()))?;
+    if b.host.json {
+        ui::print_json(&json!({
+            "recovery": recovery,
+            "bundle": info.dir,
+            "snapshots": info.snapshots,
+            "live_first_index": info.index.live_first_index,
+            "live_bytes": info.live_bytes,
+            "banks": info.index.banks,
+        }));
+    } else {
+        println!(
+            "bundle {}: {} snapshot(s), live list from record {} ({} bytes)",
+            info.dir.display(),
+            info.snapshots,
+            info.index.live_first_index,
+            info.live_bytes
+        );
+    }
+    Ok(ExitCode::from(ui::EXIT_OK))
+}
