@@ -48,6 +48,13 @@
 # Environment:
 #   QEMU_TIMEOUT=120   seconds per boot          KEEP_WORK=1  keep the work dir
 #   OUT_BASE=...       output dir (default tests/fixtures/real-kernel)
+#   GUEST_IMASNAP=...  path of a host-built imasnap binary: it is copied into the
+#                      initramfs with its shared libraries, the verifier side enrols
+#                      the vTPM's AK on the host before the boot (`imasnap tpm ak`),
+#                      and the guest runs `imasnap agent bundle --tpm device:/dev/tpmrm0`
+#                      (quote of PCR 0-10 over a host nonce + the live list) after the
+#                      scenario. Each scenario directory then also holds bundle/,
+#                      enrolled-ak.pub, nonce.txt and agent-bundle.json.
 # Idempotent: every run rebuilds everything in a fresh temp dir and replaces the
 # scenario directories (only after they verified).  Exit status != 0 on failure.
 
@@ -58,6 +65,7 @@ REPO=$(cd "$SCRIPT_DIR/.." && pwd)
 OUT_BASE=${OUT_BASE:-$REPO/tests/fixtures/real-kernel}
 QEMU_TIMEOUT=${QEMU_TIMEOUT:-120}
 KEEP_WORK=${KEEP_WORK:-0}
+GUEST_IMASNAP=${GUEST_IMASNAP:-}
 ALL_SCENARIOS=(ima-ng ima-sig ima-buf violation)
 COMMON_ARGS="console=ttyS0 panic=-1"
 START_TS=$(date +%s)
@@ -155,6 +163,13 @@ build_initramfs() {
     local root=$WORK/initramfs p base
     rm -rf "$root"; mkdir -p "$root"/{bin,dev,proc,sys,data,out,modules}
     cp /bin/busybox "$root/bin/busybox"
+    if [ -n "$GUEST_IMASNAP" ]; then
+        [ -x "$GUEST_IMASNAP" ] || die "GUEST_IMASNAP=$GUEST_IMASNAP is not executable"
+        # shellcheck source=lib/guest-binary.sh
+        . "$SCRIPT_DIR/lib/guest-binary.sh"
+        guest_add_binary "$root" "$GUEST_IMASNAP" /bin/imasnap
+        log "guest imasnap: $(du -sh "$root/bin/imasnap" | cut -f1) + $(find "$root/lib" "$root/lib64" "$root/usr" -type f 2>/dev/null | wc -l) libraries"
+    fi
     : > "$root/modules/order"
     local order
     order=$(module_load_order virtio_pci virtio_blk crc32c_generic ext4) || die "module resolution failed"
@@ -202,6 +217,17 @@ mount -t ext4 /dev/$DATA /data || fail "mount ext4"
 [ -x /data/scenario.sh ] || fail "no /data/scenario.sh"
 echo "IMASNAP: running scenario"
 /data/scenario.sh || fail "scenario.sh exit $?"
+# The agent: quote over the host's nonce, then the live list (it runs from the
+# initramfs and keeps its store in tmpfs, so it adds no measurements itself).
+nonce=$(sed -n 's/.*imasnap\.nonce=\([0-9a-f]*\).*/\1/p' /proc/cmdline)
+if [ -x /bin/imasnap ] && [ -n "$nonce" ]; then
+    echo "IMASNAP: agent bundle (tpm: $(ls /dev/tpm*))"
+    mkdir -p /run/imasnap
+    LD_LIBRARY_PATH=/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu \
+        /bin/imasnap agent bundle --tpm device:/dev/tpmrm0 --state-dir /run/imasnap \
+        --nonce "$nonce" --out /out/bundle --json > /out/agent-bundle.json 2> /out/agent-bundle.err \
+        || { cat /out/agent-bundle.err; fail "imasnap agent bundle"; }
+fi
 echo "IMASNAP: dumping"
 S=/sys/kernel/security/ima
 n=0
@@ -366,6 +392,24 @@ cleanup() {
     exit $rc
 }
 
+# The verifier's side of enrolment: before the host boots, read the public part of the
+# vTPM's default AK (an EK-hierarchy primary, so the guest re-creates the same key).
+enrol_ak() {
+    local sd=$1 port
+    port=$(( 24000 + RANDOM % 4000 ))
+    swtpm socket --tpm2 --tpmstate dir="$sd/tpm" --server type=tcp,port=$port,bindaddr=127.0.0.1 \
+        --ctrl type=tcp,port=$((port + 1)),bindaddr=127.0.0.1 --flags not-need-init,startup-clear \
+        --log file="$sd/swtpm-enrol.log",level=1 &
+    SWTPM_PID=$!
+    local i=0
+    until "$GUEST_IMASNAP" tpm ak --tpm "swtpm:host=127.0.0.1,port=$port" --out "$sd/enrolled-ak.pub" 2>"$sd/enrol.err"; do
+        sleep 0.2; i=$((i+1))
+        [ $i -lt 50 ] || { cat "$sd/enrol.err" >&2; die "AK enrolment on swtpm port $port failed"; }
+    done
+    stop_swtpm
+    log "enrolled AK: $(cut -c1-32 "$sd/enrolled-ak.pub")..."
+}
+
 boot_scenario() {
     local scen=$1 sd=$WORK/$1 args
     args="$COMMON_ARGS $(scenario_args "$scen")"
@@ -376,6 +420,12 @@ boot_scenario() {
     swtpm_setup --tpm2 --tpmstate "$sd/tpm" --pcr-banks sha1,sha256 --overwrite \
         --logfile "$sd/swtpm_setup.log" >/dev/null 2>&1 \
         || { cat "$sd/swtpm_setup.log" >&2 || true; die "swtpm_setup failed"; }
+    if [ -n "$GUEST_IMASNAP" ]; then
+        enrol_ak "$sd"
+        NONCE=$(openssl rand -hex 20)
+        echo "$NONCE" > "$sd/nonce.txt"
+        args="$args imasnap.nonce=$NONCE"
+    fi
     local sock=$sd/swtpm.sock
     rm -f "$sock"
     swtpm socket --tpm2 --tpmstate dir="$sd/tpm" --ctrl type=unixio,path="$sock" \
@@ -561,6 +611,10 @@ install_fixture() {
              binary_bios_measurements; do
         [ -e "$sd/dump/$f" ] && cp "$sd/dump/$f" "$stage/$f"
     done
+    if [ -d "$sd/dump/bundle" ]; then
+        cp -a "$sd/dump/bundle" "$stage/bundle"
+        cp "$sd/dump/agent-bundle.json" "$sd/enrolled-ak.pub" "$sd/nonce.txt" "$stage/"
+    fi
     # any per-bank lists (kernel >= 6.10) too
     for f in "$sd"/dump/*_runtime_measurements_*; do
         [ -e "$f" ] && cp "$f" "$stage/"
