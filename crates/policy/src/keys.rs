@@ -43,7 +43,7 @@ impl PublicKey {
 }
 
 /// One key with its IMA key id and the source it came from.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Key {
     pub keyid: u32,
     pub key: PublicKey,
@@ -51,6 +51,12 @@ pub struct Key {
     pub spki_der: Vec<u8>,
     /// Where the key came from: a file name, `verification-keys`, or a keyring name.
     pub source: String,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Key({:08x} {} from {})", self.keyid, self.key.kind(), self.source)
+    }
 }
 
 /// Why key material could not be used.

@@ -353,7 +353,9 @@ pub fn to_keylime_json(p: &PolicyData) -> serde_json::Value {
     };
     let mut o = serde_json::Map::new();
     o.insert("meta".into(), serde_json::Value::Object(meta));
-    o.insert("release".into(), json!(p.release.unwrap_or(0)));
+    if let Some(r) = p.release {
+        o.insert("release".into(), json!(r));
+    }
     o.insert("digests".into(), json!(sorted(&p.digests)));
     o.insert("excludes".into(), json!(p.excludes));
     o.insert("keyrings".into(), json!(sorted(&p.keyrings)));
