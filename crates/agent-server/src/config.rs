@@ -1,0 +1,134 @@
+//! The agent service's TOML configuration (`/etc/imasnap/agent.toml`).
+
+use crate::tls::TlsFiles;
+use imasnap_agent::{AgentConfig, SnapshotPolicy};
+use imasnap_store::Retention;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+pub const DEFAULT_CONFIG: &str = "/etc/imasnap/agent.toml";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/imasnap";
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8891";
+
+/// Where the measurement list comes from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// The in-process kernel model, driven by a synthetic workload (the embedded default).
+    #[default]
+    Model,
+    /// A real kernel's securityfs directory (`ima_dir`).
+    Securityfs,
+}
+
+/// `[workload]`: the synthetic workload of the kernel-model back end.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadToml {
+    #[serde(default)]
+    pub seed: u64,
+    /// Records measured per second, in the background.
+    #[serde(default)]
+    pub records_per_second: u64,
+    /// Records measured before answering each evidence request (load tests).
+    #[serde(default)]
+    pub records_per_evidence: u64,
+}
+
+fn d_state() -> PathBuf {
+    DEFAULT_STATE_DIR.into()
+}
+fn d_listen() -> String {
+    DEFAULT_LISTEN.into()
+}
+fn d_tpm() -> String {
+    "soft".into()
+}
+fn d_ima() -> PathBuf {
+    "/sys/kernel/security/ima".into()
+}
+fn d_pcr() -> u32 {
+    10
+}
+fn d_max() -> u64 {
+    256 << 20
+}
+fn d_tick() -> u64 {
+    1000
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentServiceConfig {
+    /// The snapshot store (`<state_dir>/boots`, `<state_dir>/archive`).
+    #[serde(default = "d_state")]
+    pub state_dir: PathBuf,
+    #[serde(default)]
+    pub retention: Retention,
+    /// Address of the HTTPS API.
+    #[serde(default = "d_listen")]
+    pub listen: String,
+    /// `soft`, `soft:seed=N`, `swtpm:host=H,port=P`, `device:/dev/tpmrm0`, `tabrmd`.
+    #[serde(default = "d_tpm")]
+    pub tpm: String,
+    #[serde(default)]
+    pub backend: Backend,
+    /// securityfs back end: the IMA directory.
+    #[serde(default = "d_ima")]
+    pub ima_dir: PathBuf,
+    /// The measurement PCR.
+    #[serde(default = "d_pcr")]
+    pub pcr: u32,
+    /// Largest evidence response; a request that would exceed it gets 413.
+    #[serde(default = "d_max")]
+    pub max_evidence_bytes: u64,
+    /// How often the snapshot policy and the background workload run, in milliseconds.
+    #[serde(default = "d_tick")]
+    pub tick_ms: u64,
+    /// Enables `/v1/test/*` (add records, measure a file) and `crash_at` fault injection.
+    /// Never on in production.
+    #[serde(default)]
+    pub test_endpoints: bool,
+    #[serde(default)]
+    pub snapshot: SnapshotPolicy,
+    #[serde(default)]
+    pub workload: WorkloadToml,
+    pub tls: TlsFiles,
+}
+
+impl AgentServiceConfig {
+    pub fn from_toml(s: &str) -> Result<Self, String> {
+        toml::from_str(s).map_err(|e| e.to_string())
+    }
+
+    pub fn agent_config(&self) -> AgentConfig {
+        let mut a = AgentConfig::new(&self.state_dir);
+        a.retention = self.retention;
+        a.snapshot = self.snapshot.clone();
+        a
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_with_defaults_and_refuses_typos() {
+        let c = AgentServiceConfig::from_toml(
+            "[tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\nca = \"/ca.pem\"\n[snapshot]\nmax_records = 1000\n",
+        )
+        .unwrap();
+        assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        assert_eq!(c.listen, DEFAULT_LISTEN);
+        assert_eq!(c.tpm, "soft");
+        assert_eq!(c.backend, Backend::Model);
+        assert!(!c.test_endpoints);
+        assert_eq!(c.agent_config().snapshot.max_records, Some(1000));
+        assert!(AgentServiceConfig::from_toml("listen = \"x\"\n").is_err(), "[tls] is required");
+        assert!(AgentServiceConfig::from_toml(
+            "lisen = \"x\"\n[tls]\ncert = \"/c\"\nkey = \"/k\"\nca = \"/ca\"\n"
+        )
+        .is_err());
+    }
+}

@@ -1,0 +1,335 @@
+//! The attested host as the service sees it: an [`Agent`] over a kernel back end with its
+//! TPM, plus (for the kernel model) a synthetic workload so there is something to attest.
+//!
+//! [`HostKernel`] is the back-end trait on top of [`SnapshotKernel`]: it adds the TPM that
+//! quotes and the model-only hooks. Implemented for the in-process kernel model; a real
+//! securityfs back end plugs in the same way (its kernel owns the TPM it extends).
+
+use crate::api::{self, AkJson, BootJson, EvidenceHeader, MarkerJson, SnapshotJson};
+use imasnap_agent::{Agent, AgentConfig, AgentError, CrashPoint, SnapshotKernel};
+use imasnap_kernel_model::Kernel;
+use imasnap_sim::workload::{Event, Workload};
+use imasnap_store::SnapshotEntry;
+use imasnap_tpm::{PcrSelection, Tpm};
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// A kernel back end the service can run: snapshots (through [`SnapshotKernel`]) and the
+/// TPM that quotes its measurement PCR.
+pub trait HostKernel: SnapshotKernel + Send + 'static {
+    fn tpm(&mut self) -> &mut dyn Tpm;
+    /// Applies a synthetic workload event (kernel model only).
+    fn apply(&mut self, _ev: &Event) -> Result<bool, String> {
+        Err("this back end has no synthetic workload (a real kernel measures by itself)".into())
+    }
+    /// The agent process died: the kernel closes its file descriptors.
+    fn process_exit(&mut self) {}
+    /// How long the last snapshot held the list lock, if the back end knows.
+    fn last_pause(&self) -> Option<Duration> {
+        None
+    }
+}
+
+impl<T: Tpm + 'static> HostKernel for Kernel<T> {
+    fn tpm(&mut self) -> &mut dyn Tpm {
+        self.tpm_mut()
+    }
+    fn apply(&mut self, ev: &Event) -> Result<bool, String> {
+        let r = match ev {
+            Event::File { path, digest } => self.measure_file(path, digest),
+            Event::Buffer { name, buf } => self.measure_buffer(name, buf),
+            Event::Violation { path } => self.violation(path).map(|_| true),
+        };
+        r.map_err(|e| e.to_string())
+    }
+    fn process_exit(&mut self) {
+        Kernel::process_exit(self)
+    }
+    fn last_pause(&self) -> Option<Duration> {
+        Kernel::last_pause(self)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("agent: {0}")]
+    Agent(#[from] AgentError),
+    #[error("TPM: {0}")]
+    Tpm(#[from] imasnap_tpm::TpmError),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What an evidence request produced: the header and the data to stream after it.
+#[derive(Debug)]
+pub struct EvidenceView {
+    pub header: EvidenceHeader,
+    /// Snapshot files to stream, in header order, with the length the header states.
+    pub files: Vec<(PathBuf, u64)>,
+    pub live: Vec<u8>,
+}
+
+/// The object-safe face of a host, for the HTTP layer.
+pub trait HostOps: Send {
+    fn evidence(&mut self, nonce: &[u8], from: api::From, boot_hint: Option<(u64, Option<String>)>)
+        -> Result<EvidenceView, HostError>;
+    fn snapshot(&mut self, crash_at: Option<CrashPoint>) -> Result<Option<SnapshotEntry>, HostError>;
+    /// Policy snapshots and the interval workload; call periodically.
+    fn tick(&mut self, now: Instant) -> Result<(), HostError>;
+    fn add_records(&mut self, n: u64) -> Result<u64, HostError>;
+    fn measure(&mut self, path: &[u8], digest: &[u8]) -> Result<bool, HostError>;
+    fn metrics(&mut self) -> api::AgentMetrics;
+    fn manifest(&self) -> Option<imasnap_store::Manifest>;
+    /// Path and entry of snapshot `seq` of the current boot (the path comes from the
+    /// store's own naming, never from a request).
+    fn snapshot_file(&self, seq: u64) -> Option<(PathBuf, SnapshotEntry)>;
+}
+
+/// Synthetic workload settings (kernel model only).
+#[derive(Clone, Debug, Default)]
+pub struct WorkloadCfg {
+    pub seed: u64,
+    /// Records added per second by [`HostOps::tick`].
+    pub records_per_second: u64,
+    /// Records added before each evidence request (load tests).
+    pub records_per_evidence: u64,
+}
+
+pub struct Host<K: HostKernel> {
+    agent: Option<Agent<K>>,
+    cfg: AgentConfig,
+    workload: Workload,
+    wcfg: WorkloadCfg,
+    last_tick: Instant,
+    carry: f64,
+    metrics: api::AgentMetrics,
+}
+
+fn now_secs(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64()
+}
+
+impl<K: HostKernel> Host<K> {
+    /// Starts the agent on `kernel` (recovery first).
+    pub fn start(kernel: K, cfg: AgentConfig, wcfg: WorkloadCfg) -> Result<Self, HostError> {
+        let (agent, rep) = Agent::start(kernel, cfg.clone())?;
+        tracing::info!(boot = %rep.boot, created = rep.created, retired = rep.retired.len(),
+            pending = ?rep.pending, removed = rep.removed.len(), "agent recovered");
+        Ok(Self {
+            agent: Some(agent),
+            cfg,
+            workload: Workload::new(wcfg.seed),
+            wcfg,
+            last_tick: Instant::now(),
+            carry: 0.0,
+            metrics: Default::default(),
+        })
+    }
+
+    pub fn agent(&mut self) -> &mut Agent<K> {
+        self.agent.as_mut().expect("agent present between calls")
+    }
+
+    fn agent_ref(&self) -> &Agent<K> {
+        self.agent.as_ref().expect("agent present between calls")
+    }
+
+    /// The agent process dies here and a new one starts on the same kernel (which
+    /// closes the dead one's descriptors): what a crash plus a service restart does.
+    fn restart_agent(&mut self) -> Result<(), HostError> {
+        let mut k = self.agent.take().expect("agent present").into_kernel();
+        k.process_exit();
+        let mut a = Agent::new(k, self.cfg.clone())?;
+        let rep = a.recover();
+        self.agent = Some(a);
+        let rep = rep?;
+        tracing::warn!(boot = %rep.boot, pending = ?rep.pending, removed = ?rep.removed, "agent restarted and recovered");
+        Ok(())
+    }
+
+    fn add(&mut self, n: u64) -> Result<u64, HostError> {
+        let mut added = 0;
+        for _ in 0..n {
+            let ev = self.workload.next().expect("endless workload");
+            added += self.agent().kernel_mut().apply(&ev).map_err(HostError::Other)? as u64;
+        }
+        Ok(added)
+    }
+
+    fn quote(&mut self, nonce: &[u8]) -> Result<(serde_json::Value, AkJson), HostError> {
+        let k = self.agent().kernel_mut();
+        let banks = k.banks().map_err(AgentError::from)?;
+        let mut pcrs: Vec<u32> = (0..10).collect();
+        pcrs.push(k.measurement_pcr());
+        let sel = PcrSelection::uniform(&banks, &pcrs)?;
+        let tpm = k.tpm();
+        let q = tpm.quote(nonce, &sel)?;
+        let ak = tpm.ak_public();
+        let ak = match ak.public_area() {
+            Some(p) => AkJson { tpm2b_public: Some(hex::encode(p.to_tpm2b())), pem: None },
+            None => AkJson { tpm2b_public: None, pem: Some(ak.to_pem()) },
+        };
+        Ok((serde_json::to_value(&q).map_err(|e| HostError::Other(e.to_string()))?, ak))
+    }
+}
+
+impl<K: HostKernel> HostOps for Host<K> {
+    fn evidence(
+        &mut self,
+        nonce: &[u8],
+        from: api::From,
+        boot_hint: Option<(u64, Option<String>)>,
+    ) -> Result<EvidenceView, HostError> {
+        if nonce.is_empty() || nonce.len() > imasnap_tpm::MAX_NONCE {
+            return Err(HostError::BadRequest(format!("nonce must be 1 to {} bytes", imasnap_tpm::MAX_NONCE)));
+        }
+        if self.wcfg.records_per_evidence > 0 {
+            self.add(self.wcfg.records_per_evidence)?;
+        }
+        // Quote first: the list read afterwards can only run ahead of it (carried over).
+        let (quote, ak) = self.quote(nonce)?;
+        let a = self.agent();
+        let dir = a.boot_dir().cloned().ok_or(AgentError::NotRecovered)?;
+        let m = a.manifest().cloned().ok_or(AgentError::NotRecovered)?;
+        let mut live = Vec::new();
+        a.kernel_mut()
+            .live_list()
+            .map_err(AgentError::from)?
+            .read_to_end(&mut live)
+            .map_err(|e| HostError::Other(format!("reading the live list: {e}")))?;
+        let same_boot = boot_hint.as_ref().is_none_or(|(rc, ba)| {
+            *rc == m.boot.reset_count && ba.as_ref().is_none_or(|b| *b == m.boot.boot_aggregate_sha1)
+        });
+        let from_index = match from {
+            api::From::Latest => m.next_index,
+            api::From::Index(i) if same_boot => i.min(m.next_index),
+            api::From::Index(_) => 0,
+        };
+        let mut snapshots = Vec::with_capacity(m.snapshots.len());
+        let mut files = Vec::new();
+        for s in &m.snapshots {
+            let with_data = from != api::From::Latest && s.end_index() > from_index;
+            let mut j = SnapshotJson {
+                seq: s.seq,
+                first_index: s.first_index,
+                count: s.count,
+                sha256: None,
+                end_marker: Some(MarkerJson { attempt: s.end_marker.attempt, sha1: s.end_marker.sha1.clone() }),
+                pcrs_end: Default::default(),
+                bytes: None,
+            };
+            if with_data {
+                let p = dir.path().join(&s.file);
+                let len = std::fs::metadata(&p).map_err(|e| HostError::Other(format!("{}: {e}", p.display())))?.len();
+                j.sha256 = Some(s.sha256.clone());
+                j.pcrs_end = s.pcrs_end.iter().map(|(b, v)| (b.to_string(), v.clone())).collect();
+                j.bytes = Some(len);
+                files.push((p, len));
+            }
+            snapshots.push(j);
+        }
+        let header = EvidenceHeader {
+            format: api::FORMAT.into(),
+            banks: m.banks.clone(),
+            pcr: m.pcr,
+            boot: BootJson { reset_count: m.boot.reset_count, boot_aggregate_sha1: m.boot.boot_aggregate_sha1.clone() },
+            quote,
+            nonce: hex::encode(nonce),
+            ak,
+            from: from_index,
+            snapshots,
+            live_first_index: m.next_index,
+            live_bytes: live.len() as u64,
+        };
+        self.metrics.evidence_requests += 1;
+        self.metrics.evidence_bytes += files.iter().map(|f| f.1).sum::<u64>() + live.len() as u64;
+        Ok(EvidenceView { header, files, live })
+    }
+
+    fn snapshot(&mut self, crash_at: Option<CrashPoint>) -> Result<Option<SnapshotEntry>, HostError> {
+        let t0 = Instant::now();
+        if let Some(p) = crash_at {
+            self.agent().crash_at(p);
+        }
+        let r = self.agent().snapshot_once();
+        self.metrics.last_snapshot_seconds = now_secs(t0);
+        match r {
+            Ok(e) => {
+                tracing::info!(seq = e.seq, first = e.first_index, count = e.count, "snapshot committed");
+                if crash_at.is_some() {
+                    // A recovery-only crash point: it fires while the restarted agent recovers.
+                    self.agent().crash_at(crash_at.expect("checked"));
+                    if self.restart_agent().is_err() {
+                        self.restart_agent()?;
+                    }
+                }
+                Ok(Some(e))
+            }
+            Err(AgentError::Crashed(p)) => {
+                tracing::warn!(point = ?p, "agent crashed during a snapshot (fault injection)");
+                if let Err(e) = self.restart_agent() {
+                    tracing::warn!(error = %e, "recovery failed; retrying");
+                    self.restart_agent()?;
+                }
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn tick(&mut self, now: Instant) -> Result<(), HostError> {
+        let dt = now.saturating_duration_since(self.last_tick).as_secs_f64();
+        self.last_tick = now;
+        if self.wcfg.records_per_second > 0 {
+            self.carry += dt * self.wcfg.records_per_second as f64;
+            let n = self.carry.floor() as u64;
+            self.carry -= n as f64;
+            self.add(n)?;
+        }
+        let t0 = Instant::now();
+        if let Some((t, e)) = self.agent().maybe_snapshot(now)? {
+            self.metrics.last_snapshot_seconds = now_secs(t0);
+            tracing::info!(trigger = ?t, seq = e.seq, first = e.first_index, count = e.count, "policy snapshot committed");
+        }
+        Ok(())
+    }
+
+    fn add_records(&mut self, n: u64) -> Result<u64, HostError> {
+        self.add(n)
+    }
+
+    fn measure(&mut self, path: &[u8], digest: &[u8]) -> Result<bool, HostError> {
+        let ev = Event::File { path: path.to_vec(), digest: digest.to_vec() };
+        self.agent().kernel_mut().apply(&ev).map_err(HostError::Other)
+    }
+
+    fn metrics(&mut self) -> api::AgentMetrics {
+        let mut m = self.metrics.clone();
+        if let Ok(s) = self.agent().kernel_mut().live_stats() {
+            m.live_records = s.records;
+            m.live_bytes = s.bytes;
+        }
+        m.last_pause_seconds = self.agent_ref().kernel().last_pause().map_or(0.0, |d| d.as_secs_f64());
+        if let (Some(d), Some(man)) = (self.agent_ref().boot_dir(), self.agent_ref().manifest()) {
+            m.snapshots = man.snapshots.len() as u64;
+            m.snapshot_records = man.next_index;
+            m.next_index = man.next_index;
+            m.reset_count = man.boot.reset_count;
+            m.bytes_on_disk = man.snapshots.iter().filter_map(|s| std::fs::metadata(d.path().join(&s.file)).ok()).map(|x| x.len()).sum();
+        }
+        m
+    }
+
+    fn manifest(&self) -> Option<imasnap_store::Manifest> {
+        self.agent_ref().manifest().cloned()
+    }
+
+    fn snapshot_file(&self, seq: u64) -> Option<(PathBuf, SnapshotEntry)> {
+        let a = self.agent_ref();
+        let e = a.manifest()?.snapshots.iter().find(|s| s.seq == seq)?.clone();
+        Some((a.boot_dir()?.snap_path(seq), e))
+    }
+}

@@ -1,0 +1,20 @@
+//! imasnap-agent-server: the agent as a network service (DESIGN §4 component 5,
+//! `imasnap agent run`). See docs/SERVICES.md.
+//!
+//! - [`service`]: the HTTPS API (mutual TLS) serving evidence, snapshots, health and
+//!   Prometheus metrics, plus the policy/interval ticker.
+//! - [`host`]: the agent over a kernel back end ([`host::HostKernel`]: the kernel model
+//!   with a synthetic workload; real securityfs plugs in the same way) and its TPM.
+//! - [`api`]: the `imasnap-evidence/1` wire format, shared with the verifier.
+//! - [`tls`], [`http`]: rustls mutual TLS and HTTP/1.1 plumbing shared by both services.
+//! - [`config`]: `/etc/imasnap/agent.toml`.
+
+pub mod api;
+pub mod config;
+pub mod devpki;
+pub mod host;
+pub mod http;
+pub mod service;
+pub mod tls;
+
+pub use config::AgentServiceConfig;

@@ -1,0 +1,424 @@
+//! The agent's HTTPS API (every route requires a client certificate from the configured CA):
+//!
+//! | route | |
+//! |---|---|
+//! | `GET /v1/health` | status and the metrics as JSON |
+//! | `GET /v1/metrics` | Prometheus text |
+//! | `GET /v1/evidence?nonce=HEX&from=N\|latest[&boot=RC:SHA1][&max_bytes=N]` | quote + records (see [`crate::api`]) |
+//! | `GET /v1/snapshots` | the current boot's manifest |
+//! | `GET /v1/snapshots/{seq}` | one snapshot file |
+//! | `POST /v1/snapshots[?crash_at=POINT]` | take a snapshot now (`crash_at` only with `test_endpoints`) |
+//! | `POST /v1/test/records?count=N` | workload: measure N events (`test_endpoints` only) |
+//! | `POST /v1/test/measure` | `{"path", "digest"}`: measure one file (`test_endpoints` only) |
+
+use crate::api;
+use crate::config::{AgentServiceConfig, Backend};
+use crate::host::{Host, HostError, HostOps, WorkloadCfg};
+use crate::http::{self, error_response, json_response, param, query, text_response, Body, Handler, Peer};
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use imasnap_agent::CrashPoint;
+use imasnap_kernel_model::{Config as KernelConfig, Kernel};
+use imasnap_tpm::{SoftTpm, Tpm};
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub type SharedHost = Arc<Mutex<Box<dyn HostOps>>>;
+
+pub struct AgentService {
+    host: SharedHost,
+    max_evidence: u64,
+    test_endpoints: bool,
+}
+
+fn status_of(e: &HostError) -> StatusCode {
+    match e {
+        HostError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn crash_point(name: &str) -> Option<CrashPoint> {
+    CrashPoint::ALL.into_iter().find(|p| format!("{p:?}").eq_ignore_ascii_case(name))
+}
+
+impl AgentService {
+    pub fn new(host: SharedHost, max_evidence: u64, test_endpoints: bool) -> Self {
+        Self { host, max_evidence, test_endpoints }
+    }
+
+    /// Runs `f` on the host in the blocking pool (TPM commands, fsync).
+    async fn with_host<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn HostOps) -> Result<T, HostError> + Send + 'static,
+    ) -> Result<T, HostError> {
+        let h = self.host.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut g = h.lock().unwrap_or_else(|p| p.into_inner());
+            f(g.as_mut())
+        })
+        .await
+        .map_err(|e| HostError::Other(format!("worker: {e}")))?
+    }
+
+    async fn evidence(&self, req: &Request<Incoming>) -> Response<Body> {
+        let q = query(req);
+        let nonce = match param(&q, "nonce").map(hex::decode) {
+            Some(Ok(n)) => n,
+            _ => return error_response(StatusCode::BAD_REQUEST, "nonce=HEX is required"),
+        };
+        let from = match param(&q, "from").map(api::From::parse) {
+            None => api::From::Index(0),
+            Some(Some(f)) => f,
+            Some(None) => return error_response(StatusCode::BAD_REQUEST, "from must be an index or `latest`"),
+        };
+        let boot = match param(&q, "boot") {
+            None => None,
+            Some(b) => {
+                let (rc, ba) = b.split_once(':').map_or((b, None), |(r, a)| (r, Some(a)));
+                match (rc.parse::<u64>(), ba) {
+                    (Ok(rc), None) => Some((rc, None)),
+                    (Ok(rc), Some(a)) if a.len() == 40 && a.bytes().all(|c| c.is_ascii_hexdigit()) => {
+                        Some((rc, Some(a.to_ascii_lowercase())))
+                    }
+                    _ => return error_response(StatusCode::BAD_REQUEST, "boot must be RESETCOUNT[:SHA1HEX]"),
+                }
+            }
+        };
+        let limit = match param(&q, "max_bytes").map(str::parse::<u64>) {
+            None => self.max_evidence,
+            Some(Ok(n)) => n.min(self.max_evidence),
+            Some(Err(_)) => return error_response(StatusCode::BAD_REQUEST, "max_bytes must be a number"),
+        };
+        let view = match self.with_host(move |h| h.evidence(&nonce, from, boot)).await {
+            Ok(v) => v,
+            Err(e) => return error_response(status_of(&e), e),
+        };
+        let prefix = api::encode_prefix(&view.header);
+        let total = view.header.body_len(prefix.len() - api::MAGIC.len() - 4);
+        if total > limit {
+            return json_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &serde_json::json!({
+                    "error": format!("evidence from record {} is {total} bytes, limit {limit}", view.header.from),
+                    "bytes": total, "limit": limit,
+                }),
+            );
+        }
+        // Stream: prefix, each snapshot file (exactly the length announced), the live list.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
+        let files = view.files;
+        let live = view.live;
+        tokio::task::spawn_blocking(move || {
+            let send = |b: Vec<u8>| tx.blocking_send(Ok(Frame::data(Bytes::from(b)))).is_ok();
+            if !send(prefix) {
+                return;
+            }
+            for (p, len) in files {
+                if let Err(e) = stream_file(&p, len, &send) {
+                    tracing::error!(file = %p.display(), error = %e, "evidence stream aborted");
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            }
+            send(live);
+        });
+        Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", api::CONTENT_TYPE)
+            .header("content-length", total)
+            .body(StreamBody::new(tokio_stream(rx)).boxed())
+            .expect("static response parts")
+    }
+
+    async fn snapshot_get(&self, seq: &str) -> Response<Body> {
+        let Ok(seq) = seq.parse::<u64>() else {
+            return error_response(StatusCode::BAD_REQUEST, "snapshot number must be decimal");
+        };
+        let found = {
+            let g = self.host.lock().unwrap_or_else(|p| p.into_inner());
+            g.snapshot_file(seq)
+        };
+        let Some((path, entry)) = found else {
+            return error_response(StatusCode::NOT_FOUND, format!("no snapshot {seq} in the current boot"));
+        };
+        match tokio::task::spawn_blocking(move || std::fs::read(&path)).await {
+            Ok(Ok(b)) => Response::builder()
+                .status(StatusCode::OK)
+                .header("content-type", "application/octet-stream")
+                .header("x-imasnap-first-index", entry.first_index)
+                .header("x-imasnap-count", entry.count)
+                .header("x-imasnap-sha256", entry.sha256)
+                .body(http::full(b))
+                .expect("static response parts"),
+            Ok(Err(e)) => error_response(StatusCode::INTERNAL_SERVER_ERROR, e),
+            Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, e),
+        }
+    }
+
+    async fn route(self: Arc<Self>, req: Request<Incoming>, peer: Peer) -> Response<Body> {
+        let path = req.uri().path().to_string();
+        let method = req.method().clone();
+        tracing::debug!(peer = %peer.addr, %method, %path, "request");
+        let test = self.test_endpoints;
+        match (&method, path.as_str()) {
+            (&Method::GET, "/v1/health") => {
+                let m = self.with_host(|h| Ok(h.metrics())).await;
+                match m {
+                    Ok(m) => json_response(StatusCode::OK, &serde_json::json!({ "status": "ok", "metrics": m })),
+                    Err(e) => error_response(StatusCode::SERVICE_UNAVAILABLE, e),
+                }
+            }
+            (&Method::GET, "/v1/metrics") => match self.with_host(|h| Ok(h.metrics())).await {
+                Ok(m) => text_response(StatusCode::OK, "text/plain; version=0.0.4", m.prometheus()),
+                Err(e) => error_response(StatusCode::SERVICE_UNAVAILABLE, e),
+            },
+            (&Method::GET, "/v1/evidence") => self.evidence(&req).await,
+            (&Method::GET, "/v1/snapshots") => {
+                let m = self.host.lock().unwrap_or_else(|p| p.into_inner()).manifest();
+                json_response(StatusCode::OK, &m)
+            }
+            (&Method::GET, p) if p.starts_with("/v1/snapshots/") => {
+                self.snapshot_get(p.trim_start_matches("/v1/snapshots/")).await
+            }
+            (&Method::POST, "/v1/snapshots") => {
+                let q = query(&req);
+                let crash = match param(&q, "crash_at") {
+                    None => None,
+                    Some(_) if !test => {
+                        return error_response(StatusCode::FORBIDDEN, "crash_at needs test_endpoints = true")
+                    }
+                    Some(n) => match crash_point(n) {
+                        Some(p) => Some(p),
+                        None => return error_response(StatusCode::BAD_REQUEST, format!("unknown crash point {n:?}")),
+                    },
+                };
+                match self.with_host(move |h| h.snapshot(crash)).await {
+                    Ok(Some(e)) => json_response(StatusCode::OK, &serde_json::json!({ "snapshot": e })),
+                    Ok(None) => json_response(
+                        StatusCode::OK,
+                        &serde_json::json!({ "snapshot": null, "crashed_at": format!("{:?}", crash.expect("crash")),
+                                             "restarted": true }),
+                    ),
+                    Err(e) => error_response(StatusCode::CONFLICT, e),
+                }
+            }
+            (&Method::POST, "/v1/test/records") if test => {
+                let q = query(&req);
+                let n = param(&q, "count").and_then(|c| c.parse::<u64>().ok()).unwrap_or(1).min(1_000_000);
+                match self.with_host(move |h| h.add_records(n)).await {
+                    Ok(added) => json_response(StatusCode::OK, &serde_json::json!({ "events": n, "appended": added })),
+                    Err(e) => error_response(status_of(&e), e),
+                }
+            }
+            (&Method::POST, "/v1/test/measure") if test => {
+                let body = match http::read_limited(req.into_body(), 64 << 10).await {
+                    Ok(b) => b,
+                    Err(e) => return error_response(StatusCode::PAYLOAD_TOO_LARGE, e),
+                };
+                #[derive(serde::Deserialize)]
+                struct M {
+                    path: String,
+                    digest: String,
+                }
+                let m: M = match serde_json::from_slice(&body) {
+                    Ok(m) => m,
+                    Err(e) => return error_response(StatusCode::BAD_REQUEST, e),
+                };
+                let Ok(d) = hex::decode(&m.digest) else {
+                    return error_response(StatusCode::BAD_REQUEST, "digest must be hex");
+                };
+                match self.with_host(move |h| h.measure(m.path.as_bytes(), &d)).await {
+                    Ok(added) => json_response(StatusCode::OK, &serde_json::json!({ "appended": added })),
+                    Err(e) => error_response(status_of(&e), e),
+                }
+            }
+            _ => error_response(StatusCode::NOT_FOUND, format!("no route {method} {path}")),
+        }
+    }
+}
+
+impl Handler for AgentService {
+    fn handle(self: Arc<Self>, req: Request<Incoming>, peer: Peer) -> BoxFuture<'static, Response<Body>> {
+        Box::pin(self.route(req, peer))
+    }
+}
+
+fn stream_file(p: &Path, len: u64, send: &dyn Fn(Vec<u8>) -> bool) -> std::io::Result<()> {
+    let mut f = std::fs::File::open(p)?.take(len);
+    let mut left = len;
+    while left > 0 {
+        let mut buf = vec![0u8; (256 << 10).min(left as usize)];
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Err(std::io::Error::other(format!("{} shrank while being sent", p.display())));
+        }
+        buf.truncate(n);
+        left -= n as u64;
+        if !send(buf) {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+fn tokio_stream<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send + 'static {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+// ---------------------------------------------------------------------------------------
+// Start-up
+
+/// The soft TPM of the embedded kernel model: a process start is a cold boot of the
+/// simulated machine, so resetCount counts starts (kept in `<state_dir>/model-boots`).
+fn soft_tpm(spec: &str, state_dir: &Path) -> anyhow::Result<SoftTpm> {
+    let seed = match spec.strip_prefix("soft:seed=") {
+        Some(s) => s.parse::<u64>().map_err(|_| anyhow::anyhow!("bad TPM spec {spec:?}"))?,
+        None => 0,
+    };
+    std::fs::create_dir_all(state_dir)?;
+    let counter = state_dir.join("model-boots");
+    let boots: u64 = std::fs::read_to_string(&counter).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+    let tmp = state_dir.join(".model-boots.tmp");
+    std::fs::write(&tmp, format!("{}\n", boots + 1))?;
+    std::fs::rename(&tmp, &counter)?;
+    let mut t = SoftTpm::new(seed);
+    for _ in 0..boots {
+        t.reset();
+    }
+    Ok(t)
+}
+
+/// Builds the host from the configuration (kernel back end, TPM, store recovery).
+pub fn open_host(cfg: &AgentServiceConfig) -> anyhow::Result<Box<dyn HostOps>> {
+    let wcfg = WorkloadCfg {
+        seed: cfg.workload.seed,
+        records_per_second: cfg.workload.records_per_second,
+        records_per_evidence: cfg.workload.records_per_evidence,
+    };
+    match cfg.backend {
+        Backend::Model => {
+            let tpm: Box<dyn Tpm> = if cfg.tpm == "soft" || cfg.tpm.starts_with("soft:") {
+                Box::new(soft_tpm(&cfg.tpm, &cfg.state_dir)?)
+            } else {
+                let mut t = imasnap_tpm::open_tpm(&cfg.tpm)?;
+                imasnap_sim::run::check_fresh(&mut t, cfg.pcr)?;
+                t
+            };
+            let kcfg = KernelConfig { pcr: cfg.pcr, ..KernelConfig::default() };
+            let k = Kernel::boot(kcfg, tpm)?;
+            Ok(Box::new(Host::start(k, cfg.agent_config(), wcfg)?))
+        }
+        Backend::Securityfs => anyhow::bail!(
+            "backend = \"securityfs\" ({}) is not wired into the service yet: use `imasnap agent snapshot|bundle` \
+             for a real kernel, or backend = \"model\"",
+            cfg.ima_dir.display()
+        ),
+    }
+}
+
+/// A running agent service.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub shutdown: watch::Sender<bool>,
+    pub host: SharedHost,
+    pub tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Serves `host` on `listener` and runs its ticker, until `stop`.
+pub fn spawn(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    host: Box<dyn HostOps>,
+    max_evidence: u64,
+    test_endpoints: bool,
+    tick: Duration,
+) -> std::io::Result<Running> {
+    let addr = listener.local_addr()?;
+    let host: SharedHost = Arc::new(Mutex::new(host));
+    let (tx, rx) = watch::channel(false);
+    let svc = Arc::new(AgentService::new(host.clone(), max_evidence, test_endpoints));
+    let server = tokio::spawn(http::serve(listener, tls, svc, rx.clone()));
+    let mut tasks = vec![server];
+    if !tick.is_zero() {
+        let h = host.clone();
+        let mut rx = rx;
+        tasks.push(tokio::spawn(async move {
+            let mut iv = tokio::time::interval(tick);
+            iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = iv.tick() => {}
+                    _ = rx.changed() => return,
+                }
+                let h = h.clone();
+                let r = tokio::task::spawn_blocking(move || {
+                    h.lock().unwrap_or_else(|p| p.into_inner()).tick(Instant::now())
+                })
+                .await;
+                if let Ok(Err(e)) = r {
+                    tracing::warn!(error = %e, "tick");
+                }
+            }
+        }));
+    }
+    Ok(Running { addr, shutdown: tx, host, tasks })
+}
+
+/// `imasnap agent run`: the whole service until SIGINT/SIGTERM.
+pub async fn run(cfg: AgentServiceConfig) -> anyhow::Result<()> {
+    let tls = cfg.tls.server()?;
+    let host = open_host(&cfg)?;
+    let listener = TcpListener::bind(&cfg.listen).await.map_err(|e| anyhow::anyhow!("listen {}: {e}", cfg.listen))?;
+    let running = spawn(
+        listener,
+        tls,
+        host,
+        cfg.max_evidence_bytes,
+        cfg.test_endpoints,
+        Duration::from_millis(cfg.tick_ms),
+    )?;
+    tracing::info!(addr = %running.addr, backend = ?cfg.backend, tpm = %cfg.tpm, state_dir = %cfg.state_dir.display(),
+        "agent service listening");
+    // One line on stdout for scripts and tests: the bound address.
+    println!("listening on {}", running.addr);
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    running.stop().await;
+    Ok(())
+}
+
+/// SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

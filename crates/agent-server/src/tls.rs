@@ -1,0 +1,137 @@
+//! Mutual TLS for both services (rustls with the *ring* provider, TLS 1.2 and 1.3).
+//!
+//! - Servers (the agent's evidence API, the verifier's REST API) require a client
+//!   certificate that chains to the configured client CA; a client without one fails the
+//!   handshake and never reaches HTTP.
+//! - Clients (the verifier polling agents, the CLI talking to the verifier) present their
+//!   own certificate and trust only the configured CA (no system roots).
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{what} {path}: {detail}")]
+    File { what: &'static str, path: String, detail: String },
+    #[error("{0}")]
+    Config(String),
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// PEM bytes of a certificate chain, key and CA, from files or in memory.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub cert_chain: Vec<CertificateDer<'static>>,
+    pub key: Arc<PrivateKeyDer<'static>>,
+}
+
+impl Identity {
+    pub fn from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<Self, TlsError> {
+        let cert_chain: Vec<_> = CertificateDer::pem_slice_iter(cert_pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| TlsError::Config(format!("certificate PEM: {e}")))?;
+        if cert_chain.is_empty() {
+            return Err(TlsError::Config("certificate PEM holds no certificate".into()));
+        }
+        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsError::Config(format!("key PEM: {e}")))?;
+        Ok(Self { cert_chain, key: Arc::new(key) })
+    }
+
+    pub fn from_files(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        let c = read(cert, "certificate")?;
+        let k = read(key, "private key")?;
+        Self::from_pem(&c, &k).map_err(|e| TlsError::File {
+            what: "identity",
+            path: format!("{} + {}", cert.display(), key.display()),
+            detail: e.to_string(),
+        })
+    }
+}
+
+fn read(p: &Path, what: &'static str) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(p).map_err(|e| TlsError::File { what, path: p.display().to_string(), detail: e.to_string() })
+}
+
+/// Trust anchors from PEM (one or more CA certificates).
+pub fn roots_from_pem(ca_pem: &[u8]) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem) {
+        let c = c.map_err(|e| TlsError::Config(format!("CA PEM: {e}")))?;
+        roots.add(c).map_err(|e| TlsError::Config(format!("CA certificate: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(TlsError::Config("CA PEM holds no certificate".into()));
+    }
+    Ok(Arc::new(roots))
+}
+
+pub fn roots_from_file(p: &Path) -> Result<Arc<RootCertStore>, TlsError> {
+    roots_from_pem(&read(p, "CA")?)
+}
+
+/// A server that requires a client certificate chaining to `client_roots`.
+pub fn server_config(id: &Identity, client_roots: Arc<RootCertStore>) -> Result<Arc<ServerConfig>, TlsError> {
+    let verifier = WebPkiClientVerifier::builder_with_provider(client_roots, provider())
+        .build()
+        .map_err(|e| TlsError::Config(format!("client verifier: {e}")))?;
+    let mut cfg = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(id.cert_chain.clone(), id.key.clone_key())
+        .map_err(|e| TlsError::Config(format!("server certificate: {e}")))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// A client presenting `id` (if any) and trusting only `roots`.
+pub fn client_config(id: Option<&Identity>, roots: Arc<RootCertStore>) -> Result<Arc<ClientConfig>, TlsError> {
+    let b = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(roots);
+    let mut cfg = match id {
+        Some(id) => b
+            .with_client_auth_cert(id.cert_chain.clone(), id.key.clone_key())
+            .map_err(|e| TlsError::Config(format!("client certificate: {e}")))?,
+        None => b.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Many agents per verifier: keep resumption tickets for all of them.
+    cfg.resumption = rustls::client::Resumption::in_memory_sessions(16 * 1024);
+    Ok(Arc::new(cfg))
+}
+
+pub fn server_name(s: &str) -> Result<ServerName<'static>, TlsError> {
+    ServerName::try_from(s.to_string()).map_err(|e| TlsError::Config(format!("TLS server name {s:?}: {e}")))
+}
+
+/// The `[tls]` table of both services' configuration files.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// This service's certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM, PKCS#8, SEC1 or PKCS#1).
+    pub key: PathBuf,
+    /// CA that client certificates must chain to (servers), or that the peer's server
+    /// certificate must chain to (clients).
+    pub ca: PathBuf,
+}
+
+impl TlsFiles {
+    pub fn server(&self) -> Result<Arc<ServerConfig>, TlsError> {
+        server_config(&Identity::from_files(&self.cert, &self.key)?, roots_from_file(&self.ca)?)
+    }
+    pub fn client(&self) -> Result<Arc<ClientConfig>, TlsError> {
+        client_config(Some(&Identity::from_files(&self.cert, &self.key)?), roots_from_file(&self.ca)?)
+    }
+}

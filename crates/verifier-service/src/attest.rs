@@ -1,0 +1,166 @@
+//! One attestation round, without I/O: evidence bytes from the agent plus the stored
+//! state in, the engine's outcome (and policy findings) out. Runs on a blocking thread.
+
+use crate::model::LateJoin;
+use imasnap_agent_server::api::{self, Parsed};
+use imasnap_log::HashAlgo;
+use imasnap_tpm::AkPublic;
+use imasnap_verifier::{
+    verify, BootClaim, EndMarkerClaim, Evidence, Failure, Input, Mode, Options, Outcome, SnapshotClaim,
+    SnapshotEvidence, State, TpmQuote,
+};
+
+/// Where the next round asks the agent to start, given the saved state.
+pub fn request_from(state: Option<&State>, late_join: LateJoin) -> (api::From, Option<String>) {
+    match state {
+        Some(s) => {
+            let boot = match s.boot.boot_aggregate_sha1 {
+                Some(ba) => format!("{}:{}", s.boot.reset_count, hex::encode(ba)),
+                None => s.boot.reset_count.to_string(),
+            };
+            (api::From::Index(s.checkpoint), Some(boot))
+        }
+        None => match late_join {
+            LateJoin::FullHistory => (api::From::Index(0), None),
+            LateJoin::MarkerTofu => (api::From::Latest, None),
+        },
+    }
+}
+
+fn hex_n<const N: usize>(s: &str, what: &str) -> Result<[u8; N], Failure> {
+    let v = hex::decode(s).map_err(|e| Failure::BadEvidence { detail: format!("{what}: {e}") })?;
+    <[u8; N]>::try_from(v.as_slice())
+        .map_err(|_| Failure::BadEvidence { detail: format!("{what}: {} bytes, want {N}", v.len()) })
+}
+
+/// The engine's evidence over the parsed body (borrowing its bytes).
+pub fn evidence<'a>(body: &'a [u8], p: &Parsed) -> Result<Evidence<'a>, Failure> {
+    let h = &p.header;
+    let mut snapshots = Vec::with_capacity(h.snapshots.len());
+    for (i, s) in h.snapshots.iter().enumerate() {
+        let mut pcrs_end = Vec::new();
+        for (bank, v) in &s.pcrs_end {
+            let algo = HashAlgo::from_name(bank)
+                .ok_or_else(|| Failure::BadEvidence { detail: format!("snapshot {}: unknown bank {bank:?}", s.seq) })?;
+            let v = imasnap_log::PcrValue::from_hex(algo, v)
+                .map_err(|d| Failure::BadEvidence { detail: format!("snapshot {}: pcrs_end: {d}", s.seq) })?;
+            pcrs_end.push(v);
+        }
+        let claim = SnapshotClaim {
+            seq: s.seq,
+            first_index: s.first_index,
+            count: s.count,
+            sha256: match &s.sha256 {
+                Some(x) => Some(hex_n::<32>(x, "sha256")?),
+                None => None,
+            },
+            end_marker: match &s.end_marker {
+                Some(m) => Some(EndMarkerClaim { attempt: m.attempt, sha1: hex_n::<20>(&m.sha1, "end_marker.sha1")? }),
+                None => None,
+            },
+            pcrs_end,
+        };
+        let data = p.snapshot_data.get(i).cloned().flatten().and_then(|r| body.get(r)).map(Input::Bytes);
+        snapshots.push(SnapshotEvidence { claim, data });
+    }
+    Ok(Evidence {
+        banks: h.banks.clone(),
+        pcr: h.pcr,
+        endian: imasnap_log::Endian::Little,
+        boot: Some(BootClaim {
+            reset_count: h.boot.reset_count,
+            boot_aggregate_sha1: hex_n::<20>(&h.boot.boot_aggregate_sha1, "boot.boot_aggregate_sha1")?,
+        }),
+        snapshots,
+        live: Input::Bytes(body.get(p.live.clone()).unwrap_or(&[])),
+        live_first_index: h.live_first_index,
+    })
+}
+
+/// The AK the agent ships (a claim).
+pub fn shipped_ak(h: &api::EvidenceHeader) -> Result<AkPublic, Failure> {
+    match (&h.ak.tpm2b_public, &h.ak.pem) {
+        (Some(t), _) => imasnap_verifier::bundle::ak_from_pub_hex(t),
+        (None, Some(p)) => imasnap_verifier::bundle::ak_from_pem(p),
+        (None, None) => Err(Failure::BadEvidence { detail: "the agent ships no AK".into() }),
+    }
+}
+
+/// Everything one round decided.
+pub struct RoundResult {
+    pub outcome: Outcome,
+    /// The AK that verified the quote, when it was enrolled on first use in this round.
+    pub enrolled_ak: Option<AkPublic>,
+    pub mode: Mode,
+    /// With a marker start (late join): the accepted marker's index and digest.
+    pub accepted_marker: Option<serde_json::Value>,
+    pub policy_failures: Vec<serde_json::Value>,
+}
+
+/// Verifies one evidence body. `trusted_ak` is the enrolled key; without one, `tofu`
+/// enrols the shipped key (the quote must still verify under it).
+pub fn run_round(
+    body: &[u8],
+    nonce: &[u8],
+    prior: Option<&State>,
+    late_join: LateJoin,
+    trusted_ak: Option<&AkPublic>,
+    tofu: bool,
+    policy: Option<&crate::policy::LoadedPolicy>,
+) -> Result<RoundResult, Failure> {
+    let parsed = api::parse(body).map_err(|detail| Failure::BadEvidence { detail })?;
+    let shipped = shipped_ak(&parsed.header).ok();
+    let (ak, enrolled) = match (trusted_ak, &shipped) {
+        (Some(k), _) => (k.clone(), None),
+        (None, Some(s)) if tofu => (s.clone(), Some(s.clone())),
+        (None, _) => {
+            return Err(Failure::BadEvidence {
+                detail: "no trusted AK for this host and trust on first use is off".into(),
+            })
+        }
+    };
+    let quote = imasnap_verifier::bundle::quote_from_json(
+        &serde_json::to_vec(&parsed.header.quote).map_err(|e| Failure::QuoteMalformed { detail: e.to_string() })?,
+    )?;
+    let mode = match prior {
+        Some(_) => Mode::Incremental,
+        None => match late_join {
+            LateJoin::FullHistory => Mode::FullHistory,
+            LateJoin::MarkerTofu => Mode::LatestSegment,
+        },
+    };
+    let ev = evidence(body, &parsed)?;
+    let q = TpmQuote { quote: &quote, trusted_ak: &ak, claimed_ak: shipped.as_ref() };
+    let mut opts = Options::new(mode);
+    // Many rounds run at once: one thread each is the better use of the cores.
+    opts.parallel = false;
+    let start = prior.map(|s| s.checkpoint);
+    let outcome = verify(&opts, ev, &q, nonce, prior);
+    let mut accepted_marker = None;
+    let mut policy_failures = Vec::new();
+    if let (true, Some(st)) = (outcome.verdict.is_verified(), &outcome.state) {
+        if prior.is_none() && !st.history_verified {
+            accepted_marker = Some(serde_json::json!({
+                "index": parsed.header.live_first_index,
+                "reset_count": st.boot.reset_count,
+                "accepted": "trust on first use (late join)",
+            }));
+        }
+        if let Some(p) = policy {
+            // The records this round proved: from the previous checkpoint (or where the
+            // replay started) up to the new one. Restarts (cold boot) recheck from 0.
+            let from = match (&outcome.report.restart, start) {
+                (None, Some(c)) => c,
+                _ => {
+                    if st.history_verified {
+                        0
+                    } else {
+                        parsed.header.live_first_index
+                    }
+                }
+            };
+            policy_failures = crate::policy::check_range(p, body, &parsed, from, st.checkpoint);
+        }
+    }
+    Ok(RoundResult { outcome, enrolled_ak: enrolled, mode, accepted_marker, policy_failures })
+}

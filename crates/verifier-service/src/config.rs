@@ -1,0 +1,86 @@
+//! The verifier service's TOML configuration (`/etc/imasnap/verifier.toml`).
+
+use imasnap_agent_server::tls::TlsFiles;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+pub const DEFAULT_CONFIG: &str = "/etc/imasnap/verifier.toml";
+pub const DEFAULT_DB: &str = "/var/lib/imasnap/verifier.db";
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8892";
+
+fn d_db() -> PathBuf {
+    DEFAULT_DB.into()
+}
+fn d_listen() -> String {
+    DEFAULT_LISTEN.into()
+}
+fn d_conc() -> usize {
+    64
+}
+fn d_timeout() -> u64 {
+    30_000
+}
+fn d_max() -> u64 {
+    256 << 20
+}
+fn d_keep() -> u64 {
+    1000
+}
+fn d_tick() -> u64 {
+    50
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifierConfig {
+    /// SQLite database (created and migrated on start).
+    #[serde(default = "d_db")]
+    pub database: PathBuf,
+    /// `PRAGMA synchronous = FULL` (every commit fsynced) instead of NORMAL.
+    #[serde(default)]
+    pub sqlite_synchronous_full: bool,
+    /// Address of the REST API.
+    #[serde(default = "d_listen")]
+    pub listen: String,
+    /// Attestation rounds running at once.
+    #[serde(default = "d_conc")]
+    pub max_concurrency: usize,
+    /// Connect + evidence transfer deadline per round, milliseconds.
+    #[serde(default = "d_timeout")]
+    pub timeout_ms: u64,
+    /// Largest evidence accepted from an agent.
+    #[serde(default = "d_max")]
+    pub max_evidence_bytes: u64,
+    /// Verdicts kept per host.
+    #[serde(default = "d_keep")]
+    pub keep_verdicts: u64,
+    /// Scheduler resolution, milliseconds.
+    #[serde(default = "d_tick")]
+    pub tick_ms: u64,
+    /// The REST API's server identity and the CA its clients' certificates chain to.
+    pub tls: TlsFiles,
+    /// The identity presented to agents and the CA their certificates chain to.
+    pub agent_tls: TlsFiles,
+}
+
+impl VerifierConfig {
+    pub fn from_toml(s: &str) -> Result<Self, String> {
+        toml::from_str(s).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_with_defaults() {
+        let c = VerifierConfig::from_toml(
+            "[tls]\ncert = \"/c\"\nkey = \"/k\"\nca = \"/ca\"\n[agent_tls]\ncert = \"/c2\"\nkey = \"/k2\"\nca = \"/ca2\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.database, PathBuf::from(DEFAULT_DB));
+        assert_eq!(c.max_concurrency, 64);
+        assert!(VerifierConfig::from_toml("[tls]\ncert = \"/c\"\nkey = \"/k\"\nca = \"/ca\"\n").is_err());
+    }
+}

@@ -1,0 +1,20 @@
+//! imasnap-verifier-service: the verifier as a network service (DESIGN §4 component 6,
+//! `imasnap verifier run`). See docs/SERVICES.md.
+//!
+//! - [`service`]: host registry, scheduler (bounded concurrency, timeouts) and REST API.
+//! - [`attest`]: one round: evidence from the agent + saved state → the pure engine
+//!   (`imasnap-verifier`) → verdict, new state, policy findings.
+//! - [`db`]: SQLite with migrations; per-host state saved after every round (group commit).
+//! - [`model`]: host registrations, status and verdict rows.
+//! - [`client`]: REST client (CLI, tests).
+
+pub mod attest;
+pub mod client;
+pub mod config;
+pub mod db;
+pub mod model;
+pub mod policy;
+pub mod service;
+
+pub use config::VerifierConfig;
+pub use service::Verifier;

@@ -1,0 +1,72 @@
+//! Runtime policy for a host: loaded from the registered document, applied to the records
+//! each round proves. Until the policy engine crate is wired in, a host's policy is stored
+//! and shown but not enforced (`enforced: false` in the status).
+
+use imasnap_agent_server::api::Parsed;
+use imasnap_log::{BinaryFormat, BinaryReader, HashAlgo, Record};
+
+/// A host's policy, parsed once per registration.
+#[derive(Debug)]
+pub struct LoadedPolicy {
+    pub bytes: usize,
+}
+
+pub const ENFORCED: bool = false;
+
+pub fn load(text: &str) -> Result<LoadedPolicy, String> {
+    Ok(LoadedPolicy { bytes: text.len() })
+}
+
+fn check(_p: &LoadedPolicy, _index: u64, _rec: &Record) -> Result<(), serde_json::Value> {
+    Ok(())
+}
+
+/// Calls `f(index, record)` for every record of the evidence with a global index in
+/// `[from, to)`, in order, across segment boundaries.
+pub fn for_each_record(body: &[u8], p: &Parsed, from: u64, to: u64, f: &mut dyn FnMut(u64, &Record)) {
+    let fmt = BinaryFormat::new(HashAlgo::Sha1);
+    let mut segs: Vec<(u64, &[u8])> = Vec::new();
+    for (i, s) in p.header.snapshots.iter().enumerate() {
+        if let Some(Some(r)) = p.snapshot_data.get(i) {
+            if s.first_index.saturating_add(s.count) > from {
+                segs.push((s.first_index, body.get(r.clone()).unwrap_or(&[])));
+            }
+        }
+    }
+    segs.push((p.header.live_first_index, body.get(p.live.clone()).unwrap_or(&[])));
+    for (first, bytes) in segs {
+        if first >= to {
+            break;
+        }
+        let mut rd = BinaryReader::starting_at(bytes, fmt, first);
+        let mut slot = None;
+        loop {
+            let idx = rd.next_index();
+            if idx >= to {
+                return;
+            }
+            match rd.read_into(&mut slot) {
+                Ok(true) => {}
+                _ => break,
+            }
+            if idx >= from {
+                if let Some(r) = &slot {
+                    f(idx, r);
+                }
+            }
+        }
+    }
+}
+
+/// Policy failures among the records `[from, to)` (the ones this round proved).
+pub fn check_range(pol: &LoadedPolicy, body: &[u8], p: &Parsed, from: u64, to: u64) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for_each_record(body, p, from, to, &mut |i, r| {
+        if let Err(f) = check(pol, i, r) {
+            if out.len() < 1000 {
+                out.push(f);
+            }
+        }
+    });
+    out
+}

@@ -1,0 +1,223 @@
+//! The agent service and the verifier service in one process, talking HTTPS with mutual
+//! TLS on loopback (soft TPM, kernel model): rounds across snapshots, verifier restart
+//! without full replay, agent crash in the middle of a snapshot, tampering, TLS refusal.
+
+use imasnap_agent_server::config::AgentServiceConfig;
+use imasnap_agent_server::devpki::{write_dev_pki, DevPkiFiles};
+use imasnap_agent_server::{service as agent, tls};
+use imasnap_verifier_service::model::{HostSpec, LateJoin, VerdictRow};
+use imasnap_verifier_service::service::{self as vsvc, Running};
+use imasnap_verifier_service::{Verifier, VerifierConfig};
+use std::path::Path;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+struct Env {
+    _dir: tempfile::TempDir,
+    dir: std::path::PathBuf,
+    pki: DevPkiFiles,
+    agent: agent::Running,
+    verifier: Option<Running>,
+}
+
+fn agent_cfg(dir: &Path, pki: &DevPkiFiles) -> AgentServiceConfig {
+    let mut c = AgentServiceConfig::from_toml(&format!(
+        "state_dir = {:?}\nlisten = \"127.0.0.1:0\"\ntest_endpoints = true\n[tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\n",
+        dir.join("agent-state"),
+        pki.agent.cert,
+        pki.agent.key,
+        pki.agent.ca
+    ))
+    .unwrap();
+    c.tick_ms = 0;
+    c
+}
+
+fn verifier_cfg(dir: &Path, pki: &DevPkiFiles) -> VerifierConfig {
+    VerifierConfig {
+        database: dir.join("verifier.db"),
+        sqlite_synchronous_full: false,
+        listen: "127.0.0.1:0".into(),
+        max_concurrency: 8,
+        timeout_ms: 10_000,
+        max_evidence_bytes: 64 << 20,
+        keep_verdicts: 100,
+        tick_ms: 20,
+        tls: pki.verifier.clone(),
+        agent_tls: pki.verifier.clone(),
+    }
+}
+
+async fn start_verifier(dir: &Path, pki: &DevPkiFiles) -> Running {
+    let cfg = verifier_cfg(dir, pki);
+    let v = Verifier::open(cfg.clone(), cfg.agent_tls.client().unwrap()).unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    vsvc::spawn(l, cfg.tls.server().unwrap(), v, false).unwrap()
+}
+
+impl Env {
+    async fn new(late_join: LateJoin) -> Self {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().to_path_buf();
+        let pki = write_dev_pki(&dir.join("pki"), &["localhost"]).unwrap();
+        let acfg = agent_cfg(&dir, &pki);
+        let host = agent::open_host(&acfg).unwrap();
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = agent::spawn(l, acfg.tls.server().unwrap(), host, 64 << 20, true, Duration::ZERO).unwrap();
+        let v = start_verifier(&dir, &pki).await;
+        let spec = HostSpec {
+            name: "h1".into(),
+            address: a.addr.to_string(),
+            server_name: Some("localhost".into()),
+            ak: None,
+            tofu: true,
+            policy: None,
+            agent_cert: None,
+            poll_interval_ms: 3_600_000,
+            late_join,
+        };
+        v.verifier.add_host(spec).await.unwrap();
+        Self { _dir: d, dir, pki, agent: a, verifier: Some(v) }
+    }
+
+    fn v(&self) -> &std::sync::Arc<Verifier> {
+        &self.verifier.as_ref().unwrap().verifier
+    }
+
+    fn add(&self, n: u64) {
+        self.agent.host.lock().unwrap().add_records(n).unwrap();
+    }
+
+    fn snapshot(&self) {
+        self.agent.host.lock().unwrap().snapshot(None).unwrap().expect("snapshot taken");
+    }
+
+    async fn round(&self) -> VerdictRow {
+        self.v().attest_now("h1").await.unwrap()
+    }
+}
+
+fn verified(r: &VerdictRow) {
+    assert_eq!(r.verdict, "verified", "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rounds_across_snapshots_restart_and_tamper() {
+    let mut env = Env::new(LateJoin::FullHistory).await;
+    env.add(50);
+    let r1 = env.round().await;
+    verified(&r1);
+    assert_eq!(r1.mode.as_deref(), Some("FullHistory"));
+    let c1 = r1.checkpoint.unwrap();
+    assert!(c1 >= 20, "{r1:?}");
+
+    // Snapshots in between rounds: the verifier continues across them.
+    env.snapshot();
+    env.add(30);
+    env.snapshot();
+    env.add(20);
+    let r2 = env.round().await;
+    verified(&r2);
+    assert_eq!(r2.mode.as_deref(), Some("Incremental"));
+    assert!(r2.records_replayed < 60, "only new records replayed: {r2:?}");
+    assert!(r2.checkpoint.unwrap() > c1);
+
+    // The verifier restarts: state comes from SQLite, no full replay.
+    env.verifier.take().unwrap().stop().await;
+    let v = start_verifier(&env.dir, &env.pki).await;
+    env.verifier = Some(v);
+    let st = env.v().host_status("h1").unwrap();
+    assert_eq!(st.checkpoint, r2.checkpoint, "state survived the restart");
+    assert_eq!(st.ak_source.as_deref(), Some("tofu"));
+    env.add(10);
+    let r3 = env.round().await;
+    verified(&r3);
+    assert_eq!(r3.mode.as_deref(), Some("Incremental"));
+    assert!(r3.records_replayed <= 12, "resumed, not replayed from 0: {r3:?}");
+
+    // Agent crash in the middle of a snapshot (after `done`, before the manifest): the
+    // restarted agent recovers and the next round verifies.
+    env.add(15);
+    let crashed = env.agent.host.lock().unwrap().snapshot(Some(imasnap_agent::CrashPoint::AfterDone)).unwrap();
+    assert!(crashed.is_none(), "the crash fired");
+    env.add(5);
+    let r4 = env.round().await;
+    verified(&r4);
+
+    // Tamper with a snapshot the verifier has not proven yet: detected.
+    env.add(25);
+    env.snapshot();
+    let seq = env.agent.host.lock().unwrap().manifest().unwrap().snapshots.last().unwrap().seq;
+    let (path, _) = env.agent.host.lock().unwrap().snapshot_file(seq).unwrap();
+    let mut b = std::fs::read(&path).unwrap();
+    let n = b.len();
+    b[n - 3] ^= 0x55;
+    std::fs::write(&path, &b).unwrap();
+    let r5 = env.round().await;
+    assert_eq!(r5.verdict, "rejected", "{r5:?}");
+    assert!(r5.detail.is_some());
+    let st = env.v().host_status("h1").unwrap();
+    assert_eq!(st.status, "rejected");
+    assert_eq!(st.checkpoint, r4.checkpoint, "a rejection never moves the checkpoint");
+    assert!(st.alert.is_some());
+    let hist = env.v().verdicts("h1", 10).unwrap();
+    assert_eq!(hist.len(), 5);
+    assert_eq!(hist[0].verdict, "rejected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_join_by_marker_is_recorded() {
+    // The agent has snapshots before the verifier first sees it.
+    let env = Env::new(LateJoin::MarkerTofu).await;
+    env.add(40);
+    env.snapshot();
+    env.add(10);
+    let r = env.round().await;
+    verified(&r);
+    assert_eq!(r.mode.as_deref(), Some("LatestSegment"));
+    let st = env.v().host_status("h1").unwrap();
+    assert_eq!(st.history_verified, Some(false));
+    assert!(st.accepted_marker.is_some(), "{st:?}");
+    env.add(10);
+    env.snapshot();
+    env.add(3);
+    let r2 = env.round().await;
+    verified(&r2);
+    assert_eq!(r2.mode.as_deref(), Some("Incremental"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_without_certificates_are_refused() {
+    let env = Env::new(LateJoin::FullHistory).await;
+    let roots = tls::roots_from_file(&env.pki.ca).unwrap();
+    let anon = tls::client_config(None, roots.clone()).unwrap();
+    // The agent's evidence API.
+    let name = tls::server_name("localhost").unwrap();
+    let r = imasnap_agent_server::http::Conn::connect(&env.agent.addr.to_string(), name.clone(), anon.clone(), Duration::from_secs(5)).await;
+    let refused = match r {
+        Err(_) => true,
+        // TLS 1.3: the server's refusal can arrive after the client's handshake completes.
+        Ok(mut c) => c
+            .request(hyper::Method::GET, "/v1/health", None, 1 << 20, Duration::from_secs(5))
+            .await
+            .is_err(),
+    };
+    assert!(refused, "agent served a client without a certificate");
+    // The verifier's REST API.
+    let vaddr = env.verifier.as_ref().unwrap().addr.to_string();
+    let c = imasnap_verifier_service::client::ApiClient::new(&vaddr, anon);
+    let mut c = c;
+    c.server_name = "localhost".into();
+    assert!(c.call(hyper::Method::GET, "/v1/hosts", None).await.is_err(), "verifier served a client without a certificate");
+    // A certificate from another CA is refused too.
+    let other = write_dev_pki(&env.dir.join("other"), &["localhost"]).unwrap();
+    let foreign = tls::client_config(Some(&tls::Identity::from_files(&other.admin.cert, &other.admin.key).unwrap()), roots).unwrap();
+    let mut c2 = imasnap_verifier_service::client::ApiClient::new(&vaddr, foreign);
+    c2.server_name = "localhost".into();
+    assert!(c2.call(hyper::Method::GET, "/v1/hosts", None).await.is_err());
+    // With the right certificate it works.
+    let mut ok = imasnap_verifier_service::client::ApiClient::new(&vaddr, env.pki.admin.client().unwrap());
+    ok.server_name = "localhost".into();
+    let hosts = ok.ok(hyper::Method::GET, "/v1/hosts", None).await.unwrap();
+    assert_eq!(hosts.as_array().unwrap().len(), 1);
+}
