@@ -1,6 +1,8 @@
-//! Runtime policy for a host: loaded from the registered document, applied to the records
-//! each round proves. Until the policy engine crate is wired in, a host's policy is stored
-//! and shown but not enforced (`enforced: false` in the status).
+//! Runtime policy for a host: loaded from the registered document (Keylime JSON runtime
+//! policy or a flat allowlist, through `imasnap-policy`), applied to the records each round
+//! proves (and only those: a record is judged once, after replay and the quote proved it).
+//! snapshot_aggregate markers are imasnap's own records, proven by the engine as markers,
+//! and are not judged by the policy.
 
 use imasnap_agent_server::api::Parsed;
 use imasnap_log::{BinaryFormat, BinaryReader, HashAlgo, Record};
@@ -8,17 +10,32 @@ use imasnap_log::{BinaryFormat, BinaryReader, HashAlgo, Record};
 /// A host's policy, parsed once per registration.
 #[derive(Debug)]
 pub struct LoadedPolicy {
-    pub bytes: usize,
+    pub policy: imasnap_policy::Policy,
 }
 
-pub const ENFORCED: bool = false;
+pub const ENFORCED: bool = true;
 
 pub fn load(text: &str) -> Result<LoadedPolicy, String> {
-    Ok(LoadedPolicy { bytes: text.len() })
+    let policy = imasnap_policy::Policy::parse(text.as_bytes()).map_err(|e| format!("policy: {e}"))?;
+    Ok(LoadedPolicy { policy })
 }
 
-fn check(_p: &LoadedPolicy, _index: u64, _rec: &Record) -> Result<(), serde_json::Value> {
-    Ok(())
+fn is_marker(rec: &Record) -> bool {
+    rec.template.name() == "ima-buf"
+        && rec.name(imasnap_log::Endian::Little).as_deref() == Some(imasnap_log::marker::EVENT_NAME)
+}
+
+fn check(p: &LoadedPolicy, index: u64, rec: &Record) -> Result<(), serde_json::Value> {
+    if is_marker(rec) {
+        return Ok(());
+    }
+    p.policy.check(index, rec).map(|_| ()).map_err(|f| {
+        let mut v = serde_json::to_value(&f).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("message".into(), serde_json::Value::String(f.to_string()));
+        }
+        v
+    })
 }
 
 /// Calls `f(index, record)` for every record of the evidence with a global index in

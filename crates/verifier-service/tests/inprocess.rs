@@ -221,3 +221,38 @@ async fn clients_without_certificates_are_refused() {
     let hosts = ok.ok(hyper::Method::GET, "/v1/hosts", None).await.unwrap();
     assert_eq!(hosts.as_array().unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_violation_names_the_record() {
+    let env = Env::new(LateJoin::FullHistory).await;
+    env.add(20);
+    verified(&env.round().await);
+    let good = [7u8; 32];
+    let allow = format!("{}  /usr/bin/good\n", hex::encode(good));
+    env.v()
+        .update_host("h1", imasnap_verifier_service::model::HostPatch { policy: Some(allow), ..Default::default() })
+        .await
+        .unwrap();
+    {
+        let mut h = env.agent.host.lock().unwrap();
+        h.measure(b"/usr/bin/good", &good).unwrap();
+    }
+    env.snapshot();
+    verified(&env.round().await);
+    let evil_index = {
+        let mut h = env.agent.host.lock().unwrap();
+        let n = h.metrics();
+        h.measure(b"/usr/bin/evil", &[9u8; 32]).unwrap();
+        n.next_index + n.live_records
+    };
+    let r = env.round().await;
+    assert_eq!(r.verdict, "policy_violation", "{r:?}");
+    assert_eq!(r.record, Some(evil_index), "{r:?}");
+    assert!(r.detail.as_deref().unwrap().contains("/usr/bin/evil"), "{r:?}");
+    assert_eq!(r.policy_failures.len(), 1);
+    let st = env.v().host_status("h1").unwrap();
+    assert_eq!(st.status, "policy_violation");
+    assert!(st.alert.is_some());
+    // The records are proven all the same: the checkpoint moved past them.
+    assert_eq!(st.checkpoint, r.checkpoint);
+}
