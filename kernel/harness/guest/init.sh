@@ -1,0 +1,85 @@
+#!/bin/busybox sh
+# imasnap guest /init for the patched kernel (kernel/harness). The harness appends the
+# scenario: one shell function per stage, `stage_0`, `stage_1`, ... (a kexec ends a stage).
+/bin/busybox --install -s /bin
+export PATH=/bin:/sbin
+export LD_LIBRARY_PATH=/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mount -t securityfs securityfs /sys/kernel/security
+mount -t tmpfs tmpfs /w
+S=/sys/kernel/security/ima
+arg() { sed -n "s/.*imasnap\.$1=\([0-9a-zA-Z_]*\).*/\1/p" /proc/cmdline; }
+STAGE=$(arg stage); STAGE=${STAGE:-0}
+NONCE=$(arg nonce)
+echo "IMASNAP: stage $STAGE on $(uname -r)"
+fail() { echo "IMASNAP-FAIL: $*"; sync; poweroff -f; }
+# One ext4 disk: kexec images in /boot, the agent's store in /state, results in /out.
+DISK=; i=0
+while [ $i -lt 100 ] && [ -z "$DISK" ]; do
+    for b in /sys/block/vd*; do
+        [ "$(cat "$b/serial" 2>/dev/null)" = imasnap-disk ] && DISK=${b##*/}
+    done
+    [ -n "$DISK" ] || { sleep 0.1; i=$((i+1)); }
+done
+[ -n "$DISK" ] || fail "disk not found: $(ls /sys/block)"
+mount -t ext4 /dev/$DISK /disk || fail "mount ext4"
+mkdir -p /disk/out /disk/state
+# Only files owned by uid 4242 are measured: the workload, nothing the agent touches.
+echo "measure func=FILE_CHECK mask=MAY_READ fowner=4242" > $S/policy || fail "policy write"
+T=/disk/out/trace.txt
+note() { echo "$*" >> $T; echo "IMASNAP: $*"; }
+count() { echo "list=$(cat $S/runtime_measurements_count) removed=$(cat $S/snapshot_removed 2>/dev/null)"; }
+slab() { sed -n 's/^\(Slab\|SUnreclaim\|SReclaimable\): *\([0-9]*\) kB/\1=\2/p' /proc/meminfo | tr '\n' ' '; }
+# measure N TAG: N new files owned by 4242, each read once (N FILE_CHECK records)
+measure() {
+    mkdir -p /w/$2; j=0
+    while [ $j -lt $1 ]; do echo "$2 $j" > /w/$2/$j; j=$((j+1)); done
+    chown -R 4242 /w/$2
+    cat /w/$2/* > /dev/null || fail "read workload $2"
+    note "measure $1 $2 $(count)"
+}
+snapshot() {
+    imasnap agent snapshot --state-dir /disk/state --tpm device:/dev/tpmrm0 --json \
+        > /disk/out/snap-$1.json 2> /disk/out/snap-$1.err || fail "snapshot $1: $(cat /disk/out/snap-$1.err)"
+    note "snapshot $1 $(count) $(cat $S/snapshot_lock_ns 2>/dev/null | tr '\n' ' ')"
+}
+# open and close without done: an aborted attempt, its marker stays
+abort() {
+    exec 3<>$S/snapshot || fail "open snapshot for abort"
+    exec 3>&-
+    note "abort $1 $(count)"
+}
+# hold the file open while the agent tries: EBUSY (exit 2), then close (an abort too)
+busy() {
+    exec 3<>$S/snapshot || fail "open snapshot for busy"
+    rc=0
+    imasnap agent snapshot --state-dir /disk/state --tpm device:/dev/tpmrm0 \
+        > /disk/out/busy-$1.out 2> /disk/out/busy-$1.err || rc=$?
+    exec 3>&-
+    note "busy $1 rc=$rc ebusy=$(grep -c EBUSY /disk/out/busy-$1.err) $(count)"
+}
+kexec_next() {
+    note "kexec $1 $(count)"
+    next=$((STAGE + 1))
+    args=$(sed 's/ *imasnap\.stage=[0-9]*//' /proc/cmdline)
+    kexec -s -l /disk/boot/bzImage --initrd=/disk/boot/initrd.gz --append="$args imasnap.stage=$next" \
+        || fail "kexec load"
+    sync; umount /disk
+    kexec -e
+    fail "kexec -e returned"
+}
+memory() { note "memory $1 $(count) $(slab)"; }
+finish() {
+    rm -rf /disk/out/bundle
+    imasnap agent bundle --state-dir /disk/state --tpm device:/dev/tpmrm0 --nonce "$NONCE" \
+        --out /disk/out/bundle --json > /disk/out/bundle.json 2> /disk/out/bundle.err \
+        || fail "bundle: $(cat /disk/out/bundle.err)"
+    note "finish $(count)"
+    cat $S/snapshot_lock_ns > /disk/out/lock_ns.txt 2>/dev/null
+    dmesg > /disk/out/dmesg-$STAGE.txt
+    sync; umount /disk
+    echo "IMASNAP-DONE"
+    poweroff -f
+}

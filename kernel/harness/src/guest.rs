@@ -1,0 +1,298 @@
+//! The real kernel: QEMU (TCG) + swtpm, the agent inside, results read back from the disk.
+
+use crate::scenario::Scenario;
+use anyhow::{anyhow, bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The guest's /init: fixed part plus the scenario's stage functions.
+const INIT: &str = include_str!("../guest/init.sh");
+
+#[derive(Clone, Debug)]
+pub struct GuestConfig {
+    /// The patched bzImage (kernel/build.sh prints its path).
+    pub kernel: PathBuf,
+    /// Host-built imasnap (copied into the initramfs with its shared libraries).
+    pub imasnap: PathBuf,
+    /// Extra kernel arguments (e.g. `ima_snapshot_pcrs=tpm`).
+    pub cmdline: String,
+    pub memory_mb: u32,
+    pub timeout: Duration,
+}
+
+/// What a finished guest left behind, on the host.
+#[derive(Debug)]
+pub struct GuestRun {
+    /// The guest's /disk/out: bundle/, trace.txt, snap-*.json, busy-*.err, ...
+    pub out: PathBuf,
+    /// The agent's store (/disk/state), read back from the disk image.
+    pub state: PathBuf,
+    pub nonce: Vec<u8>,
+    /// The AK's TPM2B_PUBLIC (hex file), enrolled from the vTPM before the boot.
+    pub enrolled_ak: PathBuf,
+    pub console: String,
+    /// Wall time of the QEMU run.
+    pub seconds: f64,
+}
+
+impl GuestRun {
+    /// trace.txt: one line per step, `<step> <tag> key=value ...`.
+    pub fn trace(&self) -> Result<Vec<String>> {
+        let t = std::fs::read_to_string(self.out.join("trace.txt")).context("guest trace.txt")?;
+        Ok(t.lines().map(str::to_owned).collect())
+    }
+}
+
+/// Repository root (kernel/harness/../..).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repository root")
+}
+
+/// The patched kernel: $IMASNAP_KERNEL, else `kernel/build.sh` (cached by patch hash).
+pub fn kernel_image() -> Result<PathBuf> {
+    if let Ok(p) = std::env::var("IMASNAP_KERNEL") {
+        return Ok(PathBuf::from(p));
+    }
+    let out = Command::new("bash")
+        .arg(repo_root().join("kernel/build.sh"))
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running kernel/build.sh")?;
+    if !out.status.success() {
+        bail!("kernel/build.sh failed ({})", out.status);
+    }
+    let p = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim().to_owned();
+    let p = PathBuf::from(p);
+    if !p.is_file() {
+        bail!("kernel/build.sh printed {p:?}, which is not a file");
+    }
+    Ok(p)
+}
+
+/// The release imasnap binary of this workspace, built if missing.
+pub fn imasnap_binary() -> Result<PathBuf> {
+    let p = repo_root().join("target/release/imasnap");
+    if !p.is_file() {
+        run_ok(Command::new("cargo").args(["build", "--release", "-p", "imasnap"]).current_dir(repo_root()))?;
+    }
+    Ok(p)
+}
+
+fn run_ok(c: &mut Command) -> Result<String> {
+    let out = c.output().with_context(|| format!("running {c:?}"))?;
+    if !out.status.success() {
+        bail!("{c:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn sh(script: &str) -> Result<String> {
+    run_ok(Command::new("bash").arg("-euo").arg("pipefail").arg("-c").arg(script))
+}
+
+fn q(p: &Path) -> String {
+    format!("'{}'", p.display().to_string().replace('\'', "'\\''"))
+}
+
+/// initramfs: busybox, imasnap and kexec with their libraries, and /init.
+fn build_initramfs(work: &Path, sc: &Scenario, imasnap: &Path) -> Result<PathBuf> {
+    let root = work.join("initramfs");
+    for d in ["bin", "sbin", "dev", "proc", "sys", "disk", "w"] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).context("copying /bin/busybox (busybox-static)")?;
+    let kexec = ["/sbin/kexec", "/usr/sbin/kexec"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file())
+        .ok_or_else(|| anyhow!("kexec not found (apt-get install kexec-tools)"))?;
+    let lib = repo_root().join("scripts/lib/guest-binary.sh");
+    sh(&format!(
+        ". {lib}; guest_add_binary {root} {imasnap} /bin/imasnap; guest_add_binary {root} {kexec} /sbin/kexec",
+        lib = q(&lib),
+        root = q(&root),
+        imasnap = q(imasnap),
+    ))?;
+    let init = format!("{INIT}\n# scenario\n{}", sc.guest_script());
+    let ip = root.join("init");
+    std::fs::write(&ip, init)?;
+    sh(&format!("chmod 755 {}", q(&ip)))?;
+    let out = work.join("initrd.gz");
+    sh(&format!(
+        "cd {} && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet | gzip -1 > {}",
+        q(&root),
+        q(&out)
+    ))?;
+    Ok(out)
+}
+
+struct Swtpm(Child);
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Fresh vTPM state (sha1 + sha256 banks), and the AK enrolled from it on the host.
+fn tpm_setup(work: &Path, imasnap: &Path) -> Result<PathBuf> {
+    let st = work.join("tpm");
+    std::fs::create_dir_all(&st)?;
+    run_ok(Command::new("swtpm_setup").args(["--tpm2", "--pcr-banks", "sha1,sha256", "--overwrite"]).arg("--tpmstate").arg(&st))?;
+    let port = free_port()?;
+    let _tpm = Swtpm(
+        Command::new("swtpm")
+            .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
+            .arg("--tpmstate")
+            .arg(format!("dir={}", st.display()))
+            .arg("--server")
+            .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+            .arg("--ctrl")
+            .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting swtpm (apt-get install swtpm swtpm-tools)")?,
+    );
+    let ak = work.join("enrolled-ak.pub");
+    let spec = format!("swtpm:host=127.0.0.1,port={port}");
+    let t0 = Instant::now();
+    loop {
+        let r = Command::new(imasnap).args(["tpm", "ak", "--tpm", &spec, "--out"]).arg(&ak).output()?;
+        if r.status.success() {
+            return Ok(ak);
+        }
+        if t0.elapsed() > Duration::from_secs(15) {
+            bail!("AK enrolment failed: {}", String::from_utf8_lossy(&r.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn free_port() -> Result<u16> {
+    // Two consecutive free ports (server, ctrl).
+    for _ in 0..50 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let p = l.local_addr()?.port();
+        if p < 65000 && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            return Ok(p);
+        }
+    }
+    bail!("no free port pair")
+}
+
+/// Boots the kernel with `sc` as the guest's work and reads the results back.
+pub fn run(sc: &Scenario, cfg: &GuestConfig, work: &Path) -> Result<GuestRun> {
+    std::fs::create_dir_all(work)?;
+    let initrd = build_initramfs(work, sc, &cfg.imasnap)?;
+    // The disk: kexec images in /boot; the agent's store and the results land here too.
+    let dd = work.join("disk");
+    std::fs::create_dir_all(dd.join("boot"))?;
+    std::fs::copy(&cfg.kernel, dd.join("boot/bzImage"))?;
+    std::fs::copy(&initrd, dd.join("boot/initrd.gz"))?;
+    let img = work.join("disk.ext4");
+    run_ok(Command::new("mkfs.ext4").args(["-q", "-F", "-E", "root_owner=0:0", "-d"]).arg(&dd).arg(&img).arg("512M"))?;
+    let ak = tpm_setup(work, &cfg.imasnap)?;
+    let nonce = random_nonce()?;
+
+    let sock = work.join("swtpm.sock");
+    let _tpm = Swtpm(
+        Command::new("swtpm")
+            .args(["socket", "--tpm2", "--terminate"])
+            .arg("--tpmstate")
+            .arg(format!("dir={}", work.join("tpm").display()))
+            .arg("--ctrl")
+            .arg(format!("type=unixio,path={}", sock.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let t0 = Instant::now();
+    while !sock.exists() {
+        if t0.elapsed() > Duration::from_secs(10) {
+            bail!("swtpm socket did not appear");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let console = work.join("console.log");
+    let append = format!("console=ttyS0 panic=-1 imasnap.stage=0 imasnap.nonce={} {}", hex::encode(&nonce), cfg.cmdline);
+    let t0 = Instant::now();
+    let mut qemu = Command::new("qemu-system-x86_64")
+        .args(["-machine", "q35", "-accel", "tcg", "-cpu", "max", "-smp", "1", "-display", "none"])
+        .args(["-monitor", "none", "-no-reboot", "-m", &cfg.memory_mb.to_string()])
+        .arg("-serial")
+        .arg(format!("file:{}", console.display()))
+        .arg("-kernel")
+        .arg(&cfg.kernel)
+        .arg("-initrd")
+        .arg(&initrd)
+        .args(["-append", &append])
+        .arg("-chardev")
+        .arg(format!("socket,id=chrtpm,path={}", sock.display()))
+        .args(["-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0"])
+        .arg("-drive")
+        .arg(format!("file={},if=none,id=d0,format=raw", img.display()))
+        .args(["-device", "virtio-blk-pci,drive=d0,serial=imasnap-disk"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting qemu-system-x86_64")?;
+    let status = loop {
+        if let Some(s) = qemu.try_wait()? {
+            break s;
+        }
+        if t0.elapsed() > cfg.timeout {
+            let _ = qemu.kill();
+            let _ = qemu.wait();
+            bail!("guest timed out after {:?}; console tail:\n{}", cfg.timeout, tail(&console));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let seconds = t0.elapsed().as_secs_f64();
+    let console_text = String::from_utf8_lossy(&std::fs::read(&console).unwrap_or_default()).into_owned();
+    if !status.success() || !console_text.contains("IMASNAP-DONE") {
+        bail!("guest did not finish (qemu {status}); console tail:\n{}", tail(&console));
+    }
+    let back = work.join("back");
+    std::fs::create_dir_all(&back)?;
+    run_ok(Command::new("debugfs").arg("-R").arg(format!("rdump /out /state {}", back.display())).arg(&img))?;
+    Ok(GuestRun {
+        out: back.join("out"),
+        state: back.join("state"),
+        nonce,
+        enrolled_ak: ak,
+        console: console_text,
+        seconds,
+    })
+}
+
+fn tail(p: &Path) -> String {
+    let t = String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned();
+    let lines: Vec<&str> = t.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+fn random_nonce() -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut n = vec![0u8; 20];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut n)?;
+    Ok(n)
+}
+
+/// `imasnap verify DIR --json` (with --ak and --nonce when given): exit code and report.
+pub fn verify(imasnap: &Path, dir: &Path, ak: Option<&Path>, nonce: Option<&[u8]>) -> Result<(i32, serde_json::Value)> {
+    let mut c = Command::new(imasnap);
+    c.arg("verify").arg(dir).arg("--json");
+    if let Some(ak) = ak {
+        c.arg("--ak").arg(ak);
+    }
+    if let Some(n) = nonce {
+        c.arg("--nonce").arg(hex::encode(n));
+    }
+    let out = c.output().context("running imasnap verify")?;
+    let v = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("imasnap verify output: {}", String::from_utf8_lossy(&out.stderr)))?;
+    Ok((out.status.code().unwrap_or(-1), v))
+}

@@ -1,0 +1,72 @@
+//! The scenario on the kernel model: same workload (same paths and file contents as the
+//! guest writes), same agent, same evidence bundle.
+
+use crate::scenario::{file_content, Scenario, Step};
+use anyhow::{anyhow, bail, Result};
+use imasnap_agent::{attest, Agent, AgentConfig, AgentError, Evidence, KernelIfError};
+use imasnap_kernel_model::{Config, Kernel};
+use imasnap_log::HashAlgo;
+use imasnap_tpm::SoftTpm;
+use sha2::{Digest, Sha256};
+use std::path::Path;
+
+/// What the model did besides the bundle: EBUSY refusals seen, snapshots taken.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ModelRun {
+    pub busy_refusals: u64,
+    pub snapshots: u64,
+}
+
+/// Runs `sc` on the model with a SoftTpm carrying the guest's banks (sha1, sha256), stores
+/// snapshots under `state`, and writes the bundle to `out` with `nonce`.
+pub fn run(sc: &Scenario, state: &Path, out: &Path, nonce: &[u8]) -> Result<ModelRun> {
+    let tpm = SoftTpm::with_banks(7, &[HashAlgo::Sha1, HashAlgo::Sha256])?;
+    let cfg = Config::default();
+    let acfg = AgentConfig::new(state);
+    let (mut agent, _) = Agent::start(Kernel::boot(cfg.clone(), tpm)?, acfg.clone())?;
+    let mut r = ModelRun::default();
+    for (k, stage) in sc.stages().iter().enumerate() {
+        for (i, step) in stage.iter().enumerate() {
+            let tag = format!("s{k}x{i}");
+            match step {
+                Step::Measure(n) => {
+                    // `cat /w/TAG/*`: the shell's glob order, names sorted as strings.
+                    let mut names: Vec<String> = (0..*n).map(|j| j.to_string()).collect();
+                    names.sort();
+                    for name in names {
+                        let j: u64 = name.parse().expect("decimal");
+                        let d = Sha256::digest(file_content(&tag, j));
+                        let path = format!("/w/{tag}/{name}");
+                        agent.kernel_mut().measure_file(path.as_bytes(), &d)?;
+                    }
+                }
+                Step::Snapshot => {
+                    agent.snapshot_once()?;
+                    r.snapshots += 1;
+                }
+                Step::Abort => {
+                    let h = Kernel::snapshot_open(agent.kernel_mut())?;
+                    Kernel::snapshot_close(agent.kernel_mut(), h);
+                }
+                Step::Busy => {
+                    let h = Kernel::snapshot_open(agent.kernel_mut())?;
+                    match agent.snapshot_once() {
+                        Err(AgentError::Kernel(KernelIfError::Busy(_))) => r.busy_refusals += 1,
+                        other => bail!("busy step: the agent got {other:?} instead of EBUSY"),
+                    }
+                    Kernel::snapshot_close(agent.kernel_mut(), h);
+                }
+                Step::Kexec => {
+                    let mut kernel = agent.into_kernel();
+                    let buf = kernel.kexec_save();
+                    let k2 = Kernel::kexec_restore(cfg.clone(), kernel.into_tpm(), &buf)?;
+                    agent = Agent::start(k2, acfg.clone())?.0;
+                }
+                Step::Memory => {}
+            }
+        }
+    }
+    let (quote, ak) = attest(agent.kernel_mut().tpm_mut(), cfg.pcr, nonce).map_err(|e| anyhow!("quote: {e}"))?;
+    agent.write_bundle(out, &Evidence { quote: &quote, nonce, ak: &ak })?;
+    Ok(r)
+}

@@ -1,0 +1,122 @@
+//! A scripted scenario that both the real kernel (as guest shell) and the kernel model
+//! (in-process) run, so that their results can be compared step for step.
+
+use anyhow::{bail, Result};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// N new files read once: N measurement records.
+    Measure(u64),
+    /// The agent takes one snapshot (open, read, commit, done).
+    Snapshot,
+    /// open + close without done: an aborted attempt; its marker stays.
+    Abort,
+    /// The file is held open while the agent tries: EBUSY, then closed (an abort too).
+    Busy,
+    /// kexec into the same kernel; the list is carried over.
+    Kexec,
+    /// Note the kernel's slab use (figures only; nothing to compare).
+    Memory,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scenario {
+    pub steps: Vec<Step>,
+}
+
+impl Scenario {
+    /// One step per line: `measure N`, `snapshot`, `abort`, `busy`, `kexec`, `memory`;
+    /// `#` starts a comment. `repeat K { ... }` is not needed: write the lines out.
+    pub fn parse(text: &str) -> Result<Self> {
+        let mut steps = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or_default().trim();
+            if line.is_empty() {
+                continue;
+            }
+            let mut w = line.split_whitespace();
+            let step = match (w.next(), w.next(), w.next()) {
+                (Some("measure"), Some(n), None) => match n.parse::<u64>() {
+                    Ok(n) if (1..=1_000_000).contains(&n) => Step::Measure(n),
+                    _ => bail!("line {}: measure takes a count from 1 to 1000000, not {n:?}", i + 1),
+                },
+                (Some("snapshot"), None, None) => Step::Snapshot,
+                (Some("abort"), None, None) => Step::Abort,
+                (Some("busy"), None, None) => Step::Busy,
+                (Some("kexec"), None, None) => Step::Kexec,
+                (Some("memory"), None, None) => Step::Memory,
+                _ => bail!("line {}: unknown step {line:?}", i + 1),
+            };
+            steps.push(step);
+        }
+        Ok(Self { steps })
+    }
+
+    /// Steps grouped by boot: a kexec ends its stage.
+    pub fn stages(&self) -> Vec<&[Step]> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        for (i, s) in self.steps.iter().enumerate() {
+            if *s == Step::Kexec {
+                out.push(&self.steps[start..=i]);
+                start = i + 1;
+            }
+        }
+        out.push(&self.steps[start..]);
+        out
+    }
+
+    /// The guest's scenario functions, appended to guest/init.sh. Step tags are unique
+    /// across stages, so every measured file has new content.
+    pub fn guest_script(&self) -> String {
+        let mut s = String::new();
+        for (k, stage) in self.stages().iter().enumerate() {
+            s.push_str(&format!("stage_{k}() {{\n"));
+            for (i, step) in stage.iter().enumerate() {
+                let tag = format!("s{k}x{i}");
+                let line = match step {
+                    Step::Measure(n) => format!("measure {n} {tag}"),
+                    Step::Snapshot => format!("snapshot {tag}"),
+                    Step::Abort => format!("abort {tag}"),
+                    Step::Busy => format!("busy {tag}"),
+                    Step::Kexec => format!("kexec_next {tag}"),
+                    Step::Memory => format!("memory {tag}"),
+                };
+                s.push_str(&format!("    {line}\n"));
+            }
+            if !stage.last().is_some_and(|s| *s == Step::Kexec) {
+                s.push_str("    finish\n");
+            }
+            s.push_str("}\n");
+        }
+        s.push_str("stage_$STAGE\nfail \"no stage $STAGE\"\n");
+        s
+    }
+}
+
+/// The file content the guest writes for file `j` of step `tag` (`echo "$tag $j"`), so the
+/// model can measure the same digests.
+pub fn file_content(tag: &str, j: u64) -> Vec<u8> {
+    format!("{tag} {j}\n").into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_and_stages() {
+        let s = Scenario::parse("measure 3\nsnapshot # one\n\nkexec\nbusy\nabort\n").unwrap();
+        assert_eq!(s.steps.len(), 5);
+        let st = s.stages();
+        assert_eq!(st.len(), 2);
+        assert_eq!(st[0], &[Step::Measure(3), Step::Snapshot, Step::Kexec]);
+        let g = s.guest_script();
+        assert!(g.contains("stage_0() {\n    measure 3 s0x0\n    snapshot s0x1\n    kexec_next s0x2\n}"), "{g}");
+        assert!(g.contains("stage_1() {\n    busy s1x0\n    abort s1x1\n    finish\n}"), "{g}");
+        assert!(Scenario::parse("measure 0").is_err());
+        assert!(Scenario::parse("measure -1").is_err());
+        assert!(Scenario::parse("snapshot now").is_err());
+        assert!(Scenario::parse("reboot").is_err());
+    }
+}

@@ -1,0 +1,120 @@
+//! The RFC patch in a real kernel, against the kernel model. Slow (QEMU under TCG and a
+//! kernel build on first use), so ignored by default; scripts/test.sh runs them with
+//! `--ignored`. Needs root, qemu-system-x86, swtpm, kexec-tools, e2fsprogs, busybox-static.
+
+use imasnap_kernel_harness::guest::{self, GuestConfig};
+use imasnap_kernel_harness::scenario::Scenario;
+use imasnap_kernel_harness::{model, structure};
+use std::path::Path;
+use std::time::Duration;
+
+/// Every feature in one boot chain: snapshots, an aborted attempt, an EBUSY refusal,
+/// and a kexec between two snapshots.
+const SCENARIO: &str = "
+measure 300
+snapshot
+measure 200
+abort
+measure 100
+busy
+snapshot
+measure 150
+kexec
+measure 120
+snapshot
+measure 80
+";
+
+fn config(cmdline: &str) -> GuestConfig {
+    GuestConfig {
+        kernel: guest::kernel_image().expect("patched kernel (kernel/build.sh)"),
+        imasnap: guest::imasnap_binary().expect("imasnap binary"),
+        cmdline: cmdline.into(),
+        memory_mb: 512,
+        timeout: Duration::from_secs(600),
+    }
+}
+
+fn flip_byte(p: &Path, at: usize) {
+    let mut b = std::fs::read(p).unwrap();
+    let at = at.min(b.len() - 1);
+    b[at] ^= 0x01;
+    std::fs::write(p, b).unwrap();
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+#[test]
+#[ignore = "boots a patched kernel in QEMU (scripts/test.sh runs it)"]
+fn real_kernel_matches_the_model_and_verifies() {
+    let sc = Scenario::parse(SCENARIO).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let g = guest::run(&sc, &config(""), &work.path().join("guest")).unwrap();
+    let imasnap = guest::imasnap_binary().unwrap();
+    let bundle = g.out.join("bundle");
+
+    // The guest's evidence verifies on the host against the AK enrolled before boot.
+    let (code, v) = guest::verify(&imasnap, &bundle, Some(&g.enrolled_ak), Some(&g.nonce)).unwrap();
+    assert_eq!(code, 0, "guest bundle: {v:#}");
+    assert_eq!(v["verdict"], "verified");
+    assert_eq!(v["history_verified"], true);
+
+    // EBUSY: the agent was refused while the file was held open.
+    let trace = g.trace().unwrap();
+    let busy = trace.iter().find(|l| l.starts_with("busy ")).expect("busy step traced");
+    assert!(busy.contains("rc=2") && busy.contains("ebusy=1"), "{busy}");
+
+    // The same scenario on the model: same structure, same verdict.
+    let m = work.path().join("model");
+    let run = model::run(&sc, &m.join("state"), &m.join("bundle"), b"model-nonce").unwrap();
+    assert_eq!(run.busy_refusals, 1);
+    let (mcode, mv) = guest::verify(&imasnap, &m.join("bundle"), None, None).unwrap();
+    assert_eq!(mcode, 0, "model bundle: {mv:#}");
+    let mut gs = structure::of_bundle(&bundle).unwrap();
+    let mut ms = structure::of_bundle(&m.join("bundle")).unwrap();
+    gs.verdict = v["verdict"].as_str().unwrap().into();
+    ms.verdict = mv["verdict"].as_str().unwrap().into();
+    assert_eq!(gs, ms, "real kernel vs model:\n{gs:#?}\n{ms:#?}\ntrace:\n{}", trace.join("\n"));
+    // Sanity of what was compared: 3 snapshots, 2 kernels, 5 attempts in two boots.
+    assert_eq!(gs.snapshots.len(), 3);
+    assert_eq!(gs.boot_aggregates.len(), 2);
+    assert_eq!(gs.markers.iter().map(|m| m.1).collect::<Vec<_>>(), vec![1, 2, 3, 4, 1]);
+
+    // A tampered snapshot file is rejected.
+    let t = work.path().join("tampered");
+    copy_dir(&bundle, &t);
+    let snap = std::fs::read_dir(t.join("snapshots")).unwrap().next().unwrap().unwrap().path();
+    flip_byte(&snap, 100);
+    let (code, v) = guest::verify(&imasnap, &t, Some(&g.enrolled_ak), Some(&g.nonce)).unwrap();
+    assert_eq!(code, 1, "tampered snapshot must fail: {v:#}");
+    assert_eq!(v["verdict"], "rejected");
+}
+
+/// The model half alone (fast, always run): the structure the real kernel must match.
+#[test]
+fn model_structure_of_the_scenario() {
+    let sc = Scenario::parse(SCENARIO).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let run = model::run(&sc, &work.path().join("state"), &work.path().join("b"), b"n").unwrap();
+    assert_eq!((run.busy_refusals, run.snapshots), (1, 3));
+    let s = structure::of_bundle(&work.path().join("b")).unwrap();
+    // boot_aggregate, 300, marker 1 | 200, marker 2 (abort), 100, marker 3 (busy), marker 4
+    // | 150, then kexec: boot_aggregate of the new kernel, 120, marker 1 | 80.
+    assert_eq!(s.boot_aggregates, vec![0, 755]);
+    assert_eq!(s.markers, vec![(301, 1), (502, 2), (603, 3), (604, 4), (876, 1)]);
+    assert_eq!(s.snapshots, vec![(0, 301), (301, 303), (604, 272)]);
+    assert_eq!((s.live_first, s.live_records, s.records), (876, 81, 957));
+    let imasnap = guest::imasnap_binary().unwrap();
+    let (code, v) = guest::verify(&imasnap, &work.path().join("b"), None, None).unwrap();
+    assert_eq!(code, 0, "{v:#}");
+}
