@@ -32,6 +32,9 @@ enum Command {
     /// TPM utilities: the attestation key to enrol.
     #[command(subcommand)]
     Tpm(cmd::tpm::TpmCmd),
+    /// The verifier service and its REST API: run, host add|list|show|update|attest|remove.
+    #[command(subcommand)]
+    Verifier(cmd::verifier_service::VerifierCmd),
     /// The main job: kernel model + agent + verifier on a synthetic workload, with a summary.
     Demo(cmd::demo::DemoArgs),
 }
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
         Command::Verify(a) => cmd::verify::run(a),
         Command::Agent(c) => cmd::agent::run(c),
         Command::Tpm(c) => cmd::tpm::run(c),
+        Command::Verifier(c) => cmd::verifier_service::run(c),
         Command::Demo(a) => cmd::demo::run_demo(a),
     };
     match r {

@@ -12,6 +12,8 @@ use std::time::Instant;
 
 #[derive(Subcommand)]
 pub enum AgentCmd {
+    /// Run the agent service: snapshots by policy and on request, evidence over HTTPS (mTLS).
+    Run(super::agent_service::RunArgs),
     /// Take one snapshot now through the kernel's `snapshot` file (needs the RFC patch in kernel/).
     ///
     /// Recovers the store first (a crash in an earlier run is settled by the recovery rule),
@@ -93,6 +95,7 @@ fn start(h: &HostArgs) -> Result<(FsAgent, serde_json::Value)> {
 
 pub fn run(cmd: AgentCmd) -> Result<ExitCode> {
     match cmd {
+        AgentCmd::Run(a) => super::agent_service::run(a),
         AgentCmd::Snapshot(h) => snapshot(h),
         AgentCmd::Bundle(b) => bundle(b),
     }

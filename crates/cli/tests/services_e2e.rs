@@ -1,0 +1,262 @@
+//! The two services as real processes on loopback: `imasnap agent run` and
+//! `imasnap verifier run`, driven through `imasnap verifier host …` and the agent's API.
+//!
+//! - several rounds with snapshots in between (soft TPM and swtpm);
+//! - verifier killed (SIGKILL) and restarted: it resumes from SQLite without full replay;
+//! - agent crash in the middle of a snapshot, then the next round verifies;
+//! - agent process restart = cold boot of the embedded kernel model: detected, state reset;
+//! - a policy violation names the record; the scheduler polls on its own;
+//! - clients without a certificate are refused.
+//!
+//! The swtpm test fails when IMASNAP_SWTPM is unset (scripts/test.sh sets it), unless
+//! IMASNAP_SKIP_SWTPM=1.
+
+use imasnap_agent_server::devpki::{write_dev_pki, DevPkiFiles};
+use imasnap_tpm::swtpm::Swtpm;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_imasnap");
+
+struct Proc {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `imasnap <args>` and waits for its "listening on ADDR" line.
+fn start(args: &[&str], log: &Path) -> Proc {
+    let err = std::fs::File::create(log).unwrap();
+    let mut child = Command::new(BIN).args(args).stdout(Stdio::piped()).stderr(err).spawn().unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if let Some(a) = line.strip_prefix("listening on ") {
+                let _ = tx.send(a.to_string());
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(addr) => Proc { child, addr },
+        Err(_) => {
+            let _ = child.kill();
+            panic!("{args:?} did not start: {}", std::fs::read_to_string(log).unwrap_or_default());
+        }
+    }
+}
+
+struct Env {
+    t: tempfile::TempDir,
+    pki: DevPkiFiles,
+}
+
+impl Env {
+    fn new() -> Self {
+        let t = tempfile::tempdir().unwrap();
+        let pki = write_dev_pki(&t.path().join("pki"), &["localhost"]).unwrap();
+        Self { t, pki }
+    }
+    fn p(&self, n: &str) -> PathBuf {
+        self.t.path().join(n)
+    }
+    fn agent(&self, tpm: &str) -> Proc {
+        let cfg = format!(
+            "state_dir = {:?}\nlisten = \"127.0.0.1:0\"\ntpm = {tpm:?}\ntest_endpoints = true\ntick_ms = 100\n\
+             [tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\n",
+            self.p("agent-state"),
+            self.pki.agent.cert,
+            self.pki.agent.key,
+            self.pki.ca
+        );
+        std::fs::write(self.p("agent.toml"), cfg).unwrap();
+        let c = self.p("agent.toml");
+        start(&["agent", "run", "--config", c.to_str().unwrap(), "--log-json"], &self.p("agent.log"))
+    }
+    fn verifier(&self) -> Proc {
+        let cfg = format!(
+            "database = {:?}\nlisten = \"127.0.0.1:0\"\ntimeout_ms = 20000\n\
+             [tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\n[agent_tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\n",
+            self.p("verifier.db"),
+            self.pki.verifier.cert,
+            self.pki.verifier.key,
+            self.pki.ca,
+            self.pki.verifier.cert,
+            self.pki.verifier.key,
+            self.pki.ca
+        );
+        std::fs::write(self.p("verifier.toml"), cfg).unwrap();
+        let c = self.p("verifier.toml");
+        start(&["verifier", "run", "--config", c.to_str().unwrap()], &self.p("verifier.log"))
+    }
+    /// `imasnap verifier <args> --json` against `v`; returns (exit code, JSON).
+    fn cli(&self, v: &Proc, args: &[&str]) -> (i32, serde_json::Value) {
+        let port = v.addr.rsplit(':').next().unwrap();
+        let o = Command::new(BIN)
+            .arg("verifier")
+            .args(args)
+            .args(["--json", "--api", &format!("https://localhost:{port}")])
+            .env("IMASNAP_CERT", &self.pki.admin.cert)
+            .env("IMASNAP_KEY", &self.pki.admin.key)
+            .env("IMASNAP_CA", &self.pki.ca)
+            .output()
+            .unwrap();
+        let v = serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&o.stderr).into()));
+        (o.status.code().unwrap_or(-1), v)
+    }
+    /// A call to the agent's API with the admin certificate.
+    fn agent_call(&self, a: &Proc, method: &str, path: &str, body: Option<serde_json::Value>) -> serde_json::Value {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let port = a.addr.rsplit(':').next().unwrap();
+        let c = imasnap_verifier_service::client::ApiClient::new(
+            &format!("localhost:{port}"),
+            self.pki.admin.client().unwrap(),
+        );
+        let m = hyper::Method::from_bytes(method.as_bytes()).unwrap();
+        rt.block_on(c.ok(m, path, body)).unwrap()
+    }
+    fn attest(&self, v: &Proc) -> serde_json::Value {
+        let (code, r) = self.cli(v, &["host", "attest", "h1"]);
+        assert!(code == 0 || code == 1, "{r}");
+        r
+    }
+}
+
+fn verified(r: &serde_json::Value) {
+    assert_eq!(r["verdict"], "verified", "{r}");
+}
+
+fn scenario(tpm: &str, restart_agent: bool) {
+    let env = Env::new();
+    let mut agent = env.agent(tpm);
+    let mut ver = env.verifier();
+    let port = agent.addr.rsplit(':').next().unwrap().to_string();
+    let (code, h) = env.cli(
+        &ver,
+        &["host", "add", "h1", "--address", &format!("127.0.0.1:{port}"), "--server-name", "localhost", "--tofu",
+          "--poll-interval-ms", "3600000"],
+    );
+    assert_eq!(code, 0, "{h}");
+    assert_eq!(h["status"], "pending");
+
+    // Rounds with snapshots in between.
+    env.agent_call(&agent, "POST", "/v1/test/records?count=60", None);
+    let r1 = env.attest(&ver);
+    verified(&r1);
+    // The scheduler may have run the first round (FullHistory) right at registration.
+    let first = env.cli(&ver, &["host", "verdicts", "h1", "--limit", "100"]).1;
+    assert_eq!(first.as_array().unwrap().last().unwrap()["mode"], "FullHistory", "{first}");
+    for _ in 0..3 {
+        env.agent_call(&agent, "POST", "/v1/test/records?count=40", None);
+        env.agent_call(&agent, "POST", "/v1/snapshots", None);
+        env.agent_call(&agent, "POST", "/v1/test/records?count=10", None);
+        let r = env.attest(&ver);
+        verified(&r);
+        assert_eq!(r["mode"], "Incremental", "{r}");
+    }
+    let metrics = env.agent_call(&agent, "GET", "/v1/health", None);
+    assert_eq!(metrics["metrics"]["snapshots"], 3, "{metrics}");
+
+    // The verifier is killed and restarted: it resumes from its database.
+    let before = env.cli(&ver, &["host", "show", "h1"]).1;
+    drop(ver);
+    ver = env.verifier();
+    let after = env.cli(&ver, &["host", "show", "h1"]).1;
+    assert_eq!(before["checkpoint"], after["checkpoint"]);
+    env.agent_call(&agent, "POST", "/v1/test/records?count=5", None);
+    let r = env.attest(&ver);
+    verified(&r);
+    assert_eq!(r["mode"], "Incremental", "{r}");
+    assert!(r["records_replayed"].as_u64().unwrap() <= 6, "resumed without full replay: {r}");
+
+    // The agent crashes in the middle of a snapshot; the next round verifies.
+    env.agent_call(&agent, "POST", "/v1/test/records?count=20", None);
+    let c = env.agent_call(&agent, "POST", "/v1/snapshots?crash_at=AfterRename", None);
+    assert_eq!(c["restarted"], true, "{c}");
+    env.agent_call(&agent, "POST", "/v1/test/records?count=20", None);
+    env.agent_call(&agent, "POST", "/v1/snapshots?crash_at=AfterDone", None);
+    verified(&env.attest(&ver));
+
+    // Runtime policy: a file not in it is flagged, naming the record.
+    std::fs::write(env.p("allow.txt"), format!("{}  /usr/bin/ok\n", "ab".repeat(32))).unwrap();
+    let pol = env.p("allow.txt");
+    let (code, _) = env.cli(&ver, &["host", "update", "h1", "--policy", pol.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    let m = env.agent_call(&agent, "GET", "/v1/health", None)["metrics"].clone();
+    let evil_index = m["next_index"].as_u64().unwrap() + m["live_records"].as_u64().unwrap();
+    env.agent_call(&agent, "POST", "/v1/test/measure", Some(serde_json::json!({"path": "/opt/evil", "digest": "cd".repeat(32)})));
+    let r = env.attest(&ver);
+    assert_eq!(r["verdict"], "policy_violation", "{r}");
+    assert_eq!(r["record"], evil_index, "{r}");
+    assert!(r["detail"].as_str().unwrap().contains("/opt/evil"), "{r}");
+
+    // Clients without a certificate are refused by both services.
+    let o = Command::new(BIN)
+        .args(["verifier", "host", "list", "--api", &format!("https://localhost:{}", ver.addr.rsplit(':').next().unwrap())])
+        .args(["--ca", env.pki.ca.to_str().unwrap()])
+        .env_remove("IMASNAP_CERT")
+        .env_remove("IMASNAP_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "no client certificate: refused before any request");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let anon = imasnap_agent_server::tls::client_config(None, imasnap_agent_server::tls::roots_from_file(&env.pki.ca).unwrap()).unwrap();
+    for addr in [&agent.addr, &ver.addr] {
+        let c = imasnap_verifier_service::client::ApiClient::new(&format!("localhost:{}", addr.rsplit(':').next().unwrap()), anon.clone());
+        assert!(rt.block_on(c.call(hyper::Method::GET, "/v1/health", None)).is_err(), "{addr} served a client without a certificate");
+    }
+
+    // The scheduler polls by itself.
+    let (code, _) = env.cli(&ver, &["host", "update", "h1", "--poll-interval-ms", "200"]);
+    assert_eq!(code, 0);
+    let n0 = env.cli(&ver, &["host", "show", "h1"]).1["rounds"].as_u64().unwrap();
+    let t0 = Instant::now();
+    loop {
+        let n = env.cli(&ver, &["host", "show", "h1"]).1["rounds"].as_u64().unwrap();
+        if n >= n0 + 3 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "scheduler did not poll");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    if restart_agent {
+        // An agent process restart is a cold boot of the embedded machine (soft TPM):
+        // the verifier sees a new resetCount and starts over from record 0.
+        let (code, _) = env.cli(&ver, &["host", "update", "h1", "--poll-interval-ms", "3600000", "--policy", "/dev/null"]);
+        assert_eq!(code, 0);
+        drop(agent);
+        agent = env.agent(tpm);
+        let port2 = agent.addr.rsplit(':').next().unwrap().to_string();
+        let (code, _) = env.cli(&ver, &["host", "update", "h1", "--address", &format!("127.0.0.1:{port2}")]);
+        assert_eq!(code, 0);
+        env.agent_call(&agent, "POST", "/v1/test/records?count=10", None);
+        let r = env.attest(&ver);
+        verified(&r);
+        assert!(r["restart"].as_str().unwrap_or("").contains("ResetCountChanged"), "{r}");
+    }
+    let (code, hist) = env.cli(&ver, &["host", "verdicts", "h1", "--limit", "100"]);
+    assert_eq!(code, 0);
+    assert!(hist.as_array().unwrap().len() >= 8, "{hist}");
+    drop(agent);
+}
+
+#[test]
+fn services_on_loopback_with_soft_tpm() {
+    scenario("soft:seed=7", true);
+}
+
+#[test]
+fn services_on_loopback_with_swtpm() {
+    let Some(sw) = Swtpm::for_test() else { return };
+    scenario(&sw.tcti(), false);
+}
