@@ -1,0 +1,190 @@
+#!/usr/bin/env bash
+# kernel/build.sh - build the imasnap test kernel (Linux 6.12 + kernel/patches).
+#
+# Fetches linux-source-6.12 with apt, applies kernel/patches/*.patch, configures
+# tinyconfig + kernel/config/imasnap.config, builds bzImage and prints its path on
+# stdout. Results are cached under ${IMASNAP_KERNEL_CACHE:-/var/cache/imasnap/kernel}/<key>/
+# where <key> = sha256 over the patches, the config fragment, this script's build
+# recipe version, the source package version and the feature switch: a repeated run
+# with the same inputs prints the cached bzImage at once.
+#
+# Usage (as root on Debian 12; missing build packages are apt-get installed):
+#   kernel/build.sh                    # build (or reuse) the kernel with the feature
+#   kernel/build.sh --without-feature  # CONFIG_IMA_LOG_SNAPSHOT=n (separate cache key)
+#   kernel/build.sh --check            # checkpatch.pl --strict over the series, no build
+# Environment:
+#   IMASNAP_KERNEL_CACHE  cache root (default /var/cache/imasnap/kernel)
+#   JOBS                  make -j (default 2)
+#   VERBOSE=1             show build output
+# The source tree and the object directories stay in <cache>/tree and <cache>/obj-*,
+# so a changed patch only rebuilds what it touches.
+
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+CACHE=${IMASNAP_KERNEL_CACHE:-/var/cache/imasnap/kernel}
+JOBS=${JOBS:-2}
+VERBOSE=${VERBOSE:-0}
+SRC_PKG=linux-source-6.12
+RECIPE=2   # bump when the build steps below change what is produced
+FEATURE=on
+CHECK=0
+
+log() { printf '[kernel/build] %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+for a in "$@"; do
+    case "$a" in
+        --without-feature) FEATURE=off ;;
+        --check) CHECK=1 ;;
+        -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) die "unknown argument $a" ;;
+    esac
+done
+
+PATCHES=("$HERE"/patches/*.patch)
+[ -e "${PATCHES[0]}" ] || die "no patches in $HERE/patches"
+FRAGMENT=$HERE/config/imasnap.config
+[ -r "$FRAGMENT" ] || die "missing $FRAGMENT"
+
+# Runs a command quietly; on failure shows the end of its output.
+quiet() {
+    local logf=$1; shift
+    if [ "$VERBOSE" = 1 ]; then "$@" 2>&1 | tee -a "$logf" >&2; return "${PIPESTATUS[0]}"; fi
+    if ! "$@" >>"$logf" 2>&1; then
+        log "command failed: $*"; tail -n 40 "$logf" >&2; return 1
+    fi
+}
+
+ensure_packages() {
+    local pkgs=(build-essential flex bison bc libelf-dev libssl-dev xz-utils perl python3)
+    local missing=() p
+    for p in "${pkgs[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        [ "$(id -u)" = 0 ] || die "missing packages ${missing[*]} (run as root to install them)"
+        log "installing ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get -o DPkg::Lock::Timeout=900 update -qq >/dev/null
+        apt-get -o DPkg::Lock::Timeout=900 install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+
+# The version apt would download, without downloading.
+source_version() {
+    local v
+    v=$(apt-cache policy "$SRC_PKG" 2>/dev/null | sed -n 's/^ *Candidate: //p')
+    if [ -z "$v" ] || [ "$v" = "(none)" ]; then
+        [ "$(id -u)" = 0 ] || die "$SRC_PKG unknown to apt"
+        apt-get -o DPkg::Lock::Timeout=900 update -qq >/dev/null
+        v=$(apt-cache policy "$SRC_PKG" | sed -n 's/^ *Candidate: //p')
+    fi
+    [ -n "$v" ] && [ "$v" != "(none)" ] || die "apt has no $SRC_PKG"
+    echo "$v"
+}
+
+# Unpacks the source once per version into $TREE (pristine + applied series).
+fetch_source() {
+    local ver=$1 dl=$CACHE/src deb
+    TREE=$CACHE/tree/$ver/linux
+    [ -f "$TREE/Makefile" ] && return 0
+    mkdir -p "$dl" "$CACHE/tree/$ver"
+    deb=$(ls "$dl"/"${SRC_PKG}"_"${ver//:/%3a}"_all.deb 2>/dev/null | head -n1 || true)
+    if [ -z "$deb" ]; then
+        log "downloading $SRC_PKG $ver"
+        (cd "$dl" && apt-get download -q "$SRC_PKG=$ver" >/dev/null 2>"$dl/download.log") \
+            || { cat "$dl/download.log" >&2; die "apt-get download failed"; }
+        deb=$(ls "$dl"/"${SRC_PKG}"_*_all.deb | head -n1)
+    fi
+    log "unpacking $(basename "$deb")"
+    rm -rf "$CACHE/tree/$ver/deb" "$TREE.tmp"
+    dpkg-deb -x "$deb" "$CACHE/tree/$ver/deb"
+    mkdir -p "$TREE.tmp"
+    tar -xJf "$CACHE/tree/$ver/deb/usr/src/$SRC_PKG.tar.xz" -C "$TREE.tmp" --strip-components=1
+    rm -rf "$CACHE/tree/$ver/deb"
+    mv "$TREE.tmp" "$TREE"
+}
+
+# Brings $TREE to "pristine + this series": reverts the series applied last time.
+apply_series() {
+    local applied=$TREE/.imasnap-applied.patch new
+    new=$(mktemp)
+    cat "${PATCHES[@]}" > "$new"
+    if [ -f "$applied" ] && cmp -s "$applied" "$new"; then rm -f "$new"; return 0; fi
+    if [ -f "$applied" ]; then
+        (cd "$TREE" && patch -p1 -R -s -f < "$applied" >/dev/null) \
+            || die "cannot revert the previously applied series in $TREE (delete it to start over)"
+        rm -f "$applied"
+    fi
+    local p
+    for p in "${PATCHES[@]}"; do
+        (cd "$TREE" && patch -p1 -s -f -N < "$p" >/dev/null) || die "patch $(basename "$p") does not apply"
+    done
+    mv "$new" "$applied"
+}
+
+run_check() {
+    local p out rc=0
+    for p in "${PATCHES[@]}"; do
+        out=$(cd "$TREE" && perl scripts/checkpatch.pl --strict --no-signoff -q "$p" 2>&1) || rc=1
+        printf '%s: %s\n' "$(basename "$p")" "$( [ -z "$out" ] && echo clean || echo "$out" | grep -cE '^(ERROR|WARNING|CHECK)' | sed 's/$/ issue(s)/')"
+        [ -z "$out" ] || printf '%s\n' "$out"
+    done
+    return $rc
+}
+
+ensure_packages
+VER=$(source_version)
+KEY=$( { echo "recipe=$RECIPE feature=$FEATURE pkg=$SRC_PKG=$VER"; cat "$FRAGMENT" "${PATCHES[@]}"; } \
+       | sha256sum | cut -c1-32)
+OUT=$CACHE/$KEY
+
+if [ "$CHECK" = 1 ]; then
+    mkdir -p "$CACHE"
+    fetch_source "$VER"
+    run_check
+    exit $?
+fi
+
+if [ -s "$OUT/bzImage" ]; then
+    log "cached: $OUT ($(cat "$OUT/info" 2>/dev/null | tr '\n' ' '))"
+    echo "$OUT/bzImage"
+    exit 0
+fi
+
+mkdir -p "$CACHE"
+exec 9>"$CACHE/.lock"
+flock 9
+START=$(date +%s)
+fetch_source "$VER"
+apply_series
+OBJ=$CACHE/obj-$FEATURE
+mkdir -p "$OBJ"
+LOG=$OBJ/build.log
+: > "$LOG"
+frag=$(mktemp)
+cat "$FRAGMENT" > "$frag"
+[ "$FEATURE" = off ] && echo "# CONFIG_IMA_LOG_SNAPSHOT is not set" >> "$frag"
+log "configuring ($FEATURE)"
+quiet "$LOG" make -C "$TREE" O="$OBJ" tinyconfig
+quiet "$LOG" "$TREE/scripts/kconfig/merge_config.sh" -m -O "$OBJ" "$OBJ/.config" "$frag"
+quiet "$LOG" make -C "$TREE" O="$OBJ" olddefconfig
+for s in $(grep -o '^CONFIG_[A-Z0-9_]*=y' "$frag"); do
+    grep -qx "$s" "$OBJ/.config" || die "config: $s did not stick (see $OBJ/.config)"
+done
+if [ "$FEATURE" = off ] && grep -q '^CONFIG_IMA_LOG_SNAPSHOT=y' "$OBJ/.config"; then
+    die "config: CONFIG_IMA_LOG_SNAPSHOT still set"
+fi
+rm -f "$frag"
+log "building bzImage with -j$JOBS (log: $LOG)"
+quiet "$LOG" make -C "$TREE" O="$OBJ" -j"$JOBS" bzImage
+mkdir -p "$OUT.tmp"
+cp "$OBJ/arch/x86/boot/bzImage" "$OUT.tmp/bzImage"
+cp "$OBJ/.config" "$OUT.tmp/config"
+SECS=$(( $(date +%s) - START ))
+printf 'source=%s=%s\nfeature=%s\nbuild_seconds=%s\nrelease=%s\n' "$SRC_PKG" "$VER" "$FEATURE" "$SECS" \
+    "$(cat "$OBJ/include/config/kernel.release" 2>/dev/null)" > "$OUT.tmp/info"
+rm -rf "$OUT"; mv "$OUT.tmp" "$OUT"
+log "built in ${SECS}s: $OUT"
+echo "$OUT/bzImage"

@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# kernel/smoke.sh - boot the imasnap kernel in QEMU (TCG) with swtpm and check the
+# snapshot interface from a busybox shell in the guest.
+#
+# Usage (as root on Debian 12):
+#   kernel/smoke.sh [BZIMAGE]        default: the bzImage kernel/build.sh prints
+# Environment:
+#   SMOKE_OUT=DIR      keep the guest's files there (lists, snapshot, PCRs, console)
+#   SMOKE_APPEND=...   extra kernel arguments (e.g. ima_snapshot_pcrs=tpm)
+#   QEMU_TIMEOUT=180   seconds before the guest is killed
+# Prints one PASS/FAIL line per check; exits non-zero if any check failed or the guest
+# did not finish.
+
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+QEMU_TIMEOUT=${QEMU_TIMEOUT:-180}
+SMOKE_APPEND=${SMOKE_APPEND:-}
+
+log() { printf '[kernel/smoke] %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "must run as root"
+BZ=${1:-}
+if [ -z "$BZ" ]; then BZ=$("$HERE/build.sh"); fi
+[ -r "$BZ" ] || die "no bzImage at $BZ"
+
+need=()
+for c in qemu-system-x86_64:qemu-system-x86 swtpm:swtpm swtpm_setup:swtpm-tools cpio:cpio; do
+    command -v "${c%%:*}" >/dev/null || need+=("${c#*:}")
+done
+[ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1 || need+=(busybox-static)
+if [ ${#need[@]} -gt 0 ]; then
+    log "installing ${need[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 install -y -qq "${need[@]}" >/dev/null
+fi
+
+WORK=$(mktemp -d /tmp/imasnap-smoke.XXXXXX)
+SWTPM_PID=
+cleanup() {
+    [ -n "$SWTPM_PID" ] && kill "$SWTPM_PID" 2>/dev/null || true
+    if [ -n "${SMOKE_OUT:-}" ]; then
+        mkdir -p "$SMOKE_OUT"; cp -a "$WORK/out/." "$SMOKE_OUT/" 2>/dev/null || true
+        cp "$WORK/console.log" "$SMOKE_OUT/" 2>/dev/null || true
+    fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# ------------------------------------------------------------------ guest ---
+mkdir -p "$WORK"/root/{bin,dev,proc,sys,tmp,out}
+cp /bin/busybox "$WORK/root/bin/busybox"
+cat > "$WORK/root/init" <<'EOF'
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t securityfs securityfs /sys/kernel/security
+mount -t tmpfs tmpfs /tmp
+S=/sys/kernel/security/ima
+O=/tmp/out
+mkdir -p $O
+FAILED=0
+pass() { echo "SMOKE-PASS: $*"; }
+fail() { echo "SMOKE-FAIL: $*"; FAILED=1; }
+check() { local what=$1; shift; if "$@"; then pass "$what"; else fail "$what"; fi; }
+u32() { od -An -tu4 -j "$2" -N4 "$1" | tr -d ' '; }
+count() { cat $S/runtime_measurements_count; }
+removed() { cat $S/snapshot_removed; }
+
+# measure everything read by root or executed, tmpfs/ramfs included, except the
+# pseudo filesystems (proc, sysfs, securityfs) so that the checks do not measure
+printf '%s\n' 'dont_measure fsmagic=0x9fa0' 'dont_measure fsmagic=0x62656572' \
+    'dont_measure fsmagic=0x73636673' 'measure func=BPRM_CHECK' \
+    'measure func=FILE_CHECK mask=MAY_READ uid=0' > $S/policy \
+    || fail "policy write"
+for i in 1 2 3 4 5 6 7 8; do echo "file $i" > /tmp/f$i; cat /tmp/f$i >/dev/null; done
+
+check "snapshot file exists" test -e $S/snapshot
+check "snapshot_removed exists" test -r $S/snapshot_removed
+check "snapshot_lock_ns exists" test -r $S/snapshot_lock_ns
+before=$(count); r0=$(removed)
+
+# 1st attempt: open, read, done
+exec 3<>$S/snapshot || fail "open snapshot"
+cat <&3 > $O/snap1.bin
+n1=$(count)
+check "open appends one marker ($before -> $n1)" test "$n1" -eq $((before + 1))
+size=$(wc -c < $O/snap1.bin)
+check "read returns records ($size bytes)" test "$size" -gt 100
+check "first record is PCR 10" test "$(u32 $O/snap1.bin 0)" = 10
+check "first record is ima-ng boot_aggregate" \
+    sh -c "head -c 200 $O/snap1.bin | grep -q boot_aggregate && test \"\$(dd if=$O/snap1.bin bs=1 skip=28 count=6 2>/dev/null)\" = ima-ng"
+check "snapshot excludes the marker" sh -c "! grep -q snapshot_aggregate $O/snap1.bin"
+if (exec 4<>$S/snapshot) 2>$O/ebusy.txt; then
+    fail "second open got EBUSY (it succeeded)"
+else
+    check "second open got EBUSY ($(cat $O/ebusy.txt | tr -d '\n'))" grep -qi busy $O/ebusy.txt
+fi
+check "write done" sh -c 'echo done >&3'
+if sh -c 'echo done >&3' 2>/dev/null; then fail "second done refused"; else pass "second done refused"; fi
+exec 3>&-
+cp $S/binary_runtime_measurements $O/live1.bin
+check "list starts with the marker (ima-buf snapshot_aggregate)" \
+    sh -c "test \"\$(dd if=$O/live1.bin bs=1 skip=28 count=7 2>/dev/null)\" = ima-buf && head -c 200 $O/live1.bin | grep -q snapshot_aggregate"
+check "marker buf starts with Snapshot_Attempt_Count=1;" grep -q 'Snapshot_Attempt_Count=1; sha' $O/live1.bin
+r1=$(removed)
+check "snapshot_removed grew by the records read ($r0 -> $r1)" test "$r1" -eq $((r0 + n1 - 1))
+check "runtime_measurements_count = records in memory" test "$(count)" -ge 1 -a "$(count)" -lt "$n1"
+
+# 2nd attempt: aborted (close without done) keeps everything
+for i in 1 2 3; do echo "more $i" > /tmp/g$i; cat /tmp/g$i >/dev/null; done
+c2=$(count)
+exec 3<>$S/snapshot
+exec 3>&-
+check "abort keeps the list (+1 marker)" test "$(count)" -eq $((c2 + 1))
+check "abort removes nothing" test "$(removed)" -eq "$r1"
+
+# 3rd attempt: its snapshot starts with the 1st marker and holds the aborted one
+exec 3<>$S/snapshot
+cat <&3 > $O/snap3.bin
+check "next snapshot starts with the previous marker" \
+    sh -c "test \"\$(dd if=$O/snap3.bin bs=1 skip=28 count=7 2>/dev/null)\" = ima-buf"
+check "aborted marker (attempt 2) is an ordinary record" grep -q 'Snapshot_Attempt_Count=2;' $O/snap3.bin
+echo done >&3
+exec 3>&-
+check "third marker carries attempt 3" grep -q 'Snapshot_Attempt_Count=3;' $S/binary_runtime_measurements
+cat $S/snapshot_lock_ns > $O/snapshot_lock_ns.txt
+check "snapshot_lock_ns readable" grep -q '^max_ns: [1-9]' $O/snapshot_lock_ns.txt
+sed 's/^/SMOKE-INFO: /' $O/snapshot_lock_ns.txt
+echo "SMOKE-INFO: removed $(removed), in memory $(count)"
+
+# evidence for the host: lists and PCRs
+cp $S/binary_runtime_measurements $O/live.bin
+cp $S/ascii_runtime_measurements $O/live.txt
+for alg in sha1 sha256 sha384 sha512; do
+    [ -d /sys/class/tpm/tpm0/pcr-$alg ] || continue
+    : > $O/pcrs-$alg.txt
+    for p in 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23; do
+        printf 'PCR-%02d: %s\n' $p "$(tr 'A-F' 'a-f' < /sys/class/tpm/tpm0/pcr-$alg/$p)" >> $O/pcrs-$alg.txt
+    done
+done
+cat /proc/cmdline > $O/cmdline.txt
+echo $FAILED > $O/failed
+(cd $O && tar -cf /dev/vda .) || echo "SMOKE-FAIL: tar to /dev/vda"
+sync
+echo "SMOKE-END failed=$FAILED"
+poweroff -f
+EOF
+chmod 755 "$WORK/root/init"
+(cd "$WORK/root" && find . | cpio -o -H newc --quiet | gzip -1) > "$WORK/initrd.gz"
+truncate -s 8M "$WORK/out.img"
+
+# ------------------------------------------------------------------- boot ---
+mkdir -p "$WORK/tpm"
+swtpm_setup --tpm2 --tpmstate "$WORK/tpm" --pcr-banks sha1,sha256 --createek \
+    --overwrite >"$WORK/swtpm_setup.log" 2>&1 || { cat "$WORK/swtpm_setup.log" >&2; die "swtpm_setup"; }
+swtpm socket --tpm2 --tpmstate dir="$WORK/tpm" --ctrl type=unixio,path="$WORK/swtpm.sock" \
+    --flags startup-clear --terminate >"$WORK/swtpm.log" 2>&1 &
+SWTPM_PID=$!
+for _ in $(seq 50); do [ -S "$WORK/swtpm.sock" ] && break; sleep 0.1; done
+[ -S "$WORK/swtpm.sock" ] || die "swtpm did not start"
+
+START=$(date +%s)
+rc=0
+timeout "$QEMU_TIMEOUT" qemu-system-x86_64 -machine q35 -accel tcg -cpu max -m 512 \
+    -display none -monitor none -serial stdio -no-reboot \
+    -kernel "$BZ" -initrd "$WORK/initrd.gz" \
+    -append "console=ttyS0 panic=-1 ima_hash=sha256 $SMOKE_APPEND" \
+    -drive file="$WORK/out.img",format=raw,if=virtio \
+    -chardev socket,id=chrtpm,path="$WORK/swtpm.sock" -tpmdev emulator,id=tpm0,chardev=chrtpm \
+    -device tpm-tis,tpmdev=tpm0 > "$WORK/console.log" 2>&1 || rc=$?
+log "guest ran $(( $(date +%s) - START ))s (qemu exit $rc)"
+grep -a '^SMOKE-' "$WORK/console.log" | tr -d '\r' || true
+mkdir -p "$WORK/out"
+tar -xf "$WORK/out.img" -C "$WORK/out" 2>/dev/null || true
+if ! grep -aq '^SMOKE-END failed=0' "$WORK/console.log"; then
+    grep -aq '^SMOKE-END' "$WORK/console.log" || tail -n 30 "$WORK/console.log" >&2
+    log "FAILED"
+    exit 1
+fi
+log "all checks passed"
