@@ -8,6 +8,7 @@ pkgs=(
   ima-evm-utils                              # evmctl, the peer we cross-check against
   qemu-system-x86 busybox-static cpio e2fsprogs linux-image-amd64  # real-kernel logs
   pkg-config clang                           # tss-esapi / bindings
+  kexec-tools flex bison libelf-dev libssl-dev build-essential  # kernel/: patched kernel + kexec in the guest
   openssl hyperfine bc
 )
 missing=()
