@@ -25,6 +25,9 @@ enum Command {
     /// Simulate a host: the kernel model and the agent under a synthetic workload.
     #[command(subcommand)]
     Sim(cmd::sim::SimCmd),
+    /// Check a log against a runtime policy (Keylime JSON or flat allowlist, ima-sig keys).
+    #[command(subcommand)]
+    Policy(cmd::policy::PolicyCmd),
     Verify(cmd::verify::VerifyArgs),
     /// Agent work on a real kernel: snapshots through securityfs, evidence bundles.
     #[command(subcommand)]
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
     let r = match cli.command {
         Command::Log(c) => cmd::log::run(c),
         Command::Sim(c) => cmd::sim::run(c),
+        Command::Policy(c) => cmd::policy::run(c),
         Command::Verify(a) => cmd::verify::run(a),
         Command::Agent(c) => cmd::agent::run(c),
         Command::Tpm(c) => cmd::tpm::run(c),

@@ -2,6 +2,7 @@ pub mod agent;
 pub mod agent_service;
 pub mod demo;
 pub mod log;
+pub mod policy;
 pub mod sim;
 pub mod verify;
 pub mod tpm;
