@@ -84,7 +84,9 @@ fn key_from_spki(spki: &SubjectPublicKeyInfoOwned, source: &str) -> Result<Publi
     match alg.as_str() {
         OID_RSA => {
             use rsa::pkcs1::DecodeRsaPublicKey;
-            rsa::RsaPublicKey::from_pkcs1_der(bits).map(PublicKey::Rsa).map_err(|e| KeyError::Bad(source.into(), e.to_string()))
+            rsa::RsaPublicKey::from_pkcs1_der(bits)
+                .map(PublicKey::Rsa)
+                .map_err(|e| KeyError::Bad(source.into(), e.to_string()))
         }
         OID_EC => {
             let curve = spki

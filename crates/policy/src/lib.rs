@@ -171,7 +171,7 @@ fn compile_excludes(pats: &[String]) -> Result<Option<regex::bytes::RegexSet>, L
         regex::bytes::RegexBuilder::new(&a)
             .size_limit(model::MAX_REGEX_BYTES)
             .build()
-            .map_err(|e| LoadError::Exclude { index, pattern: trunc(p), detail: first_line(&e.to_string()) })?;
+            .map_err(|e| LoadError::Exclude { index, pattern: trunc(p), detail: last_line(&e.to_string()) })?;
         anchored.push(a);
     }
     regex::bytes::RegexSetBuilder::new(&anchored)
@@ -179,11 +179,11 @@ fn compile_excludes(pats: &[String]) -> Result<Option<regex::bytes::RegexSet>, L
         .dfa_size_limit(model::MAX_REGEX_BYTES)
         .build()
         .map(Some)
-        .map_err(|e| LoadError::Limit(format!("excludes together: {}", first_line(&e.to_string()))))
+        .map_err(|e| LoadError::Limit(format!("excludes together: {}", last_line(&e.to_string()))))
 }
 
-fn first_line(s: &str) -> String {
-    s.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or(s).trim().to_string()
+fn last_line(s: &str) -> String {
+    s.lines().rfind(|l| !l.trim().is_empty()).unwrap_or(s).trim().to_string()
 }
 
 /// The fields of a record the policy looks at.
@@ -211,7 +211,9 @@ fn view(rec: &Record, endian: Endian) -> Result<View<'_>, String> {
         }
         let is_modsig_digest = t.fields().get(idx) == Some(&imasnap_log::FieldId::DModsig);
         match t.field(idx, raw, endian) {
-            Ok(Field::Digest { algo, digest: d, .. }) if digest.is_none() && !is_modsig_digest => digest = Some((algo, d)),
+            Ok(Field::Digest { algo, digest: d, .. }) if digest.is_none() && !is_modsig_digest => {
+                digest = Some((algo, d))
+            }
             Ok(Field::Name(n)) if name.is_none() => name = Some(n),
             Ok(Field::Signature(s)) if sig.is_none() => sig = Some(s),
             Ok(Field::Buffer(b)) if buf.is_none() => buf = Some(b),
@@ -454,7 +456,12 @@ impl Policy {
                 if h != v.digest {
                     return Err((
                         FailureKind::BufferDigestMismatch,
-                        format!("{} of the buffer is {}, the record says {}", v.algo, hex::encode(&h), hex::encode(v.digest)),
+                        format!(
+                            "{} of the buffer is {}, the record says {}",
+                            v.algo,
+                            hex::encode(&h),
+                            hex::encode(v.digest)
+                        ),
                     ));
                 }
             }

@@ -1,7 +1,7 @@
 //! The policy model and its two input formats: Keylime's JSON runtime policy (and the
 //! older JSON allowlist with `hashes`), and the flat `sha256sum`-style allowlist.
 
-use crate::keys::{Key, KeyError, KeyRing};
+use crate::keys::{Key, KeyError};
 use crate::LoadError;
 use imasnap_log::HashAlgo;
 use serde::Deserialize;
@@ -162,17 +162,17 @@ struct RawPolicy {
 
 fn int(v: &serde_json::Value, what: &str) -> Result<i64, LoadError> {
     match v {
-        serde_json::Value::Number(n) => n.as_i64().ok_or_else(|| LoadError::Field(what.into(), "not an integer".into())),
-        serde_json::Value::String(s) => s.parse().map_err(|_| LoadError::Field(what.into(), format!("{s:?} is not an integer"))),
+        serde_json::Value::Number(n) => {
+            n.as_i64().ok_or_else(|| LoadError::Field(what.into(), "not an integer".into()))
+        }
+        serde_json::Value::String(s) => {
+            s.parse().map_err(|_| LoadError::Field(what.into(), format!("{s:?} is not an integer")))
+        }
         _ => Err(LoadError::Field(what.into(), "not an integer".into())),
     }
 }
 
-fn section(
-    name: &str,
-    raw: Option<BTreeMap<String, Vec<String>>>,
-    total: &mut usize,
-) -> Result<DigestMap, LoadError> {
+fn section(name: &str, raw: Option<BTreeMap<String, Vec<String>>>, total: &mut usize) -> Result<DigestMap, LoadError> {
     let mut out = HashMap::new();
     for (path, list) in raw.unwrap_or_default() {
         if path.len() > MAX_PATH {
@@ -234,7 +234,8 @@ pub(crate) fn parse_verification_keys(v: &serde_json::Value) -> Result<Vec<Key>,
         use base64ct::Encoding;
         let s = pk.as_str().ok_or_else(|| bad(&format!("pubkeys[{i}] is not a string")))?;
         let der = base64ct::Base64::decode_vec(s.trim()).map_err(|_| bad(&format!("pubkeys[{i}] is not base64")))?;
-        let mut keys = crate::keys::parse_keys(&der, &format!("verification-keys pubkeys[{i}]")).map_err(LoadError::Key)?;
+        let mut keys =
+            crate::keys::parse_keys(&der, &format!("verification-keys pubkeys[{i}]")).map_err(LoadError::Key)?;
         let mut k = keys.swap_remove(0);
         if let Some(id) = keyids.get(i).and_then(|v| v.as_u64()) {
             if id != 0 && id <= u32::MAX as u64 {
@@ -347,7 +348,8 @@ pub fn to_keylime_json(p: &PolicyData) -> serde_json::Value {
     let vkeys = if p.verification_keys.is_empty() {
         String::new()
     } else {
-        let pubkeys: Vec<String> = p.verification_keys.iter().map(|k| base64ct::Base64::encode_string(&k.spki_der)).collect();
+        let pubkeys: Vec<String> =
+            p.verification_keys.iter().map(|k| base64ct::Base64::encode_string(&k.spki_der)).collect();
         let keyids: Vec<u32> = p.verification_keys.iter().map(|k| k.keyid).collect();
         json!({"pubkeys": pubkeys, "keyids": keyids}).to_string()
     };
@@ -415,7 +417,7 @@ pub fn parse_allowlist(text: &str) -> Result<PolicyData, LoadError> {
             let (path, hexs) = rest.rsplit_once(") = ").ok_or_else(|| bad("BSD-style line without `) = `".into()))?;
             (format!("{}:{}", tag.to_ascii_lowercase(), hexs.trim()), path.to_string())
         } else {
-            let ws = body.find(|c: char| c == ' ' || c == '\t').ok_or_else(|| bad("want `<hex digest>  <path>`".into()))?;
+            let ws = body.find([' ', '\t']).ok_or_else(|| bad("want `<hex digest>  <path>`".into()))?;
             let (h, rest) = body.split_at(ws);
             let path = if let Some(p) = rest.strip_prefix("  ").or_else(|| rest.strip_prefix(" *")) {
                 p
@@ -461,17 +463,5 @@ fn normalise_algo(a: &str) -> String {
 /// Parses an exclude list file: one regex per line, `#` comments and blank lines skipped
 /// (Keylime `convert_runtime_policy -e`).
 pub fn parse_exclude_list(text: &str) -> Vec<String> {
-    text.lines()
-        .map(|l| l.trim())
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(|l| l.to_string())
-        .collect()
-}
-
-#[allow(dead_code)]
-pub(crate) fn add_keys(ring: &mut KeyRing, keys: &[Key]) -> Result<(), KeyError> {
-    for k in keys {
-        ring.add(k.clone())?;
-    }
-    Ok(())
+    text.lines().map(|l| l.trim()).filter(|l| !l.is_empty() && !l.starts_with('#')).map(|l| l.to_string()).collect()
 }

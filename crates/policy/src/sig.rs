@@ -132,12 +132,14 @@ fn verify_one(key: &PublicKey, hname: &str, digest: &[u8], sig: &[u8]) -> Result
         }
         PublicKey::P256(k) => {
             use p256::ecdsa::signature::hazmat::PrehashVerifier;
-            let s = p256::ecdsa::Signature::from_der(sig).map_err(|e| VerifyErr::Bad(format!("ECDSA signature: {e}")))?;
+            let s =
+                p256::ecdsa::Signature::from_der(sig).map_err(|e| VerifyErr::Bad(format!("ECDSA signature: {e}")))?;
             k.verify_prehash(digest, &s).map_err(|e| VerifyErr::Bad(format!("ECDSA P-256: {e}")))
         }
         PublicKey::P384(k) => {
             use p384::ecdsa::signature::hazmat::PrehashVerifier;
-            let s = p384::ecdsa::Signature::from_der(sig).map_err(|e| VerifyErr::Bad(format!("ECDSA signature: {e}")))?;
+            let s =
+                p384::ecdsa::Signature::from_der(sig).map_err(|e| VerifyErr::Bad(format!("ECDSA signature: {e}")))?;
             k.verify_prehash(digest, &s).map_err(|e| VerifyErr::Bad(format!("ECDSA P-384: {e}")))
         }
     }

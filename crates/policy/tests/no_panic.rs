@@ -18,7 +18,8 @@ fn policy() -> Policy {
         .unwrap()
 }
 
-const TEMPLATES: &[&str] = &["ima", "ima-ng", "ima-sig", "ima-buf", "ima-modsig", "evm-sig", "ima-sigv2", "d-ng|n-ng|buf|sig"];
+const TEMPLATES: &[&str] =
+    &["ima", "ima-ng", "ima-sig", "ima-buf", "ima-modsig", "evm-sig", "ima-sigv2", "d-ng|n-ng|buf|sig"];
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]

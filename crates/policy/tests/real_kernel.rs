@@ -22,7 +22,8 @@ fn cert_ring() -> KeyRing {
     k
 }
 
-const SIGNED: [&str; 4] = ["/data/etc/config.json", "/data/bin/busybox", "/data/bin/hello.sh", "/data/files/signed.txt"];
+const SIGNED: [&str; 4] =
+    ["/data/etc/config.json", "/data/bin/busybox", "/data/bin/hello.sh", "/data/files/signed.txt"];
 
 /// `sha256sum`-style allowlist of every record from the ASCII log, minus `skip`.
 fn allowlist(skip: &[&str]) -> String {
@@ -142,7 +143,10 @@ fn missing_and_wrong_digests_name_index_and_path() {
     let p = Policy::from_allowlist(&text).unwrap();
     let (_, bad) = check_all(&p, &recs);
     assert_eq!(bad.len(), 1);
-    assert_eq!((bad[0].index, bad[0].path.as_str(), bad[0].reason), (2, "/data/files/hello.txt", FailureKind::DigestMismatch));
+    assert_eq!(
+        (bad[0].index, bad[0].path.as_str(), bad[0].reason),
+        (2, "/data/files/hello.txt", FailureKind::DigestMismatch)
+    );
 }
 
 #[test]
@@ -182,7 +186,10 @@ fn keylime_json_round_trip_on_the_fixture() {
     let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
     assert_eq!(v["meta"]["version"], 1);
     assert_eq!(v["ima"]["log_hash_alg"], "sha1");
-    assert_eq!(v["digests"]["/data/files/hello.txt"][0], "fdfc3be447b220db50d46695decf6f1f36b6a0fc674b9fa01080f6e705b41644");
+    assert_eq!(
+        v["digests"]["/data/files/hello.txt"][0],
+        "fdfc3be447b220db50d46695decf6f1f36b6a0fc674b9fa01080f6e705b41644"
+    );
     let vk: serde_json::Value = serde_json::from_str(v["verification-keys"].as_str().unwrap()).unwrap();
     assert_eq!(vk["keyids"][0], 0x03211fa6);
 }

@@ -186,7 +186,9 @@ fn flat_allowlist_forms() {
 fn keylime_json_forms_and_errors() {
     let h = hex::encode([1u8; 32]);
     // Legacy JSON allowlist with `hashes`.
-    let legacy = format!(r#"{{"meta":{{"version":5}},"release":0,"hashes":{{"/x":["{h}"]}},"keyrings":{{}},"ima":{{"ignored_keyrings":[],"log_hash_alg":"sha1"}}}}"#);
+    let legacy = format!(
+        r#"{{"meta":{{"version":5}},"release":0,"hashes":{{"/x":["{h}"]}},"keyrings":{{}},"ima":{{"ignored_keyrings":[],"log_hash_alg":"sha1"}}}}"#
+    );
     let p = Policy::from_keylime_json(legacy.as_bytes()).unwrap();
     assert!(p.data().digests.contains_key(&b"/x"[..]));
     assert!(p.warnings().iter().any(|w| w.contains("legacy")));
