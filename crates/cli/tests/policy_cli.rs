@@ -72,7 +72,16 @@ fn check_real_kernel_ima_sig() {
     let pol = write(tmp.path(), "allow.txt", unsigned_allowlist("ima-sig"));
     let log = dir.join("binary_runtime_measurements");
     let cert = dir.join("signing-cert.der");
-    let o = imasnap(["policy", "check", log.to_str().unwrap(), "--policy", &pol, "--keys", cert.to_str().unwrap(), "--json"]);
+    let o = imasnap([
+        "policy",
+        "check",
+        log.to_str().unwrap(),
+        "--policy",
+        &pol,
+        "--keys",
+        cert.to_str().unwrap(),
+        "--json",
+    ]);
     assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["records"], 12);
@@ -180,8 +189,18 @@ fn unreadable_inputs_exit_2() {
     let good = write(tmp.path(), "good.txt", unsigned_allowlist("ima-sig"));
     let cases: Vec<Vec<String>> = vec![
         vec![log.to_str().unwrap().into(), "--policy".into(), write(tmp.path(), "bad.txt", "zz  /x\n")],
-        vec![log.to_str().unwrap().into(), "--policy".into(), write(tmp.path(), "bad.json", "{\"meta\":{\"version\":1},\"excludes\":[\"(\"]}")],
-        vec![log.to_str().unwrap().into(), "--policy".into(), good.clone(), "--keys".into(), write(tmp.path(), "k.pem", "junk")],
+        vec![
+            log.to_str().unwrap().into(),
+            "--policy".into(),
+            write(tmp.path(), "bad.json", "{\"meta\":{\"version\":1},\"excludes\":[\"(\"]}"),
+        ],
+        vec![
+            log.to_str().unwrap().into(),
+            "--policy".into(),
+            good.clone(),
+            "--keys".into(),
+            write(tmp.path(), "k.pem", "junk"),
+        ],
         vec![write(tmp.path(), "trunc.bin", &read(&log)[..100]), "--policy".into(), good.clone()],
         vec!["/nonexistent/log".into(), "--policy".into(), good],
     ];
@@ -211,7 +230,10 @@ fn evmctl_verify_sig(dir: &Path) -> Option<(i32, String)> {
         ])
         .output();
     match out {
-        Ok(o) => Some((o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr))),
+        Ok(o) => Some((
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
+        )),
         Err(_) if std::env::var("IMASNAP_SKIP_EVMCTL").as_deref() == Ok("1") => None,
         Err(e) => panic!("evmctl not runnable ({e}); set IMASNAP_SKIP_EVMCTL=1 to skip"),
     }
