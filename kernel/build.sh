@@ -58,6 +58,8 @@ quiet() {
 
 ensure_packages() {
     local pkgs=(build-essential flex bison bc libelf-dev libssl-dev xz-utils perl python3)
+    # checkpatch's SPDX check runs scripts/spdxcheck.py, which needs these
+    [ "$CHECK" = 1 ] && pkgs+=(python3-ply python3-git)
     local missing=() p
     for p in "${pkgs[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -127,7 +129,8 @@ apply_series() {
 run_check() {
     local p out rc=0
     for p in "${PATCHES[@]}"; do
-        out=$(cd "$TREE" && perl scripts/checkpatch.pl --strict --no-signoff -q "$p" 2>&1) || rc=1
+        # /usr/bin first: spdxcheck.py must find the Debian python3 with ply and git
+        out=$(cd "$TREE" && PATH=/usr/bin:$PATH perl scripts/checkpatch.pl --strict -q "$p" 2>&1) || rc=1
         printf '%s: %s\n' "$(basename "$p")" "$( [ -z "$out" ] && echo clean || echo "$out" | grep -cE '^(ERROR|WARNING|CHECK)' | sed 's/$/ issue(s)/')"
         [ -z "$out" ] || printf '%s\n' "$out"
     done
