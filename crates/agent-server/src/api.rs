@@ -134,7 +134,8 @@ pub struct Parsed {
 /// Splits a body; checks that the lengths the header claims add up exactly.
 pub fn parse(body: &[u8]) -> Result<Parsed, String> {
     let rest = body.strip_prefix(MAGIC).ok_or("not an imasnap-evidence/1 body (magic)")?;
-    let len_bytes: [u8; 4] = rest.get(..4).and_then(|b| b.try_into().ok()).ok_or("truncated before the header length")?;
+    let len_bytes: [u8; 4] =
+        rest.get(..4).and_then(|b| b.try_into().ok()).ok_or("truncated before the header length")?;
     let hlen = u32::from_be_bytes(len_bytes) as usize;
     if hlen > MAX_HEADER {
         return Err(format!("header of {hlen} bytes exceeds {MAX_HEADER}"));
@@ -148,9 +149,10 @@ pub fn parse(body: &[u8]) -> Result<Parsed, String> {
     let mut at = hstart + hlen;
     let mut take = |n: u64, what: &str| -> Result<std::ops::Range<usize>, String> {
         let n = usize::try_from(n).map_err(|_| format!("{what}: length {n} too large"))?;
-        let end = at.checked_add(n).filter(|&e| e <= body.len()).ok_or_else(|| {
-            format!("{what}: header claims {n} bytes at offset {at}, the body has {}", body.len())
-        })?;
+        let end = at
+            .checked_add(n)
+            .filter(|&e| e <= body.len())
+            .ok_or_else(|| format!("{what}: header claims {n} bytes at offset {at}, the body has {}", body.len()))?;
         let r = at..end;
         at = end;
         Ok(r)
@@ -193,7 +195,12 @@ impl AgentMetrics {
             s.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"));
         };
         g("imasnap_agent_live_records", "gauge", "Records in the kernel's measurement list.", self.live_records as f64);
-        g("imasnap_agent_live_bytes", "gauge", "Bytes of the kernel's list (binary SHA1 form).", self.live_bytes as f64);
+        g(
+            "imasnap_agent_live_bytes",
+            "gauge",
+            "Bytes of the kernel's list (binary SHA1 form).",
+            self.live_bytes as f64,
+        );
         g("imasnap_agent_snapshots", "gauge", "Committed snapshots of the current boot.", self.snapshots as f64);
         g("imasnap_agent_snapshot_records", "gauge", "Records held in snapshot files.", self.snapshot_records as f64);
         g(
@@ -209,7 +216,12 @@ impl AgentMetrics {
             self.last_snapshot_seconds,
         );
         g("imasnap_agent_store_bytes", "gauge", "Bytes on disk in the snapshot store.", self.bytes_on_disk as f64);
-        g("imasnap_agent_evidence_requests_total", "counter", "Evidence requests served.", self.evidence_requests as f64);
+        g(
+            "imasnap_agent_evidence_requests_total",
+            "counter",
+            "Evidence requests served.",
+            self.evidence_requests as f64,
+        );
         g("imasnap_agent_evidence_bytes_total", "counter", "Evidence bytes sent.", self.evidence_bytes as f64);
         s
     }

@@ -126,9 +126,8 @@ mod tests {
         assert!(!c.test_endpoints);
         assert_eq!(c.agent_config().snapshot.max_records, Some(1000));
         assert!(AgentServiceConfig::from_toml("listen = \"x\"\n").is_err(), "[tls] is required");
-        assert!(AgentServiceConfig::from_toml(
-            "lisen = \"x\"\n[tls]\ncert = \"/c\"\nkey = \"/k\"\nca = \"/ca\"\n"
-        )
-        .is_err());
+        assert!(
+            AgentServiceConfig::from_toml("lisen = \"x\"\n[tls]\ncert = \"/c\"\nkey = \"/k\"\nca = \"/ca\"\n").is_err()
+        );
     }
 }

@@ -74,8 +74,12 @@ pub struct EvidenceView {
 
 /// The object-safe face of a host, for the HTTP layer.
 pub trait HostOps: Send {
-    fn evidence(&mut self, nonce: &[u8], from: api::From, boot_hint: Option<(u64, Option<String>)>)
-        -> Result<EvidenceView, HostError>;
+    fn evidence(
+        &mut self,
+        nonce: &[u8],
+        from: api::From,
+        boot_hint: Option<(u64, Option<String>)>,
+    ) -> Result<EvidenceView, HostError>;
     fn snapshot(&mut self, crash_at: Option<CrashPoint>) -> Result<Option<SnapshotEntry>, HostError>;
     /// Policy snapshots and the interval workload; call periodically.
     fn tick(&mut self, now: Instant) -> Result<(), HostError>;
@@ -259,9 +263,9 @@ impl<K: HostKernel> HostOps for Host<K> {
         match r {
             Ok(e) => {
                 tracing::info!(seq = e.seq, first = e.first_index, count = e.count, "snapshot committed");
-                if crash_at.is_some() {
+                if let Some(p) = crash_at {
                     // A recovery-only crash point: it fires while the restarted agent recovers.
-                    self.agent().crash_at(crash_at.expect("checked"));
+                    self.agent().crash_at(p);
                     if self.restart_agent().is_err() {
                         self.restart_agent()?;
                     }
@@ -318,7 +322,12 @@ impl<K: HostKernel> HostOps for Host<K> {
             m.snapshot_records = man.next_index;
             m.next_index = man.next_index;
             m.reset_count = man.boot.reset_count;
-            m.bytes_on_disk = man.snapshots.iter().filter_map(|s| std::fs::metadata(d.path().join(&s.file)).ok()).map(|x| x.len()).sum();
+            m.bytes_on_disk = man
+                .snapshots
+                .iter()
+                .filter_map(|s| std::fs::metadata(d.path().join(&s.file)).ok())
+                .map(|x| x.len())
+                .sum();
         }
         m
     }

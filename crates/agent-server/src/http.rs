@@ -186,8 +186,7 @@ impl Conn {
                 .connect(name, tcp)
                 .await
                 .map_err(|e| ConnError::Tls { addr: addr.into(), detail: e.to_string() })?;
-            let server_cert =
-                tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.as_ref().to_vec());
+            let server_cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.as_ref().to_vec());
             let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
                 .await
                 .map_err(|e| ConnError::Http(e.to_string()))?;
@@ -218,7 +217,8 @@ impl Conn {
             if body.is_some() {
                 b = b.header("content-type", "application/json");
             }
-            let req = b.body(Full::new(Bytes::from(body.unwrap_or_default()))).map_err(|e| ConnError::Http(e.to_string()))?;
+            let req =
+                b.body(Full::new(Bytes::from(body.unwrap_or_default()))).map_err(|e| ConnError::Http(e.to_string()))?;
             let resp = self.sender.send_request(req).await.map_err(|e| ConnError::Http(e.to_string()))?;
             let status = resp.status();
             let bytes = read_limited(resp.into_body(), limit).await.map_err(ConnError::Http)?;

@@ -7,7 +7,7 @@
 //!   with a synthetic workload; real securityfs plugs in the same way) and its TPM.
 //! - [`api`]: the `imasnap-evidence/1` wire format, shared with the verifier.
 //! - [`tls`], [`http`]: rustls mutual TLS and HTTP/1.1 plumbing shared by both services.
-//! - [`config`]: `/etc/imasnap/agent.toml`.
+//! - [`config`][crate::config]: `/etc/imasnap/agent.toml`.
 
 pub mod api;
 pub mod config;

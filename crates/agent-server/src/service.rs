@@ -389,14 +389,8 @@ pub async fn run(cfg: AgentServiceConfig) -> anyhow::Result<()> {
     let tls = cfg.tls.server()?;
     let host = open_host(&cfg)?;
     let listener = TcpListener::bind(&cfg.listen).await.map_err(|e| anyhow::anyhow!("listen {}: {e}", cfg.listen))?;
-    let running = spawn(
-        listener,
-        tls,
-        host,
-        cfg.max_evidence_bytes,
-        cfg.test_endpoints,
-        Duration::from_millis(cfg.tick_ms),
-    )?;
+    let running =
+        spawn(listener, tls, host, cfg.max_evidence_bytes, cfg.test_endpoints, Duration::from_millis(cfg.tick_ms))?;
     tracing::info!(addr = %running.addr, backend = ?cfg.backend, tpm = %cfg.tpm, state_dir = %cfg.state_dir.display(),
         "agent service listening");
     // One line on stdout for scripts and tests: the bound address.

@@ -52,7 +52,13 @@ fn main() {
         .windows(2)
         .find(|w| w[0] == "--dir")
         .map(|w| std::path::PathBuf::from(&w[1]))
-        .unwrap_or_else(|| if std::path::Path::new("/dev/shm").is_dir() { "/dev/shm".into() } else { std::env::temp_dir() });
+        .unwrap_or_else(|| {
+            if std::path::Path::new("/dev/shm").is_dir() {
+                "/dev/shm".into()
+            } else {
+                std::env::temp_dir()
+            }
+        });
     let tmp = tempfile::Builder::new().prefix("imasnap-load-").tempdir_in(&base).unwrap();
     let dir = tmp.path();
     // The verifier's database may sit elsewhere (e.g. on disk while 1000 agents' stores,

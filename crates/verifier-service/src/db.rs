@@ -233,7 +233,8 @@ fn apply(c: &Connection, op: &Op) -> rusqlite::Result<()> {
                     .query_row(params![w.name, w.keep_verdicts as i64], |r| r.get(0))
                     .optional()?;
                 if let Some(cut) = cut {
-                    c.prepare_cached("DELETE FROM verdicts WHERE host = ?1 AND id <= ?2")?.execute(params![w.name, cut])?;
+                    c.prepare_cached("DELETE FROM verdicts WHERE host = ?1 AND id <= ?2")?
+                        .execute(params![w.name, cut])?;
                 }
             }
         }

@@ -211,7 +211,8 @@ impl Verifier {
     }
 
     pub async fn update_host(&self, name: &str, patch: HostPatch) -> Result<HostStatus, (StatusCode, String)> {
-        let old = self.hosts().get(name).map(|h| h.spec.clone()).ok_or((StatusCode::NOT_FOUND, format!("no host {name}")))?;
+        let old =
+            self.hosts().get(name).map(|h| h.spec.clone()).ok_or((StatusCode::NOT_FOUND, format!("no host {name}")))?;
         let mut spec = old.clone();
         spec.apply(patch);
         spec.validate().map_err(|e| (StatusCode::BAD_REQUEST, e))?;
@@ -424,7 +425,8 @@ impl Verifier {
         let mut conn = match conn.filter(Conn::is_open) {
             Some(c) => c,
             None => {
-                let name = imasnap_agent_server::tls::server_name(&spec.tls_name()).map_err(|e| ("config", e.to_string(), None))?;
+                let name = imasnap_agent_server::tls::server_name(&spec.tls_name())
+                    .map_err(|e| ("config", e.to_string(), None))?;
                 let c = Conn::connect(&spec.address, name, self.agent_tls.clone(), timeout)
                     .await
                     .map_err(|e| ("unreachable", e.to_string(), None))?;
@@ -643,7 +645,12 @@ impl Running {
 }
 
 /// Starts the REST API on `listener` and, if `schedule`, the scheduler.
-pub fn spawn(listener: TcpListener, api_tls: Arc<rustls::ServerConfig>, v: Shared, schedule: bool) -> std::io::Result<Running> {
+pub fn spawn(
+    listener: TcpListener,
+    api_tls: Arc<rustls::ServerConfig>,
+    v: Shared,
+    schedule: bool,
+) -> std::io::Result<Running> {
     let addr = listener.local_addr()?;
     let (tx, rx) = watch::channel(false);
     let mut tasks = vec![tokio::spawn(http::serve(listener, api_tls, Arc::new(Api { v: v.clone() }), rx.clone()))];

@@ -193,14 +193,17 @@ async fn clients_without_certificates_are_refused() {
     let anon = tls::client_config(None, roots.clone()).unwrap();
     // The agent's evidence API.
     let name = tls::server_name("localhost").unwrap();
-    let r = imasnap_agent_server::http::Conn::connect(&env.agent.addr.to_string(), name.clone(), anon.clone(), Duration::from_secs(5)).await;
+    let r = imasnap_agent_server::http::Conn::connect(
+        &env.agent.addr.to_string(),
+        name.clone(),
+        anon.clone(),
+        Duration::from_secs(5),
+    )
+    .await;
     let refused = match r {
         Err(_) => true,
         // TLS 1.3: the server's refusal can arrive after the client's handshake completes.
-        Ok(mut c) => c
-            .request(hyper::Method::GET, "/v1/health", None, 1 << 20, Duration::from_secs(5))
-            .await
-            .is_err(),
+        Ok(mut c) => c.request(hyper::Method::GET, "/v1/health", None, 1 << 20, Duration::from_secs(5)).await.is_err(),
     };
     assert!(refused, "agent served a client without a certificate");
     // The verifier's REST API.
@@ -208,10 +211,15 @@ async fn clients_without_certificates_are_refused() {
     let c = imasnap_verifier_service::client::ApiClient::new(&vaddr, anon);
     let mut c = c;
     c.server_name = "localhost".into();
-    assert!(c.call(hyper::Method::GET, "/v1/hosts", None).await.is_err(), "verifier served a client without a certificate");
+    assert!(
+        c.call(hyper::Method::GET, "/v1/hosts", None).await.is_err(),
+        "verifier served a client without a certificate"
+    );
     // A certificate from another CA is refused too.
     let other = write_dev_pki(&env.dir.join("other"), &["localhost"]).unwrap();
-    let foreign = tls::client_config(Some(&tls::Identity::from_files(&other.admin.cert, &other.admin.key).unwrap()), roots).unwrap();
+    let foreign =
+        tls::client_config(Some(&tls::Identity::from_files(&other.admin.cert, &other.admin.key).unwrap()), roots)
+            .unwrap();
     let mut c2 = imasnap_verifier_service::client::ApiClient::new(&vaddr, foreign);
     c2.server_name = "localhost".into();
     assert!(c2.call(hyper::Method::GET, "/v1/hosts", None).await.is_err());

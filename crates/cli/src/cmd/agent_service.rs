@@ -23,6 +23,16 @@ pub struct RunArgs {
     log_json: bool,
 }
 
+/// A daemon must survive peers that close connections: `main` restores SIGPIPE's default
+/// (die quietly on `| head`), but TLS writes are vectored (`writev` has no MSG_NOSIGNAL),
+/// so a write to a vanished peer would kill the service. Ignore SIGPIPE again here.
+pub fn daemon_signals() {
+    // SAFETY: changing one signal's disposition before the runtime starts its threads.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}
+
 /// Structured logs on stderr (RUST_LOG, default info).
 pub fn init_logs(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -36,6 +46,7 @@ pub fn init_logs(json: bool) {
 }
 
 pub fn run(a: RunArgs) -> Result<ExitCode> {
+    daemon_signals();
     init_logs(a.log_json);
     let text = std::fs::read_to_string(&a.config).with_context(|| format!("reading {}", a.config.display()))?;
     let cfg = AgentServiceConfig::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", a.config.display()))?;

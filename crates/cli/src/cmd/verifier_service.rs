@@ -18,7 +18,7 @@ pub enum VerifierCmd {
     Run(RunArgs),
     /// Manage attested hosts through the REST API.
     #[command(subcommand)]
-    Host(HostCmd),
+    Host(Box<HostCmd>),
     /// Write a development PKI (CA, agent, verifier and admin certificates) to a directory.
     ///
     /// For trying the services on one machine; keys are unencrypted.
@@ -150,7 +150,9 @@ fn read(p: &PathBuf) -> Result<String> {
 
 fn client(a: &ApiArgs) -> Result<ApiClient> {
     let (Some(cert), Some(key), Some(ca)) = (&a.cert, &a.key, &a.ca) else {
-        anyhow::bail!("--cert, --key and --ca (or IMASNAP_CERT, IMASNAP_KEY, IMASNAP_CA) are required: the API needs mutual TLS");
+        anyhow::bail!(
+            "--cert, --key and --ca (or IMASNAP_CERT, IMASNAP_KEY, IMASNAP_CA) are required: the API needs mutual TLS"
+        );
     };
     let tls = TlsFiles { cert: cert.clone(), key: key.clone(), ca: ca.clone() }.client()?;
     Ok(ApiClient::new(&a.api, tls))
@@ -174,7 +176,11 @@ fn show_host(v: &serde_json::Value) {
         g("rounds"),
         g("ak_source").as_str().unwrap_or("none"),
         spec.get("late_join").and_then(|x| x.as_str()).unwrap_or("?"),
-        if g("history_verified") == serde_json::json!(false) { " (history not verified: marker accepted on first use)" } else { "" }
+        if g("history_verified") == serde_json::json!(false) {
+            " (history not verified: marker accepted on first use)"
+        } else {
+            ""
+        }
     );
     if let Some(l) = v.get("last").filter(|l| !l.is_null()) {
         print_verdict("  last: ", l);
@@ -201,6 +207,7 @@ fn print_verdict(prefix: &str, r: &serde_json::Value) {
 pub fn run(cmd: VerifierCmd) -> Result<ExitCode> {
     match cmd {
         VerifierCmd::Run(a) => {
+            crate::cmd::agent_service::daemon_signals();
             crate::cmd::agent_service::init_logs(a.log_json);
             let text = read(&a.config)?;
             let cfg = VerifierConfig::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", a.config.display()))?;
@@ -214,7 +221,7 @@ pub fn run(cmd: VerifierCmd) -> Result<ExitCode> {
             println!("CA {}; agent, verifier and admin certificates in {}", f.ca.display(), a.dir.display());
             Ok(ExitCode::SUCCESS)
         }
-        VerifierCmd::Host(h) => host(h),
+        VerifierCmd::Host(h) => host(*h),
     }
 }
 
