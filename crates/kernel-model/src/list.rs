@@ -187,6 +187,18 @@ impl<T: Tpm> Kernel<T> {
     }
 
     fn name_fields(&self, t: &Template, algo: &str, digest: &[u8], name: &[u8], buf: Option<&[u8]>) -> Vec<Vec<u8>> {
+        self.name_sig_fields(t, algo, digest, name, buf, None)
+    }
+
+    fn name_sig_fields(
+        &self,
+        t: &Template,
+        algo: &str,
+        digest: &[u8],
+        name: &[u8],
+        buf: Option<&[u8]>,
+        sig: Option<&[u8]>,
+    ) -> Vec<Vec<u8>> {
         use imasnap_log::FieldId::*;
         t.fields()
             .iter()
@@ -196,6 +208,7 @@ impl<T: Tpm> Kernel<T> {
                 NNg => n_ng(name),
                 N => name.to_vec(),
                 Buf => buf.unwrap_or_default().to_vec(),
+                Sig => sig.unwrap_or_default().to_vec(),
                 _ => Vec::new(),
             })
             .collect()
@@ -205,6 +218,26 @@ impl<T: Tpm> Kernel<T> {
     pub fn measure_file(&mut self, path: &[u8], file_digest: &[u8]) -> Result<bool, KernelError> {
         let t = builtin(&self.cfg.template);
         let f = self.name_fields(&t, self.cfg.ima_hash.name(), file_digest, path, None);
+        self.add_checked(t, f, false)
+    }
+
+    /// A file measurement with the file's `security.ima` xattr, as `ima_store_measurement`
+    /// passes it to the template: the `sig` field (templates `ima-sig`, `ima-modsig`…)
+    /// carries the whole xattr value when it is a signature — type
+    /// `EVM_IMA_XATTR_DIGSIG` (0x03) or `IMA_VERITY_DIGSIG` (0x06), as
+    /// `ima_eventsig_init` checks — and is empty otherwise (no xattr, or a hash xattr).
+    /// Templates without a `sig` field ignore the xattr.
+    pub fn measure_file_xattr(
+        &mut self,
+        path: &[u8],
+        file_digest: &[u8],
+        xattr: Option<&[u8]>,
+    ) -> Result<bool, KernelError> {
+        const EVM_IMA_XATTR_DIGSIG: u8 = 0x03;
+        const IMA_VERITY_DIGSIG: u8 = 0x06;
+        let sig = xattr.filter(|x| matches!(x.first(), Some(&EVM_IMA_XATTR_DIGSIG | &IMA_VERITY_DIGSIG)));
+        let t = builtin(&self.cfg.template);
+        let f = self.name_sig_fields(&t, self.cfg.ima_hash.name(), file_digest, path, None, sig);
         self.add_checked(t, f, false)
     }
 

@@ -126,3 +126,24 @@ fn faults_and_kexec() {
     assert_eq!(rp.state().get(HashAlgo::Sha256, 10).unwrap(), &tpm10);
     assert_eq!(k2.snapshot_open().unwrap().attempt, 1, "a new kernel restarts the counter");
 }
+
+#[test]
+fn ima_sig_template_carries_signature_xattrs_only() {
+    let cfg = Config { template: "ima-sig".into(), ..Config::default() };
+    let mut k = Kernel::boot(cfg, SoftTpm::new(4)).unwrap();
+    let sig = [0x03u8, 2, 4, 0xaa, 0xbb, 0xcc, 0xdd, 0, 2, 0x11, 0x22];
+    assert!(k.measure_file_xattr(b"/signed", &digest(1), Some(&sig)).unwrap());
+    // A hash xattr (IMA_XATTR_DIGEST_NG, 0x04) is not a signature: empty sig field.
+    assert!(k.measure_file_xattr(b"/hashed", &digest(2), Some(&[0x04, 4, 1, 2, 3])).unwrap());
+    assert!(k.measure_file_xattr(b"/plain", &digest(3), None).unwrap());
+    // Same file, same signature: deduplicated like any measurement.
+    assert!(!k.measure_file_xattr(b"/signed", &digest(1), Some(&sig)).unwrap());
+    let recs = records(&k.binary_measurements(HashAlgo::Sha1));
+    assert_eq!(recs.len(), 4);
+    let sig_field = |r: &Record| r.fields(Endian::Little).unwrap()[2].to_vec();
+    assert_eq!(recs[1].template.name(), "ima-sig");
+    assert_eq!(sig_field(&recs[1]), sig);
+    assert!(sig_field(&recs[2]).is_empty());
+    assert!(sig_field(&recs[3]).is_empty());
+    assert_replays_to_tpm(&recs, &mut k);
+}
