@@ -108,22 +108,49 @@ fetch_source() {
     mv "$TREE.tmp" "$TREE"
 }
 
-# Brings $TREE to "pristine + this series": reverts the series applied last time.
+# Puts back, from the source package, every file the given patches touch.
+restore_pristine() {
+    local files f tmp deb
+    log "restoring the files of the previous series from the source package"
+    files=$(sed -n 's|^+++ b/||p; s|^--- a/||p' "$@" | sort -u)
+    deb=$(ls "$CACHE"/src/"${SRC_PKG}"_*_all.deb | head -n1)
+    tmp=$(mktemp -d)
+    # shellcheck disable=SC2086
+    dpkg-deb --fsys-tarfile "$deb" | tar -xO "./usr/src/$SRC_PKG.tar.xz" \
+        | tar -xJ -C "$tmp" --strip-components=1 --wildcards $(for f in $files; do echo "*/$f"; done) 2>/dev/null || true
+    for f in $files; do
+        if [ -e "$tmp/$f" ]; then cp "$tmp/$f" "$TREE/$f"; else rm -f "$TREE/$f"; fi
+        rm -f "$TREE/$f.orig" "$TREE/$f.rej"
+    done
+    rm -rf "$tmp"
+}
+
+# Brings $TREE to "pristine + this series": reverts the series applied last time
+# (kept in $TREE/.imasnap-applied/, reverted patch by patch in reverse order).
 apply_series() {
-    local applied=$TREE/.imasnap-applied.patch new
-    new=$(mktemp)
-    cat "${PATCHES[@]}" > "$new"
-    if [ -f "$applied" ] && cmp -s "$applied" "$new"; then rm -f "$new"; return 0; fi
-    if [ -f "$applied" ]; then
-        (cd "$TREE" && patch -p1 -R -s -f < "$applied" >/dev/null) \
-            || die "cannot revert the previously applied series in $TREE (delete it to start over)"
-        rm -f "$applied"
+    local applied=$TREE/.imasnap-applied p i
+    if [ -d "$applied" ] && [ "$(cat "$applied"/*.patch 2>/dev/null | sha256sum)" = "$(cat "${PATCHES[@]}" | sha256sum)" ]; then
+        return 0
     fi
-    local p
+    if [ -d "$applied" ]; then
+        local old=("$applied"/*.patch) ok=1
+        for (( i=${#old[@]}-1; i>=0; i-- )); do
+            [ -e "${old[$i]}" ] || continue
+            if (cd "$TREE" && patch -p1 -R -s --dry-run < "${old[$i]}" >/dev/null 2>&1); then
+                (cd "$TREE" && patch -p1 -R -s < "${old[$i]}" >/dev/null)
+            else
+                ok=0; break
+            fi
+        done
+        [ "$ok" = 1 ] || restore_pristine "${old[@]}"
+        rm -rf "$applied"
+    fi
+    rm -rf "$applied.tmp"; mkdir -p "$applied.tmp"
     for p in "${PATCHES[@]}"; do
         (cd "$TREE" && patch -p1 -s -f -N < "$p" >/dev/null) || die "patch $(basename "$p") does not apply"
+        cp "$p" "$applied.tmp/"
     done
-    mv "$new" "$applied"
+    mv "$applied.tmp" "$applied"
 }
 
 run_check() {
