@@ -3,7 +3,7 @@
 #
 #   scripts/test.sh            # everything (about 10 minutes on 2 cores)
 #   FUZZ_SECONDS=60 scripts/test.sh
-#   SKIP_QEMU=1 scripts/test.sh   # skip booting a real kernel
+#   SKIP_QEMU=1 scripts/test.sh   # skip booting real kernels (and building the patched one)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -19,6 +19,14 @@ scripts/fuzz-smoke.sh "${FUZZ_SECONDS:-20}"
 if [ "${SKIP_QEMU:-0}" != 1 ]; then
   echo "== real kernel: boot Debian's kernel in QEMU with swtpm, verify its fresh IMA log"
   scripts/real-kernel-smoke.sh
+
+  echo "== kernel/: checkpatch, build the patched kernel with and without CONFIG_IMA_LOG_SNAPSHOT (cached by patch hash), boot smoke in both PCR modes"
+  kernel/build.sh --check
+  kernel/build.sh --without-feature >/dev/null
+  IMASNAP_KERNEL="$(kernel/build.sh)"
+  export IMASNAP_KERNEL
+  kernel/smoke.sh "$IMASNAP_KERNEL"
+  SMOKE_APPEND=ima_snapshot_pcrs=tpm kernel/smoke.sh "$IMASNAP_KERNEL"
 fi
 
 echo "== cargo test (with swtpm: tests that need a real TPM 2.0 fail if it is missing)"
@@ -30,6 +38,11 @@ log="$swtpm_dir/cargo-test.log"
 set +e
 cargo test --release --workspace 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
+if [ "${SKIP_QEMU:-0}" != 1 ]; then
+  echo "== the patched kernel in QEMU: agent in the guest, model vs kernel (ignored tests)"
+  cargo test --release -p imasnap-kernel-harness -- --ignored 2>&1 | tee -a "$log"
+  [ "${PIPESTATUS[0]}" = 0 ] || rc=1
+fi
 set -e
 # One closing line over every test binary (doc-test runners print "0 passed" last).
 passed=$(grep -Eo '^test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')
