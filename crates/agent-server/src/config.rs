@@ -17,7 +17,8 @@ pub enum Backend {
     /// The in-process kernel model, driven by a synthetic workload (the embedded default).
     #[default]
     Model,
-    /// A real kernel's securityfs directory (`ima_dir`).
+    /// A real kernel's securityfs directory (`ima_dir`): with the RFC `snapshot` file the
+    /// agent snapshots and trims; without it, read-only legacy mode (own copy, no trimming).
     Securityfs,
 }
 
@@ -50,6 +51,9 @@ fn d_ima() -> PathBuf {
 fn d_pcr() -> u32 {
     10
 }
+fn d_template() -> String {
+    "ima-ng".into()
+}
 fn d_max() -> u64 {
     256 << 20
 }
@@ -79,6 +83,9 @@ pub struct AgentServiceConfig {
     /// The measurement PCR.
     #[serde(default = "d_pcr")]
     pub pcr: u32,
+    /// Kernel model: `ima_template` (`ima-ng`, `ima-sig`, …).
+    #[serde(default = "d_template")]
+    pub ima_template: String,
     /// Largest evidence response; a request that would exceed it gets 413.
     #[serde(default = "d_max")]
     pub max_evidence_bytes: u64,

@@ -2,12 +2,14 @@
 //! TPM, plus (for the kernel model) a synthetic workload so there is something to attest.
 //!
 //! [`HostKernel`] is the back-end trait on top of [`SnapshotKernel`]: it adds the TPM that
-//! quotes and the model-only hooks. Implemented for the in-process kernel model; a real
-//! securityfs back end plugs in the same way (its kernel owns the TPM it extends).
+//! quotes and the model-only hooks. Implemented for the in-process kernel model and for a
+//! real kernel's securityfs with the RFC `snapshot` file ([`SecurityFs`]). A securityfs
+//! without it is served by [`crate::legacy::LegacyHost`] instead (read-only, own copy).
 
 use crate::api::{self, AkJson, BootJson, EvidenceHeader, MarkerJson, SnapshotJson};
-use imasnap_agent::{Agent, AgentConfig, AgentError, CrashPoint, SnapshotKernel};
+use imasnap_agent::{Agent, AgentConfig, AgentError, CrashPoint, SecurityFs, SnapshotKernel};
 use imasnap_kernel_model::Kernel;
+use imasnap_log::HashAlgo;
 use imasnap_sim::workload::{Event, Workload};
 use imasnap_store::SnapshotEntry;
 use imasnap_tpm::{PcrSelection, Tpm};
@@ -19,8 +21,14 @@ use std::time::{Duration, Instant};
 /// TPM that quotes its measurement PCR.
 pub trait HostKernel: SnapshotKernel + Send + 'static {
     fn tpm(&mut self) -> &mut dyn Tpm;
+    /// The back end's name, as logged and shown by `/v1/health`.
+    fn mode(&self) -> &'static str;
     /// Applies a synthetic workload event (kernel model only).
     fn apply(&mut self, _ev: &Event) -> Result<bool, String> {
+        Err("this back end has no synthetic workload (a real kernel measures by itself)".into())
+    }
+    /// Measures a file with its `security.ima` xattr (kernel model only).
+    fn measure_xattr(&mut self, _path: &[u8], _digest: &[u8], _xattr: Option<&[u8]>) -> Result<bool, String> {
         Err("this back end has no synthetic workload (a real kernel measures by itself)".into())
     }
     /// The agent process died: the kernel closes its file descriptors.
@@ -35,6 +43,9 @@ impl<T: Tpm + 'static> HostKernel for Kernel<T> {
     fn tpm(&mut self) -> &mut dyn Tpm {
         self.tpm_mut()
     }
+    fn mode(&self) -> &'static str {
+        "model"
+    }
     fn apply(&mut self, ev: &Event) -> Result<bool, String> {
         let r = match ev {
             Event::File { path, digest } => self.measure_file(path, digest),
@@ -43,12 +54,44 @@ impl<T: Tpm + 'static> HostKernel for Kernel<T> {
         };
         r.map_err(|e| e.to_string())
     }
+    fn measure_xattr(&mut self, path: &[u8], digest: &[u8], xattr: Option<&[u8]>) -> Result<bool, String> {
+        self.measure_file_xattr(path, digest, xattr).map_err(|e| e.to_string())
+    }
     fn process_exit(&mut self) {
         Kernel::process_exit(self)
     }
     fn last_pause(&self) -> Option<Duration> {
         Kernel::last_pause(self)
     }
+}
+
+/// A real kernel with the RFC `snapshot` file: the agent trims the kernel's list.
+impl<T: Tpm + 'static> HostKernel for SecurityFs<T> {
+    fn tpm(&mut self) -> &mut dyn Tpm {
+        self.tpm_mut()
+    }
+    fn mode(&self) -> &'static str {
+        "securityfs-snapshot"
+    }
+}
+
+/// Quotes PCR 0-9 and `pcr` in every bank with `nonce`; the AK as the agent ships it.
+pub(crate) fn quote_tpm(
+    tpm: &mut dyn Tpm,
+    banks: &[HashAlgo],
+    pcr: u32,
+    nonce: &[u8],
+) -> Result<(serde_json::Value, AkJson), HostError> {
+    let mut pcrs: Vec<u32> = (0..10).collect();
+    pcrs.push(pcr);
+    let sel = PcrSelection::uniform(banks, &pcrs)?;
+    let q = tpm.quote(nonce, &sel)?;
+    let ak = tpm.ak_public();
+    let ak = match ak.public_area() {
+        Some(p) => AkJson { tpm2b_public: Some(hex::encode(p.to_tpm2b())), pem: None },
+        None => AkJson { tpm2b_public: None, pem: Some(ak.to_pem()) },
+    };
+    Ok((serde_json::to_value(&q).map_err(|e| HostError::Other(e.to_string()))?, ak))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +102,9 @@ pub enum HostError {
     Tpm(#[from] imasnap_tpm::TpmError),
     #[error("{0}")]
     BadRequest(String),
+    /// The request cannot be served in this mode (e.g. a snapshot on a legacy kernel).
+    #[error("{0}")]
+    Conflict(String),
     #[error("{0}")]
     Other(String),
 }
@@ -84,7 +130,10 @@ pub trait HostOps: Send {
     /// Policy snapshots and the interval workload; call periodically.
     fn tick(&mut self, now: Instant) -> Result<(), HostError>;
     fn add_records(&mut self, n: u64) -> Result<u64, HostError>;
-    fn measure(&mut self, path: &[u8], digest: &[u8]) -> Result<bool, HostError>;
+    /// Measures one file, with its `security.ima` xattr if given (kernel model only).
+    fn measure(&mut self, path: &[u8], digest: &[u8], xattr: Option<&[u8]>) -> Result<bool, HostError>;
+    /// The back end: `model`, `securityfs-snapshot` or `securityfs-legacy`.
+    fn mode(&self) -> &'static str;
     fn metrics(&mut self) -> api::AgentMetrics;
     fn manifest(&self) -> Option<imasnap_store::Manifest>;
     /// Path and entry of snapshot `seq` of the current boot (the path comes from the
@@ -166,17 +215,8 @@ impl<K: HostKernel> Host<K> {
     fn quote(&mut self, nonce: &[u8]) -> Result<(serde_json::Value, AkJson), HostError> {
         let k = self.agent().kernel_mut();
         let banks = k.banks().map_err(AgentError::from)?;
-        let mut pcrs: Vec<u32> = (0..10).collect();
-        pcrs.push(k.measurement_pcr());
-        let sel = PcrSelection::uniform(&banks, &pcrs)?;
-        let tpm = k.tpm();
-        let q = tpm.quote(nonce, &sel)?;
-        let ak = tpm.ak_public();
-        let ak = match ak.public_area() {
-            Some(p) => AkJson { tpm2b_public: Some(hex::encode(p.to_tpm2b())), pem: None },
-            None => AkJson { tpm2b_public: None, pem: Some(ak.to_pem()) },
-        };
-        Ok((serde_json::to_value(&q).map_err(|e| HostError::Other(e.to_string()))?, ak))
+        let pcr = k.measurement_pcr();
+        quote_tpm(k.tpm(), &banks, pcr, nonce)
     }
 }
 
@@ -305,9 +345,18 @@ impl<K: HostKernel> HostOps for Host<K> {
         self.add(n)
     }
 
-    fn measure(&mut self, path: &[u8], digest: &[u8]) -> Result<bool, HostError> {
-        let ev = Event::File { path: path.to_vec(), digest: digest.to_vec() };
-        self.agent().kernel_mut().apply(&ev).map_err(HostError::Other)
+    fn measure(&mut self, path: &[u8], digest: &[u8], xattr: Option<&[u8]>) -> Result<bool, HostError> {
+        match xattr {
+            None => {
+                let ev = Event::File { path: path.to_vec(), digest: digest.to_vec() };
+                self.agent().kernel_mut().apply(&ev).map_err(HostError::Other)
+            }
+            Some(x) => self.agent().kernel_mut().measure_xattr(path, digest, Some(x)).map_err(HostError::Other),
+        }
+    }
+
+    fn mode(&self) -> &'static str {
+        self.agent_ref().kernel().mode()
     }
 
     fn metrics(&mut self) -> api::AgentMetrics {

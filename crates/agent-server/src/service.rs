@@ -15,12 +15,13 @@ use crate::api;
 use crate::config::{AgentServiceConfig, Backend};
 use crate::host::{Host, HostError, HostOps, WorkloadCfg};
 use crate::http::{self, error_response, json_response, param, query, text_response, Body, Handler, Peer};
+use crate::legacy::LegacyHost;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
-use imasnap_agent::CrashPoint;
+use imasnap_agent::{CrashPoint, SecurityFs};
 use imasnap_kernel_model::{Config as KernelConfig, Kernel};
 use imasnap_tpm::{SoftTpm, Tpm};
 use std::io::Read;
@@ -42,6 +43,7 @@ pub struct AgentService {
 fn status_of(e: &HostError) -> StatusCode {
     match e {
         HostError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        HostError::Conflict(_) => StatusCode::CONFLICT,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -171,9 +173,12 @@ impl AgentService {
         let test = self.test_endpoints;
         match (&method, path.as_str()) {
             (&Method::GET, "/v1/health") => {
-                let m = self.with_host(|h| Ok(h.metrics())).await;
+                let m = self.with_host(|h| Ok((h.mode(), h.metrics()))).await;
                 match m {
-                    Ok(m) => json_response(StatusCode::OK, &serde_json::json!({ "status": "ok", "metrics": m })),
+                    Ok((mode, m)) => json_response(
+                        StatusCode::OK,
+                        &serde_json::json!({ "status": "ok", "mode": mode, "metrics": m }),
+                    ),
                     Err(e) => error_response(StatusCode::SERVICE_UNAVAILABLE, e),
                 }
             }
@@ -228,6 +233,9 @@ impl AgentService {
                 struct M {
                     path: String,
                     digest: String,
+                    /// The file's `security.ima` xattr (hex), e.g. an evmctl v2 signature.
+                    #[serde(default)]
+                    xattr: Option<String>,
                 }
                 let m: M = match serde_json::from_slice(&body) {
                     Ok(m) => m,
@@ -236,7 +244,11 @@ impl AgentService {
                 let Ok(d) = hex::decode(&m.digest) else {
                     return error_response(StatusCode::BAD_REQUEST, "digest must be hex");
                 };
-                match self.with_host(move |h| h.measure(m.path.as_bytes(), &d)).await {
+                let x = match m.xattr.as_deref().map(hex::decode).transpose() {
+                    Ok(x) => x,
+                    Err(_) => return error_response(StatusCode::BAD_REQUEST, "xattr must be hex"),
+                };
+                match self.with_host(move |h| h.measure(m.path.as_bytes(), &d, x.as_deref())).await {
                     Ok(added) => json_response(StatusCode::OK, &serde_json::json!({ "appended": added })),
                     Err(e) => error_response(status_of(&e), e),
                 }
@@ -315,15 +327,40 @@ pub fn open_host(cfg: &AgentServiceConfig) -> anyhow::Result<Box<dyn HostOps>> {
                 imasnap_sim::run::check_fresh(&mut t, cfg.pcr)?;
                 t
             };
-            let kcfg = KernelConfig { pcr: cfg.pcr, ..KernelConfig::default() };
+            let kcfg = KernelConfig { pcr: cfg.pcr, template: cfg.ima_template.clone(), ..KernelConfig::default() };
+            if imasnap_log::Template::parse(&cfg.ima_template).is_err() {
+                anyhow::bail!("ima_template {:?} is not a kernel built-in template", cfg.ima_template);
+            }
             let k = Kernel::boot(kcfg, tpm)?;
+            tracing::info!(mode = "model", template = %cfg.ima_template, "agent back end: the in-process kernel model");
             Ok(Box::new(Host::start(k, cfg.agent_config(), wcfg)?))
         }
-        Backend::Securityfs => anyhow::bail!(
-            "backend = \"securityfs\" ({}) is not wired into the service yet: use `imasnap agent snapshot|bundle` \
-             for a real kernel, or backend = \"model\"",
-            cfg.ima_dir.display()
-        ),
+        Backend::Securityfs => {
+            if cfg.tpm == "soft" || cfg.tpm.starts_with("soft:") {
+                anyhow::bail!(
+                    "backend = \"securityfs\" needs the TPM the kernel extends (swtpm:…, device:…, tabrmd), \
+                     not the soft TPM {:?}",
+                    cfg.tpm
+                );
+            }
+            open_securityfs(cfg, imasnap_tpm::open_tpm(&cfg.tpm)?)
+        }
+    }
+}
+
+/// A real kernel's securityfs at `cfg.ima_dir` with `tpm` (the TPM its IMA extends). With
+/// the RFC `snapshot` file the agent snapshots and trims (`securityfs-snapshot`);
+/// without it, legacy read-only mode with the agent's own copy (`securityfs-legacy`).
+pub fn open_securityfs<T: Tpm + 'static>(cfg: &AgentServiceConfig, tpm: T) -> anyhow::Result<Box<dyn HostOps>> {
+    let fs = SecurityFs::new(&cfg.ima_dir, tpm, cfg.pcr);
+    if fs.can_snapshot() {
+        tracing::info!(mode = "securityfs-snapshot", ima_dir = %cfg.ima_dir.display(),
+            "agent back end: kernel with the snapshot interface");
+        Ok(Box::new(Host::start(fs, cfg.agent_config(), WorkloadCfg::default())?))
+    } else {
+        tracing::info!(mode = "securityfs-legacy", ima_dir = %cfg.ima_dir.display(),
+            "agent back end: no snapshot file, legacy read-only mode (own copy of the list, no trimming)");
+        Ok(Box::new(LegacyHost::open(fs, &cfg.state_dir, cfg.retention)?))
     }
 }
 

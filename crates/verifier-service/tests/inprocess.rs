@@ -243,14 +243,14 @@ async fn policy_violation_names_the_record() {
         .unwrap();
     {
         let mut h = env.agent.host.lock().unwrap();
-        h.measure(b"/usr/bin/good", &good).unwrap();
+        h.measure(b"/usr/bin/good", &good, None).unwrap();
     }
     env.snapshot();
     verified(&env.round().await);
     let evil_index = {
         let mut h = env.agent.host.lock().unwrap();
         let n = h.metrics();
-        h.measure(b"/usr/bin/evil", &[9u8; 32]).unwrap();
+        h.measure(b"/usr/bin/evil", &[9u8; 32], None).unwrap();
         n.next_index + n.live_records
     };
     let r = env.round().await;

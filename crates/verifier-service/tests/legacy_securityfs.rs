@@ -1,0 +1,355 @@
+//! The agent service on a legacy securityfs (no `snapshot` file) and the verifier, in one
+//! process over HTTPS with mutual TLS.
+//!
+//! The "kernel" is a temporary directory laid out like `/sys/kernel/security/ima`: it
+//! starts with the real Debian 6.1 kernel's `binary_runtime_measurements` (fixture
+//! ima-ng), and the test appends records between rounds as the kernel would. The TPM is a
+//! SoftTpm in the state that kernel's machine had: PCR 0-7 replayed from the fixture's
+//! SeaBIOS event log (so the real boot_aggregate checks out), PCR 10 extended with every
+//! record's per-bank template digest (SHA1 digest in the sha1 bank, SHA256 over the
+//! template data in the sha256 bank, as the 6.1 kernel does).
+
+use imasnap_agent_server::config::{AgentServiceConfig, Backend};
+use imasnap_agent_server::devpki::{write_dev_pki, DevPkiFiles};
+use imasnap_agent_server::host::HostError;
+use imasnap_agent_server::service as agent;
+use imasnap_log::digest::template_hash;
+use imasnap_log::entry::{build, builtin, d_ng, n_ng};
+use imasnap_log::{BinaryFormat, BinaryReader, Endian, HashAlgo, PcrValue, Record};
+use imasnap_tpm::{AkPublic, ClockInfo, PcrSelection, Quote, SoftTpm, Tpm, TpmError};
+use imasnap_verifier_service::model::{HostPatch, HostSpec, LateJoin, VerdictRow};
+use imasnap_verifier_service::service::{self as vsvc, Running};
+use imasnap_verifier_service::{Verifier, VerifierConfig};
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/real-kernel/ima-ng");
+
+/// The TPM the "kernel" extends and the agent quotes with: one SoftTpm, shared.
+#[derive(Clone)]
+struct SharedTpm(Arc<Mutex<SoftTpm>>);
+
+impl Tpm for SharedTpm {
+    fn banks(&self) -> Vec<HashAlgo> {
+        self.0.lock().unwrap().banks()
+    }
+    fn pcr_read(&mut self, bank: HashAlgo, pcrs: &[u32]) -> Result<Vec<PcrValue>, TpmError> {
+        self.0.lock().unwrap().pcr_read(bank, pcrs)
+    }
+    fn pcr_extend(&mut self, pcr: u32, digests: &[PcrValue]) -> Result<(), TpmError> {
+        self.0.lock().unwrap().pcr_extend(pcr, digests)
+    }
+    fn quote(&mut self, nonce: &[u8], selection: &PcrSelection) -> Result<Quote, TpmError> {
+        self.0.lock().unwrap().quote(nonce, selection)
+    }
+    fn clock_info(&mut self) -> Result<ClockInfo, TpmError> {
+        self.0.lock().unwrap().clock_info()
+    }
+    fn ak_public(&self) -> AkPublic {
+        self.0.lock().unwrap().ak_public()
+    }
+}
+
+/// Extends the TPM's PCR 0-7 with a TCG2 crypto-agile event log (SeaBIOS).
+fn replay_bios_log(tpm: &mut dyn Tpm, b: &[u8]) {
+    let u32le = |p: usize| u32::from_le_bytes(b[p..p + 4].try_into().unwrap());
+    let u16le = |p: usize| u16::from_le_bytes(b[p..p + 2].try_into().unwrap());
+    assert_eq!(u32le(4), 3, "first event is EV_NO_ACTION (Spec ID Event03)");
+    let ev_len = u32le(28) as usize;
+    let ev = &b[32..32 + ev_len];
+    assert_eq!(&ev[..16], b"Spec ID Event03\0");
+    let nalg = u32::from_le_bytes(ev[24..28].try_into().unwrap()) as usize;
+    let sizes: Vec<(u16, usize)> = (0..nalg)
+        .map(|i| {
+            let q = 28 + 4 * i;
+            (
+                u16::from_le_bytes(ev[q..q + 2].try_into().unwrap()),
+                u16::from_le_bytes(ev[q + 2..q + 4].try_into().unwrap()) as usize,
+            )
+        })
+        .collect();
+    let banks = tpm.banks();
+    let mut p = 32 + ev_len;
+    while p < b.len() {
+        let pcr = u32le(p);
+        let ty = u32le(p + 4);
+        let count = u32le(p + 8) as usize;
+        let mut q = p + 12;
+        let mut vals = Vec::new();
+        for _ in 0..count {
+            let id = u16le(q);
+            let n = sizes.iter().find(|s| s.0 == id).unwrap().1;
+            if let Some(a) = HashAlgo::from_tpm_alg_id(id).filter(|a| banks.contains(a)) {
+                vals.push(PcrValue::new(a, &b[q + 2..q + 2 + n]).unwrap());
+            }
+            q += 2 + n;
+        }
+        let len = u32le(q) as usize;
+        let data = &b[q + 4..q + 4 + len];
+        if ty == 3 {
+            assert!(
+                !data.starts_with(b"StartupLocality\0") || data[16] == 0,
+                "a non-zero startup locality cannot be reproduced on a SoftTpm"
+            );
+        } else {
+            tpm.pcr_extend(pcr, &vals).unwrap();
+        }
+        p = q + 4 + len;
+    }
+}
+
+/// What the kernel does for one record: extend PCR 10 with its template digest per bank.
+fn extend_record(tpm: &mut dyn Tpm, r: &Record) {
+    let vals: Vec<PcrValue> = tpm
+        .banks()
+        .into_iter()
+        .map(|a| if r.is_violation() { PcrValue::ones(a) } else { template_hash(a, r, Endian::Little).unwrap() })
+        .collect();
+    tpm.pcr_extend(10, &vals).unwrap();
+}
+
+fn records(bin: &[u8]) -> Vec<Record> {
+    BinaryReader::new(bin, BinaryFormat::new(HashAlgo::Sha1)).map(|r| r.unwrap()).collect()
+}
+
+/// A file measurement as the ima-ng kernel writes it, encoded for the binary list.
+fn new_record(i: u64) -> (Record, Vec<u8>) {
+    let d = HashAlgo::Sha256.hash(&[b"file", &i.to_le_bytes()]);
+    let r = build(
+        &builtin("ima-ng"),
+        &[&d_ng("sha256", d.as_bytes()), &n_ng(format!("/data/bin/tool-{i}").as_bytes())],
+        HashAlgo::Sha1,
+        10,
+        false,
+        Endian::Little,
+    );
+    let mut out = Vec::new();
+    r.encode(Endian::Little, &mut out);
+    (r, out)
+}
+
+struct Kernel {
+    ima: PathBuf,
+    tpm: SharedTpm,
+    next: u64,
+}
+
+impl Kernel {
+    fn boot(dir: &Path) -> Self {
+        let ima = dir.join("ima");
+        std::fs::create_dir_all(&ima).unwrap();
+        let log = std::fs::read(format!("{FIXTURE}/binary_runtime_measurements")).unwrap();
+        std::fs::write(ima.join("binary_runtime_measurements"), &log).unwrap();
+        let mut tpm = SharedTpm(Arc::new(Mutex::new(SoftTpm::new(21))));
+        replay_bios_log(&mut tpm, &std::fs::read(format!("{FIXTURE}/binary_bios_measurements")).unwrap());
+        // The machine's PCR 0-9, as read in the guest: the replay reproduced them.
+        let want = std::fs::read_to_string(format!("{FIXTURE}/pcrs-sha256.txt")).unwrap();
+        let got = tpm.pcr_read(HashAlgo::Sha256, &(0..10).collect::<Vec<_>>()).unwrap();
+        for (i, line) in want.lines().take(10).enumerate() {
+            assert_eq!(line, format!("PCR-{i:02}: {}", got[i].to_hex()), "sha256 PCR {i}");
+        }
+        for r in records(&log) {
+            extend_record(&mut tpm, &r);
+        }
+        Self { ima, tpm, next: 0 }
+    }
+
+    fn live(&self) -> PathBuf {
+        self.ima.join("binary_runtime_measurements")
+    }
+
+    /// Measures `n` new files: append to the list, then extend (ima_add_template_entry).
+    fn measure(&mut self, n: u64) {
+        let mut f = std::fs::OpenOptions::new().append(true).open(self.live()).unwrap();
+        for _ in 0..n {
+            self.next += 1;
+            let (r, bytes) = new_record(self.next);
+            f.write_all(&bytes).unwrap();
+            extend_record(&mut self.tpm, &r);
+        }
+    }
+
+    fn count(&self) -> u64 {
+        records(&std::fs::read(self.live()).unwrap()).len() as u64
+    }
+}
+
+fn agent_cfg(dir: &Path, pki: &DevPkiFiles, ima: &Path) -> AgentServiceConfig {
+    let mut c = AgentServiceConfig::from_toml(&format!(
+        "state_dir = {:?}\nlisten = \"127.0.0.1:0\"\nbackend = \"securityfs\"\nima_dir = {:?}\n\
+         [tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\n",
+        dir.join("agent-state"),
+        ima,
+        pki.agent.cert,
+        pki.agent.key,
+        pki.agent.ca
+    ))
+    .unwrap();
+    c.tick_ms = 0;
+    c
+}
+
+async fn start_agent(cfg: &AgentServiceConfig, tpm: SharedTpm) -> agent::Running {
+    let host = agent::open_securityfs(cfg, tpm).unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    agent::spawn(l, cfg.tls.server().unwrap(), host, 64 << 20, false, Duration::ZERO).unwrap()
+}
+
+async fn start_verifier(dir: &Path, pki: &DevPkiFiles) -> Running {
+    let cfg = VerifierConfig {
+        database: dir.join("verifier.db"),
+        sqlite_synchronous_full: false,
+        listen: "127.0.0.1:0".into(),
+        max_concurrency: 4,
+        timeout_ms: 10_000,
+        max_evidence_bytes: 64 << 20,
+        keep_verdicts: 100,
+        tick_ms: 20,
+        tls: pki.verifier.clone(),
+        agent_tls: pki.verifier.clone(),
+    };
+    let v = Verifier::open(cfg.clone(), cfg.agent_tls.client().unwrap()).unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    vsvc::spawn(l, cfg.tls.server().unwrap(), v, false).unwrap()
+}
+
+async fn agent_get(pki: &DevPkiFiles, addr: &str, method: hyper::Method, path: &str) -> (u16, serde_json::Value) {
+    let name = imasnap_agent_server::tls::server_name("localhost").unwrap();
+    let mut c =
+        imasnap_agent_server::http::Conn::connect(addr, name, pki.verifier.client().unwrap(), Duration::from_secs(5))
+            .await
+            .unwrap();
+    let (s, body) = c.request(method, path, None, 1 << 20, Duration::from_secs(5)).await.unwrap();
+    (s.as_u16(), serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
+}
+
+fn verified(r: &VerdictRow) {
+    assert_eq!(r.verdict, "verified", "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_kernel_attested_incrementally_from_the_agents_copy() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let pki = write_dev_pki(&dir.join("pki"), &["localhost"]).unwrap();
+    let mut k = Kernel::boot(dir);
+    let n0 = k.count();
+    let acfg = agent_cfg(dir, &pki, &k.ima);
+    let mut a = start_agent(&acfg, k.tpm.clone()).await;
+    let v = start_verifier(dir, &pki).await;
+    let vf = v.verifier.clone();
+    vf.add_host(HostSpec {
+        name: "legacy1".into(),
+        address: a.addr.to_string(),
+        server_name: Some("localhost".into()),
+        ak: None,
+        tofu: true,
+        policy: None,
+        agent_cert: None,
+        poll_interval_ms: 3_600_000,
+        late_join: LateJoin::FullHistory,
+    })
+    .await
+    .unwrap();
+
+    // The mode is chosen automatically and shown.
+    let (s, h) = agent_get(&pki, &a.addr.to_string(), hyper::Method::GET, "/v1/health").await;
+    assert_eq!(s, 200);
+    assert_eq!(h["mode"], "securityfs-legacy", "{h}");
+    assert_eq!(h["metrics"]["live_records"], n0, "{h}");
+
+    // Round 1: the real kernel's log, from record 0 (boot_aggregate against PCR 0-9).
+    let r1 = vf.attest_now("legacy1").await.unwrap();
+    verified(&r1);
+    assert_eq!(r1.mode.as_deref(), Some("FullHistory"));
+    assert_eq!(r1.checkpoint, Some(n0));
+
+    // Records appended between rounds are picked up; rounds replay only the new ones.
+    let mut last = n0;
+    for (round, add) in [(2u64, 20u64), (3, 7), (4, 1)] {
+        k.measure(add);
+        let r = vf.attest_now("legacy1").await.unwrap();
+        verified(&r);
+        assert_eq!(r.mode.as_deref(), Some("Incremental"), "round {round}");
+        assert_eq!(r.checkpoint, Some(last + add), "round {round}: {r:?}");
+        assert_eq!(r.records_replayed, add, "round {round}: only the new records are replayed: {r:?}");
+        last += add;
+    }
+    // The agent's copy is exactly the kernel's list.
+    let copy = {
+        let st = acfg.state_dir.join("legacy");
+        let boot = std::fs::read_dir(&st).unwrap().next().unwrap().unwrap().path();
+        boot.join("binary_runtime_measurements")
+    };
+    assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(k.live()).unwrap());
+
+    // No trimming: a snapshot request is refused with the reason (409).
+    let (s, e) = agent_get(&pki, &a.addr.to_string(), hyper::Method::POST, "/v1/snapshots").await;
+    assert_eq!(s, 409, "{e}");
+    assert!(e.to_string().contains("cannot trim"), "{e}");
+    assert!(matches!(a.host.lock().unwrap().snapshot(None), Err(HostError::Conflict(_))));
+
+    // Tampering: new records reach the agent's copy (its periodic tick), then a byte of the
+    // copy is changed in a record the verifier has not proven yet: rejected.
+    k.measure(6);
+    a.host.lock().unwrap().tick(std::time::Instant::now()).unwrap();
+    {
+        let mut f = std::fs::OpenOptions::new().write(true).open(&copy).unwrap();
+        let len = f.metadata().unwrap().len();
+        f.seek(SeekFrom::Start(len - 4)).unwrap();
+        f.write_all(b"X").unwrap();
+    }
+    let rt = vf.attest_now("legacy1").await.unwrap();
+    assert_eq!(rt.verdict, "rejected", "{rt:?}");
+    assert_eq!(rt.reason.as_deref(), Some("template_digest_mismatch"), "{rt:?}");
+    assert_eq!(rt.record, Some(last + 5), "the last record, the one changed: {rt:?}");
+    let st = vf.host_status("legacy1").unwrap();
+    assert_eq!(st.checkpoint, Some(last), "a rejection never moves the checkpoint");
+
+    // The restarted agent finds its copy is not the kernel's list, sets it aside and
+    // copies again: the next round verifies and continues from the checkpoint.
+    a.stop().await;
+    a = start_agent(&acfg, k.tpm.clone()).await;
+    assert!(std::fs::read_dir(copy.parent().unwrap()).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .contains("corrupt")));
+    vf.update_host("legacy1", HostPatch { address: Some(a.addr.to_string()), ..Default::default() }).await.unwrap();
+    k.measure(2);
+    let r = vf.attest_now("legacy1").await.unwrap();
+    verified(&r);
+    assert_eq!(r.mode.as_deref(), Some("Incremental"));
+    assert_eq!(r.checkpoint, Some(last + 8));
+    a.stop().await;
+    v.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_file_selects_the_rfc_path() {
+    // A kernel with the RFC interface has `snapshot` next to the list: the service runs the
+    // snapshot agent (SecurityFs + Agent) instead of legacy mode.
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let pki = write_dev_pki(&dir.join("pki"), &["localhost"]).unwrap();
+    let k = Kernel::boot(dir);
+    std::fs::write(k.ima.join("snapshot"), b"").unwrap();
+    let acfg = agent_cfg(dir, &pki, &k.ima);
+    let a = start_agent(&acfg, k.tpm.clone()).await;
+    let (s, h) = agent_get(&pki, &a.addr.to_string(), hyper::Method::GET, "/v1/health").await;
+    assert_eq!(s, 200);
+    assert_eq!(h["mode"], "securityfs-snapshot", "{h}");
+    // Its store is the snapshot store (a boot directory with a manifest), not a copy.
+    assert!(a.host.lock().unwrap().manifest().is_some());
+    assert!(!acfg.state_dir.join("legacy").exists());
+    a.stop().await;
+    // The model back end says so too; and a securityfs back end refuses the soft TPM.
+    let mut bad = acfg.clone();
+    bad.tpm = "soft".into();
+    assert_eq!(bad.backend, Backend::Securityfs);
+    let e = agent::open_host(&bad).err().unwrap().to_string();
+    assert!(e.contains("needs the TPM the kernel extends"), "{e}");
+}
