@@ -4,7 +4,8 @@
 //!
 //!   cargo run --release -p imasnap-kernel-harness --example figures -- [RECORDS] [EVERY]
 //!
-//! Defaults: 100000 records, a snapshot every 5000. Three boots of the patched kernel.
+//! Defaults: 100000 records, a snapshot every 5000. Three boots of the patched kernel;
+//! `FIGURES=no_snapshots,snapshots_drop` picks runs (also: snapshots_shadow, snapshots_tpm).
 
 use anyhow::{anyhow, Context, Result};
 use imasnap_kernel_harness::guest::{self, GuestConfig, GuestRun};
@@ -75,8 +76,13 @@ fn main() -> Result<()> {
         ("no_snapshots", scenario(records, every, false), ""),
         ("snapshots_shadow", scenario(records, every, true), "ima_snapshot_pcrs=shadow"),
         ("snapshots_tpm", scenario(records, every, true), "ima_snapshot_pcrs=tpm"),
+        ("snapshots_drop", scenario(records, every, true), "ima_snapshot_htable=drop"),
     ];
+    let pick = std::env::var("FIGURES").unwrap_or_else(|_| "no_snapshots,snapshots_shadow,snapshots_tpm".into());
     for (name, sc, cmdline) in runs {
+        if !pick.split(',').any(|p| p == name) {
+            continue;
+        }
         eprintln!("figures: {name}: {records} records, boot args {cmdline:?}");
         let g = guest::run(&sc, &cfg(cmdline)?, &work.path().join(name))?;
         let [a, b] = memory(&g)?;
