@@ -16,13 +16,13 @@ fn kv(line: &str, key: &str) -> Option<u64> {
     line.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
 }
 
-/// (records in the list, slab kB, SUnreclaim kB) of the first and last `memory` lines.
+/// (records in the list, Slab kB, VmallocUsed kB) of the first and last `memory` lines.
 fn memory(g: &GuestRun) -> Result<[(u64, u64, u64); 2]> {
     let t = g.trace()?;
     let m: Vec<(u64, u64, u64)> = t
         .iter()
         .filter(|l| l.starts_with("memory "))
-        .map(|l| (kv(l, "list").unwrap_or(0), kv(l, "Slab").unwrap_or(0), kv(l, "SUnreclaim").unwrap_or(0)))
+        .map(|l| (kv(l, "list").unwrap_or(0), kv(l, "Slab").unwrap_or(0), kv(l, "VmallocUsed").unwrap_or(0)))
         .collect();
     match (m.first(), m.last()) {
         (Some(a), Some(b)) if m.len() >= 2 => Ok([*a, *b]),
@@ -90,7 +90,7 @@ fn main() -> Result<()> {
         let lock = std::fs::read_to_string(g.out.join("lock_ns.txt")).unwrap_or_default();
         let median = secs.get(secs.len() / 2).copied();
         eprintln!(
-            "figures: {name}: list {} -> {} records, Slab {} -> {} kB (+{}), SUnreclaim {} -> {} kB (+{}), \
+            "figures: {name}: list {} -> {} records, Slab {} -> {} kB (+{}), VmallocUsed {} -> {} kB (+{}), \
              {} snapshots, median {:?} s, guest {:.0} s; lock: {}",
             a.0,
             b.0,
@@ -108,7 +108,8 @@ fn main() -> Result<()> {
         out.insert(
             name.into(),
             serde_json::json!({
-                "list_records": [a.0, b.0], "slab_kb": [a.1, b.1], "sunreclaim_kb": [a.2, b.2],
+                "list_records": [a.0, b.0], "slab_kb": [a.1, b.1], "vmalloc_used_kb": [a.2, b.2],
+                "grown_kb": (b.1 + b.2) as i64 - (a.1 + a.2) as i64,
                 "snapshot_seconds_median": median, "snapshots": secs.len(),
                 "lock_ns": lock, "guest_seconds": g.seconds,
             }),
