@@ -132,6 +132,8 @@ pub trait HostOps: Send {
     fn add_records(&mut self, n: u64) -> Result<u64, HostError>;
     /// Measures one file, with its `security.ima` xattr if given (kernel model only).
     fn measure(&mut self, path: &[u8], digest: &[u8], xattr: Option<&[u8]>) -> Result<bool, HostError>;
+    /// Measures a buffer (ima-buf: a key into a keyring, critical data; kernel model only).
+    fn measure_buffer(&mut self, name: &[u8], buf: &[u8]) -> Result<bool, HostError>;
     /// The back end: `model`, `securityfs-snapshot` or `securityfs-legacy`.
     fn mode(&self) -> &'static str;
     fn metrics(&mut self) -> api::AgentMetrics;
@@ -353,6 +355,11 @@ impl<K: HostKernel> HostOps for Host<K> {
             }
             Some(x) => self.agent().kernel_mut().measure_xattr(path, digest, Some(x)).map_err(HostError::Other),
         }
+    }
+
+    fn measure_buffer(&mut self, name: &[u8], buf: &[u8]) -> Result<bool, HostError> {
+        let ev = Event::Buffer { name: name.to_vec(), buf: buf.to_vec() };
+        self.agent().kernel_mut().apply(&ev).map_err(HostError::Other)
     }
 
     fn mode(&self) -> &'static str {

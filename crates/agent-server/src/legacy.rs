@@ -309,6 +309,10 @@ impl<T: Tpm + 'static> HostOps for LegacyHost<T> {
         Err(HostError::BadRequest(NO_WORKLOAD.into()))
     }
 
+    fn measure_buffer(&mut self, _name: &[u8], _buf: &[u8]) -> Result<bool, HostError> {
+        Err(HostError::BadRequest(NO_WORKLOAD.into()))
+    }
+
     fn mode(&self) -> &'static str {
         "securityfs-legacy"
     }

@@ -9,7 +9,7 @@
 //! | `GET /v1/snapshots/{seq}` | one snapshot file |
 //! | `POST /v1/snapshots[?crash_at=POINT]` | take a snapshot now (`crash_at` only with `test_endpoints`) |
 //! | `POST /v1/test/records?count=N` | workload: measure N events (`test_endpoints` only) |
-//! | `POST /v1/test/measure` | `{"path", "digest"}`: measure one file (`test_endpoints` only) |
+//! | `POST /v1/test/measure` | `{"path", "digest"[, "xattr"]}` or `{"path", "buffer"}`: measure one file or buffer (`test_endpoints` only) |
 
 use crate::api;
 use crate::config::{AgentServiceConfig, Backend};
@@ -232,15 +232,29 @@ impl AgentService {
                 #[derive(serde::Deserialize)]
                 struct M {
                     path: String,
+                    #[serde(default)]
                     digest: String,
                     /// The file's `security.ima` xattr (hex), e.g. an evmctl v2 signature.
                     #[serde(default)]
                     xattr: Option<String>,
+                    /// A buffer measurement instead (ima-buf, `path` is its name: a keyring
+                    /// for a key), hex.
+                    #[serde(default)]
+                    buffer: Option<String>,
                 }
                 let m: M = match serde_json::from_slice(&body) {
                     Ok(m) => m,
                     Err(e) => return error_response(StatusCode::BAD_REQUEST, e),
                 };
+                if let Some(b) = &m.buffer {
+                    let Ok(b) = hex::decode(b) else {
+                        return error_response(StatusCode::BAD_REQUEST, "buffer must be hex");
+                    };
+                    return match self.with_host(move |h| h.measure_buffer(m.path.as_bytes(), &b)).await {
+                        Ok(added) => json_response(StatusCode::OK, &serde_json::json!({ "appended": added })),
+                        Err(e) => error_response(status_of(&e), e),
+                    };
+                }
                 let Ok(d) = hex::decode(&m.digest) else {
                     return error_response(StatusCode::BAD_REQUEST, "digest must be hex");
                 };

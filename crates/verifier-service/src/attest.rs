@@ -4,6 +4,7 @@
 use crate::model::LateJoin;
 use imasnap_agent_server::api::{self, Parsed};
 use imasnap_log::HashAlgo;
+use imasnap_policy::KeyRing;
 use imasnap_tpm::AkPublic;
 use imasnap_verifier::{
     verify, BootClaim, EndMarkerClaim, Evidence, Failure, Input, Mode, Options, Outcome, SnapshotClaim,
@@ -95,10 +96,13 @@ pub struct RoundResult {
     /// With a marker start (late join): the accepted marker's index and digest.
     pub accepted_marker: Option<serde_json::Value>,
     pub policy_failures: Vec<serde_json::Value>,
+    /// The host's learned keys after this round (with a policy and a verified round).
+    pub learned: Option<KeyRing>,
 }
 
 /// Verifies one evidence body. `trusted_ak` is the enrolled key; without one, `tofu`
-/// enrols the shipped key (the quote must still verify under it).
+/// enrols the shipped key (the quote must still verify under it). `policy` comes with the
+/// host's learned keys; the result carries the keys learned after this round.
 pub fn run_round(
     body: &[u8],
     nonce: &[u8],
@@ -106,7 +110,7 @@ pub fn run_round(
     late_join: LateJoin,
     trusted_ak: Option<&AkPublic>,
     tofu: bool,
-    policy: Option<&crate::policy::LoadedPolicy>,
+    policy: Option<(&crate::policy::LoadedPolicy, &KeyRing)>,
 ) -> Result<RoundResult, Failure> {
     let parsed = api::parse(body).map_err(|detail| Failure::BadEvidence { detail })?;
     let shipped = shipped_ak(&parsed.header).ok();
@@ -138,6 +142,7 @@ pub fn run_round(
     let outcome = verify(&opts, ev, &q, nonce, prior);
     let mut accepted_marker = None;
     let mut policy_failures = Vec::new();
+    let mut learned_after = None;
     if let (true, Some(st)) = (outcome.verdict.is_verified(), &outcome.state) {
         if prior.is_none() && !st.history_verified {
             accepted_marker = Some(serde_json::json!({
@@ -146,21 +151,21 @@ pub fn run_round(
                 "accepted": "trust on first use (late join)",
             }));
         }
-        if let Some(p) = policy {
+        if let Some((p, learned)) = policy {
             // The records this round proved: from the previous checkpoint (or where the
             // replay started) up to the new one. Restarts (cold boot) recheck from 0.
-            let from = match (&outcome.report.restart, start) {
-                (None, Some(c)) => c,
+            // Keys learned from this boot's log carry over; a fresh start (no state, cold
+            // boot, new boot_aggregate) learns again from the records it judges.
+            let (from, mut ring) = match (&outcome.report.restart, start) {
+                (None, Some(c)) => (c, learned.clone()),
                 _ => {
-                    if st.history_verified {
-                        0
-                    } else {
-                        parsed.header.live_first_index
-                    }
+                    let from = if st.history_verified { 0 } else { parsed.header.live_first_index };
+                    (from, KeyRing::new())
                 }
             };
-            policy_failures = crate::policy::check_range(p, body, &parsed, from, st.checkpoint);
+            policy_failures = crate::policy::check_range(p, body, &parsed, from, st.checkpoint, &mut ring);
+            learned_after = Some(ring);
         }
     }
-    Ok(RoundResult { outcome, enrolled_ak: enrolled, mode, accepted_marker, policy_failures })
+    Ok(RoundResult { outcome, enrolled_ak: enrolled, mode, accepted_marker, policy_failures, learned: learned_after })
 }

@@ -67,6 +67,8 @@ pub struct StoredState {
     pub ak_pem: Option<String>,
     pub ak_source: Option<String>,
     pub accepted_marker: Option<String>,
+    /// JSON list of [`crate::policy::LearnedKey`].
+    pub learned_keys: Option<String>,
     pub status: String,
     pub rounds: u64,
     pub alert: Option<String>,
@@ -81,6 +83,8 @@ pub struct RoundWrite {
     /// `Some(None)` clears the state (e.g. the operator changed the AK).
     pub ak: Option<(String, String)>,
     pub accepted_marker: Option<String>,
+    /// The host's learned keys (JSON); `None` keeps the stored ones.
+    pub learned_keys: Option<String>,
     pub status: String,
     pub alert: Option<String>,
     pub verdict: VerdictRow,
@@ -128,7 +132,8 @@ impl Db {
         let c = self.read.lock().unwrap_or_else(|p| p.into_inner());
         let mut st = c
             .prepare(
-                "SELECT h.spec, s.state, s.ak_pem, s.ak_source, s.accepted_marker, s.status, s.rounds, s.alert
+                "SELECT h.spec, s.state, s.ak_pem, s.ak_source, s.accepted_marker, s.status, s.rounds, s.alert,
+                        s.learned_keys
                  FROM hosts h LEFT JOIN host_state s ON s.name = h.name ORDER BY h.name",
             )
             .map_err(|e| e.to_string())?;
@@ -144,6 +149,7 @@ impl Db {
                         status: r.get::<_, Option<String>>(5)?.unwrap_or_else(|| "pending".into()),
                         rounds: r.get::<_, Option<i64>>(6)?.unwrap_or(0) as u64,
                         alert: r.get(7)?,
+                        learned_keys: r.get(8)?,
                     },
                 ))
             })
@@ -197,7 +203,7 @@ fn apply(c: &Connection, op: &Op) -> rusqlite::Result<()> {
             if *reset_state {
                 c.prepare_cached(
                     "UPDATE host_state SET state = NULL, ak_pem = NULL, ak_source = NULL, accepted_marker = NULL,
-                     status = 'pending', alert = NULL WHERE name = ?1",
+                     learned_keys = '[]', status = 'pending', alert = NULL WHERE name = ?1",
                 )?
                 .execute([&spec.name])?;
             } else {
@@ -212,7 +218,8 @@ fn apply(c: &Connection, op: &Op) -> rusqlite::Result<()> {
             c.prepare_cached(
                 "UPDATE host_state SET state = COALESCE(?2, state), ak_pem = COALESCE(?3, ak_pem),
                  ak_source = COALESCE(?4, ak_source), accepted_marker = COALESCE(?5, accepted_marker),
-                 status = ?6, rounds = rounds + 1, alert = COALESCE(alert, ?7) WHERE name = ?1",
+                 status = ?6, rounds = rounds + 1, alert = COALESCE(alert, ?7),
+                 learned_keys = COALESCE(?8, learned_keys) WHERE name = ?1",
             )?
             .execute(params![
                 w.name,
@@ -221,7 +228,8 @@ fn apply(c: &Connection, op: &Op) -> rusqlite::Result<()> {
                 w.ak.as_ref().map(|a| &a.1),
                 w.accepted_marker,
                 w.status,
-                w.alert
+                w.alert,
+                w.learned_keys
             ])?;
             let id = c
                 .prepare_cached("INSERT INTO verdicts(host, at_ms, verdict, row) VALUES (?1, ?2, ?3, ?4)")?

@@ -225,4 +225,8 @@ pub struct HostStatus {
     /// First unacknowledged rejection or policy violation (sticky until the next
     /// registration update).
     pub alert: Option<VerdictRow>,
+    /// Keys learned from this boot's log (measured into a keyring the policy lists); they
+    /// verify later ima-sig signatures.
+    #[serde(default)]
+    pub learned_keys: Vec<crate::policy::LearnedKey>,
 }

@@ -23,6 +23,7 @@ use futures_util::future::BoxFuture;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use imasnap_agent_server::http::{self, error_response, json_response, param, query, Body, Conn, Handler, Peer};
+use imasnap_policy::KeyRing;
 use imasnap_tpm::AkPublic;
 use imasnap_verifier::State;
 use rand::RngCore;
@@ -43,6 +44,8 @@ struct HostRt {
     spec: HostSpec,
     policy: Option<Arc<LoadedPolicy>>,
     state: Option<State>,
+    /// Keys learned from the log (Keylime keyring semantics), saved with the state.
+    learned: Arc<KeyRing>,
     ak: Option<AkPublic>,
     ak_pem: Option<String>,
     ak_source: Option<String>,
@@ -63,6 +66,8 @@ impl HostRt {
     fn new(spec: HostSpec, stored: StoredState) -> Result<Self, String> {
         let policy = spec.policy.as_deref().map(policy::load).transpose()?.map(Arc::new);
         let state = stored.state.as_deref().map(State::from_json).transpose()?;
+        let learned =
+            Arc::new(stored.learned_keys.as_deref().map(policy::keys_from_json).transpose()?.unwrap_or_default());
         let (ak, ak_pem, ak_source) = match (&stored.ak_pem, &spec.ak) {
             (Some(p), _) => (Some(parse_ak(p)?), Some(p.clone()), stored.ak_source.clone()),
             (None, Some(a)) => {
@@ -76,6 +81,7 @@ impl HostRt {
             spec,
             policy,
             state,
+            learned,
             ak,
             ak_pem,
             ak_source,
@@ -106,6 +112,7 @@ impl HostRt {
             rounds: self.rounds,
             last: self.last.clone(),
             alert: self.alert.clone(),
+            learned_keys: policy::keys_to_stored(&self.learned),
         }
     }
 }
@@ -259,10 +266,11 @@ impl Verifier {
     pub async fn attest(self: &Shared, name: &str) -> Result<VerdictRow, String> {
         let _permit = self.sem.clone().acquire_owned().await.map_err(|e| e.to_string())?;
         let t0 = Instant::now();
-        let (spec, state, ak, policy, conn, generation) = {
+        let (spec, state, ak, policy, learned, conn, generation) = {
             let mut hosts = self.hosts();
             let h = hosts.get_mut(name).ok_or_else(|| format!("no host {name}"))?;
-            (h.spec.clone(), h.state.clone(), h.ak.clone(), h.policy.clone(), h.conn.take(), h.generation)
+            let learned = h.learned.clone();
+            (h.spec.clone(), h.state.clone(), h.ak.clone(), h.policy.clone(), learned, h.conn.take(), h.generation)
         };
         let timeout = Duration::from_millis(self.cfg.timeout_ms);
         let mut row = VerdictRow { host: name.to_string(), at_ms: now_ms(), ..Default::default() };
@@ -273,6 +281,7 @@ impl Verifier {
             state: None,
             ak: None,
             accepted_marker: None,
+            learned_keys: None,
             status: String::new(),
             alert: None,
             verdict: VerdictRow::default(),
@@ -281,6 +290,7 @@ impl Verifier {
         let mut new_state: Option<State> = None;
         let mut enrolled: Option<AkPublic> = None;
         let mut accepted = None;
+        let mut new_learned: Option<KeyRing> = None;
         let conn_back;
         match fetched {
             Err((kind, detail, conn)) => {
@@ -297,7 +307,8 @@ impl Verifier {
                 let ak2 = ak.clone();
                 let pol = policy.clone();
                 let r = tokio::task::spawn_blocking(move || {
-                    attest::run_round(&body, &nonce, prior.as_ref(), late, ak2.as_ref(), tofu, pol.as_deref())
+                    let pol = pol.as_deref().map(|p| (p, &*learned));
+                    attest::run_round(&body, &nonce, prior.as_ref(), late, ak2.as_ref(), tofu, pol)
                 })
                 .await
                 .map_err(|e| e.to_string())?;
@@ -324,6 +335,7 @@ impl Verifier {
                             None => {
                                 new_state = o.state.clone();
                                 enrolled = rr.enrolled_ak.clone();
+                                new_learned = rr.learned.clone();
                                 accepted = rr.accepted_marker.clone();
                                 row.checkpoint = new_state.as_ref().map(|s| s.checkpoint);
                                 if rr.policy_failures.is_empty() {
@@ -351,6 +363,7 @@ impl Verifier {
         write.state = new_state.as_ref().map(State::to_json);
         write.ak = enrolled.as_ref().map(|k| (k.to_pem(), "tofu".to_string()));
         write.accepted_marker = accepted.as_ref().map(|v| v.to_string());
+        write.learned_keys = new_learned.as_ref().map(policy::keys_to_json);
         if matches!(row.verdict.as_str(), "rejected" | "policy_violation") {
             write.alert = Some(serde_json::to_string(&row).unwrap_or_default());
         }
@@ -378,6 +391,12 @@ impl Verifier {
                 if h.generation == generation && saved.is_ok() {
                     if let Some(s) = new_state {
                         h.state = Some(s);
+                    }
+                    if let Some(l) = new_learned {
+                        if l.len() != h.learned.len() {
+                            tracing::info!(host = %name, keys = l.len(), "learned keys (keyring measurements)");
+                        }
+                        h.learned = Arc::new(l);
                     }
                     if let Some(k) = enrolled {
                         h.ak_pem = Some(k.to_pem());
