@@ -188,6 +188,10 @@ fn show_host(v: &serde_json::Value) {
     if let Some(l) = v.get("alert").filter(|l| !l.is_null()) {
         print_verdict("  ALERT: ", l);
     }
+    for k in v.get("learned_keys").and_then(|k| k.as_array()).into_iter().flatten() {
+        let s = |f: &str| k.get(f).and_then(|x| x.as_str()).unwrap_or("?").to_string();
+        println!("  learned key {} ({}) from {}", s("keyid"), s("kind"), s("source"));
+    }
 }
 
 fn print_verdict(prefix: &str, r: &serde_json::Value) {
