@@ -194,8 +194,12 @@ mkdir -p "$OBJ"
 LOG=$OBJ/build.log
 : > "$LOG"
 frag=$(mktemp)
-cat "$FRAGMENT" > "$frag"
-[ "$FEATURE" = off ] && echo "# CONFIG_IMA_LOG_SNAPSHOT is not set" >> "$frag"
+if [ "$FEATURE" = off ]; then
+    grep -v '^CONFIG_IMA_LOG_SNAPSHOT=' "$FRAGMENT" > "$frag"
+    echo "# CONFIG_IMA_LOG_SNAPSHOT is not set" >> "$frag"
+else
+    cat "$FRAGMENT" > "$frag"
+fi
 log "configuring ($FEATURE)"
 quiet "$LOG" make -C "$TREE" O="$OBJ" tinyconfig
 quiet "$LOG" "$TREE/scripts/kconfig/merge_config.sh" -m -O "$OBJ" "$OBJ/.config" "$frag"
