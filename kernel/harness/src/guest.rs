@@ -139,7 +139,12 @@ impl Drop for Swtpm {
 fn tpm_setup(work: &Path, imasnap: &Path) -> Result<PathBuf> {
     let st = work.join("tpm");
     std::fs::create_dir_all(&st)?;
-    run_ok(Command::new("swtpm_setup").args(["--tpm2", "--pcr-banks", "sha1,sha256", "--overwrite"]).arg("--tpmstate").arg(&st))?;
+    run_ok(
+        Command::new("swtpm_setup")
+            .args(["--tpm2", "--pcr-banks", "sha1,sha256", "--overwrite"])
+            .arg("--tpmstate")
+            .arg(&st),
+    )?;
     let port = free_port()?;
     let _tpm = Swtpm(
         Command::new("swtpm")
@@ -216,7 +221,8 @@ pub fn run(sc: &Scenario, cfg: &GuestConfig, work: &Path) -> Result<GuestRun> {
         std::thread::sleep(Duration::from_millis(50));
     }
     let console = work.join("console.log");
-    let append = format!("console=ttyS0 panic=-1 imasnap.stage=0 imasnap.nonce={} {}", hex::encode(&nonce), cfg.cmdline);
+    let append =
+        format!("console=ttyS0 panic=-1 imasnap.stage=0 imasnap.nonce={} {}", hex::encode(&nonce), cfg.cmdline);
     let t0 = Instant::now();
     let mut qemu = Command::new("qemu-system-x86_64")
         .args(["-machine", "q35", "-accel", "tcg", "-cpu", "max", "-smp", "1", "-display", "none"])

@@ -4,6 +4,6 @@ pub mod demo;
 pub mod log;
 pub mod policy;
 pub mod sim;
-pub mod verify;
 pub mod tpm;
 pub mod verifier_service;
+pub mod verify;
