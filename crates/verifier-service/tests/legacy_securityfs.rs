@@ -18,13 +18,14 @@ use imasnap_log::entry::{build, builtin, d_ng, n_ng};
 use imasnap_log::{BinaryFormat, BinaryReader, Endian, HashAlgo, PcrValue, Record};
 use imasnap_tpm::{AkPublic, ClockInfo, PcrSelection, Quote, SoftTpm, Tpm, TpmError};
 use imasnap_verifier_service::model::{HostPatch, HostSpec, LateJoin, VerdictRow};
-use imasnap_verifier_service::service::{self as vsvc, Running};
-use imasnap_verifier_service::{Verifier, VerifierConfig};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
+
+mod common;
+use common::start_verifier;
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/real-kernel/ima-ng");
 
@@ -196,24 +197,6 @@ async fn start_agent(cfg: &AgentServiceConfig, tpm: SharedTpm) -> agent::Running
     let host = agent::open_securityfs(cfg, tpm).unwrap();
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     agent::spawn(l, cfg.tls.server().unwrap(), host, 64 << 20, false, Duration::ZERO).unwrap()
-}
-
-async fn start_verifier(dir: &Path, pki: &DevPkiFiles) -> Running {
-    let cfg = VerifierConfig {
-        database: dir.join("verifier.db"),
-        sqlite_synchronous_full: false,
-        listen: "127.0.0.1:0".into(),
-        max_concurrency: 4,
-        timeout_ms: 10_000,
-        max_evidence_bytes: 64 << 20,
-        keep_verdicts: 100,
-        tick_ms: 20,
-        tls: pki.verifier.clone(),
-        agent_tls: pki.verifier.clone(),
-    };
-    let v = Verifier::open(cfg.clone(), cfg.agent_tls.client().unwrap()).unwrap();
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    vsvc::spawn(l, cfg.tls.server().unwrap(), v, false).unwrap()
 }
 
 async fn agent_get(pki: &DevPkiFiles, addr: &str, method: hyper::Method, path: &str) -> (u16, serde_json::Value) {

@@ -12,14 +12,16 @@ use imasnap_agent_server::devpki::{write_dev_pki, DevPkiFiles};
 use imasnap_agent_server::service as agent;
 use imasnap_policy::sig::encode_v2;
 use imasnap_verifier_service::model::{HostSpec, LateJoin, VerdictRow};
-use imasnap_verifier_service::service::{self as vsvc, Running};
-use imasnap_verifier_service::{Verifier, VerifierConfig};
+use imasnap_verifier_service::service::Running;
+use imasnap_verifier_service::Verifier;
 use p256::ecdsa::signature::hazmat::PrehashSigner;
 use rsa::pkcs8::EncodePublicKey;
 use sha2::{Digest, Sha256};
-use std::path::Path;
 use std::time::Duration;
 use tokio::net::TcpListener;
+
+mod common;
+use common::start_verifier;
 
 /// Kernel `HASH_ALGO_SHA256` in the signature header.
 const HASH_SHA256: u8 = 4;
@@ -85,28 +87,6 @@ struct Env {
     pki: DevPkiFiles,
     agent: agent::Running,
     verifier: Option<Running>,
-}
-
-fn verifier_cfg(dir: &Path, pki: &DevPkiFiles) -> VerifierConfig {
-    VerifierConfig {
-        database: dir.join("verifier.db"),
-        sqlite_synchronous_full: false,
-        listen: "127.0.0.1:0".into(),
-        max_concurrency: 4,
-        timeout_ms: 10_000,
-        max_evidence_bytes: 64 << 20,
-        keep_verdicts: 100,
-        tick_ms: 20,
-        tls: pki.verifier.clone(),
-        agent_tls: pki.verifier.clone(),
-    }
-}
-
-async fn start_verifier(dir: &Path, pki: &DevPkiFiles) -> Running {
-    let cfg = verifier_cfg(dir, pki);
-    let v = Verifier::open(cfg.clone(), cfg.agent_tls.client().unwrap()).unwrap();
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    vsvc::spawn(l, cfg.tls.server().unwrap(), v, false).unwrap()
 }
 
 impl Env {
