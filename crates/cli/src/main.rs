@@ -22,6 +22,7 @@ enum Command {
     /// Read, convert, replay and verify IMA measurement logs.
     #[command(subcommand)]
     Log(cmd::log::LogCmd),
+    #[cfg(feature = "agent")]
     /// Simulate a host: the kernel model and the agent under a synthetic workload.
     #[command(subcommand)]
     Sim(cmd::sim::SimCmd),
@@ -29,15 +30,18 @@ enum Command {
     #[command(subcommand)]
     Policy(cmd::policy::PolicyCmd),
     Verify(cmd::verify::VerifyArgs),
+    #[cfg(feature = "agent")]
     /// Agent work on a real kernel: snapshots through securityfs, evidence bundles.
     #[command(subcommand)]
     Agent(cmd::agent::AgentCmd),
     /// TPM utilities: the attestation key to enrol.
     #[command(subcommand)]
     Tpm(cmd::tpm::TpmCmd),
+    #[cfg(feature = "verifier")]
     /// The verifier service and its REST API: run, host add|list|show|update|attest|remove.
     #[command(subcommand)]
     Verifier(cmd::verifier_service::VerifierCmd),
+    #[cfg(feature = "agent")]
     /// The main job: kernel model + agent + verifier on a synthetic workload, with a summary.
     Demo(cmd::demo::DemoArgs),
 }
@@ -47,12 +51,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
         Command::Log(c) => cmd::log::run(c),
+        #[cfg(feature = "agent")]
         Command::Sim(c) => cmd::sim::run(c),
         Command::Policy(c) => cmd::policy::run(c),
         Command::Verify(a) => cmd::verify::run(a),
+        #[cfg(feature = "agent")]
         Command::Agent(c) => cmd::agent::run(c),
         Command::Tpm(c) => cmd::tpm::run(c),
+        #[cfg(feature = "verifier")]
         Command::Verifier(c) => cmd::verifier_service::run(c),
+        #[cfg(feature = "agent")]
         Command::Demo(a) => cmd::demo::run_demo(a),
     };
     match r {

@@ -12,7 +12,6 @@
 //! IMASNAP_SKIP_SWTPM=1.
 
 use imasnap_agent_server::devpki::{write_dev_pki, DevPkiFiles};
-use imasnap_tpm::swtpm::Swtpm;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -295,8 +294,9 @@ fn services_on_loopback_with_soft_tpm() {
     scenario("soft:seed=7", true);
 }
 
+#[cfg(feature = "tpm2")]
 #[test]
 fn services_on_loopback_with_swtpm() {
-    let Some(sw) = Swtpm::for_test() else { return };
+    let Some(sw) = imasnap_tpm::swtpm::Swtpm::for_test() else { return };
     scenario(&sw.tcti(), false);
 }

@@ -3,7 +3,9 @@
 //! bundle, also against the TPM's AK given as trusted, and rejects it once tampered.
 //!
 //! Each test starts a private swtpm (fresh PCRs). They fail when IMASNAP_SWTPM is
-//! unset (scripts/test.sh sets it), unless IMASNAP_SKIP_SWTPM=1.
+//! unset (scripts/test.sh sets it), unless IMASNAP_SKIP_SWTPM=1. They need the `tpm2`
+//! feature, which scripts/test.sh enables.
+#![cfg(feature = "tpm2")]
 
 use imasnap_tpm::swtpm::Swtpm;
 use imasnap_tpm::Tpm as _;

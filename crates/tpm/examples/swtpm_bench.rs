@@ -1,6 +1,6 @@
 //! Quote and verify timings on a private swtpm (needs swtpm installed).
 //!
-//!   cargo run --release -p imasnap-tpm --example swtpm_bench [-- ITERATIONS]
+//!   cargo run --release -p imasnap-tpm --features esapi --example swtpm_bench [-- ITERATIONS]
 //!
 //! Prints a Markdown table: median and p90 per operation.
 

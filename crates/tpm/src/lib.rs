@@ -5,7 +5,8 @@
 //! - [`SoftTpm`]: a deterministic in-process software TPM, the embedded default.
 //! - Real TPM 2.0 wire formats ([`Attest`], [`Signature`], [`PcrSelection`],
 //!   [`PublicArea`]) so quotes from swtpm or hardware verify the same way.
-//! - `EsapiTpm` (feature `esapi`, on by default): a real TPM 2.0 through tss-esapi;
+//! - `EsapiTpm` (feature `esapi`, off by default: it links libtss2): a real TPM 2.0
+//!   through tss-esapi;
 //!   [`open_tpm`] picks a back end from a string such as `swtpm:host=127.0.0.1,port=2321`.
 //! - [`verify_quote`]: pure-Rust verification that never needs a TPM.
 //!
@@ -141,7 +142,10 @@ fn open_esapi(spec: &str) -> Result<Box<dyn Tpm>, TpmError> {
 
 #[cfg(not(feature = "esapi"))]
 fn open_esapi(spec: &str) -> Result<Box<dyn Tpm>, TpmError> {
-    Err(TpmError::Backend(format!("{spec}: imasnap was built without the `esapi` feature (tss-esapi)")))
+    Err(TpmError::Backend(format!(
+        "{spec}: this build has no real TPM 2.0 back end; rebuild with `--features tpm2` \
+         (the `imasnap` binary) or `esapi` (imasnap-tpm), which needs libtss2-dev and pkg-config"
+    )))
 }
 
 impl<T: Tpm + ?Sized> Tpm for Box<T> {

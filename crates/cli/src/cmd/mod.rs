@@ -1,9 +1,16 @@
+#[cfg(feature = "agent")]
 pub mod agent;
+#[cfg(feature = "agent")]
 pub mod agent_service;
+#[cfg(feature = "agent")]
 pub mod demo;
+#[cfg(any(feature = "agent", feature = "verifier"))]
+pub mod daemon;
 pub mod log;
 pub mod policy;
+#[cfg(feature = "agent")]
 pub mod sim;
 pub mod tpm;
+#[cfg(feature = "verifier")]
 pub mod verifier_service;
 pub mod verify;

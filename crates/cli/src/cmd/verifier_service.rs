@@ -211,8 +211,8 @@ fn print_verdict(prefix: &str, r: &serde_json::Value) {
 pub fn run(cmd: VerifierCmd) -> Result<ExitCode> {
     match cmd {
         VerifierCmd::Run(a) => {
-            crate::cmd::agent_service::daemon_signals();
-            crate::cmd::agent_service::init_logs(a.log_json);
+            crate::cmd::daemon::daemon_signals();
+            crate::cmd::daemon::init_logs(a.log_json);
             let text = read(&a.config)?;
             let cfg = VerifierConfig::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", a.config.display()))?;
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
