@@ -381,7 +381,8 @@ impl Verifier {
         let was = h.damage.take();
         h.replace(fresh);
         h.rounds = rounds;
-        tracing::warn!(host = %name, repaired = ?was.map(|d| d.to_string()), "host state reset by an admin");
+        let repaired = was.map(|d| d.to_string()).unwrap_or_else(|| "nothing (host was usable)".into());
+        tracing::warn!(host = %name, %repaired, "host state reset by an admin");
         Ok(h.status())
     }
 
