@@ -279,10 +279,7 @@ fn scenario(tpm: &str, restart_agent: bool) {
         verified(&r);
         // The scheduler may have run the first round after the address change itself.
         let hist = env.cli(&ver, &["host", "verdicts", "h1", "--limit", "3"]).1;
-        assert!(
-            hist["verdicts"].as_array().unwrap().iter().any(|v| v["restart"] == "reset_count_changed"),
-            "{hist}"
-        );
+        assert!(hist["verdicts"].as_array().unwrap().iter().any(|v| v["restart"] == "reset_count_changed"), "{hist}");
     }
     let (code, hist) = env.cli(&ver, &["host", "verdicts", "h1", "--limit", "100"]);
     assert_eq!(code, 0);
