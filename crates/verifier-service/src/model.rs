@@ -147,7 +147,7 @@ fn d_poll() -> u64 {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HostSpec {
-    /// Unique name: letters, digits, `.`, `-`, `_` (at most 64).
+    /// Unique name: dot-separated labels of letters, digits, `-`, `_` (see [`check_name`]).
     pub name: String,
     /// Agent address, `host:port`.
     pub address: String,
