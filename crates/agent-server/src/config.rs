@@ -1,5 +1,6 @@
 //! The agent service's TOML configuration (`/etc/imasnap/agent.toml`).
 
+use crate::duration::{Key, Unit};
 use crate::tls::TlsFiles;
 use imasnap_agent::{AgentConfig, SnapshotPolicy};
 use imasnap_store::Retention;
@@ -60,6 +61,20 @@ fn d_max() -> u64 {
 fn d_tick() -> u64 {
     1000
 }
+fn d_snap_burst() -> u32 {
+    10
+}
+fn d_snap_every() -> u64 {
+    10_000
+}
+
+/// The duration keys of `agent.toml` (`tick = "1s"`; the `_ms`/`_secs` keys are the older
+/// spelling).
+pub const DURATION_KEYS: &[Key] = &[
+    Key { table: "", key: "tick", old_key: "tick_ms", unit: Unit::Millis },
+    Key { table: "", key: "snapshot_request_interval", old_key: "snapshot_request_interval_ms", unit: Unit::Millis },
+    Key { table: "snapshot", key: "interval", old_key: "interval_secs", unit: Unit::Secs },
+];
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -89,9 +104,16 @@ pub struct AgentServiceConfig {
     /// Largest evidence response; a request that would exceed it gets 413.
     #[serde(default = "d_max")]
     pub max_evidence_bytes: u64,
-    /// How often the snapshot policy and the background workload run, in milliseconds.
+    /// How often the snapshot policy and the background workload run, in milliseconds
+    /// (`tick = "1s"` in the file).
     #[serde(default = "d_tick")]
     pub tick_ms: u64,
+    /// `POST /v1/snapshots` rate limit: at most this many at once…
+    #[serde(default = "d_snap_burst")]
+    pub snapshot_request_burst: u32,
+    /// …then one more per this many milliseconds (`snapshot_request_interval = "10s"`).
+    #[serde(default = "d_snap_every")]
+    pub snapshot_request_interval_ms: u64,
     /// Enables `/v1/test/*` (add records, measure a file) and `crash_at` fault injection.
     /// Never on in production.
     #[serde(default)]
@@ -105,7 +127,7 @@ pub struct AgentServiceConfig {
 
 impl AgentServiceConfig {
     pub fn from_toml(s: &str) -> Result<Self, String> {
-        toml::from_str(s).map_err(|e| e.to_string())
+        crate::duration::from_toml(s, DURATION_KEYS)
     }
 
     pub fn agent_config(&self) -> AgentConfig {
@@ -136,5 +158,25 @@ mod tests {
         assert!(
             AgentServiceConfig::from_toml("lisen = \"x\"\n[tls]\ncert = \"/c\"\nkey = \"/k\"\nca = \"/ca\"\n").is_err()
         );
+        assert_eq!(c.tick_ms, 1000);
+        assert_eq!((c.snapshot_request_burst, c.snapshot_request_interval_ms), (10, 10_000));
+    }
+
+    #[test]
+    fn finding_3_durations_with_units_and_old_keys() {
+        let tls = "[tls]\ncert = \"/c\"\nkey = \"/k\"\nca = \"/ca\"\n";
+        let c = AgentServiceConfig::from_toml(&format!(
+            "tick = \"500ms\"\nsnapshot_request_interval = \"2m\"\n[snapshot]\ninterval = \"1h\"\n{tls}"
+        ))
+        .unwrap();
+        assert_eq!(c.tick_ms, 500);
+        assert_eq!(c.snapshot_request_interval_ms, 120_000);
+        assert_eq!(c.snapshot.interval_secs, Some(3600));
+        let old =
+            AgentServiceConfig::from_toml(&format!("tick_ms = 250\n[snapshot]\ninterval_secs = 60\n{tls}")).unwrap();
+        assert_eq!((old.tick_ms, old.snapshot.interval_secs), (250, Some(60)));
+        let e = AgentServiceConfig::from_toml(&format!("tick = \"1s\"\ntick_ms = 5\n{tls}")).unwrap_err();
+        assert!(e.contains("tick"), "{e}");
+        assert!(AgentServiceConfig::from_toml(&format!("tick = \"soon\"\n{tls}")).is_err());
     }
 }

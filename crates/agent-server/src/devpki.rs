@@ -2,7 +2,10 @@
 //! trying the services on one machine (`imasnap` docs show how). Not for production: the
 //! keys are written unencrypted.
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
+use crate::tls::Role;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+};
 use std::path::{Path, PathBuf};
 
 pub struct DevCa {
@@ -32,8 +35,16 @@ impl DevCa {
     /// A certificate for `names` (DNS names or IP addresses), usable as both TLS server
     /// and TLS client.
     pub fn leaf(&self, cn: &str, names: &[&str]) -> Result<Leaf, rcgen::Error> {
+        self.leaf_with_role(cn, names, None)
+    }
+
+    /// Like [`DevCa::leaf`], with the role as a SAN URI ([`Role::uri`]).
+    pub fn leaf_with_role(&self, cn: &str, names: &[&str], role: Option<Role>) -> Result<Leaf, rcgen::Error> {
         let key = KeyPair::generate()?;
         let mut p = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+        if let Some(r) = role {
+            p.subject_alt_names.push(SanType::URI(r.uri().try_into()?));
+        }
         p.distinguished_name.push(DnType::CommonName, cn);
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -70,18 +81,28 @@ pub struct DevPkiFiles {
     pub agent: crate::tls::TlsFiles,
     pub verifier: crate::tls::TlsFiles,
     pub admin: crate::tls::TlsFiles,
+    /// Read-only client of the verifier API (dashboards, scrapers).
+    pub reader: crate::tls::TlsFiles,
 }
 
-/// One CA plus three identities (agent, verifier, admin) for `names`, written to `dir`.
+/// One CA plus four identities for `names`, written to `dir`, each with its role
+/// ([`Role`]): `agent.pem`, `verifier.pem`, `admin.pem`, `reader.pem` (and `.key`).
 pub fn write_dev_pki(dir: &Path, names: &[&str]) -> Result<DevPkiFiles, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let ca = DevCa::new("imasnap development CA").map_err(|e| e.to_string())?;
     let ca_path = dir.join("ca.pem");
     std::fs::write(&ca_path, &ca.cert_pem).map_err(|e| e.to_string())?;
-    let mk = |who: &str| -> Result<crate::tls::TlsFiles, String> {
-        let l = ca.leaf(&format!("imasnap {who}"), names).map_err(|e| e.to_string())?;
+    let mk = |role: Role| -> Result<crate::tls::TlsFiles, String> {
+        let who = role.as_str();
+        let l = ca.leaf_with_role(&format!("imasnap {who}"), names, Some(role)).map_err(|e| e.to_string())?;
         let (cert, key) = l.write(dir, who).map_err(|e| e.to_string())?;
         Ok(crate::tls::TlsFiles { cert, key, ca: ca_path.clone() })
     };
-    Ok(DevPkiFiles { agent: mk("agent")?, verifier: mk("verifier")?, admin: mk("admin")?, ca: ca_path.clone() })
+    Ok(DevPkiFiles {
+        agent: mk(Role::Agent)?,
+        verifier: mk(Role::Verifier)?,
+        admin: mk(Role::Admin)?,
+        reader: mk(Role::Reader)?,
+        ca: ca_path.clone(),
+    })
 }

@@ -168,6 +168,8 @@ pub enum ConnError {
     Http(String),
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    #[error("the answer's content-length {declared} exceeds the limit of {limit} bytes")]
+    TooLarge { declared: u64, limit: usize },
 }
 
 impl Conn {
@@ -221,6 +223,11 @@ impl Conn {
                 b.body(Full::new(Bytes::from(body.unwrap_or_default()))).map_err(|e| ConnError::Http(e.to_string()))?;
             let resp = self.sender.send_request(req).await.map_err(|e| ConnError::Http(e.to_string()))?;
             let status = resp.status();
+            // Refused on the header, before any of a body announced too large is read.
+            let declared = resp.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok());
+            if let Some(n) = declared.and_then(|v| v.parse::<u64>().ok()).filter(|n| *n > limit as u64) {
+                return Err(ConnError::TooLarge { declared: n, limit });
+            }
             let bytes = read_limited(resp.into_body(), limit).await.map_err(ConnError::Http)?;
             Ok((status, bytes))
         };

@@ -10,11 +10,13 @@
 //!   copies `binary_runtime_measurements` incrementally and serves its own copy).
 //! - [`api`]: the `imasnap-evidence/1` wire format, shared with the verifier.
 //! - [`tls`], [`http`]: rustls mutual TLS and HTTP/1.1 plumbing shared by both services.
-//! - [`config`][crate::config]: `/etc/imasnap/agent.toml`.
+//! - [`config`][crate::config]: `/etc/imasnap/agent.toml`; [`duration`]: `"30s"`-style
+//!   durations in both services' files.
 
 pub mod api;
 pub mod config;
 pub mod devpki;
+pub mod duration;
 pub mod host;
 pub mod http;
 pub mod legacy;

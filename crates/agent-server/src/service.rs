@@ -7,7 +7,7 @@
 //! | `GET /v1/evidence?nonce=HEX&from=N\|latest[&boot=RC:SHA1][&max_bytes=N]` | quote + records (see [`crate::api`]) |
 //! | `GET /v1/snapshots` | the current boot's manifest |
 //! | `GET /v1/snapshots/{seq}` | one snapshot file |
-//! | `POST /v1/snapshots[?crash_at=POINT]` | take a snapshot now (`crash_at` only with `test_endpoints`) |
+//! | `POST /v1/snapshots[?crash_at=POINT]` | take a snapshot now (`crash_at` only with `test_endpoints`); rate-limited (429 with `Retry-After`) |
 //! | `POST /v1/test/records?count=N` | workload: measure N events (`test_endpoints` only) |
 //! | `POST /v1/test/measure` | `{"path", "digest"[, "xattr"]}` or `{"path", "buffer"}`: measure one file or buffer (`test_endpoints` only) |
 
@@ -38,6 +38,53 @@ pub struct AgentService {
     host: SharedHost,
     max_evidence: u64,
     test_endpoints: bool,
+    snapshot_limit: Mutex<RateLimit>,
+}
+
+/// A token bucket: `burst` requests at once, then one per `every`. Guards
+/// `POST /v1/snapshots`, which costs a TPM quote and fsyncs and trims the kernel's list:
+/// any client the CA admits could otherwise call it in a loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotLimit {
+    pub burst: u32,
+    pub every: Duration,
+}
+
+impl Default for SnapshotLimit {
+    fn default() -> Self {
+        Self { burst: 10, every: Duration::from_secs(10) }
+    }
+}
+
+#[derive(Debug)]
+struct RateLimit {
+    limit: SnapshotLimit,
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    fn new(limit: SnapshotLimit) -> Self {
+        Self { limit, tokens: f64::from(limit.burst), last: Instant::now() }
+    }
+
+    /// Takes one token, or says how long until one is there.
+    fn take(&mut self, now: Instant) -> Result<(), Duration> {
+        let every = self.limit.every.as_secs_f64();
+        if every > 0.0 {
+            let refill = now.saturating_duration_since(self.last).as_secs_f64() / every;
+            self.tokens = (self.tokens + refill).min(f64::from(self.limit.burst));
+        } else {
+            self.tokens = f64::from(self.limit.burst.max(1));
+        }
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - self.tokens) * every))
+        }
+    }
 }
 
 fn status_of(e: &HostError) -> StatusCode {
@@ -54,7 +101,11 @@ fn crash_point(name: &str) -> Option<CrashPoint> {
 
 impl AgentService {
     pub fn new(host: SharedHost, max_evidence: u64, test_endpoints: bool) -> Self {
-        Self { host, max_evidence, test_endpoints }
+        Self::with_limit(host, max_evidence, test_endpoints, SnapshotLimit::default())
+    }
+
+    pub fn with_limit(host: SharedHost, max_evidence: u64, test_endpoints: bool, limit: SnapshotLimit) -> Self {
+        Self { host, max_evidence, test_endpoints, snapshot_limit: Mutex::new(RateLimit::new(limit)) }
     }
 
     /// Runs `f` on the host in the blocking pool (TPM commands, fsync).
@@ -195,6 +246,17 @@ impl AgentService {
                 self.snapshot_get(p.trim_start_matches("/v1/snapshots/")).await
             }
             (&Method::POST, "/v1/snapshots") => {
+                let limited = self.snapshot_limit.lock().unwrap_or_else(|p| p.into_inner()).take(Instant::now());
+                if let Err(wait) = limited {
+                    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                    tracing::warn!(peer = %peer.addr, retry_after = secs, "snapshot request rate-limited");
+                    let mut r = error_response(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        format!("snapshot requests are rate-limited; retry in {secs} s"),
+                    );
+                    r.headers_mut().insert(hyper::header::RETRY_AFTER, hyper::header::HeaderValue::from(secs.max(1)));
+                    return r;
+                }
                 let q = query(&req);
                 let crash = match param(&q, "crash_at") {
                     None => None,
@@ -395,7 +457,8 @@ impl Running {
     }
 }
 
-/// Serves `host` on `listener` and runs its ticker, until `stop`.
+/// Serves `host` on `listener` and runs its ticker, until `stop` (default snapshot
+/// request limit).
 pub fn spawn(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
@@ -404,10 +467,23 @@ pub fn spawn(
     test_endpoints: bool,
     tick: Duration,
 ) -> std::io::Result<Running> {
+    spawn_with_limit(listener, tls, host, max_evidence, test_endpoints, tick, SnapshotLimit::default())
+}
+
+/// [`spawn`] with a snapshot request limit.
+pub fn spawn_with_limit(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    host: Box<dyn HostOps>,
+    max_evidence: u64,
+    test_endpoints: bool,
+    tick: Duration,
+    limit: SnapshotLimit,
+) -> std::io::Result<Running> {
     let addr = listener.local_addr()?;
     let host: SharedHost = Arc::new(Mutex::new(host));
     let (tx, rx) = watch::channel(false);
-    let svc = Arc::new(AgentService::new(host.clone(), max_evidence, test_endpoints));
+    let svc = Arc::new(AgentService::with_limit(host.clone(), max_evidence, test_endpoints, limit));
     let server = tokio::spawn(http::serve(listener, tls, svc, rx.clone()));
     let mut tasks = vec![server];
     if !tick.is_zero() {
@@ -440,8 +516,19 @@ pub async fn run(cfg: AgentServiceConfig) -> anyhow::Result<()> {
     let tls = cfg.tls.server()?;
     let host = open_host(&cfg)?;
     let listener = TcpListener::bind(&cfg.listen).await.map_err(|e| anyhow::anyhow!("listen {}: {e}", cfg.listen))?;
-    let running =
-        spawn(listener, tls, host, cfg.max_evidence_bytes, cfg.test_endpoints, Duration::from_millis(cfg.tick_ms))?;
+    let limit = SnapshotLimit {
+        burst: cfg.snapshot_request_burst,
+        every: Duration::from_millis(cfg.snapshot_request_interval_ms),
+    };
+    let running = spawn_with_limit(
+        listener,
+        tls,
+        host,
+        cfg.max_evidence_bytes,
+        cfg.test_endpoints,
+        Duration::from_millis(cfg.tick_ms),
+        limit,
+    )?;
     tracing::info!(addr = %running.addr, backend = ?cfg.backend, tpm = %cfg.tpm, state_dir = %cfg.state_dir.display(),
         "agent service listening");
     // One line on stdout for scripts and tests: the bound address.
@@ -465,5 +552,26 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finding_4_snapshot_requests_rate_limited() {
+        let mut r = RateLimit::new(SnapshotLimit { burst: 2, every: Duration::from_secs(10) });
+        let t0 = r.last;
+        assert!(r.take(t0).is_ok());
+        assert!(r.take(t0).is_ok());
+        let wait = r.take(t0).unwrap_err();
+        assert!(wait > Duration::from_secs(9) && wait <= Duration::from_secs(10), "{wait:?}");
+        let wait = r.take(t0 + Duration::from_secs(5)).unwrap_err();
+        assert!(wait <= Duration::from_secs(5), "{wait:?}");
+        assert!(r.take(t0 + Duration::from_secs(11)).is_ok());
+        // No interval: unlimited.
+        let mut free = RateLimit::new(SnapshotLimit { burst: 1, every: Duration::ZERO });
+        assert!((0..100).all(|_| free.take(t0).is_ok()));
     }
 }

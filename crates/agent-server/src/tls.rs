@@ -135,3 +135,50 @@ impl TlsFiles {
         client_config(Some(&Identity::from_files(&self.cert, &self.key)?), roots_from_file(&self.ca)?)
     }
 }
+
+/// Prefix of the SAN URI that carries a certificate's role (`urn:imasnap:role:admin`), in
+/// the manner of SPIFFE IDs: a standard extension every tool can write and show.
+pub const ROLE_URI_PREFIX: &str = "urn:imasnap:role:";
+
+/// What a client certificate may do. The verifier API serves `admin` (read and write) and
+/// `reader` (read-only) and refuses every other role, and certificates without one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    Admin,
+    Reader,
+    /// An attested host's agent: never a client of the verifier API.
+    Agent,
+    /// The verifier's identity towards agents: never a client of the verifier API.
+    Verifier,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::Admin, Role::Reader, Role::Agent, Role::Verifier];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Reader => "reader",
+            Self::Agent => "agent",
+            Self::Verifier => "verifier",
+        }
+    }
+
+    /// The SAN URI for this role.
+    pub fn uri(&self) -> String {
+        format!("{ROLE_URI_PREFIX}{}", self.as_str())
+    }
+
+    /// The role a SAN URI names: `None` if it is not a role URI, `Some(Err)` for an
+    /// unknown role.
+    pub fn from_uri(uri: &str) -> Option<Result<Self, String>> {
+        let r = uri.strip_prefix(ROLE_URI_PREFIX)?;
+        Some(Self::ALL.into_iter().find(|x| x.as_str() == r).ok_or_else(|| format!("unknown role {r:?} in {uri:?}")))
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

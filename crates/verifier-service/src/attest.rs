@@ -87,6 +87,20 @@ pub fn shipped_ak(h: &api::EvidenceHeader) -> Result<AkPublic, Failure> {
     }
 }
 
+/// The quote's PCR values are hints, but a list naming a (bank, PCR) twice is malformed:
+/// which one counts would be up to the reader.
+pub fn check_pcr_values(q: &imasnap_tpm::Quote) -> Result<(), Failure> {
+    let mut seen = std::collections::HashSet::new();
+    for (i, (bank, pcr, _)) in q.pcr_values.iter().enumerate() {
+        if !seen.insert((*bank, *pcr)) {
+            return Err(Failure::QuoteMalformed {
+                detail: format!("quote.pcr_values[{i}]: {bank} PCR {pcr} is listed twice"),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Everything one round decided.
 pub struct RoundResult {
     pub outcome: Outcome,
@@ -126,6 +140,7 @@ pub fn run_round(
     let quote = imasnap_verifier::bundle::quote_from_json(
         &serde_json::to_vec(&parsed.header.quote).map_err(|e| Failure::QuoteMalformed { detail: e.to_string() })?,
     )?;
+    check_pcr_values(&quote)?;
     let mode = match prior {
         Some(_) => Mode::Incremental,
         None => match late_join {

@@ -1,5 +1,6 @@
 //! The verifier service's TOML configuration (`/etc/imasnap/verifier.toml`).
 
+use imasnap_agent_server::duration::{Key, Unit};
 use imasnap_agent_server::tls::TlsFiles;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -30,6 +31,13 @@ fn d_tick() -> u64 {
     50
 }
 
+/// The duration keys of `verifier.toml` (`timeout = "30s"`; the `_ms` keys are the older
+/// spelling).
+pub const DURATION_KEYS: &[Key] = &[
+    Key { table: "", key: "timeout", old_key: "timeout_ms", unit: Unit::Millis },
+    Key { table: "", key: "tick", old_key: "tick_ms", unit: Unit::Millis },
+];
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VerifierConfig {
@@ -45,7 +53,7 @@ pub struct VerifierConfig {
     /// Attestation rounds running at once.
     #[serde(default = "d_conc")]
     pub max_concurrency: usize,
-    /// Connect + evidence transfer deadline per round, milliseconds.
+    /// Connect + evidence transfer deadline per round, milliseconds (`timeout = "30s"`).
     #[serde(default = "d_timeout")]
     pub timeout_ms: u64,
     /// Largest evidence accepted from an agent.
@@ -54,7 +62,7 @@ pub struct VerifierConfig {
     /// Verdicts kept per host.
     #[serde(default = "d_keep")]
     pub keep_verdicts: u64,
-    /// Scheduler resolution, milliseconds.
+    /// Scheduler resolution, milliseconds (`tick = "50ms"`).
     #[serde(default = "d_tick")]
     pub tick_ms: u64,
     /// The REST API's server identity and the CA its clients' certificates chain to.
@@ -65,7 +73,7 @@ pub struct VerifierConfig {
 
 impl VerifierConfig {
     pub fn from_toml(s: &str) -> Result<Self, String> {
-        toml::from_str(s).map_err(|e| e.to_string())
+        imasnap_agent_server::duration::from_toml(s, DURATION_KEYS)
     }
 }
 
@@ -82,5 +90,16 @@ mod tests {
         assert_eq!(c.database, PathBuf::from(DEFAULT_DB));
         assert_eq!(c.max_concurrency, 64);
         assert!(VerifierConfig::from_toml("[tls]\ncert = \"/c\"\nkey = \"/k\"\nca = \"/ca\"\n").is_err());
+    }
+
+    #[test]
+    fn finding_3_durations_with_units() {
+        let tls = "[tls]\ncert = \"/c\"\nkey = \"/k\"\nca = \"/ca\"\n[agent_tls]\ncert = \"/c\"\nkey = \"/k\"\nca = \"/ca\"\n";
+        let c = VerifierConfig::from_toml(&format!("timeout = \"2m\"\ntick = \"500ms\"\n{tls}")).unwrap();
+        assert_eq!((c.timeout_ms, c.tick_ms), (120_000, 500));
+        let old = VerifierConfig::from_toml(&format!("timeout_ms = 1000\ntick_ms = 7\n{tls}")).unwrap();
+        assert_eq!((old.timeout_ms, old.tick_ms), (1000, 7));
+        assert!(VerifierConfig::from_toml(&format!("timeout = \"30\"\n{tls}")).unwrap_err().contains("timeout"));
+        assert!(VerifierConfig::from_toml(&format!("timeout = \"1s\"\ntimeout_ms = 5\n{tls}")).is_err());
     }
 }

@@ -7,7 +7,7 @@
 //!   transaction per batch rather than per round.
 //! - Reads (verdict history) use their own connection (WAL lets them run beside writes).
 
-use crate::model::{HostSpec, VerdictRow};
+use crate::model::{Damage, HostSpec, VerdictRow};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
 use std::sync::mpsc;
@@ -74,6 +74,14 @@ pub struct StoredState {
     pub alert: Option<String>,
 }
 
+/// One `hosts` row as loaded at start-up: the spec, or why it cannot be read.
+#[derive(Clone, Debug)]
+pub struct LoadedHost {
+    pub name: String,
+    pub spec: Result<HostSpec, Damage>,
+    pub stored: StoredState,
+}
+
 /// What one attestation round saves.
 #[derive(Debug)]
 pub struct RoundWrite {
@@ -85,15 +93,22 @@ pub struct RoundWrite {
     pub accepted_marker: Option<String>,
     /// The host's learned keys (JSON); `None` keeps the stored ones.
     pub learned_keys: Option<String>,
-    pub status: String,
+    pub status: &'static str,
     pub alert: Option<String>,
     pub verdict: VerdictRow,
     pub keep_verdicts: u64,
 }
 
 pub enum Op {
-    PutHost { spec: HostSpec, reset_state: bool, now_ms: i64 },
+    PutHost {
+        spec: HostSpec,
+        reset_state: bool,
+        now_ms: i64,
+    },
     DeleteHost(String),
+    /// Forget what was proven (state, enrolled AK, learned keys, marker, alert): the
+    /// repair of a host whose stored state is unreadable.
+    ResetState(String),
     Round(Box<RoundWrite>),
 }
 
@@ -127,38 +142,67 @@ impl Db {
         rx.await.map_err(|_| "database writer stopped".to_string())?
     }
 
-    /// Every host with its stored state.
-    pub fn load(&self) -> Result<Vec<(HostSpec, StoredState)>, String> {
+    /// Every host with its stored state. A row whose spec cannot be read is returned with
+    /// the reason (the host is shown as unusable), never an error for the whole load.
+    pub fn load(&self) -> Result<Vec<LoadedHost>, String> {
         let c = self.read.lock().unwrap_or_else(|p| p.into_inner());
         let mut st = c
             .prepare(
-                "SELECT h.spec, s.state, s.ak_pem, s.ak_source, s.accepted_marker, s.status, s.rounds, s.alert,
-                        s.learned_keys
+                "SELECT h.name, CAST(h.spec AS TEXT), s.state, s.ak_pem, s.ak_source, s.accepted_marker, s.status,
+                        s.rounds, s.alert, s.learned_keys
                  FROM hosts h LEFT JOIN host_state s ON s.name = h.name ORDER BY h.name",
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| format!("hosts: {e}"))?;
+        // Text columns are read leniently (a wrong SQLite type is damage of that column,
+        // not a failed start).
+        let text = |r: &rusqlite::Row, i: usize| -> Option<String> {
+            match r.get_ref(i) {
+                Ok(rusqlite::types::ValueRef::Text(t)) => Some(String::from_utf8_lossy(t).into_owned()),
+                Ok(rusqlite::types::ValueRef::Blob(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+                Ok(rusqlite::types::ValueRef::Integer(n)) => Some(n.to_string()),
+                Ok(rusqlite::types::ValueRef::Real(x)) => Some(x.to_string()),
+                _ => None,
+            }
+        };
         let rows = st
             .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    StoredState {
-                        state: r.get(1)?,
-                        ak_pem: r.get(2)?,
-                        ak_source: r.get(3)?,
-                        accepted_marker: r.get(4)?,
-                        status: r.get::<_, Option<String>>(5)?.unwrap_or_else(|| "pending".into()),
-                        rounds: r.get::<_, Option<i64>>(6)?.unwrap_or(0) as u64,
-                        alert: r.get(7)?,
-                        learned_keys: r.get(8)?,
+                Ok(LoadedHost {
+                    name: text(r, 0).unwrap_or_default(),
+                    spec: {
+                        let raw = text(r, 1).unwrap_or_default();
+                        serde_json::from_str::<HostSpec>(&raw).map_err(|e| Damage {
+                            table: "hosts".into(),
+                            column: "spec".into(),
+                            reason: e.to_string(),
+                        })
                     },
-                ))
+                    stored: StoredState {
+                        state: text(r, 2),
+                        ak_pem: text(r, 3),
+                        ak_source: text(r, 4),
+                        accepted_marker: text(r, 5),
+                        status: text(r, 6).unwrap_or_else(|| "pending".into()),
+                        rounds: r.get::<_, Option<i64>>(7).ok().flatten().unwrap_or(0).max(0) as u64,
+                        alert: text(r, 8),
+                        learned_keys: text(r, 9),
+                    },
+                })
             })
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| format!("hosts: {e}"))?;
         let mut out = Vec::new();
         for r in rows {
-            let (spec, s) = r.map_err(|e| e.to_string())?;
-            let spec: HostSpec = serde_json::from_str(&spec).map_err(|e| format!("stored host: {e}"))?;
-            out.push((spec, s));
+            let h = r.map_err(|e| format!("hosts: {e}"))?;
+            if let Ok(s) = &h.spec {
+                if s.name != h.name {
+                    let reason = format!("spec names host {:?}", s.name);
+                    out.push(LoadedHost {
+                        spec: Err(Damage { table: "hosts".into(), column: "spec".into(), reason }),
+                        ..h
+                    });
+                    continue;
+                }
+            }
+            out.push(h);
         }
         Ok(out)
     }
@@ -167,17 +211,26 @@ impl Db {
     pub fn verdicts(&self, host: &str, limit: u64) -> Result<Vec<VerdictRow>, String> {
         let c = self.read.lock().unwrap_or_else(|p| p.into_inner());
         let mut st = c
-            .prepare_cached("SELECT id, row FROM verdicts WHERE host = ?1 ORDER BY id DESC LIMIT ?2")
+            .prepare_cached("SELECT id, CAST(row AS TEXT) FROM verdicts WHERE host = ?1 ORDER BY id DESC LIMIT ?2")
             .map_err(|e| e.to_string())?;
         let rows = st
-            .query_map(params![host, limit as i64], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+            .query_map(params![host, limit as i64], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Option<String>>(1)?.unwrap_or_default()))
+            })
             .map_err(|e| e.to_string())?;
         let mut out = Vec::new();
         for r in rows {
             let (id, j) = r.map_err(|e| e.to_string())?;
-            let mut v: VerdictRow = serde_json::from_str(&j).map_err(|e| e.to_string())?;
-            v.id = id;
-            out.push(v);
+            // One unreadable history row is skipped (and logged), not an error for the
+            // host: history is informational, the state is what matters.
+            match serde_json::from_str::<VerdictRow>(&j) {
+                Ok(mut v) => {
+                    v.id = id;
+                    out.push(v);
+                }
+                Err(e) => tracing::error!(table = "verdicts", column = "row", id, host, error = %e,
+                    "unreadable verdict row skipped"),
+            }
         }
         Ok(out)
     }
@@ -193,7 +246,7 @@ impl Db {
 fn apply(c: &Connection, op: &Op) -> rusqlite::Result<()> {
     match op {
         Op::PutHost { spec, reset_state, now_ms } => {
-            let j = serde_json::to_string(spec).expect("plain data");
+            let j = serde_json::to_string(spec).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
             c.prepare_cached(
                 "INSERT INTO hosts(name, spec, created_ms, updated_ms) VALUES (?1, ?2, ?3, ?3)
                  ON CONFLICT(name) DO UPDATE SET spec = excluded.spec, updated_ms = excluded.updated_ms",
@@ -213,8 +266,17 @@ fn apply(c: &Connection, op: &Op) -> rusqlite::Result<()> {
         Op::DeleteHost(name) => {
             c.prepare_cached("DELETE FROM hosts WHERE name = ?1")?.execute([name])?;
         }
+        Op::ResetState(name) => {
+            c.prepare_cached("INSERT OR IGNORE INTO host_state(name) VALUES (?1)")?.execute([name])?;
+            c.prepare_cached(
+                "UPDATE host_state SET state = NULL, ak_pem = NULL, ak_source = NULL, accepted_marker = NULL,
+                 learned_keys = '[]', status = 'pending', alert = NULL WHERE name = ?1",
+            )?
+            .execute([name])?;
+        }
         Op::Round(w) => {
-            let row = serde_json::to_string(&w.verdict).expect("plain data");
+            let row =
+                serde_json::to_string(&w.verdict).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
             c.prepare_cached(
                 "UPDATE host_state SET state = COALESCE(?2, state), ak_pem = COALESCE(?3, ak_pem),
                  ak_source = COALESCE(?4, ak_source), accepted_marker = COALESCE(?5, accepted_marker),
@@ -233,7 +295,7 @@ fn apply(c: &Connection, op: &Op) -> rusqlite::Result<()> {
             ])?;
             let id = c
                 .prepare_cached("INSERT INTO verdicts(host, at_ms, verdict, row) VALUES (?1, ?2, ?3, ?4)")?
-                .insert(params![w.name, w.verdict.at_ms, w.verdict.verdict, row])?;
+                .insert(params![w.name, w.verdict.at_ms, w.verdict.verdict.as_str(), row])?;
             // Keep the newest `keep_verdicts`; prune every 64 rows to keep rounds cheap.
             if id % 64 == 0 && w.keep_verdicts > 0 {
                 let cut: Option<i64> = c

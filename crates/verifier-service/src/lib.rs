@@ -1,7 +1,8 @@
 //! imasnap-verifier-service: the verifier as a network service (DESIGN §4 component 6,
 //! `imasnap verifier run`). See docs/SERVICES.md.
 //!
-//! - [`service`]: host registry, scheduler (bounded concurrency, timeouts) and REST API.
+//! - [`service`]: host registry, scheduler (bounded concurrency, timeouts), rounds and
+//!   REST API; [`roles`]: who may call which route.
 //! - [`attest`]: one round: evidence from the agent + saved state → the pure engine
 //!   (`imasnap-verifier`) → verdict, new state, policy findings.
 //! - [`db`]: SQLite with migrations; per-host state saved after every round (group commit).
@@ -14,6 +15,7 @@ pub mod config;
 pub mod db;
 pub mod model;
 pub mod policy;
+pub mod roles;
 pub mod service;
 
 pub use config::VerifierConfig;

@@ -2,6 +2,113 @@
 //! verdict rows.
 
 use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The `format` field of every JSON object the REST API answers with: scripts can check
+/// it before reading the rest.
+pub const API_FORMAT: &str = "imasnap-verifier-api/1";
+
+/// One round's outcome.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// The evidence proved the log up to the new checkpoint.
+    Verified,
+    /// The evidence is wrong (replay, quote, AK, claims).
+    Rejected,
+    /// The proven records break the host's runtime policy.
+    PolicyViolation,
+    /// No evidence to judge: unreachable, timeout, refused, too large. Also the value of a
+    /// row that has not been decided yet.
+    #[default]
+    Error,
+}
+
+impl Verdict {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Verified => "verified",
+            Self::Rejected => "rejected",
+            Self::PolicyViolation => "policy_violation",
+            Self::Error => "error",
+        }
+    }
+    /// A finding about the host itself (raises the sticky alert).
+    pub fn is_alert(&self) -> bool {
+        matches!(self, Self::Rejected | Self::PolicyViolation)
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A host's status: its last verdict, `pending` before the first round, or `unusable` when
+/// its stored data cannot be read (see [`Damage`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostState {
+    Pending,
+    Verified,
+    Rejected,
+    PolicyViolation,
+    Error,
+    Unusable,
+}
+
+impl HostState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Verified => "verified",
+            Self::Rejected => "rejected",
+            Self::PolicyViolation => "policy_violation",
+            Self::Error => "error",
+            Self::Unusable => "unusable",
+        }
+    }
+    /// The stored `host_state.status` text; `None` for anything else.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Pending, Self::Verified, Self::Rejected, Self::PolicyViolation, Self::Error, Self::Unusable]
+            .into_iter()
+            .find(|v| v.as_str() == s)
+    }
+}
+
+impl From<Verdict> for HostState {
+    fn from(v: Verdict) -> Self {
+        match v {
+            Verdict::Verified => Self::Verified,
+            Verdict::Rejected => Self::Rejected,
+            Verdict::PolicyViolation => Self::PolicyViolation,
+            Verdict::Error => Self::Error,
+        }
+    }
+}
+
+impl fmt::Display for HostState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a host is `unusable`: the stored value that could not be read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Damage {
+    /// SQLite table (`hosts`, `host_state`).
+    pub table: String,
+    /// Its column (`spec`, `state`, `learned_keys`, `ak_pem`, `status`).
+    pub column: String,
+    pub reason: String,
+}
+
+impl fmt::Display for Damage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}: {}", self.table, self.column, self.reason)
+    }
+}
 
 /// What to do when the verifier first sees a host (or its state is gone) and the agent
 /// has already taken snapshots: a per-host choice, stored and shown.
@@ -40,7 +147,7 @@ fn d_poll() -> u64 {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HostSpec {
-    /// Unique name: letters, digits, `.`, `-`, `_` (at most 64).
+    /// Unique name: dot-separated labels of letters, digits, `-`, `_` (see [`check_name`]).
     pub name: String,
     /// Agent address, `host:port`.
     pub address: String,
@@ -86,15 +193,13 @@ pub const MAX_PEM: usize = 64 << 10;
 
 impl HostSpec {
     pub fn validate(&self) -> Result<(), String> {
-        let n = &self.name;
-        if n.is_empty()
-            || n.len() > 64
-            || !n.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_'))
-        {
-            return Err(format!("host name {n:?}: 1-64 of letters, digits, '.', '-', '_'"));
-        }
-        if self.address.len() > 255 || !self.address.contains(':') {
-            return Err(format!("address {:?} must be host:port", self.address));
+        check_name(&self.name)?;
+        check_address(&self.address)?;
+        if let Some(n) = &self.server_name {
+            // An empty name would make TLS check nothing useful; absent means "from address".
+            if n.is_empty() || n.len() > 253 || rustls::pki_types::ServerName::try_from(n.as_str()).is_err() {
+                return Err(format!("server_name {n:?} is not a DNS name or IP address"));
+            }
         }
         if self.ak.is_none() && !self.tofu {
             return Err("either an AK (ak) or trust on first use (tofu: true) is required".into());
@@ -157,6 +262,48 @@ impl HostSpec {
     }
 }
 
+/// A host name is used in URLs and logs: a DNS-like name (letters, digits, `-`, `_`, dots
+/// between labels), so `.`, `..`, `a..b` and `-x` are refused.
+pub fn check_name(n: &str) -> Result<(), String> {
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_'))
+            && l.bytes().next().is_some_and(|c| c.is_ascii_alphanumeric())
+            && l.bytes().last().is_some_and(|c| c.is_ascii_alphanumeric())
+    };
+    if n.is_empty() || n.len() > 64 || !n.split('.').all(label_ok) {
+        return Err(format!(
+            "host name {n:?}: 1-64 characters, dot-separated labels of letters, digits, '-', '_' \
+             (each starting and ending with a letter or digit)"
+        ));
+    }
+    Ok(())
+}
+
+/// `host:port`, `[v6]:port`: a non-empty host and a port 1-65535.
+pub fn check_address(a: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("address {a:?}: {why} (want host:port)"));
+    if a.len() > 255 {
+        return bad("longer than 255 bytes");
+    }
+    let Some((host, port)) = a.rsplit_once(':') else { return bad("no port") };
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => return bad("port must be 1-65535"),
+    }
+    let host = match host.strip_prefix('[') {
+        Some(h) => match h.strip_suffix(']') {
+            Some(v6) if v6.parse::<std::net::Ipv6Addr>().is_ok() => return Ok(()),
+            _ => return bad("bad [IPv6] host"),
+        },
+        None => host,
+    };
+    if host.is_empty() || host.contains(':') || rustls::pki_types::ServerName::try_from(host).is_err() {
+        return bad("bad host");
+    }
+    Ok(())
+}
+
 /// An AK from PEM or hex TPM2B_PUBLIC.
 pub fn parse_ak(s: &str) -> Result<imasnap_tpm::AkPublic, String> {
     if s.contains("-----BEGIN") {
@@ -183,9 +330,7 @@ pub struct VerdictRow {
     pub host: String,
     /// Unix milliseconds.
     pub at_ms: i64,
-    /// `verified`, `rejected` (the evidence is wrong), `policy_violation` (proven records
-    /// break the runtime policy) or `error` (no evidence: unreachable, timeout, refused).
-    pub verdict: String,
+    pub verdict: Verdict,
     /// Failure kind (engine reason, `policy`, or the error class).
     pub reason: Option<String>,
     pub detail: Option<String>,
@@ -195,9 +340,14 @@ pub struct VerdictRow {
     pub checkpoint: Option<u64>,
     pub records_replayed: u64,
     pub tail_records: u64,
+    /// The engine's mode (`full_history`, `latest_segment`, `incremental`).
     pub mode: Option<String>,
-    /// Why the engine started over (cold boot, new boot_aggregate, no state).
+    /// Why the engine started over: `no_state`, `reset_count_changed`,
+    /// `boot_aggregate_changed`, `banks_changed`.
     pub restart: Option<String>,
+    /// The restart's particulars, e.g. `saved 3, quoted 4`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_detail: Option<String>,
     pub duration_ms: f64,
     /// Every policy failure (record index, path, reason).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -208,8 +358,12 @@ pub struct VerdictRow {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct HostStatus {
     pub spec: HostSpec,
-    /// `pending` (never attested), `verified`, `rejected`, `policy_violation`, `error`.
-    pub status: String,
+    /// `pending` (never attested), `verified`, `rejected`, `policy_violation`, `error`,
+    /// `unusable` (stored data unreadable: see `damage`).
+    pub status: HostState,
+    /// With `unusable`: the table, column and reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub damage: Option<Damage>,
     /// Where the trusted AK came from: `registered`, `tofu` (enrolled from a first quote).
     pub ak_source: Option<String>,
     pub ak_enrolled_pem: Option<String>,

@@ -5,7 +5,7 @@
 use imasnap_agent_server::config::AgentServiceConfig;
 use imasnap_agent_server::devpki::{write_dev_pki, DevPkiFiles};
 use imasnap_agent_server::{service as agent, tls};
-use imasnap_verifier_service::model::{HostSpec, LateJoin, VerdictRow};
+use imasnap_verifier_service::model::{HostSpec, HostState, LateJoin, Verdict, VerdictRow};
 use imasnap_verifier_service::service::Running;
 use imasnap_verifier_service::Verifier;
 use std::path::Path;
@@ -79,7 +79,7 @@ impl Env {
 }
 
 fn verified(r: &VerdictRow) {
-    assert_eq!(r.verdict, "verified", "{r:?}");
+    assert_eq!(r.verdict, Verdict::Verified, "{r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,7 +88,7 @@ async fn rounds_across_snapshots_restart_and_tamper() {
     env.add(50);
     let r1 = env.round().await;
     verified(&r1);
-    assert_eq!(r1.mode.as_deref(), Some("FullHistory"));
+    assert_eq!(r1.mode.as_deref(), Some("full_history"));
     let c1 = r1.checkpoint.unwrap();
     assert!(c1 >= 20, "{r1:?}");
 
@@ -99,7 +99,7 @@ async fn rounds_across_snapshots_restart_and_tamper() {
     env.add(20);
     let r2 = env.round().await;
     verified(&r2);
-    assert_eq!(r2.mode.as_deref(), Some("Incremental"));
+    assert_eq!(r2.mode.as_deref(), Some("incremental"));
     assert!(r2.records_replayed < 60, "only new records replayed: {r2:?}");
     assert!(r2.checkpoint.unwrap() > c1);
 
@@ -113,7 +113,7 @@ async fn rounds_across_snapshots_restart_and_tamper() {
     env.add(10);
     let r3 = env.round().await;
     verified(&r3);
-    assert_eq!(r3.mode.as_deref(), Some("Incremental"));
+    assert_eq!(r3.mode.as_deref(), Some("incremental"));
     assert!(r3.records_replayed <= 12, "resumed, not replayed from 0: {r3:?}");
 
     // Agent crash in the middle of a snapshot (after `done`, before the manifest): the
@@ -135,15 +135,15 @@ async fn rounds_across_snapshots_restart_and_tamper() {
     b[n - 3] ^= 0x55;
     std::fs::write(&path, &b).unwrap();
     let r5 = env.round().await;
-    assert_eq!(r5.verdict, "rejected", "{r5:?}");
+    assert_eq!(r5.verdict, Verdict::Rejected, "{r5:?}");
     assert!(r5.detail.is_some());
     let st = env.v().host_status("h1").unwrap();
-    assert_eq!(st.status, "rejected");
+    assert_eq!(st.status, HostState::Rejected);
     assert_eq!(st.checkpoint, r4.checkpoint, "a rejection never moves the checkpoint");
     assert!(st.alert.is_some());
     let hist = env.v().verdicts("h1", 10).unwrap();
     assert_eq!(hist.len(), 5);
-    assert_eq!(hist[0].verdict, "rejected");
+    assert_eq!(hist[0].verdict, Verdict::Rejected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,7 +155,7 @@ async fn late_join_by_marker_is_recorded() {
     env.add(10);
     let r = env.round().await;
     verified(&r);
-    assert_eq!(r.mode.as_deref(), Some("LatestSegment"));
+    assert_eq!(r.mode.as_deref(), Some("latest_segment"));
     let st = env.v().host_status("h1").unwrap();
     assert_eq!(st.history_verified, Some(false));
     assert!(st.accepted_marker.is_some(), "{st:?}");
@@ -164,7 +164,7 @@ async fn late_join_by_marker_is_recorded() {
     env.add(3);
     let r2 = env.round().await;
     verified(&r2);
-    assert_eq!(r2.mode.as_deref(), Some("Incremental"));
+    assert_eq!(r2.mode.as_deref(), Some("incremental"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -208,7 +208,8 @@ async fn clients_without_certificates_are_refused() {
     let mut ok = imasnap_verifier_service::client::ApiClient::new(&vaddr, env.pki.admin.client().unwrap());
     ok.server_name = "localhost".into();
     let hosts = ok.ok(hyper::Method::GET, "/v1/hosts", None).await.unwrap();
-    assert_eq!(hosts.as_array().unwrap().len(), 1);
+    assert_eq!(hosts["format"], "imasnap-verifier-api/1");
+    assert_eq!(hosts["hosts"].as_array().unwrap().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,12 +236,12 @@ async fn policy_violation_names_the_record() {
         n.next_index + n.live_records
     };
     let r = env.round().await;
-    assert_eq!(r.verdict, "policy_violation", "{r:?}");
+    assert_eq!(r.verdict, Verdict::PolicyViolation, "{r:?}");
     assert_eq!(r.record, Some(evil_index), "{r:?}");
     assert!(r.detail.as_deref().unwrap().contains("/usr/bin/evil"), "{r:?}");
     assert_eq!(r.policy_failures.len(), 1);
     let st = env.v().host_status("h1").unwrap();
-    assert_eq!(st.status, "policy_violation");
+    assert_eq!(st.status, HostState::PolicyViolation);
     assert!(st.alert.is_some());
     // The records are proven all the same: the checkpoint moved past them.
     assert_eq!(st.checkpoint, r.checkpoint);

@@ -17,7 +17,7 @@ use imasnap_log::digest::template_hash;
 use imasnap_log::entry::{build, builtin, d_ng, n_ng};
 use imasnap_log::{BinaryFormat, BinaryReader, Endian, HashAlgo, PcrValue, Record};
 use imasnap_tpm::{AkPublic, ClockInfo, PcrSelection, Quote, SoftTpm, Tpm, TpmError};
-use imasnap_verifier_service::model::{HostPatch, HostSpec, LateJoin, VerdictRow};
+use imasnap_verifier_service::model::{HostPatch, HostSpec, LateJoin, Verdict, VerdictRow};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -210,7 +210,7 @@ async fn agent_get(pki: &DevPkiFiles, addr: &str, method: hyper::Method, path: &
 }
 
 fn verified(r: &VerdictRow) {
-    assert_eq!(r.verdict, "verified", "{r:?}");
+    assert_eq!(r.verdict, Verdict::Verified, "{r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -247,7 +247,7 @@ async fn legacy_kernel_attested_incrementally_from_the_agents_copy() {
     // Round 1: the real kernel's log, from record 0 (boot_aggregate against PCR 0-9).
     let r1 = vf.attest_now("legacy1").await.unwrap();
     verified(&r1);
-    assert_eq!(r1.mode.as_deref(), Some("FullHistory"));
+    assert_eq!(r1.mode.as_deref(), Some("full_history"));
     assert_eq!(r1.checkpoint, Some(n0));
 
     // Records appended between rounds are picked up; rounds replay only the new ones.
@@ -256,7 +256,7 @@ async fn legacy_kernel_attested_incrementally_from_the_agents_copy() {
         k.measure(add);
         let r = vf.attest_now("legacy1").await.unwrap();
         verified(&r);
-        assert_eq!(r.mode.as_deref(), Some("Incremental"), "round {round}");
+        assert_eq!(r.mode.as_deref(), Some("incremental"), "round {round}");
         assert_eq!(r.checkpoint, Some(last + add), "round {round}: {r:?}");
         assert_eq!(r.records_replayed, add, "round {round}: only the new records are replayed: {r:?}");
         last += add;
@@ -286,7 +286,7 @@ async fn legacy_kernel_attested_incrementally_from_the_agents_copy() {
         f.write_all(b"X").unwrap();
     }
     let rt = vf.attest_now("legacy1").await.unwrap();
-    assert_eq!(rt.verdict, "rejected", "{rt:?}");
+    assert_eq!(rt.verdict, Verdict::Rejected, "{rt:?}");
     assert_eq!(rt.reason.as_deref(), Some("template_digest_mismatch"), "{rt:?}");
     assert_eq!(rt.record, Some(last + 5), "the last record, the one changed: {rt:?}");
     let st = vf.host_status("legacy1").unwrap();
@@ -305,7 +305,7 @@ async fn legacy_kernel_attested_incrementally_from_the_agents_copy() {
     k.measure(2);
     let r = vf.attest_now("legacy1").await.unwrap();
     verified(&r);
-    assert_eq!(r.mode.as_deref(), Some("Incremental"));
+    assert_eq!(r.mode.as_deref(), Some("incremental"));
     assert_eq!(r.checkpoint, Some(last + 8));
     a.stop().await;
     v.stop().await;

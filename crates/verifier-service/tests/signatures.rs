@@ -11,7 +11,7 @@ use imasnap_agent_server::config::AgentServiceConfig;
 use imasnap_agent_server::devpki::{write_dev_pki, DevPkiFiles};
 use imasnap_agent_server::service as agent;
 use imasnap_policy::sig::encode_v2;
-use imasnap_verifier_service::model::{HostSpec, LateJoin, VerdictRow};
+use imasnap_verifier_service::model::{HostSpec, HostState, LateJoin, Verdict, VerdictRow};
 use imasnap_verifier_service::service::Running;
 use imasnap_verifier_service::Verifier;
 use p256::ecdsa::signature::hazmat::PrehashSigner;
@@ -143,7 +143,7 @@ impl Env {
 }
 
 fn verified(r: &VerdictRow) {
-    assert_eq!(r.verdict, "verified", "{r:?}");
+    assert_eq!(r.verdict, Verdict::Verified, "{r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,7 +170,7 @@ async fn bad_ima_sig_is_flagged_with_index_path_and_reason() {
     let d = Sha256::digest(b"fine");
     env.measure("/usr/bin/fine", b"fine", Some(&ec_xattr(&ec_sk, ec_id, &d)));
     let r = env.round().await;
-    assert_eq!(r.verdict, "policy_violation", "{r:?}");
+    assert_eq!(r.verdict, Verdict::PolicyViolation, "{r:?}");
     assert_eq!(r.record, Some(bad), "{r:?}");
     assert_eq!(r.policy_failures.len(), 1, "{r:?}");
     let f = &r.policy_failures[0];
@@ -181,7 +181,7 @@ async fn bad_ima_sig_is_flagged_with_index_path_and_reason() {
     let detail = r.detail.as_deref().unwrap();
     assert!(detail.contains("/usr/bin/changed") && detail.contains("bad-signature"), "{detail}");
     let st = env.v().host_status("h1").unwrap();
-    assert_eq!(st.status, "policy_violation");
+    assert_eq!(st.status, HostState::PolicyViolation);
     assert_eq!(st.alert.as_ref().unwrap().record, Some(bad));
 
     // An ECDSA signature from another key under the configured key's id: also flagged.
@@ -189,7 +189,7 @@ async fn bad_ima_sig_is_flagged_with_index_path_and_reason() {
     let d = Sha256::digest(b"forged");
     let forged = env.measure("/usr/bin/forged", b"forged", Some(&ec_xattr(&other, ec_id, &d)));
     let r = env.round().await;
-    assert_eq!(r.verdict, "policy_violation", "{r:?}");
+    assert_eq!(r.verdict, Verdict::PolicyViolation, "{r:?}");
     assert_eq!(r.record, Some(forged));
     assert_eq!(r.policy_failures[0]["reason"], "bad-signature");
     assert_eq!(r.policy_failures[0]["path"], "/usr/bin/forged");
@@ -206,7 +206,7 @@ async fn learned_keyring_keys_survive_rounds_and_verifier_restarts() {
     let d = Sha256::digest(b"early");
     let early = env.measure("/usr/bin/early", b"early", Some(&ec_xattr(&sk, kid, &d)));
     let r = env.round().await;
-    assert_eq!(r.verdict, "policy_violation", "{r:?}");
+    assert_eq!(r.verdict, Verdict::PolicyViolation, "{r:?}");
     assert_eq!(r.record, Some(early));
     assert_eq!(r.policy_failures[0]["reason"], "not-in-policy");
     assert!(env.v().host_status("h1").unwrap().learned_keys.is_empty());
@@ -232,12 +232,12 @@ async fn learned_keyring_keys_survive_rounds_and_verifier_restarts() {
     env.measure("/usr/bin/after-restart", b"after restart", Some(&ec_xattr(&sk, kid, &d)));
     let r = env.round().await;
     verified(&r);
-    assert_eq!(r.mode.as_deref(), Some("Incremental"), "resumed, the key was not re-learned by a replay: {r:?}");
+    assert_eq!(r.mode.as_deref(), Some("incremental"), "resumed, the key was not re-learned by a replay: {r:?}");
     // A key that was never measured into the keyring is still not trusted.
     let (other, other_der) = ec(10);
     let d = Sha256::digest(b"other");
     let bad = env.measure("/usr/bin/other", b"other", Some(&ec_xattr(&other, keyid(&other_der), &d)));
     let r = env.round().await;
-    assert_eq!(r.verdict, "policy_violation", "{r:?}");
+    assert_eq!(r.verdict, Verdict::PolicyViolation, "{r:?}");
     assert_eq!(r.record, Some(bad));
 }

@@ -19,7 +19,8 @@ pub enum VerifierCmd {
     /// Manage attested hosts through the REST API.
     #[command(subcommand)]
     Host(Box<HostCmd>),
-    /// Write a development PKI (CA, agent, verifier and admin certificates) to a directory.
+    /// Write a development PKI (CA; agent, verifier, admin and reader certificates, each
+    /// with its role) to a directory.
     ///
     /// For trying the services on one machine; keys are unencrypted.
     /// Example: imasnap verifier dev-pki /tmp/pki --name localhost
@@ -222,7 +223,11 @@ pub fn run(cmd: VerifierCmd) -> Result<ExitCode> {
         VerifierCmd::DevPki(a) => {
             let names: Vec<&str> = a.names.iter().map(String::as_str).collect();
             let f = imasnap_agent_server::devpki::write_dev_pki(&a.dir, &names).map_err(|e| anyhow::anyhow!(e))?;
-            println!("CA {}; agent, verifier and admin certificates in {}", f.ca.display(), a.dir.display());
+            println!(
+                "CA {}; agent, verifier, admin and reader certificates (roles in their SAN URIs) in {}",
+                f.ca.display(),
+                a.dir.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         VerifierCmd::Host(h) => host(*h),
@@ -245,7 +250,7 @@ fn host(h: HostCmd) -> Result<ExitCode> {
         HostCmd::List(a) => {
             let v = call(&a, Method::GET, "/v1/hosts", None)?;
             if !a.json {
-                for h in v.as_array().into_iter().flatten() {
+                for h in v.get("hosts").and_then(|x| x.as_array()).into_iter().flatten() {
                     show_host(h);
                 }
                 return Ok(ExitCode::SUCCESS);
@@ -259,7 +264,7 @@ fn host(h: HostCmd) -> Result<ExitCode> {
         HostCmd::Verdicts(a) => {
             let v = call(&a.api, Method::GET, &format!("/v1/hosts/{}/verdicts?limit={}", a.name, a.limit), None)?;
             if !a.api.json {
-                for r in v.as_array().into_iter().flatten() {
+                for r in v.get("verdicts").and_then(|x| x.as_array()).into_iter().flatten() {
                     print_verdict("", r);
                 }
                 return Ok(ExitCode::SUCCESS);

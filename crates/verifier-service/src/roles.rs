@@ -1,0 +1,101 @@
+//! Who may call what on the REST API: the role a client certificate carries as a SAN URI
+//! (`urn:imasnap:role:admin`, see [`imasnap_agent_server::tls::Role`]).
+//!
+//! - `admin`: every route.
+//! - `reader`: the read-only routes (`GET`).
+//! - `agent`, `verifier`, an unknown role, several roles, or none: refused on every route
+//!   (403). An agent's certificate is an attested host's identity; accepting it here would
+//!   let a host re-register another (its address, its AK).
+
+use hyper::Method;
+use imasnap_agent_server::tls::Role;
+use x509_cert::der::oid::AssociatedOid;
+use x509_cert::der::Decode;
+use x509_cert::ext::pkix::name::GeneralName;
+use x509_cert::ext::pkix::SubjectAltName;
+
+/// The role in a DER certificate. Errors say why there is no usable role.
+pub fn role_of(cert_der: &[u8]) -> Result<Role, String> {
+    let cert = x509_cert::Certificate::from_der(cert_der).map_err(|e| format!("client certificate: {e}"))?;
+    let mut found: Vec<Role> = Vec::new();
+    for ext in cert.tbs_certificate.extensions.iter().flatten() {
+        if ext.extn_id != SubjectAltName::OID {
+            continue;
+        }
+        let san = SubjectAltName::from_der(ext.extn_value.as_bytes())
+            .map_err(|e| format!("client certificate subjectAltName: {e}"))?;
+        for n in san.0 {
+            if let GeneralName::UniformResourceIdentifier(u) = n {
+                if let Some(r) = Role::from_uri(u.as_str()) {
+                    found.push(r?);
+                }
+            }
+        }
+    }
+    match found.as_slice() {
+        [r] => Ok(*r),
+        [] => Err(format!(
+            "the client certificate carries no role (a subjectAltName URI {}admin or {}reader)",
+            imasnap_agent_server::tls::ROLE_URI_PREFIX,
+            imasnap_agent_server::tls::ROLE_URI_PREFIX
+        )),
+        _ => Err("the client certificate carries more than one role".into()),
+    }
+}
+
+/// Whether `role` may call `method` on the REST API.
+pub fn allowed(role: Role, method: &Method) -> bool {
+    match role {
+        Role::Admin => true,
+        Role::Reader => method == Method::GET || method == Method::HEAD,
+        Role::Agent | Role::Verifier => false,
+    }
+}
+
+/// The caller's role if it may call `method`; otherwise why not (for the 403).
+pub fn authorize(cert_der: Option<&[u8]>, method: &Method) -> Result<Role, String> {
+    let der = cert_der.ok_or("no client certificate")?;
+    let role = role_of(der)?;
+    if allowed(role, method) {
+        Ok(role)
+    } else if matches!(role, Role::Reader) {
+        Err(format!("role {role} is read-only: {method} needs role admin"))
+    } else {
+        Err(format!("role {role} is not a client of the verifier API"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imasnap_agent_server::devpki::DevCa;
+
+    fn der(pem: &str) -> Vec<u8> {
+        crate::model::pinned_der(pem).unwrap()
+    }
+
+    #[test]
+    fn finding_4_role_is_read_from_the_san_uri() {
+        let ca = DevCa::new("t").unwrap();
+        for r in Role::ALL {
+            let l = ca.leaf_with_role("x", &["localhost"], Some(r)).unwrap();
+            assert_eq!(role_of(&der(&l.cert_pem)), Ok(r));
+        }
+        let none = ca.leaf("x", &["localhost"]).unwrap();
+        let e = role_of(&der(&none.cert_pem)).unwrap_err();
+        assert!(e.contains("no role"), "{e}");
+        assert!(authorize(Some(&der(&none.cert_pem)), &Method::GET).is_err());
+        assert!(authorize(None, &Method::GET).is_err());
+        assert!(role_of(b"not a certificate").is_err());
+    }
+
+    #[test]
+    fn finding_4_matrix() {
+        for m in [Method::GET, Method::POST, Method::PATCH, Method::DELETE, Method::PUT] {
+            assert!(allowed(Role::Admin, &m));
+            assert_eq!(allowed(Role::Reader, &m), m == Method::GET);
+            assert!(!allowed(Role::Agent, &m));
+            assert!(!allowed(Role::Verifier, &m));
+        }
+    }
+}
