@@ -15,7 +15,7 @@ use std::time::Instant;
 const FORMAT: &str = "imasnap-verify/1";
 
 /// Evidence above this many bytes gets a progress bar (on a terminal, without --json).
-const PROGRESS_MIN_BYTES: u64 = 16 << 20;
+const PROGRESS_MIN_BYTES: u64 = 8 << 20;
 
 /// Verify an evidence bundle (snapshots + live list + quote), as written by `sim run` or an agent.
 ///
