@@ -5,7 +5,7 @@
 #
 #   scripts/bench-verify-rss.sh [RUNS] [EVENTS...]   (defaults 3, 10000 1000000)
 #
-# Each bundle: `imasnap sim run --out DIR --records N --snapshot-every 5000` (N workload
+# Each bundle: `imasnap sim run --out DIR --events N --snapshot-every 5000` (N workload
 # events; re-opens add no record, so a bundle holds ~0.7 N records). Each verification runs
 # RUNS times under /usr/bin/time (peak RSS; wall time includes process start and the
 # verifier's own reported time in parentheses); prints every run, then best wall time and max peak RSS.
@@ -24,10 +24,12 @@ if [ -n "${WORK:-}" ]; then work=$WORK; mkdir -p "$work"; else work="$(mktemp -d
 echo "cores: $(nproc), cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 summary=()
+# sim run's software TPM (seed 1): the AK a verifier would have enrolled.
+"$bin" tpm ak --tpm soft:seed=1 -o "$work/ak.pub"
 for n in "${sizes[@]}"; do
   dir="$work/bundle-$n"
   rm -rf "$dir" "$dir.state"
-  "$bin" sim run --out "$dir" --records "$n" --snapshot-every 5000 >"$work/sim.log" 2>&1 ||
+  "$bin" sim run --out "$dir" --events "$n" --snapshot-every 5000 >"$work/sim.log" 2>&1 ||
     { cat "$work/sim.log" >&2; exit 2; }
   echo "# $(tail -1 "$work/sim.log")"
   for mode in full latest-only; do
@@ -36,7 +38,7 @@ for n in "${sizes[@]}"; do
     for i in $(seq "$runs"); do
       t0=$(date +%s.%N)
       set +e
-      /usr/bin/time -f "%M" -o "$work/time" "$bin" verify "$dir" "${extra[@]}" >"$work/out" 2>&1; rc=$?
+      /usr/bin/time -f "%M" -o "$work/time" "$bin" verify "$dir" --ak "$work/ak.pub" "${extra[@]}" >"$work/out" 2>&1; rc=$?
       set -e
       t1=$(date +%s.%N)
       secs=$(printf '%.3f' "$(echo "$t1 - $t0" | bc)")

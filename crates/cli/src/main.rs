@@ -8,8 +8,9 @@ use std::process::ExitCode;
 
 /// IMA measurement-log snapshotting: formats, replay, verification.
 ///
-/// Exit codes: 0 success or verified; 1 verification failed (the evidence is wrong);
-/// 2 bad input or usage (the evidence could not be read).
+/// Exit codes: 0 success or verified; 1 verification failed (the evidence was read and is
+/// wrong); 2 an input is missing, not a regular file, too large or malformed, or bad usage.
+/// `--json` output is one object whose "format" field names it ("imasnap-verify/1").
 #[derive(Parser)]
 #[command(name = "imasnap", version, propagate_version = true, max_term_width = 100)]
 struct Cli {
@@ -38,7 +39,7 @@ enum Command {
     #[command(subcommand)]
     Tpm(cmd::tpm::TpmCmd),
     #[cfg(feature = "verifier")]
-    /// The verifier service and its REST API: run, host add|list|show|update|attest|remove.
+    /// The verifier service and its REST API: run, dev-pki, host add|list|show|verdicts|update|attest|remove.
     #[command(subcommand)]
     Verifier(cmd::verifier_service::VerifierCmd),
     #[cfg(feature = "agent")]
@@ -66,7 +67,7 @@ fn main() -> ExitCode {
     match r {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("imasnap: error: {e:#}");
+            eprintln!("imasnap: error: {}", ui::error_text(&e));
             ExitCode::from(ui::EXIT_INPUT)
         }
     }
@@ -79,5 +80,42 @@ fn reset_sigpipe() {
     // SAFETY: restoring the default disposition of one signal before any thread starts.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// Every visible flag and positional of every subcommand says what it is for, and
+    /// output paths are spelled `-o/--out` (issue 10, finding 3's consistency list).
+    #[test]
+    fn finding_3_every_flag_has_help_and_outputs_are_dash_o_out() {
+        fn walk(c: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in c.get_arguments() {
+                let id = a.get_id().as_str();
+                if a.is_hide_set() || id == "help" || id == "version" {
+                    continue;
+                }
+                if a.get_help().is_none() {
+                    missing.push(format!("{path} {id}: no help"));
+                }
+                if a.get_long() == Some("output") {
+                    missing.push(format!("{path} {id}: --output, not -o/--out"));
+                }
+                if a.get_long() == Some("out") && a.get_short() != Some('o') {
+                    missing.push(format!("{path} {id}: --out without -o"));
+                }
+            }
+            for s in c.get_subcommands() {
+                walk(s, &format!("{path} {}", s.get_name()), missing);
+            }
+        }
+        let c = Cli::command();
+        c.clone().debug_assert();
+        let mut missing = Vec::new();
+        walk(&c, "imasnap", &mut missing);
+        assert!(missing.is_empty(), "{}", missing.join("\n"));
     }
 }

@@ -1,11 +1,55 @@
-//! Terminal conventions shared by every command: exit codes, progress, JSON.
+//! Terminal conventions shared by every command: exit codes, input files, progress, JSON.
 
+use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
+use std::path::Path;
 
+/// Verified, or the command did its job.
 pub const EXIT_OK: u8 = 0;
+/// The evidence was read and is wrong: a verification or policy failure.
 pub const EXIT_FAIL: u8 = 1;
+/// An input could not be used (missing, not a regular file, too large, malformed) or the
+/// command line is wrong. Nothing was verified.
 pub const EXIT_INPUT: u8 = 2;
+
+/// Limits of the small files the CLI reads whole; big inputs (logs, live.bin) stream.
+pub const MAX_AK_BYTES: u64 = imasnap_verifier::dir::MAX_AK_BYTES;
+pub const MAX_PCR_FILE_BYTES: u64 = 64 << 10;
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+pub const MAX_CERT_BYTES: u64 = 1 << 20;
+pub const MAX_STATE_BYTES: u64 = 16 << 20;
+
+/// Reads a small regular file whole; FIFOs, devices and directories are refused, and so
+/// is a file above `limit` (the error names the path and the limit).
+pub fn read_small_file(path: &Path, limit: u64) -> Result<Vec<u8>> {
+    Ok(imasnap_verifier::dir::read_small_file(path, limit)?)
+}
+
+/// [`read_small_file`] as UTF-8 text.
+pub fn read_small_text(path: &Path, limit: u64) -> Result<String> {
+    String::from_utf8(read_small_file(path, limit)?).map_err(|_| anyhow::anyhow!("{}: not UTF-8 text", path.display()))
+}
+
+/// Opens a streamed input (a log): regular files only, so a FIFO cannot hang the command;
+/// pipes go through `-` (stdin).
+pub fn open_regular(path: &Path) -> Result<std::fs::File> {
+    Ok(imasnap_verifier::dir::open_regular(path)?)
+}
+
+/// The error chain, joined by ": ", without the repeats that appear when an error's text
+/// already includes its source's text ("b2 already exists: b2 already exists").
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let m = cause.to_string();
+        if parts.last().is_some_and(|prev| prev.contains(&m)) {
+            continue;
+        }
+        parts.push(m);
+    }
+    parts.join(": ")
+}
 
 /// A byte progress bar on stderr, hidden when stderr is not a terminal or output is JSON.
 pub fn bytes_bar(len: u64, quiet: bool) -> ProgressBar {
@@ -13,11 +57,11 @@ pub fn bytes_bar(len: u64, quiet: bool) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let pb = ProgressBar::new(len);
-    pb.set_style(
+    if let Ok(style) =
         ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})")
-            .expect("static template")
-            .progress_chars("=> "),
-    );
+    {
+        pb.set_style(style.progress_chars("=> "));
+    }
     pb
 }
 
@@ -27,16 +71,27 @@ pub fn count_bar(len: u64, what: &str, quiet: bool) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let pb = ProgressBar::new(len);
-    pb.set_style(
-        ProgressStyle::with_template(&format!(
-            "{{spinner}} [{{bar:30}}] {{pos}}/{{len}} {what} ({{per_sec}}, {{eta}})"
-        ))
-        .expect("static template")
-        .progress_chars("=> "),
-    );
+    if let Ok(style) =
+        ProgressStyle::with_template(&format!("{{spinner}} [{{bar:30}}] {{pos}}/{{len}} {what} ({{per_sec}}, {{eta}})"))
+    {
+        pb.set_style(style.progress_chars("=> "));
+    }
     pb
 }
 
-pub fn print_json(v: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(v).expect("JSON values serialize"));
+/// Prints one `--json` document. Every document is an object whose `format` field names
+/// the command and its version, `imasnap-<command>/<N>` (`imasnap-verify/1`): N grows when
+/// a field is removed, renamed or changes type, never for an added field. Lists are
+/// wrapped in an object (see [`wrap`]).
+pub fn print_json_doc(format: &str, v: serde_json::Value) {
+    let mut obj = match v {
+        serde_json::Value::Object(m) => m,
+        other => {
+            let mut m = serde_json::Map::new();
+            m.insert("items".into(), other);
+            m
+        }
+    };
+    obj.insert("format".into(), format.into());
+    println!("{}", serde_json::to_string_pretty(&obj).unwrap_or_default());
 }

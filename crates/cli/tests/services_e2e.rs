@@ -265,8 +265,7 @@ fn scenario(tpm: &str, restart_agent: bool) {
     if restart_agent {
         // An agent process restart is a cold boot of the embedded machine (soft TPM):
         // the verifier sees a new resetCount and starts over from record 0.
-        let (code, _) =
-            env.cli(&ver, &["host", "update", "h1", "--poll-interval-ms", "3600000", "--policy", "/dev/null"]);
+        let (code, _) = env.cli(&ver, &["host", "update", "h1", "--poll-interval-ms", "3600000", "--no-policy"]);
         assert_eq!(code, 0);
         drop(agent);
         agent = env.agent(tpm);
@@ -296,4 +295,75 @@ fn services_on_loopback_with_soft_tpm() {
 fn services_on_loopback_with_swtpm() {
     let Some(sw) = imasnap_tpm::swtpm::Swtpm::for_test() else { return };
     scenario(&sw.tcti(), false);
+}
+
+impl Env {
+    /// `imasnap verifier <args>` without --json: (exit code, stdout, stderr).
+    fn cli_text(&self, v: &Proc, args: &[&str]) -> (i32, String, String) {
+        let port = v.addr.rsplit(':').next().unwrap();
+        let o = Command::new(BIN)
+            .arg("verifier")
+            .args(args)
+            .args(["--api", &format!("https://localhost:{port}")])
+            .env("IMASNAP_CERT", &self.pki.admin.cert)
+            .env("IMASNAP_KEY", &self.pki.admin.key)
+            .env("IMASNAP_CA", &self.pki.ca)
+            .output()
+            .unwrap();
+        let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (o.status.code().unwrap_or(-1), s(&o.stdout), s(&o.stderr))
+    }
+}
+
+/// Issue 10, finding 3: `host update` sets tofu, agent_cert and server_name; verdict lines
+/// carry a time; `host remove` prints one human line (JSON only with --json); JSON output
+/// names its format. No agent needed: the attestation round fails to connect.
+#[test]
+fn finding_3_host_update_flags_verdict_times_and_remove_line() {
+    let env = Env::new();
+    let ver = env.verifier();
+    let (code, h) = env.cli(&ver, &["host", "add", "h1", "--address", "127.0.0.1:1", "--tofu"]);
+    assert_eq!(code, 0, "{h}");
+    assert_eq!(h["format"], "imasnap-verifier-host/1", "{h}");
+    let ak = env.p("ak.pem");
+    std::fs::write(&ak, imasnap_tpm::Tpm::ak_public(&imasnap_tpm::SoftTpm::new(1)).to_pem()).unwrap();
+    let (code, h) = env.cli(&ver, &["host", "update", "h1", "--ak", ak.to_str().unwrap()]);
+    assert_eq!(code, 0, "{h}");
+    assert_eq!(h["spec"]["tofu"], false, "{h}");
+    let cert = env.pki.agent.cert.to_str().unwrap();
+    let (code, h) =
+        env.cli(&ver, &["host", "update", "h1", "--tofu", "--server-name", "agent.example", "--agent-cert", cert]);
+    assert_eq!(code, 0, "{h}");
+    assert_eq!(h["spec"]["tofu"], true, "{h}");
+    assert!(h["spec"]["ak"].is_null(), "--tofu forgets the enrolled AK: {h}");
+    assert_eq!(h["spec"]["server_name"], "agent.example", "{h}");
+    assert!(h["spec"]["agent_cert"].as_str().is_some_and(|c| c.contains("BEGIN CERTIFICATE")), "{h}");
+    let (code, h) = env.cli(&ver, &["host", "update", "h1", "--server-name", "", "--no-agent-cert"]);
+    assert_eq!(code, 0, "{h}");
+    assert!(h["spec"]["server_name"].is_null() && h["spec"]["agent_cert"].is_null(), "{h}");
+
+    let (code, r) = env.cli(&ver, &["host", "attest", "h1"]);
+    assert_eq!(code, 1, "{r}");
+    let (code, out, err) = env.cli_text(&ver, &["host", "verdicts", "h1"]);
+    assert_eq!(code, 0, "{err}");
+    let line = out.lines().next().unwrap_or_default();
+    let ts = line.split_whitespace().next().unwrap_or_default();
+    assert!(
+        ts.len() == 20 && ts.as_bytes()[4] == b'-' && ts.as_bytes()[10] == b'T' && ts.ends_with('Z'),
+        "verdict line without a UTC time: {out}"
+    );
+    let (code, v) = env.cli(&ver, &["host", "verdicts", "h1"]);
+    assert_eq!(code, 0);
+    assert_eq!(v["format"], "imasnap-verifier-verdicts/1");
+    assert!(v["verdicts"].as_array().is_some_and(|a| !a.is_empty()), "{v}");
+
+    let (code, out, err) = env.cli_text(&ver, &["host", "remove", "h1"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "removed host h1 with its state and verdict history");
+    let (code, v) = env.cli(&ver, &["host", "list"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        (v["format"].as_str(), v["hosts"].as_array().map(Vec::len)),
+        (Some("imasnap-verifier-host-list/1"), Some(0))
+    );
 }

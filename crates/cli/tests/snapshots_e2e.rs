@@ -4,14 +4,29 @@
 use std::path::Path;
 
 mod common;
-use common::{copy_bundle, imasnap, verify_json};
+use common::{copy_bundle, imasnap};
 
 fn sim(out: &Path, extra: &[&str]) {
     let o = out.to_str().unwrap();
-    let mut args = vec!["sim", "run", "--out", o, "--records", "6000", "--snapshot-every", "1500"];
+    let mut args = vec!["sim", "run", "--out", o, "--events", "6000", "--snapshot-every", "1500"];
     args.extend_from_slice(extra);
     let r = imasnap(&args);
     assert!(r.status.success(), "sim run {extra:?}: {}", String::from_utf8_lossy(&r.stderr));
+}
+
+/// The enrolled AK of `sim run` bundles: the software TPM with the default seed 1.
+fn enrolled_ak(dir: &Path) -> String {
+    let p = dir.join("enrolled-ak.pem");
+    std::fs::write(&p, imasnap_tpm::Tpm::ak_public(&imasnap_tpm::SoftTpm::new(1)).to_pem()).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+/// `verify --json` against the enrolled AK.
+fn verify_json(dir: &Path, extra: &[&str]) -> (i32, serde_json::Value) {
+    let ak = enrolled_ak(dir.parent().unwrap());
+    let mut args = vec!["--ak", ak.as_str()];
+    args.extend_from_slice(extra);
+    common::verify_json(dir, &args)
 }
 
 #[test]
@@ -85,14 +100,17 @@ fn saved_state_makes_the_next_run_incremental() {
     let full = v["report"]["records_replayed"].as_u64().unwrap();
     let (code, v) = verify_json(&dir, &["--from-state", st.to_str().unwrap()]);
     assert_eq!(code, 0, "{v}");
-    assert_eq!(v["ak_source"], "saved state");
+    assert_eq!(v["ak_trust"], "enrolled", "--ak wins over the saved state's AK");
+    let (code, v) = common::verify_json(&dir, &["--from-state", st.to_str().unwrap()]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!((v["ak_trust"].as_str(), v["ak_first_trust"].as_str()), (Some("saved_state"), Some("enrolled")));
     assert!(v["report"]["records_replayed"].as_u64().unwrap() < full / 10, "{v}");
     assert!(v["report"]["snapshots_skipped"].as_u64().unwrap() >= 3, "{v}");
 }
 
 #[test]
 fn demo_verifies_every_round() {
-    let r = imasnap(&["demo", "--rounds", "4", "--events-per-round", "3000", "--snapshot-records", "1000", "--json"]);
+    let r = imasnap(["demo", "--rounds", "4", "--events-per-round", "3000", "--snapshot-records", "1000", "--json"]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
     assert_eq!(v["rounds_verified"], 4);

@@ -18,7 +18,7 @@ use common::{copy_bundle, imasnap, verify_json};
 fn sim(tpm: &str, out: &Path, extra: &[&str]) -> Output {
     let o = out.to_str().unwrap();
     let mut args =
-        vec!["sim", "run", "--tpm", tpm, "--out", o, "--records", "3000", "--snapshot-every", "1000", "--json"];
+        vec!["sim", "run", "--tpm", tpm, "--out", o, "--events", "3000", "--snapshot-every", "1000", "--json"];
     args.extend_from_slice(extra);
     imasnap(&args)
 }
@@ -33,9 +33,10 @@ fn sim_on_swtpm_verifies_and_tampering_is_rejected() {
     let rep: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
     assert!(rep["report"]["snapshots"].as_u64().unwrap() >= 2, "{rep}");
 
-    let (code, v) = verify_json(&good, &[]);
+    let (code, v) = verify_json(&good, &["--trust-bundle-ak"]);
     assert_eq!(code, 0, "{v}");
     assert_eq!(v["verdict"], "verified");
+    assert_eq!(v["ak_trust"], "bundle_untrusted");
 
     // The quote is the swtpm's: its AK, loaded from the TPM itself, is a trusted --ak.
     let ak_pem = t.path().join("ak.pem");
@@ -66,7 +67,8 @@ fn sim_on_swtpm_verifies_and_tampering_is_rejected() {
     let n = b.len();
     b[n / 2] ^= 1;
     std::fs::write(&snap, b).unwrap();
-    let (code, v) = verify_json(&bad, &[]);
+    let ak = ak_pem.to_str().unwrap();
+    let (code, v) = verify_json(&bad, &["--ak", ak]);
     assert_eq!((code, v["verdict"].as_str()), (1, Some("rejected")), "{v}");
 
     // A forged signed attest (the TPM's signature no longer matches).
@@ -79,11 +81,11 @@ fn sim_on_swtpm_verifies_and_tampering_is_rejected() {
     bytes[n - 1] ^= 1;
     *attest = serde_json::Value::String(hex::encode(bytes));
     std::fs::write(bad.join("quote.json"), serde_json::to_string_pretty(&q).unwrap()).unwrap();
-    let (code, v) = verify_json(&bad, &[]);
+    let (code, v) = verify_json(&bad, &["--ak", ak]);
     assert_eq!((code, v["verdict"].as_str()), (1, Some("rejected")), "{v}");
 
     // A nonce the quote does not answer.
-    let (code, v) = verify_json(&good, &["--nonce", &"00".repeat(32)]);
+    let (code, v) = verify_json(&good, &["--ak", ak, "--nonce", &"00".repeat(32)]);
     assert_eq!((code, v["reason"].as_str()), (1, Some("quote_nonce_mismatch")), "{v}");
 }
 
@@ -108,7 +110,7 @@ fn sim_on_swtpm_with_pcr_reads_under_the_lock() {
     let dir = t.path().join("b");
     let r = sim(&sw.tcti(), &dir, &["--tpm-under-lock", "--crash-at", "after-done"]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    for mode in [&[][..], &["--latest-only"][..]] {
+    for mode in [&["--trust-bundle-ak"][..], &["--trust-bundle-ak", "--latest-only"][..]] {
         let (code, v) = verify_json(&dir, mode);
         assert_eq!(code, 0, "{mode:?}: {v}");
     }

@@ -182,8 +182,78 @@ struct SendContext(Context);
 // SAFETY: see above; the context is never shared (no `Sync`), only moved.
 unsafe impl Send for SendContext {}
 
-fn be<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> TpmError + '_ {
-    move |e| TpmError::Backend(format!("{what}: {e}"))
+fn be<E: std::fmt::Display + 'static>(what: &str) -> impl FnOnce(E) -> TpmError + '_ {
+    move |e| {
+        let text = match (&e as &dyn std::any::Any).downcast_ref::<tss_esapi::Error>() {
+            Some(t) => tss_text(t),
+            None => e.to_string(),
+        };
+        TpmError::Backend(format!("{what}: {text}"))
+    }
+}
+
+/// tss-esapi names TPM response codes but prints "response code not recognized" for the
+/// TSS's own layers (TCTI, ESAPI, ...): give those their layer, code and meaning.
+fn tss_text(e: &tss_esapi::Error) -> String {
+    use tss_esapi::constants::response_code::Tss2ResponseCode as Rc;
+    let text = e.to_string();
+    // The raw code is only reachable through the Display of the format-zero/one wrappers.
+    let raw = match e {
+        tss_esapi::Error::Tss2Error(Rc::FormatZero(rc)) if text == "response code not recognized" => rc.to_string(),
+        tss_esapi::Error::Tss2Error(Rc::FormatOne(rc)) if text == "response code not recognized" => rc.to_string(),
+        _ => return text,
+    };
+    let Some(code) = raw.rsplit("0x").next().and_then(|h| u32::from_str_radix(h.trim(), 16).ok()) else {
+        return text;
+    };
+    let layer = match code >> 16 {
+        6 => "TSS feature API",
+        7 => "ESAPI",
+        8 => "SAPI",
+        9 => "marshalling",
+        10 => "TCTI (the connection to the TPM)",
+        11 => "resource manager",
+        12 => "resource manager (TPM)",
+        _ => "TSS",
+    };
+    // The TSS2_BASE_RC_* values shared by every TSS layer.
+    let what = match code & 0xffff {
+        1 => "general failure",
+        2 => "not implemented",
+        3 => "bad context",
+        4 => "ABI mismatch",
+        5 => "bad reference",
+        6 => "insufficient buffer",
+        7 => "bad sequence",
+        8 => "no connection",
+        9 => "try again",
+        10 => "I/O error (is the TPM or swtpm running and reachable?)",
+        11 => "bad value",
+        12 => "not permitted",
+        16 => "bad size",
+        17 => "malformed response",
+        20 => "incompatible TCTI",
+        21 => "not supported",
+        22 => "bad TCTI structure",
+        23 => "out of memory",
+        27 => "response authorisation failed",
+        28 => "no configuration",
+        29 => "bad path",
+        _ => "unknown error",
+    };
+    format!("{layer}: {what} (TSS response code {code:#010x})")
+}
+
+/// libtss2 prints its own log lines (`WARNING:tcti:…`) on stderr before returning an
+/// error we report anyway. Silence it once, before the first context, unless the user
+/// set TSS2_LOG to debug the TSS.
+fn quiet_tss_log() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("TSS2_LOG").is_none() {
+            std::env::set_var("TSS2_LOG", "all+none");
+        }
+    });
 }
 
 fn hash_alg(b: HashAlgo) -> Result<HashingAlgorithm, TpmError> {
@@ -231,8 +301,11 @@ impl EsapiTpm {
     /// Connects through `tcti` (`swtpm:host=127.0.0.1,port=2321`, `device:/dev/tpmrm0`,
     /// `tabrmd`, `mssim:…`) and loads or creates the AK.
     pub fn open(tcti: &str, ak: AkSource) -> Result<Self, TpmError> {
-        let conf = TctiNameConf::from_str(tcti).map_err(|e| TpmError::Backend(format!("TCTI {tcti:?}: {e}")))?;
-        let ctx = Context::new(conf).map_err(|e| TpmError::Backend(format!("connecting to {tcti}: {e}")))?;
+        quiet_tss_log();
+        let conf =
+            TctiNameConf::from_str(tcti).map_err(|e| TpmError::Backend(format!("TCTI {tcti:?}: {}", tss_text(&e))))?;
+        let ctx =
+            Context::new(conf).map_err(|e| TpmError::Backend(format!("connecting to {tcti}: {}", tss_text(&e))))?;
         let mut ctx = SendContext(ctx);
         if tcti.starts_with("swtpm") || tcti.starts_with("mssim") {
             flush_leftovers(&mut ctx.0)?;

@@ -290,13 +290,15 @@ fn random_nonce() -> Result<Vec<u8>> {
     Ok(n)
 }
 
-/// `imasnap verify DIR --json` (with --ak and --nonce when given): exit code and report.
+/// `imasnap verify DIR --json` (with --ak and --nonce when given; without an AK, the
+/// bundle's own is trusted with --trust-bundle-ak): exit code and report.
 pub fn verify(imasnap: &Path, dir: &Path, ak: Option<&Path>, nonce: Option<&[u8]>) -> Result<(i32, serde_json::Value)> {
     let mut c = Command::new(imasnap);
     c.arg("verify").arg(dir).arg("--json");
-    if let Some(ak) = ak {
-        c.arg("--ak").arg(ak);
-    }
+    match ak {
+        Some(ak) => c.arg("--ak").arg(ak),
+        None => c.arg("--trust-bundle-ak"),
+    };
     if let Some(n) = nonce {
         c.arg("--nonce").arg(hex::encode(n));
     }

@@ -43,7 +43,7 @@ pub struct HostArgs {
     #[arg(long)]
     state_dir: Option<PathBuf>,
     /// Agent TOML (state_dir, retention, [snapshot]); --state-dir wins over its state_dir.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// The TPM the kernel extends: device:/dev/tpmrm0, swtpm:host=H,port=P, tabrmd.
     #[arg(long, default_value = "device:/dev/tpmrm0")]
@@ -51,6 +51,7 @@ pub struct HostArgs {
     /// The measurement PCR (CONFIG_IMA_MEASURE_PCR_IDX).
     #[arg(long, default_value_t = 10)]
     pcr: u32,
+    /// Print the result as JSON (format "imasnap-agent-snapshot/1" or "imasnap-agent-bundle/1").
     #[arg(long)]
     json: bool,
 }
@@ -60,10 +61,10 @@ pub struct BundleArgs {
     #[command(flatten)]
     host: HostArgs,
     /// The verifier's nonce, hex (at most 64 bytes).
-    #[arg(long)]
+    #[arg(long, value_name = "HEX")]
     nonce: String,
     /// Bundle directory to create (must not exist or be empty).
-    #[arg(long)]
+    #[arg(short = 'o', long, value_name = "DIR")]
     out: PathBuf,
 }
 
@@ -72,7 +73,7 @@ type FsAgent = Agent<SecurityFs<Box<dyn Tpm>>>;
 fn start(h: &HostArgs) -> Result<(FsAgent, serde_json::Value)> {
     let mut cfg = match &h.config {
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let text = ui::read_small_text(p, ui::MAX_CONFIG_BYTES)?;
             AgentConfig::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
         }
         None => AgentConfig::new("/var/lib/imasnap"),
@@ -110,7 +111,7 @@ fn snapshot(h: HostArgs) -> Result<ExitCode> {
     let e = agent.snapshot_once().context("snapshot")?;
     let secs = t0.elapsed().as_secs_f64();
     if h.json {
-        ui::print_json(&json!({ "recovery": recovery, "snapshot": e, "seconds": secs }));
+        ui::print_json_doc("imasnap-agent-snapshot/1", json!({ "recovery": recovery, "snapshot": e, "seconds": secs }));
     } else {
         println!(
             "snapshot {} ({}): records {}..{} ({}), sha256 {}, {:.1} ms",
@@ -127,7 +128,7 @@ fn snapshot(h: HostArgs) -> Result<ExitCode> {
 }
 
 fn bundle(b: BundleArgs) -> Result<ExitCode> {
-    let nonce = hex::decode(b.nonce.trim()).context("--nonce is not hex")?;
+    let nonce = hex::decode(b.nonce.trim()).with_context(|| format!("--nonce {:?} is not hex", b.nonce))?;
     let (mut agent, recovery) = start(&b.host)?;
     let pcr = b.host.pcr;
     let (quote, ak) = attest(agent.kernel_mut().tpm_mut(), pcr, &nonce).context("quote")?;
@@ -135,14 +136,17 @@ fn bundle(b: BundleArgs) -> Result<ExitCode> {
         .write_bundle(&b.out, &Evidence { quote: &quote, nonce: &nonce, ak: &ak })
         .with_context(|| format!("writing {}", b.out.display()))?;
     if b.host.json {
-        ui::print_json(&json!({
-            "recovery": recovery,
-            "bundle": info.dir,
-            "snapshots": info.snapshots,
-            "live_first_index": info.index.live_first_index,
-            "live_bytes": info.live_bytes,
-            "banks": info.index.banks,
-        }));
+        ui::print_json_doc(
+            "imasnap-agent-bundle/1",
+            json!({
+                "recovery": recovery,
+                "bundle": info.dir,
+                "snapshots": info.snapshots,
+                "live_first_index": info.index.live_first_index,
+                "live_bytes": info.live_bytes,
+                "banks": info.index.banks,
+            }),
+        );
     } else {
         println!(
             "bundle {}: {} snapshot(s), live list from record {} ({} bytes)",

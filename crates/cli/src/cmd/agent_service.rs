@@ -1,6 +1,6 @@
 //! `imasnap agent run`: the agent service (HTTPS evidence API with mutual TLS).
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use imasnap_agent_server::config::{AgentServiceConfig, DEFAULT_CONFIG};
 use std::path::PathBuf;
@@ -15,8 +15,8 @@ use std::process::ExitCode;
 /// Example: imasnap agent run --config /etc/imasnap/agent.toml --log-json
 #[derive(Args)]
 pub struct RunArgs {
-    /// Configuration file.
-    #[arg(long, default_value = DEFAULT_CONFIG)]
+    /// Configuration file (TOML; see docs/SERVICES.md).
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG)]
     config: PathBuf,
     /// Structured logs as JSON lines.
     #[arg(long)]
@@ -28,7 +28,7 @@ use super::daemon::{daemon_signals, init_logs};
 pub fn run(a: RunArgs) -> Result<ExitCode> {
     daemon_signals();
     init_logs(a.log_json);
-    let text = std::fs::read_to_string(&a.config).with_context(|| format!("reading {}", a.config.display()))?;
+    let text = crate::ui::read_small_text(&a.config, crate::ui::MAX_CONFIG_BYTES)?;
     let cfg = AgentServiceConfig::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", a.config.display()))?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(imasnap_agent_server::service::run(cfg))?;

@@ -17,6 +17,7 @@ use std::process::ExitCode;
 /// directory by default). Exit code 0 when every round verified.
 #[derive(Args)]
 pub struct DemoArgs {
+    /// Attestation rounds (workload, snapshots, fresh quote, incremental verification).
     #[arg(long, default_value_t = 30)]
     rounds: u32,
     /// Workload events per round (file opens with re-opens, buffers, violations).
@@ -25,13 +26,16 @@ pub struct DemoArgs {
     /// The agent snapshots when the kernel list holds this many records.
     #[arg(long, default_value_t = 5_000)]
     snapshot_records: u64,
+    /// Seed of the workload and the software TPM (same seed, same run).
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Read PCRs from the TPM under the list lock (RFC) instead of shadow values.
     #[arg(long)]
     tpm_under_lock: bool,
-    #[arg(long)]
+    /// Keep the agent's store and the bundles here [default: a temporary directory, removed].
+    #[arg(long, value_name = "DIR")]
     work_dir: Option<PathBuf>,
+    /// Print the summary as JSON (format "imasnap-demo/1").
     #[arg(long)]
     json: bool,
 }
@@ -67,7 +71,7 @@ pub fn run_demo(a: DemoArgs) -> Result<ExitCode> {
     .context("demo")?;
     pb.finish_and_clear();
     if a.json {
-        ui::print_json(&serde_json::to_value(&s)?);
+        ui::print_json_doc("imasnap-demo/1", serde_json::to_value(&s)?);
     } else {
         let mib = |b: u64| b as f64 / (1 << 20) as f64;
         println!("imasnap demo: kernel model + software TPM, {} rounds", a.rounds);

@@ -38,9 +38,9 @@ pub enum LogCmd {
         /// Bank whose template digest the output carries (default: the input's).
         #[arg(long)]
         bank: Option<HashAlgo>,
-        /// Output file (default: stdout).
-        #[arg(short, long)]
-        output: Option<PathBuf>,
+        /// Output file [default: stdout].
+        #[arg(short = 'o', long = "out", alias = "output", value_name = "FILE")]
+        out: Option<PathBuf>,
     },
     /// Replay a log into PCR values for several banks.
     ///
@@ -57,7 +57,7 @@ pub enum LogCmd {
         /// Extend non-SHA1 banks with the zero-padded SHA1 digest (kernels before 5.8).
         #[arg(long)]
         padded_sha1: bool,
-        /// Print the JSON contract: records, violations, template_digest_mismatches, pcrs.
+        /// Print JSON (format "imasnap-log-replay/1"): records, violations, template_digest_mismatches, pcrs.
         #[arg(long)]
         json: bool,
     },
@@ -77,19 +77,27 @@ pub enum LogCmd {
         /// Accept violation (ToMToU, open-writers) records.
         #[arg(long)]
         ignore_violations: bool,
+        /// Print the verdict as JSON (format "imasnap-log-verify/1").
         #[arg(long)]
         json: bool,
     },
     /// Write a realistic synthetic log and its PCR files, for benchmarks and tests.
     ///
     /// Writes DIR/binary_runtime_measurements (SHA1 digests) and DIR/pcrs-sha1.txt,
-    /// DIR/pcrs-sha256.txt with the replayed values.
+    /// DIR/pcrs-sha256.txt with the replayed values. Like a real workload, the log holds
+    /// violation records (ToMToU, open-writers), so `log verify` of it needs
+    /// --ignore-violations.
+    ///
+    /// Example: imasnap log synth --records 100000 -o /tmp/s && imasnap log verify /tmp/s/binary_runtime_measurements --pcrs sha1,/tmp/s/pcrs-sha1.txt --ignore-violations
     Synth {
+        /// Number of log records to write.
         #[arg(long)]
         records: u64,
+        /// Seed of the generator (same seed, same log).
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        #[arg(short = 'o', long = "out", default_value = ".")]
+        /// Output directory (created if missing).
+        #[arg(short = 'o', long = "out", value_name = "DIR", default_value = ".")]
         dir: PathBuf,
     },
 }
@@ -116,6 +124,13 @@ pub enum OutFormat {
 }
 
 impl Input {
+    /// An empty file is not an IMA log (a real one starts with its boot_aggregate): bad
+    /// input (exit 2) for every command, rather than 0 for some and 1 for others.
+    fn empty(&self) -> anyhow::Error {
+        let name = if self.file == Path::new("-") { "stdin".into() } else { self.file.display().to_string() };
+        anyhow::anyhow!("{name}: empty log: no records (an IMA log starts with its boot_aggregate)")
+    }
+
     fn bank(&self) -> Result<HashAlgo> {
         match self.input_bank {
             Some(b) => Ok(b),
@@ -135,7 +150,7 @@ impl Input {
         let (src, len): (Box<dyn Read + Send>, u64) = if self.file == Path::new("-") {
             (Box::new(std::io::stdin()), 0)
         } else {
-            let f = File::open(&self.file).with_context(|| format!("opening {}", self.file.display()))?;
+            let f = ui::open_regular(&self.file)?;
             let len = f.metadata().map(|m| m.len()).unwrap_or(0);
             (Box::new(f), len)
         };
@@ -148,7 +163,7 @@ impl Input {
 pub fn run(cmd: LogCmd) -> Result<ExitCode> {
     match cmd {
         LogCmd::Show { input } => convert(&input, OutFormat::Ascii, None, None),
-        LogCmd::Convert { input, to, bank, output } => convert(&input, to, bank, output.as_deref()),
+        LogCmd::Convert { input, to, bank, out } => convert(&input, to, bank, out.as_deref()),
         LogCmd::Replay { input, banks, padded_sha1, json } => replay(&input, &banks, padded_sha1, json),
         LogCmd::Verify { input, pcrs, ignore_violations, json } => verify(&input, &pcrs, ignore_violations, json),
         LogCmd::Synth { records, seed, dir } => synth(records, seed, &dir),
@@ -166,8 +181,10 @@ fn convert(input: &Input, to: OutFormat, bank: Option<HashAlgo>, output: Option<
     let mut out = BufWriter::with_capacity(256 << 10, sink);
     let mut slot: Option<Record> = None;
     let mut buf = Vec::with_capacity(4096);
+    let mut n = 0u64;
     while r.read_into(&mut slot)? {
-        let rec = slot.as_mut().expect("filled");
+        let Some(rec) = slot.as_mut() else { break };
+        n += 1;
         if let Some(b) = bank.filter(|b| *b != in_bank) {
             if !rec.is_violation() {
                 rec.digest = imasnap_log::digest::template_hash(b, rec, endian)?.as_bytes().to_vec();
@@ -188,6 +205,9 @@ fn convert(input: &Input, to: OutFormat, bank: Option<HashAlgo>, output: Option<
         }
     }
     pb.finish_and_clear();
+    if n == 0 {
+        return Err(input.empty());
+    }
     match out.flush() {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
         _ => Ok(ExitCode::SUCCESS),
@@ -212,13 +232,19 @@ fn replay(input: &Input, banks: &[HashAlgo], padded: bool, json: bool) -> Result
     replay_stream(&mut r, &mut rp, BATCH, |_| {})?;
     pb.finish_and_clear();
     let rep = rp.finish();
+    if rep.records == 0 {
+        return Err(input.empty());
+    }
     if json {
-        ui::print_json(&json!({
-            "records": rep.records,
-            "violations": rep.violations,
-            "template_digest_mismatches": rep.template_digest_mismatches,
-            "pcrs": rep.state().to_map(),
-        }));
+        ui::print_json_doc(
+            "imasnap-log-replay/1",
+            json!({
+                "records": rep.records,
+                "violations": rep.violations,
+                "template_digest_mismatches": rep.template_digest_mismatches,
+                "pcrs": rep.state().to_map(),
+            }),
+        );
     } else {
         println!(
             "records: {}  violations: {}  template digest mismatches: {}",
@@ -243,7 +269,8 @@ fn verify(input: &Input, pcr_args: &[String], ignore_violations: bool, json: boo
             Some((alg, p)) => (alg.parse::<HashAlgo>().map_err(anyhow::Error::msg)?, p),
             None => (HashAlgo::Sha1, a.as_str()),
         };
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading PCR file {path}"))?;
+        let text = ui::read_small_text(Path::new(path), ui::MAX_PCR_FILE_BYTES)
+            .with_context(|| format!("PCR file of --pcrs {a}"))?;
         let vals = pcrfile::parse(alg, &text).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
         target.values.entry(alg).or_default().extend(vals);
     }
@@ -254,10 +281,12 @@ fn verify(input: &Input, pcr_args: &[String], ignore_violations: bool, json: boo
     let (mut r, pb) = input.open(json)?;
     // Keep the first record for the boot_aggregate check; stream the rest.
     let mut first = None;
-    if r.read_into(&mut first)? {
-        rp.push(first.as_ref().expect("filled"))?;
-        replay_stream(&mut r, &mut rp, BATCH, |_| {})?;
-    }
+    r.read_into(&mut first)?;
+    let Some(rec0) = first.as_ref() else {
+        return Err(input.empty());
+    };
+    rp.push(rec0)?;
+    replay_stream(&mut r, &mut rp, BATCH, |_| {})?;
     pb.finish_and_clear();
     let rep = rp.finish();
     let verdict = check::judge(&rep, &target, check::Policy { ignore_violations }, first.as_ref(), endian);
@@ -269,18 +298,21 @@ fn verify(input: &Input, pcr_args: &[String], ignore_violations: bool, json: boo
             Ok(()) => ("pass", None, None),
             Err(f) => ("fail", Some(f.reason.clone()), f.record),
         };
-        ui::print_json(&json!({
-            "verdict": verdict_s,
-            "reason": reason,
-            "record": record,
-            "records": rep.records,
-            "matched_after": rep.matched_after,
-            "unverified_tail": rep.matched_after.map(|k| rep.next_index - k),
-            "extend_modes": modes,
-            "violations": rep.violations,
-            "template_digest_mismatches": rep.template_digest_mismatches,
-            "pcrs": state_for(ExtendMode::Native),
-        }));
+        ui::print_json_doc(
+            "imasnap-log-verify/1",
+            json!({
+                "verdict": verdict_s,
+                "reason": reason,
+                "record": record,
+                "records": rep.records,
+                "matched_after": rep.matched_after,
+                "unverified_tail": rep.matched_after.map(|k| rep.next_index - k),
+                "extend_modes": modes,
+                "violations": rep.violations,
+                "template_digest_mismatches": rep.template_digest_mismatches,
+                "pcrs": state_for(ExtendMode::Native),
+            }),
+        );
     } else {
         match &verdict {
             Ok(()) => {
@@ -313,7 +345,8 @@ fn verify(input: &Input, pcr_args: &[String], ignore_violations: bool, json: boo
 fn synth(records: u64, seed: u64, dir: &Path) -> Result<ExitCode> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join("binary_runtime_measurements");
-    let mut out = BufWriter::with_capacity(1 << 20, File::create(&path)?);
+    let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    let mut out = BufWriter::with_capacity(1 << 20, file);
     let mut gen = imasnap_log::synth::Synth::new(seed, HashAlgo::Sha1);
     let banks = [HashAlgo::Sha1, HashAlgo::Sha256];
     let mut start = imasnap_log::PcrState::new(&banks);
@@ -335,17 +368,24 @@ fn synth(records: u64, seed: u64, dir: &Path) -> Result<ExitCode> {
         for r in &batch {
             r.encode(Endian::Little, &mut buf);
         }
-        out.write_all(&buf)?;
+        out.write_all(&buf).with_context(|| format!("writing {}", path.display()))?;
         rp.push_batch(&batch)?;
         pb.set_position(records - left);
     }
-    out.flush()?;
+    out.flush().with_context(|| format!("writing {}", path.display()))?;
     pb.finish_and_clear();
     let rep = rp.finish();
+    let mut pcr_args = String::new();
     for a in [HashAlgo::Sha1, HashAlgo::Sha256] {
-        let bank = rep.state().bank(a).expect("replayed bank");
-        std::fs::write(dir.join(format!("pcrs-{a}.txt")), pcrfile::format(bank))?;
+        let Some(bank) = rep.state().bank(a) else { bail!("{a} bank missing from the replay") };
+        let p = dir.join(format!("pcrs-{a}.txt"));
+        std::fs::write(&p, pcrfile::format(bank)).with_context(|| format!("writing {}", p.display()))?;
+        pcr_args.push_str(&format!(" --pcrs {a},{}", p.display()));
     }
     eprintln!("wrote {records} records ({} violations) to {}", rep.violations, path.display());
+    if rep.violations > 0 {
+        // The log holds violations like a real one: say how to verify it.
+        eprintln!("verify with: imasnap log verify {}{pcr_args} --ignore-violations", path.display());
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -7,8 +7,6 @@ use imasnap_log::{reader, BinaryFormat, Endian, Format, HashAlgo, Record};
 use imasnap_policy::{model, Allowed, KeyRing, Options, Policy};
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -35,7 +33,8 @@ pub enum PolicyCmd {
         /// when its digest is allowed.
         #[arg(long)]
         strict_signatures: bool,
-        /// Print a JSON report: records, allowed (by reason), failures [{index, path, reason, detail}].
+        /// Print a JSON report (format "imasnap-policy-check/1"): records, allowed (by
+        /// reason), failures [{index, path, reason, detail}].
         #[arg(long)]
         json: bool,
     },
@@ -76,13 +75,7 @@ pub struct PolicyInput {
 }
 
 fn read_limited(path: &Path, limit: usize) -> Result<Vec<u8>> {
-    let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut data = Vec::new();
-    f.take(limit as u64 + 1).read_to_end(&mut data).with_context(|| format!("reading {}", path.display()))?;
-    if data.len() > limit {
-        anyhow::bail!("{}: larger than the limit of {limit} bytes", path.display());
-    }
-    Ok(data)
+    ui::read_small_file(path, limit as u64)
 }
 
 impl PolicyInput {
@@ -115,7 +108,9 @@ pub fn run(cmd: PolicyCmd) -> Result<ExitCode> {
             check(&input, policy.load()?.with_options(opts), json)
         }
         PolicyCmd::Convert { policy } => {
-            ui::print_json(&policy.load()?.to_keylime_json());
+            // A Keylime document, printed as Keylime reads it (no `format` field).
+            let text = serde_json::to_string_pretty(&policy.load()?.to_keylime_json())?;
+            println!("{text}");
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -129,11 +124,8 @@ fn check(input: &LogInput, policy: Policy, json_out: bool) -> Result<ExitCode> {
     let mut fmt = BinaryFormat::new(bank);
     let endian = if input.big_endian { Endian::Big } else { Endian::Little };
     fmt.endian = endian;
-    let src: Box<dyn Read> = if input.log == Path::new("-") {
-        Box::new(std::io::stdin())
-    } else {
-        Box::new(File::open(&input.log).with_context(|| format!("opening {}", input.log.display()))?)
-    };
+    let src: Box<dyn std::io::Read> =
+        if input.log == Path::new("-") { Box::new(std::io::stdin()) } else { Box::new(ui::open_regular(&input.log)?) };
     let mut r = reader::open(src, input.format, fmt)?;
     let mut slot: Option<Record> = None;
     let mut learned = KeyRing::new();
@@ -141,7 +133,7 @@ fn check(input: &LogInput, policy: Policy, json_out: bool) -> Result<ExitCode> {
     let mut allowed: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut failures = Vec::new();
     while r.read_into(&mut slot).with_context(|| format!("reading {}", input.log.display()))? {
-        let rec = slot.as_ref().expect("filled");
+        let Some(rec) = slot.as_ref() else { break };
         match policy.check_with(index, rec, endian, Some(&mut learned)) {
             Ok(a) => *allowed.entry(allowed_name(&a)).or_default() += 1,
             Err(f) => {
@@ -153,13 +145,20 @@ fn check(input: &LogInput, policy: Policy, json_out: bool) -> Result<ExitCode> {
         }
         index += 1;
     }
+    if index == 0 {
+        // As for `imasnap log`: an empty file is not an IMA log.
+        anyhow::bail!("{}: empty log: no records (an IMA log starts with its boot_aggregate)", input.log.display());
+    }
     if json_out {
-        ui::print_json(&json!({
-            "records": index,
-            "allowed": allowed,
-            "failures": failures,
-            "learned_keys": learned.len(),
-        }));
+        ui::print_json_doc(
+            "imasnap-policy-check/1",
+            json!({
+                "records": index,
+                "allowed": allowed,
+                "failures": failures,
+                "learned_keys": learned.len(),
+            }),
+        );
     } else {
         let by: Vec<String> = allowed.iter().map(|(k, v)| format!("{v} by {k}")).collect();
         eprintln!(

@@ -15,21 +15,30 @@ use std::process::ExitCode;
 pub enum SimCmd {
     /// Run the kernel model and the agent, then write an evidence bundle to --out.
     ///
-    /// Example: imasnap sim run --out /tmp/b --records 20000 --snapshot-every 5000 --crash-at after-done
+    /// The workload counts events (file opens with re-opens, buffers, violations), not log
+    /// records: a re-open of an unchanged file is not measured again, so 20,000 events give
+    /// about 14,000 records.
+    ///
+    /// Example: imasnap sim run --out /tmp/b --events 20000 --snapshot-every 5000 --crash-at after-done
     Run(RunArgs),
 }
 
 #[derive(Args)]
 pub struct RunArgs {
     /// Bundle directory to create (must not exist or be empty).
-    #[arg(long)]
+    #[arg(short = 'o', long, value_name = "DIR")]
     out: PathBuf,
-    /// Workload events (file opens with re-opens, buffers, violations).
-    #[arg(long, default_value_t = 10_000)]
-    records: u64,
+    /// Workload events (file opens with re-opens, buffers, violations); the log gets fewer
+    /// records, since re-opens of unchanged files are not measured again.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    events: u64,
+    /// Renamed --events; refused with a hint.
+    #[arg(long = "records", hide = true, value_name = "N")]
+    old_records: Option<u64>,
     /// Snapshot after every K events.
-    #[arg(long, default_value_t = 2_500)]
+    #[arg(long, value_name = "K", default_value_t = 2_500)]
     snapshot_every: u64,
+    /// Seed of the workload and of the software TPM (same seed, same bundle).
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// kexec into a new kernel after I events.
@@ -52,9 +61,10 @@ pub struct RunArgs {
     /// a new swtpm from scripts/swtpm.sh.
     #[arg(long, default_value = "soft")]
     tpm: String,
-    /// Agent store directory (default: DIR.state next to the bundle).
-    #[arg(long)]
+    /// Agent store directory [default: DIR.state next to the bundle].
+    #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// Print the report as JSON (format "imasnap-sim-run/1").
     #[arg(long)]
     json: bool,
 }
@@ -70,13 +80,16 @@ pub fn parse_crash(s: &str) -> Result<CrashPoint, String> {
 
 pub fn run(cmd: SimCmd) -> Result<ExitCode> {
     let SimCmd::Run(a) = cmd;
+    if let Some(n) = a.old_records {
+        anyhow::bail!("--records was renamed --events: it counts workload events, not log records (use --events {n})");
+    }
     let state_dir = a.state_dir.clone().unwrap_or_else(|| a.out.with_extension("state"));
     let kernel = Config {
         pcr_mode: if a.tpm_under_lock { PcrMode::TpmUnderLock } else { PcrMode::Shadow },
         ..Config::default()
     };
     let opts = SimOptions {
-        records: a.records,
+        records: a.events,
         snapshot_every: a.snapshot_every,
         seed: a.seed,
         kexec_at: a.kexec_at,
@@ -85,7 +98,7 @@ pub fn run(cmd: SimCmd) -> Result<ExitCode> {
         kernel,
         state_dir: state_dir.clone(),
     };
-    let pb = ui::count_bar(a.records, "events", a.json);
+    let pb = ui::count_bar(a.events, "events", a.json);
     let tpm: Box<dyn Tpm> = if a.tpm.trim() == "soft" {
         Box::new(SoftTpm::new(a.seed))
     } else {
@@ -95,7 +108,7 @@ pub fn run(cmd: SimCmd) -> Result<ExitCode> {
         .with_context(|| format!("simulation writing {}", a.out.display()))?;
     pb.finish_and_clear();
     if a.json {
-        ui::print_json(&json!({ "bundle": a.out, "state_dir": state_dir, "report": rep }));
+        ui::print_json_doc("imasnap-sim-run/1", json!({ "bundle": a.out, "state_dir": state_dir, "report": rep }));
     } else {
         println!(
             "bundle {}: {} events, {} snapshots, {} aborted, {} crash(es), {} kexec(s); live list {} records ({} bytes); max pause {:.1} µs",

@@ -17,21 +17,23 @@ pub enum TpmCmd {
     /// pins it with `imasnap verify --ak FILE`. Output: hex TPM2B_PUBLIC (the bundle's
     /// ak.pub format), or PEM with --pem.
     ///
-    /// Example: imasnap tpm ak --tpm swtpm:host=127.0.0.1,port=2321 --out host1-ak.pub
+    /// Example: imasnap tpm ak --tpm swtpm:host=127.0.0.1,port=2321 -o host1-ak.pub
     Ak(AkArgs),
 }
 
 #[derive(Args)]
 pub struct AkArgs {
-    /// soft, swtpm:host=H,port=P, device:/dev/tpmrm0 or tabrmd.
+    /// The TPM: device:/dev/tpmrm0, swtpm:host=H,port=P, tabrmd, or the in-process
+    /// software TPM soft:seed=N (`sim run --seed N` uses that one; soft = seed 0).
     #[arg(long, default_value = "device:/dev/tpmrm0")]
     tpm: String,
-    /// Write here instead of stdout.
-    #[arg(long)]
+    /// Output file [default: stdout].
+    #[arg(short = 'o', long, value_name = "FILE")]
     out: Option<PathBuf>,
     /// PEM (SubjectPublicKeyInfo) instead of hex TPM2B_PUBLIC.
     #[arg(long)]
     pem: bool,
+    /// Print both encodings as JSON (format "imasnap-tpm-ak/1").
     #[arg(long)]
     json: bool,
 }
@@ -49,7 +51,10 @@ pub fn run(cmd: TpmCmd) -> Result<ExitCode> {
         std::fs::write(p, &text).with_context(|| format!("writing {}", p.display()))?;
     }
     if a.json {
-        ui::print_json(&json!({ "tpm2b_public": tpm2b, "pem": ak.to_pem(), "kind": format!("{:?}", ak.kind()) }));
+        ui::print_json_doc(
+            "imasnap-tpm-ak/1",
+            json!({ "tpm2b_public": tpm2b, "pem": ak.to_pem(), "kind": format!("{:?}", ak.kind()) }),
+        );
     } else if a.out.is_none() {
         print!("{text}");
     }

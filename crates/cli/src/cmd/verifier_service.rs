@@ -7,7 +7,7 @@ use hyper::Method;
 use imasnap_agent_server::tls::TlsFiles;
 use imasnap_verifier_service::client::ApiClient;
 use imasnap_verifier_service::config::{VerifierConfig, DEFAULT_CONFIG};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Subcommand)]
@@ -23,13 +23,14 @@ pub enum VerifierCmd {
     /// with its role) to a directory.
     ///
     /// For trying the services on one machine; keys are unencrypted.
-    /// Example: imasnap verifier dev-pki /tmp/pki --name localhost
+    /// Example: imasnap verifier dev-pki -o /tmp/pki --name localhost
     DevPki(DevPkiArgs),
 }
 
 #[derive(Args)]
 pub struct RunArgs {
-    #[arg(long, default_value = DEFAULT_CONFIG)]
+    /// Configuration file (TOML; see docs/SERVICES.md).
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG)]
     config: PathBuf,
     /// Structured logs as JSON lines.
     #[arg(long)]
@@ -38,7 +39,12 @@ pub struct RunArgs {
 
 #[derive(Args)]
 pub struct DevPkiArgs {
-    dir: PathBuf,
+    /// Output directory (created if missing).
+    #[arg(short = 'o', long = "out", value_name = "DIR", required_unless_present = "dir_pos")]
+    out: Option<PathBuf>,
+    /// The output directory as a positional argument (older spelling of --out).
+    #[arg(hide = true, conflicts_with = "out")]
+    dir_pos: Option<PathBuf>,
     /// DNS names or IP addresses the certificates are valid for.
     #[arg(long = "name", default_values_t = vec!["localhost".to_string(), "127.0.0.1".to_string()])]
     names: Vec<String>,
@@ -59,6 +65,7 @@ pub struct ApiArgs {
     /// CA the verifier's certificate chains to.
     #[arg(long, env = "IMASNAP_CA", global = true)]
     ca: Option<PathBuf>,
+    /// Print the answer as JSON (format "imasnap-verifier-<command>/1").
     #[arg(long, global = true)]
     json: bool,
 }
@@ -78,11 +85,14 @@ pub enum HostCmd {
     /// Run an attestation round now and print its verdict (exit 1 unless verified).
     Attest(NameArgs),
     /// Remove a host with its state and history.
+    ///
+    /// Example: imasnap verifier host remove web1
     Remove(NameArgs),
 }
 
 #[derive(Args)]
 pub struct NameArgs {
+    /// Host name, as registered.
     name: String,
     #[command(flatten)]
     api: ApiArgs,
@@ -90,8 +100,10 @@ pub struct NameArgs {
 
 #[derive(Args)]
 pub struct VerdictArgs {
+    /// Host name, as registered.
     name: String,
-    #[arg(long, default_value_t = 20)]
+    /// Most recent verdicts to show.
+    #[arg(long, value_name = "N", default_value_t = 20)]
     limit: u64,
     #[command(flatten)]
     api: ApiArgs,
@@ -99,29 +111,32 @@ pub struct VerdictArgs {
 
 #[derive(Args)]
 pub struct AddArgs {
+    /// Host name (unique; used in the API paths).
     name: String,
     /// Agent address host:port.
-    #[arg(long)]
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_address)]
     address: String,
-    /// TLS name of the agent's certificate (default: the host part of --address).
-    #[arg(long)]
+    /// TLS name of the agent's certificate [default: the host part of --address].
+    #[arg(long, value_name = "NAME")]
     server_name: Option<String>,
     /// Trusted AK: PEM file or hex TPM2B_PUBLIC file (`imasnap tpm ak`).
-    #[arg(long, conflicts_with = "tofu")]
+    #[arg(long, value_name = "FILE", conflicts_with = "tofu")]
     ak: Option<PathBuf>,
     /// Enrol the AK from the first quote (trust on first use).
     #[arg(long)]
     tofu: bool,
     /// Runtime policy file (Keylime JSON or sha256sum-style allowlist).
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
     /// Pin the agent's TLS certificate (PEM file).
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     agent_cert: Option<PathBuf>,
-    #[arg(long, default_value_t = 30_000)]
+    /// Milliseconds between scheduled attestation rounds (100 to 86400000).
+    #[arg(long, value_name = "MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..=86_400_000))]
     poll_interval_ms: u64,
-    /// full_history or marker_tofu.
-    #[arg(long, default_value = "full_history")]
+    /// A host first seen after snapshots were taken: full_history needs every snapshot;
+    /// marker_tofu accepts the marker heading the live list on first use.
+    #[arg(long, value_name = "POLICY", default_value = "full_history", value_parser = ["full_history", "marker_tofu"])]
     late_join: String,
     #[command(flatten)]
     api: ApiArgs,
@@ -129,24 +144,88 @@ pub struct AddArgs {
 
 #[derive(Args)]
 pub struct UpdateArgs {
+    /// Host name, as registered.
     name: String,
-    #[arg(long)]
+    /// New agent address host:port.
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_address)]
     address: Option<String>,
-    #[arg(long)]
+    /// New TLS name of the agent's certificate ("" restores the default: the host part of
+    /// the address).
+    #[arg(long, value_name = "NAME")]
+    server_name: Option<String>,
+    /// New trusted AK: PEM file or hex TPM2B_PUBLIC file (resets the host's state).
+    #[arg(long, value_name = "FILE", conflicts_with = "tofu")]
     ak: Option<PathBuf>,
-    /// Policy file; pass an empty file to remove the policy.
+    /// Forget the trusted AK and enrol the one of the next quote (trust on first use;
+    /// resets the host's state).
     #[arg(long)]
+    tofu: bool,
+    /// New runtime policy file (an empty file removes the policy, as --no-policy does).
+    #[arg(long, value_name = "FILE", conflicts_with = "no_policy")]
     policy: Option<PathBuf>,
+    /// Remove the runtime policy.
     #[arg(long)]
+    no_policy: bool,
+    /// Pin the agent's TLS certificate (PEM file).
+    #[arg(long, value_name = "FILE", conflicts_with = "no_agent_cert")]
+    agent_cert: Option<PathBuf>,
+    /// Remove the pinned agent certificate.
+    #[arg(long)]
+    no_agent_cert: bool,
+    /// Milliseconds between scheduled attestation rounds (100 to 86400000).
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(100..=86_400_000))]
     poll_interval_ms: Option<u64>,
-    #[arg(long)]
+    /// full_history or marker_tofu (resets the host's state).
+    #[arg(long, value_name = "POLICY", value_parser = ["full_history", "marker_tofu"])]
     late_join: Option<String>,
     #[command(flatten)]
     api: ApiArgs,
 }
 
-fn read(p: &PathBuf) -> Result<String> {
-    std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+/// `host:port` with a port in 1..=65535 (the error names the flag, through clap).
+fn parse_address(s: &str) -> Result<String, String> {
+    let (host, port) = s.rsplit_once(':').ok_or_else(|| format!("{s:?} is not host:port"))?;
+    if host.is_empty() {
+        return Err(format!("{s:?} has no host"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(s.to_string()),
+        _ => Err(format!("{s:?}: port {port:?} is not 1-65535")),
+    }
+}
+
+/// A small file sent in a request body, refused above `limit` bytes.
+fn read_limited(p: &Path, limit: u64) -> Result<String> {
+    ui::read_small_text(p, limit)
+}
+
+fn read_ak(p: &Path) -> Result<String> {
+    read_limited(p, ui::MAX_AK_BYTES).context("--ak")
+}
+
+fn read_cert(p: &Path) -> Result<String> {
+    read_limited(p, ui::MAX_CERT_BYTES).context("--agent-cert")
+}
+
+fn read_policy(p: &Path) -> Result<String> {
+    read_limited(p, imasnap_policy::model::MAX_POLICY_BYTES as u64).context("--policy")
+}
+
+/// Unix milliseconds as UTC `YYYY-MM-DDTHH:MM:SSZ` (no date library for one format).
+fn utc(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 fn client(a: &ApiArgs) -> Result<ApiClient> {
@@ -197,8 +276,9 @@ fn show_host(v: &serde_json::Value) {
 
 fn print_verdict(prefix: &str, r: &serde_json::Value) {
     let s = |k: &str| r.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
+    let at = r.get("at_ms").and_then(|x| x.as_i64()).map(|ms| format!("{}  ", utc(ms))).unwrap_or_default();
     println!(
-        "{prefix}{} {}{}  checkpoint {}  replayed {}  {:.1} ms{}",
+        "{prefix}{at}{} {}{}  checkpoint {}  replayed {}  {:.1} ms{}",
         s("verdict"),
         s("mode"),
         r.get("restart").and_then(|x| x.as_str()).map(|x| format!(" (restart: {x})")).unwrap_or_default(),
@@ -214,19 +294,21 @@ pub fn run(cmd: VerifierCmd) -> Result<ExitCode> {
         VerifierCmd::Run(a) => {
             crate::cmd::daemon::daemon_signals();
             crate::cmd::daemon::init_logs(a.log_json);
-            let text = read(&a.config)?;
+            let text = ui::read_small_text(&a.config, ui::MAX_CONFIG_BYTES)?;
             let cfg = VerifierConfig::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", a.config.display()))?;
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(imasnap_verifier_service::service::run(cfg))?;
             Ok(ExitCode::SUCCESS)
         }
         VerifierCmd::DevPki(a) => {
+            let Some(dir) = a.out.or(a.dir_pos) else { anyhow::bail!("pass the output directory: -o/--out DIR") };
             let names: Vec<&str> = a.names.iter().map(String::as_str).collect();
-            let f = imasnap_agent_server::devpki::write_dev_pki(&a.dir, &names).map_err(|e| anyhow::anyhow!(e))?;
+            let f = imasnap_agent_server::devpki::write_dev_pki(&dir, &names)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
             println!(
                 "CA {}; agent, verifier, admin and reader certificates (roles in their SAN URIs) in {}",
                 f.ca.display(),
-                a.dir.display()
+                dir.display()
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -235,17 +317,22 @@ pub fn run(cmd: VerifierCmd) -> Result<ExitCode> {
 }
 
 fn host(h: HostCmd) -> Result<ExitCode> {
-    let (api, out) = match h {
+    let (api, out, format) = match h {
         HostCmd::Add(a) => {
+            if a.ak.is_none() && !a.tofu {
+                anyhow::bail!(
+                    "pass --ak FILE (the host's enrolled AK, from `imasnap tpm ak`) or --tofu (trust the AK of the first quote)"
+                );
+            }
             let body = serde_json::json!({
                 "name": a.name, "address": a.address, "server_name": a.server_name,
-                "ak": a.ak.as_ref().map(read).transpose()?, "tofu": a.tofu,
-                "policy": a.policy.as_ref().map(read).transpose()?,
-                "agent_cert": a.agent_cert.as_ref().map(read).transpose()?,
+                "ak": a.ak.as_deref().map(read_ak).transpose()?, "tofu": a.tofu,
+                "policy": a.policy.as_deref().map(read_policy).transpose()?,
+                "agent_cert": a.agent_cert.as_deref().map(read_cert).transpose()?,
                 "poll_interval_ms": a.poll_interval_ms, "late_join": a.late_join,
             });
             let v = call(&a.api, Method::POST, "/v1/hosts", Some(body))?;
-            (a.api, v)
+            (a.api, v, "imasnap-verifier-host/1")
         }
         HostCmd::List(a) => {
             let v = call(&a, Method::GET, "/v1/hosts", None)?;
@@ -255,11 +342,11 @@ fn host(h: HostCmd) -> Result<ExitCode> {
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            (a, v)
+            (a, v, "imasnap-verifier-host-list/1")
         }
         HostCmd::Show(a) => {
             let v = call(&a.api, Method::GET, &format!("/v1/hosts/{}", a.name), None)?;
-            (a.api, v)
+            (a.api, v, "imasnap-verifier-host/1")
         }
         HostCmd::Verdicts(a) => {
             let v = call(&a.api, Method::GET, &format!("/v1/hosts/{}/verdicts?limit={}", a.name, a.limit), None)?;
@@ -269,18 +356,36 @@ fn host(h: HostCmd) -> Result<ExitCode> {
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            (a.api, v)
+            (a.api, v, "imasnap-verifier-verdicts/1")
         }
         HostCmd::Update(a) => {
+            // The API's PATCH fields; an empty string clears an optional one.
             let mut body = serde_json::Map::new();
             if let Some(x) = a.address {
                 body.insert("address".into(), x.into());
             }
+            if let Some(x) = a.server_name {
+                body.insert("server_name".into(), x.into());
+            }
             if let Some(p) = &a.ak {
-                body.insert("ak".into(), read(p)?.into());
+                body.insert("ak".into(), read_ak(p)?.into());
+                body.insert("tofu".into(), false.into());
+            }
+            if a.tofu {
+                body.insert("ak".into(), "".into());
+                body.insert("tofu".into(), true.into());
             }
             if let Some(p) = &a.policy {
-                body.insert("policy".into(), read(p)?.into());
+                body.insert("policy".into(), read_policy(p)?.into());
+            }
+            if a.no_policy {
+                body.insert("policy".into(), "".into());
+            }
+            if let Some(p) = &a.agent_cert {
+                body.insert("agent_cert".into(), read_cert(p)?.into());
+            }
+            if a.no_agent_cert {
+                body.insert("agent_cert".into(), "".into());
             }
             if let Some(i) = a.poll_interval_ms {
                 body.insert("poll_interval_ms".into(), i.into());
@@ -288,14 +393,17 @@ fn host(h: HostCmd) -> Result<ExitCode> {
             if let Some(l) = a.late_join {
                 body.insert("late_join".into(), l.into());
             }
+            if body.is_empty() {
+                anyhow::bail!("nothing to update: pass at least one of --address, --server-name, --ak, --tofu, --policy, --no-policy, --agent-cert, --no-agent-cert, --poll-interval-ms, --late-join");
+            }
             let v = call(&a.api, Method::PATCH, &format!("/v1/hosts/{}", a.name), Some(body.into()))?;
-            (a.api, v)
+            (a.api, v, "imasnap-verifier-host/1")
         }
         HostCmd::Attest(a) => {
             let v = call(&a.api, Method::POST, &format!("/v1/hosts/{}/attest", a.name), None)?;
             let ok = v.get("verdict").and_then(|x| x.as_str()) == Some("verified");
             if a.api.json {
-                ui::print_json(&v);
+                ui::print_json_doc("imasnap-verifier-verdict/1", v);
             } else {
                 print_verdict("", &v);
             }
@@ -303,15 +411,17 @@ fn host(h: HostCmd) -> Result<ExitCode> {
         }
         HostCmd::Remove(a) => {
             let v = call(&a.api, Method::DELETE, &format!("/v1/hosts/{}", a.name), None)?;
-            (a.api, v)
+            if !a.api.json {
+                println!("removed host {} with its state and verdict history", a.name);
+                return Ok(ExitCode::SUCCESS);
+            }
+            (a.api, v, "imasnap-verifier-host-remove/1")
         }
     };
     if api.json {
-        ui::print_json(&out);
-    } else if out.get("spec").is_some() {
-        show_host(&out);
+        ui::print_json_doc(format, out);
     } else {
-        println!("{out}");
+        show_host(&out);
     }
     Ok(ExitCode::SUCCESS)
 }
