@@ -12,7 +12,7 @@
 //! IMASNAP_SKIP_SWTPM=1.
 
 use imasnap_agent_server::devpki::{write_dev_pki, DevPkiFiles};
-use imasnap_tpm::swtpm::Swtpm;
+use imasnap_test_support::swtpm::Swtpm;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -5,7 +5,7 @@
 //! Each test starts a private swtpm (fresh PCRs). They fail when IMASNAP_SWTPM is
 //! unset (scripts/test.sh sets it), unless IMASNAP_SKIP_SWTPM=1.
 
-use imasnap_tpm::swtpm::Swtpm;
+use imasnap_test_support::swtpm::Swtpm;
 use imasnap_tpm::Tpm as _;
 use std::path::Path;
 use std::process::Output;

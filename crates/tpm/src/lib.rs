@@ -20,7 +20,6 @@ pub mod quote;
 pub mod selection;
 pub mod signature;
 pub mod soft;
-pub mod swtpm;
 mod wire;
 
 #[cfg(test)]
