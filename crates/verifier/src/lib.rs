@@ -22,8 +22,8 @@ pub mod quote;
 pub mod reason;
 pub mod state;
 
-pub use engine::{verify, Mode, Options, Outcome, Report, Restart, Verdict};
+pub use engine::{verify, Mode, Options, Outcome, Report, Restart, Verdict, VerdictKind};
 pub use evidence::{BootClaim, EndMarkerClaim, Evidence, Input, SnapshotClaim, SnapshotEvidence};
 pub use quote::{AttestedQuote, QuoteEvidence, TpmQuote, TrustedPcrs};
-pub use reason::{Failure, Segment};
+pub use reason::{Failure, FailureKind, Segment};
 pub use state::{BootIdentity, State};

@@ -153,6 +153,146 @@ pub enum Failure {
     LogRolledBack { checkpoint: u64, end: u64 },
 }
 
+/// The class of a [`Failure`], without its details. Serialises (and displays) as the
+/// snake_case name that also tags a serialised [`Failure`] (`"kind"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    BadEvidence,
+    QuoteMalformed,
+    AkMismatch,
+    QuoteBadSignature,
+    QuoteNotTpmGenerated,
+    QuoteNonceMismatch,
+    QuotePcrDigestMismatch,
+    QuoteSelectionMissing,
+    UnquotedPcr,
+    QuoteNotReached,
+    ManifestSeqGap,
+    ManifestNotContiguous,
+    LiveFirstIndexMismatch,
+    ManifestCountMismatch,
+    ManifestDigestMismatch,
+    ManifestEndMarkerMismatch,
+    ManifestPcrsEndMismatch,
+    ManifestMalformed,
+    ManifestBootMismatch,
+    SnapshotMissing,
+    EmptySegment,
+    Malformed,
+    TemplateDigestMismatch,
+    FirstRecordNotBootAggregate,
+    BootAggregateMismatch,
+    MissingEndMarker,
+    LiveStartNotMarker,
+    MalformedMarker,
+    MarkerBufDigestMismatch,
+    MarkerBankMismatch,
+    MarkerPlatformMismatch,
+    AttemptNotIncreasing,
+    MarkerPcrMismatch,
+    SnapshotEndMismatch,
+    CheckpointNotInEvidence,
+    LogRolledBack,
+}
+
+impl FailureKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [FailureKind; 36] = [
+        FailureKind::BadEvidence,
+        FailureKind::QuoteMalformed,
+        FailureKind::AkMismatch,
+        FailureKind::QuoteBadSignature,
+        FailureKind::QuoteNotTpmGenerated,
+        FailureKind::QuoteNonceMismatch,
+        FailureKind::QuotePcrDigestMismatch,
+        FailureKind::QuoteSelectionMissing,
+        FailureKind::UnquotedPcr,
+        FailureKind::QuoteNotReached,
+        FailureKind::ManifestSeqGap,
+        FailureKind::ManifestNotContiguous,
+        FailureKind::LiveFirstIndexMismatch,
+        FailureKind::ManifestCountMismatch,
+        FailureKind::ManifestDigestMismatch,
+        FailureKind::ManifestEndMarkerMismatch,
+        FailureKind::ManifestPcrsEndMismatch,
+        FailureKind::ManifestMalformed,
+        FailureKind::ManifestBootMismatch,
+        FailureKind::SnapshotMissing,
+        FailureKind::EmptySegment,
+        FailureKind::Malformed,
+        FailureKind::TemplateDigestMismatch,
+        FailureKind::FirstRecordNotBootAggregate,
+        FailureKind::BootAggregateMismatch,
+        FailureKind::MissingEndMarker,
+        FailureKind::LiveStartNotMarker,
+        FailureKind::MalformedMarker,
+        FailureKind::MarkerBufDigestMismatch,
+        FailureKind::MarkerBankMismatch,
+        FailureKind::MarkerPlatformMismatch,
+        FailureKind::AttemptNotIncreasing,
+        FailureKind::MarkerPcrMismatch,
+        FailureKind::SnapshotEndMismatch,
+        FailureKind::CheckpointNotInEvidence,
+        FailureKind::LogRolledBack,
+    ];
+
+    /// The snake_case name, as serialised.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::BadEvidence => "bad_evidence",
+            FailureKind::QuoteMalformed => "quote_malformed",
+            FailureKind::AkMismatch => "ak_mismatch",
+            FailureKind::QuoteBadSignature => "quote_bad_signature",
+            FailureKind::QuoteNotTpmGenerated => "quote_not_tpm_generated",
+            FailureKind::QuoteNonceMismatch => "quote_nonce_mismatch",
+            FailureKind::QuotePcrDigestMismatch => "quote_pcr_digest_mismatch",
+            FailureKind::QuoteSelectionMissing => "quote_selection_missing",
+            FailureKind::UnquotedPcr => "unquoted_pcr",
+            FailureKind::QuoteNotReached => "quote_not_reached",
+            FailureKind::ManifestSeqGap => "manifest_seq_gap",
+            FailureKind::ManifestNotContiguous => "manifest_not_contiguous",
+            FailureKind::LiveFirstIndexMismatch => "live_first_index_mismatch",
+            FailureKind::ManifestCountMismatch => "manifest_count_mismatch",
+            FailureKind::ManifestDigestMismatch => "manifest_digest_mismatch",
+            FailureKind::ManifestEndMarkerMismatch => "manifest_end_marker_mismatch",
+            FailureKind::ManifestPcrsEndMismatch => "manifest_pcrs_end_mismatch",
+            FailureKind::ManifestMalformed => "manifest_malformed",
+            FailureKind::ManifestBootMismatch => "manifest_boot_mismatch",
+            FailureKind::SnapshotMissing => "snapshot_missing",
+            FailureKind::EmptySegment => "empty_segment",
+            FailureKind::Malformed => "malformed",
+            FailureKind::TemplateDigestMismatch => "template_digest_mismatch",
+            FailureKind::FirstRecordNotBootAggregate => "first_record_not_boot_aggregate",
+            FailureKind::BootAggregateMismatch => "boot_aggregate_mismatch",
+            FailureKind::MissingEndMarker => "missing_end_marker",
+            FailureKind::LiveStartNotMarker => "live_start_not_marker",
+            FailureKind::MalformedMarker => "malformed_marker",
+            FailureKind::MarkerBufDigestMismatch => "marker_buf_digest_mismatch",
+            FailureKind::MarkerBankMismatch => "marker_bank_mismatch",
+            FailureKind::MarkerPlatformMismatch => "marker_platform_mismatch",
+            FailureKind::AttemptNotIncreasing => "attempt_not_increasing",
+            FailureKind::MarkerPcrMismatch => "marker_pcr_mismatch",
+            FailureKind::SnapshotEndMismatch => "snapshot_end_mismatch",
+            FailureKind::CheckpointNotInEvidence => "checkpoint_not_in_evidence",
+            FailureKind::LogRolledBack => "log_rolled_back",
+        }
+    }
+}
+
+impl fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for FailureKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| format!("unknown failure kind `{s}`"))
+    }
+}
+
 impl Failure {
     /// The global record index the failure names, if any.
     pub fn index(&self) -> Option<u64> {
@@ -179,50 +319,137 @@ impl Failure {
         }
     }
 
-    /// Stable snake_case name of the variant, for logs and JSON consumers.
-    pub fn kind(&self) -> &'static str {
+    /// Which class of failure this is: a stable name for logs, JSON and databases.
+    pub fn kind(&self) -> FailureKind {
         use Failure::*;
         match self {
-            BadEvidence { .. } => "bad_evidence",
-            QuoteMalformed { .. } => "quote_malformed",
-            AkMismatch { .. } => "ak_mismatch",
-            QuoteBadSignature { .. } => "quote_bad_signature",
-            QuoteNotTpmGenerated { .. } => "quote_not_tpm_generated",
-            QuoteNonceMismatch { .. } => "quote_nonce_mismatch",
-            QuotePcrDigestMismatch { .. } => "quote_pcr_digest_mismatch",
-            QuoteSelectionMissing { .. } => "quote_selection_missing",
-            UnquotedPcr { .. } => "unquoted_pcr",
-            QuoteNotReached { .. } => "quote_not_reached",
-            ManifestSeqGap { .. } => "manifest_seq_gap",
-            ManifestNotContiguous { .. } => "manifest_not_contiguous",
-            LiveFirstIndexMismatch { .. } => "live_first_index_mismatch",
-            ManifestCountMismatch { .. } => "manifest_count_mismatch",
-            ManifestDigestMismatch { .. } => "manifest_digest_mismatch",
-            ManifestEndMarkerMismatch { .. } => "manifest_end_marker_mismatch",
-            ManifestPcrsEndMismatch { .. } => "manifest_pcrs_end_mismatch",
-            ManifestMalformed { .. } => "manifest_malformed",
-            ManifestBootMismatch { .. } => "manifest_boot_mismatch",
-            SnapshotMissing { .. } => "snapshot_missing",
-            EmptySegment { .. } => "empty_segment",
-            Malformed { .. } => "malformed",
-            TemplateDigestMismatch { .. } => "template_digest_mismatch",
-            FirstRecordNotBootAggregate { .. } => "first_record_not_boot_aggregate",
-            BootAggregateMismatch { .. } => "boot_aggregate_mismatch",
-            MissingEndMarker { .. } => "missing_end_marker",
-            LiveStartNotMarker { .. } => "live_start_not_marker",
-            MalformedMarker { .. } => "malformed_marker",
-            MarkerBufDigestMismatch { .. } => "marker_buf_digest_mismatch",
-            MarkerBankMismatch { .. } => "marker_bank_mismatch",
-            MarkerPlatformMismatch { .. } => "marker_platform_mismatch",
-            AttemptNotIncreasing { .. } => "attempt_not_increasing",
-            MarkerPcrMismatch { .. } => "marker_pcr_mismatch",
-            SnapshotEndMismatch { .. } => "snapshot_end_mismatch",
-            CheckpointNotInEvidence { .. } => "checkpoint_not_in_evidence",
-            LogRolledBack { .. } => "log_rolled_back",
+            BadEvidence { .. } => FailureKind::BadEvidence,
+            QuoteMalformed { .. } => FailureKind::QuoteMalformed,
+            AkMismatch { .. } => FailureKind::AkMismatch,
+            QuoteBadSignature { .. } => FailureKind::QuoteBadSignature,
+            QuoteNotTpmGenerated { .. } => FailureKind::QuoteNotTpmGenerated,
+            QuoteNonceMismatch { .. } => FailureKind::QuoteNonceMismatch,
+            QuotePcrDigestMismatch { .. } => FailureKind::QuotePcrDigestMismatch,
+            QuoteSelectionMissing { .. } => FailureKind::QuoteSelectionMissing,
+            UnquotedPcr { .. } => FailureKind::UnquotedPcr,
+            QuoteNotReached { .. } => FailureKind::QuoteNotReached,
+            ManifestSeqGap { .. } => FailureKind::ManifestSeqGap,
+            ManifestNotContiguous { .. } => FailureKind::ManifestNotContiguous,
+            LiveFirstIndexMismatch { .. } => FailureKind::LiveFirstIndexMismatch,
+            ManifestCountMismatch { .. } => FailureKind::ManifestCountMismatch,
+            ManifestDigestMismatch { .. } => FailureKind::ManifestDigestMismatch,
+            ManifestEndMarkerMismatch { .. } => FailureKind::ManifestEndMarkerMismatch,
+            ManifestPcrsEndMismatch { .. } => FailureKind::ManifestPcrsEndMismatch,
+            ManifestMalformed { .. } => FailureKind::ManifestMalformed,
+            ManifestBootMismatch { .. } => FailureKind::ManifestBootMismatch,
+            SnapshotMissing { .. } => FailureKind::SnapshotMissing,
+            EmptySegment { .. } => FailureKind::EmptySegment,
+            Malformed { .. } => FailureKind::Malformed,
+            TemplateDigestMismatch { .. } => FailureKind::TemplateDigestMismatch,
+            FirstRecordNotBootAggregate { .. } => FailureKind::FirstRecordNotBootAggregate,
+            BootAggregateMismatch { .. } => FailureKind::BootAggregateMismatch,
+            MissingEndMarker { .. } => FailureKind::MissingEndMarker,
+            LiveStartNotMarker { .. } => FailureKind::LiveStartNotMarker,
+            MalformedMarker { .. } => FailureKind::MalformedMarker,
+            MarkerBufDigestMismatch { .. } => FailureKind::MarkerBufDigestMismatch,
+            MarkerBankMismatch { .. } => FailureKind::MarkerBankMismatch,
+            MarkerPlatformMismatch { .. } => FailureKind::MarkerPlatformMismatch,
+            AttemptNotIncreasing { .. } => FailureKind::AttemptNotIncreasing,
+            MarkerPcrMismatch { .. } => FailureKind::MarkerPcrMismatch,
+            SnapshotEndMismatch { .. } => FailureKind::SnapshotEndMismatch,
+            CheckpointNotInEvidence { .. } => FailureKind::CheckpointNotInEvidence,
+            LogRolledBack { .. } => FailureKind::LogRolledBack,
         }
     }
 }
 
 fn display<S: serde::Serializer>(v: &impl fmt::Display, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One failure of every kind.
+    fn one_of_each() -> Vec<Failure> {
+        use Failure::*;
+        let s = || String::from("x");
+        let b = HashAlgo::Sha256;
+        vec![
+            BadEvidence { detail: s() },
+            QuoteMalformed { detail: s() },
+            AkMismatch { claimed: s(), trusted: s() },
+            QuoteBadSignature { detail: s() },
+            QuoteNotTpmGenerated { detail: s() },
+            QuoteNonceMismatch { expected: s(), found: s() },
+            QuotePcrDigestMismatch { detail: s() },
+            QuoteSelectionMissing { bank: b, pcr: 1 },
+            UnquotedPcr { index: 1, pcr: 1 },
+            QuoteNotReached { records: 1, bank: b, pcr: 1 },
+            ManifestSeqGap { position: 1, expected: 1, found: 2 },
+            ManifestNotContiguous { seq: 1, claimed: 1, expected: 2 },
+            LiveFirstIndexMismatch { claimed: 1, expected: 2 },
+            ManifestCountMismatch { seq: 1, claimed: 1, actual: 2 },
+            ManifestDigestMismatch { seq: 1, claimed: s(), actual: s() },
+            ManifestEndMarkerMismatch { seq: 1, index: 1, detail: s() },
+            ManifestPcrsEndMismatch { seq: 1, bank: b },
+            ManifestMalformed { detail: s() },
+            ManifestBootMismatch { detail: s() },
+            SnapshotMissing { seq: 1 },
+            EmptySegment { segment: Segment::Live },
+            Malformed {
+                segment: Segment::Snapshot(1),
+                index: 1,
+                offset: 2,
+                reason: imasnap_log::Reason::UnknownTemplate(s()),
+            },
+            TemplateDigestMismatch { index: 1 },
+            FirstRecordNotBootAggregate { index: 1 },
+            BootAggregateMismatch { index: 1, detail: s() },
+            MissingEndMarker { seq: 1, index: 1 },
+            LiveStartNotMarker { index: 1 },
+            MalformedMarker { index: 1, detail: s() },
+            MarkerBufDigestMismatch { index: 1 },
+            MarkerBankMismatch { index: 1, detail: s() },
+            MarkerPlatformMismatch { index: 1, bank: b, pcr: 1 },
+            AttemptNotIncreasing { index: 1, attempt: 1, previous: 2 },
+            MarkerPcrMismatch { index: 1, bank: b, pcr: 1 },
+            SnapshotEndMismatch { seq: 1, index: 1, bank: b, pcr: 1 },
+            CheckpointNotInEvidence { checkpoint: 1, seq: 1 },
+            LogRolledBack { checkpoint: 1, end: 0 },
+        ]
+    }
+
+    #[test]
+    fn finding_12_failure_kind_is_the_serialised_tag_and_round_trips() {
+        let all = one_of_each();
+        let kinds: Vec<FailureKind> = all.iter().map(Failure::kind).collect();
+        assert_eq!(kinds, FailureKind::ALL.to_vec(), "one sample per kind, in declaration order");
+        for f in &all {
+            let k = f.kind();
+            let v = serde_json::to_value(f).unwrap();
+            assert_eq!(v["kind"], k.as_str(), "{f}");
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+            assert_eq!(k.to_string(), k.as_str());
+            assert_eq!(k.as_str().parse::<FailureKind>(), Ok(k));
+            assert_eq!(serde_json::from_value::<FailureKind>(v["kind"].clone()).unwrap(), k);
+            // Display text is for people: never Rust's Debug shape.
+            assert!(!f.to_string().contains("Some("), "{f}");
+        }
+        assert!("NoSuchKind".parse::<FailureKind>().is_err());
+    }
+
+    #[test]
+    fn finding_12_malformed_reason_is_text_in_json() {
+        let f = Failure::Malformed {
+            segment: Segment::Snapshot(3),
+            index: 7,
+            offset: 9,
+            reason: imasnap_log::Reason::UnknownTemplate("t".into()),
+        };
+        let v = serde_json::to_value(&f).unwrap();
+        assert_eq!(v["segment"], serde_json::json!({"snapshot": 3}));
+        assert_eq!(v["reason"], "unknown template \"t\"");
+    }
 }

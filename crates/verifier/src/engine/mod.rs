@@ -29,6 +29,7 @@ use imasnap_log::replay::NUM_PCRS;
 use imasnap_log::HashAlgo;
 use replay::Engine;
 use segment::Seg;
+use std::fmt;
 
 /// PCRs whose quoted values every marker and boot_aggregate is checked against.
 const PLATFORM_PCRS: u32 = 10;
@@ -36,8 +37,8 @@ const PLATFORM_PCRS: u32 = 10;
 /// Bounds all index arithmetic, so no claim can overflow it.
 pub const MAX_INDEX: u64 = 1 << 48;
 
-/// What to verify.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+/// What to verify. Serialises and displays as its snake_case name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     /// Replay from record 0 through every snapshot and the live list.
@@ -46,6 +47,32 @@ pub enum Mode {
     LatestSegment,
     /// Continue from the saved state; full history on a cold boot or without state.
     Incremental,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 3] = [Mode::FullHistory, Mode::LatestSegment, Mode::Incremental];
+
+    /// The snake_case name, as serialised.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::FullHistory => "full_history",
+            Self::LatestSegment => "latest_segment",
+            Self::Incremental => "incremental",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL.into_iter().find(|m| m.as_str() == s).ok_or_else(|| format!("unknown mode `{s}`"))
+    }
 }
 
 /// Engine settings.
@@ -72,9 +99,10 @@ impl Options {
     }
 }
 
-/// Why an incremental verification started over from record 0.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+/// Why an incremental verification started over from record 0. Serialises as an object
+/// tagged `"kind"` (like [`Failure`]); displays as one line of text.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Restart {
     /// No saved state for this host.
     NoState,
@@ -84,6 +112,30 @@ pub enum Restart {
     BootAggregateChanged,
     /// The saved state is in other banks than the evidence.
     BanksChanged,
+}
+
+impl Restart {
+    /// The snake_case name of the variant (the `"kind"` tag): a stable short form for a
+    /// database column or a log field.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::NoState => "no_state",
+            Self::ResetCountChanged { .. } => "reset_count_changed",
+            Self::BootAggregateChanged => "boot_aggregate_changed",
+            Self::BanksChanged => "banks_changed",
+        }
+    }
+}
+
+impl fmt::Display for Restart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ResetCountChanged { saved, quoted } => {
+                write!(f, "reset_count_changed (saved resetCount {saved}, quoted {quoted})")
+            }
+            other => f.write_str(other.as_str()),
+        }
+    }
 }
 
 /// What the engine did, success or not.
@@ -128,6 +180,13 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// The verdict's class without its details.
+    pub fn kind(&self) -> VerdictKind {
+        match self {
+            Self::Verified { .. } => VerdictKind::Verified,
+            Self::Rejected { .. } => VerdictKind::Rejected,
+        }
+    }
     pub fn is_verified(&self) -> bool {
         matches!(self, Self::Verified { .. })
     }
@@ -136,6 +195,50 @@ impl Verdict {
             Self::Rejected { failure } => Some(failure),
             Self::Verified { .. } => None,
         }
+    }
+}
+
+/// The class of an attestation result, as a stable snake_case name for JSON, logs and
+/// databases. The engine itself gives only `verified` or `rejected` ([`Verdict::kind`]);
+/// callers that add a runtime policy or fetch evidence over a network report the other two.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VerdictKind {
+    /// Every record up to the checkpoint is proven by the quote.
+    Verified,
+    /// The evidence is wrong: forged, inconsistent or unprovable.
+    Rejected,
+    /// The evidence is proven, but records in it break the runtime policy.
+    PolicyViolation,
+    /// No evidence to judge: unreachable, timed out, refused.
+    Error,
+}
+
+impl VerdictKind {
+    pub const ALL: [VerdictKind; 4] =
+        [VerdictKind::Verified, VerdictKind::Rejected, VerdictKind::PolicyViolation, VerdictKind::Error];
+
+    /// The snake_case name, as serialised.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Verified => "verified",
+            Self::Rejected => "rejected",
+            Self::PolicyViolation => "policy_violation",
+            Self::Error => "error",
+        }
+    }
+}
+
+impl fmt::Display for VerdictKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for VerdictKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| format!("unknown verdict `{s}`"))
     }
 }
 
