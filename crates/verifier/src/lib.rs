@@ -18,6 +18,7 @@ pub mod bundle;
 pub mod dir;
 mod engine;
 pub mod evidence;
+mod names;
 pub mod quote;
 pub mod reason;
 pub mod state;

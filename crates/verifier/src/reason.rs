@@ -2,6 +2,7 @@
 //! index where one applies, so an operator (and the adversarial suite) can tell a forged
 //! marker from a reordered snapshot from a replayed quote.
 
+use crate::names::snake_case_enum;
 use imasnap_log::HashAlgo;
 use std::fmt;
 
@@ -153,143 +154,46 @@ pub enum Failure {
     LogRolledBack { checkpoint: u64, end: u64 },
 }
 
-/// The class of a [`Failure`], without its details. Serialises (and displays) as the
-/// snake_case name that also tags a serialised [`Failure`] (`"kind"`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FailureKind {
-    BadEvidence,
-    QuoteMalformed,
-    AkMismatch,
-    QuoteBadSignature,
-    QuoteNotTpmGenerated,
-    QuoteNonceMismatch,
-    QuotePcrDigestMismatch,
-    QuoteSelectionMissing,
-    UnquotedPcr,
-    QuoteNotReached,
-    ManifestSeqGap,
-    ManifestNotContiguous,
-    LiveFirstIndexMismatch,
-    ManifestCountMismatch,
-    ManifestDigestMismatch,
-    ManifestEndMarkerMismatch,
-    ManifestPcrsEndMismatch,
-    ManifestMalformed,
-    ManifestBootMismatch,
-    SnapshotMissing,
-    EmptySegment,
-    Malformed,
-    TemplateDigestMismatch,
-    FirstRecordNotBootAggregate,
-    BootAggregateMismatch,
-    MissingEndMarker,
-    LiveStartNotMarker,
-    MalformedMarker,
-    MarkerBufDigestMismatch,
-    MarkerBankMismatch,
-    MarkerPlatformMismatch,
-    AttemptNotIncreasing,
-    MarkerPcrMismatch,
-    SnapshotEndMismatch,
-    CheckpointNotInEvidence,
-    LogRolledBack,
-}
-
-impl FailureKind {
-    /// Every kind, in declaration order.
-    pub const ALL: [FailureKind; 36] = [
-        FailureKind::BadEvidence,
-        FailureKind::QuoteMalformed,
-        FailureKind::AkMismatch,
-        FailureKind::QuoteBadSignature,
-        FailureKind::QuoteNotTpmGenerated,
-        FailureKind::QuoteNonceMismatch,
-        FailureKind::QuotePcrDigestMismatch,
-        FailureKind::QuoteSelectionMissing,
-        FailureKind::UnquotedPcr,
-        FailureKind::QuoteNotReached,
-        FailureKind::ManifestSeqGap,
-        FailureKind::ManifestNotContiguous,
-        FailureKind::LiveFirstIndexMismatch,
-        FailureKind::ManifestCountMismatch,
-        FailureKind::ManifestDigestMismatch,
-        FailureKind::ManifestEndMarkerMismatch,
-        FailureKind::ManifestPcrsEndMismatch,
-        FailureKind::ManifestMalformed,
-        FailureKind::ManifestBootMismatch,
-        FailureKind::SnapshotMissing,
-        FailureKind::EmptySegment,
-        FailureKind::Malformed,
-        FailureKind::TemplateDigestMismatch,
-        FailureKind::FirstRecordNotBootAggregate,
-        FailureKind::BootAggregateMismatch,
-        FailureKind::MissingEndMarker,
-        FailureKind::LiveStartNotMarker,
-        FailureKind::MalformedMarker,
-        FailureKind::MarkerBufDigestMismatch,
-        FailureKind::MarkerBankMismatch,
-        FailureKind::MarkerPlatformMismatch,
-        FailureKind::AttemptNotIncreasing,
-        FailureKind::MarkerPcrMismatch,
-        FailureKind::SnapshotEndMismatch,
-        FailureKind::CheckpointNotInEvidence,
-        FailureKind::LogRolledBack,
-    ];
-
-    /// The snake_case name, as serialised.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailureKind::BadEvidence => "bad_evidence",
-            FailureKind::QuoteMalformed => "quote_malformed",
-            FailureKind::AkMismatch => "ak_mismatch",
-            FailureKind::QuoteBadSignature => "quote_bad_signature",
-            FailureKind::QuoteNotTpmGenerated => "quote_not_tpm_generated",
-            FailureKind::QuoteNonceMismatch => "quote_nonce_mismatch",
-            FailureKind::QuotePcrDigestMismatch => "quote_pcr_digest_mismatch",
-            FailureKind::QuoteSelectionMissing => "quote_selection_missing",
-            FailureKind::UnquotedPcr => "unquoted_pcr",
-            FailureKind::QuoteNotReached => "quote_not_reached",
-            FailureKind::ManifestSeqGap => "manifest_seq_gap",
-            FailureKind::ManifestNotContiguous => "manifest_not_contiguous",
-            FailureKind::LiveFirstIndexMismatch => "live_first_index_mismatch",
-            FailureKind::ManifestCountMismatch => "manifest_count_mismatch",
-            FailureKind::ManifestDigestMismatch => "manifest_digest_mismatch",
-            FailureKind::ManifestEndMarkerMismatch => "manifest_end_marker_mismatch",
-            FailureKind::ManifestPcrsEndMismatch => "manifest_pcrs_end_mismatch",
-            FailureKind::ManifestMalformed => "manifest_malformed",
-            FailureKind::ManifestBootMismatch => "manifest_boot_mismatch",
-            FailureKind::SnapshotMissing => "snapshot_missing",
-            FailureKind::EmptySegment => "empty_segment",
-            FailureKind::Malformed => "malformed",
-            FailureKind::TemplateDigestMismatch => "template_digest_mismatch",
-            FailureKind::FirstRecordNotBootAggregate => "first_record_not_boot_aggregate",
-            FailureKind::BootAggregateMismatch => "boot_aggregate_mismatch",
-            FailureKind::MissingEndMarker => "missing_end_marker",
-            FailureKind::LiveStartNotMarker => "live_start_not_marker",
-            FailureKind::MalformedMarker => "malformed_marker",
-            FailureKind::MarkerBufDigestMismatch => "marker_buf_digest_mismatch",
-            FailureKind::MarkerBankMismatch => "marker_bank_mismatch",
-            FailureKind::MarkerPlatformMismatch => "marker_platform_mismatch",
-            FailureKind::AttemptNotIncreasing => "attempt_not_increasing",
-            FailureKind::MarkerPcrMismatch => "marker_pcr_mismatch",
-            FailureKind::SnapshotEndMismatch => "snapshot_end_mismatch",
-            FailureKind::CheckpointNotInEvidence => "checkpoint_not_in_evidence",
-            FailureKind::LogRolledBack => "log_rolled_back",
-        }
-    }
-}
-
-impl fmt::Display for FailureKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for FailureKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Self::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| format!("unknown failure kind `{s}`"))
+snake_case_enum! {
+    /// The class of a [`Failure`], without its details. Serialises (and displays) as the
+    /// snake_case name that also tags a serialised [`Failure`] (`"kind"`).
+    pub enum FailureKind("failure kind") {
+        BadEvidence = "bad_evidence",
+        QuoteMalformed = "quote_malformed",
+        AkMismatch = "ak_mismatch",
+        QuoteBadSignature = "quote_bad_signature",
+        QuoteNotTpmGenerated = "quote_not_tpm_generated",
+        QuoteNonceMismatch = "quote_nonce_mismatch",
+        QuotePcrDigestMismatch = "quote_pcr_digest_mismatch",
+        QuoteSelectionMissing = "quote_selection_missing",
+        UnquotedPcr = "unquoted_pcr",
+        QuoteNotReached = "quote_not_reached",
+        ManifestSeqGap = "manifest_seq_gap",
+        ManifestNotContiguous = "manifest_not_contiguous",
+        LiveFirstIndexMismatch = "live_first_index_mismatch",
+        ManifestCountMismatch = "manifest_count_mismatch",
+        ManifestDigestMismatch = "manifest_digest_mismatch",
+        ManifestEndMarkerMismatch = "manifest_end_marker_mismatch",
+        ManifestPcrsEndMismatch = "manifest_pcrs_end_mismatch",
+        ManifestMalformed = "manifest_malformed",
+        ManifestBootMismatch = "manifest_boot_mismatch",
+        SnapshotMissing = "snapshot_missing",
+        EmptySegment = "empty_segment",
+        Malformed = "malformed",
+        TemplateDigestMismatch = "template_digest_mismatch",
+        FirstRecordNotBootAggregate = "first_record_not_boot_aggregate",
+        BootAggregateMismatch = "boot_aggregate_mismatch",
+        MissingEndMarker = "missing_end_marker",
+        LiveStartNotMarker = "live_start_not_marker",
+        MalformedMarker = "malformed_marker",
+        MarkerBufDigestMismatch = "marker_buf_digest_mismatch",
+        MarkerBankMismatch = "marker_bank_mismatch",
+        MarkerPlatformMismatch = "marker_platform_mismatch",
+        AttemptNotIncreasing = "attempt_not_increasing",
+        MarkerPcrMismatch = "marker_pcr_mismatch",
+        SnapshotEndMismatch = "snapshot_end_mismatch",
+        CheckpointNotInEvidence = "checkpoint_not_in_evidence",
+        LogRolledBack = "log_rolled_back",
     }
 }
 

@@ -22,6 +22,7 @@ mod segment;
 mod tests;
 
 use crate::evidence::Evidence;
+use crate::names::snake_case_enum;
 use crate::quote::QuoteEvidence;
 use crate::reason::{Failure, Segment};
 use crate::state::State;
@@ -37,41 +38,15 @@ const PLATFORM_PCRS: u32 = 10;
 /// Bounds all index arithmetic, so no claim can overflow it.
 pub const MAX_INDEX: u64 = 1 << 48;
 
-/// What to verify. Serialises and displays as its snake_case name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    /// Replay from record 0 through every snapshot and the live list.
-    FullHistory,
-    /// Start from the marker heading the live list; history is not verified.
-    LatestSegment,
-    /// Continue from the saved state; full history on a cold boot or without state.
-    Incremental,
-}
-
-impl Mode {
-    pub const ALL: [Mode; 3] = [Mode::FullHistory, Mode::LatestSegment, Mode::Incremental];
-
-    /// The snake_case name, as serialised.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::FullHistory => "full_history",
-            Self::LatestSegment => "latest_segment",
-            Self::Incremental => "incremental",
-        }
-    }
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for Mode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Self::ALL.into_iter().find(|m| m.as_str() == s).ok_or_else(|| format!("unknown mode `{s}`"))
+snake_case_enum! {
+    /// What to verify. Serialises and displays as its snake_case name.
+    pub enum Mode("mode") {
+        /// Replay from record 0 through every snapshot and the live list.
+        FullHistory = "full_history",
+        /// Start from the marker heading the live list; history is not verified.
+        LatestSegment = "latest_segment",
+        /// Continue from the saved state; full history on a cold boot or without state.
+        Incremental = "incremental",
     }
 }
 
@@ -198,47 +173,19 @@ impl Verdict {
     }
 }
 
-/// The class of an attestation result, as a stable snake_case name for JSON, logs and
-/// databases. The engine itself gives only `verified` or `rejected` ([`Verdict::kind`]);
-/// callers that add a runtime policy or fetch evidence over a network report the other two.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum VerdictKind {
-    /// Every record up to the checkpoint is proven by the quote.
-    Verified,
-    /// The evidence is wrong: forged, inconsistent or unprovable.
-    Rejected,
-    /// The evidence is proven, but records in it break the runtime policy.
-    PolicyViolation,
-    /// No evidence to judge: unreachable, timed out, refused.
-    Error,
-}
-
-impl VerdictKind {
-    pub const ALL: [VerdictKind; 4] =
-        [VerdictKind::Verified, VerdictKind::Rejected, VerdictKind::PolicyViolation, VerdictKind::Error];
-
-    /// The snake_case name, as serialised.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Verified => "verified",
-            Self::Rejected => "rejected",
-            Self::PolicyViolation => "policy_violation",
-            Self::Error => "error",
-        }
-    }
-}
-
-impl fmt::Display for VerdictKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for VerdictKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Self::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| format!("unknown verdict `{s}`"))
+snake_case_enum! {
+    /// The class of an attestation result, as a stable snake_case name for JSON, logs and
+    /// databases. The engine itself gives only `verified` or `rejected` ([`Verdict::kind`]);
+    /// callers that add a runtime policy or fetch evidence over a network report the other two.
+    pub enum VerdictKind("verdict") {
+        /// Every record up to the checkpoint is proven by the quote.
+        Verified = "verified",
+        /// The evidence is wrong: forged, inconsistent or unprovable.
+        Rejected = "rejected",
+        /// The evidence is proven, but records in it break the runtime policy.
+        PolicyViolation = "policy_violation",
+        /// No evidence to judge: unreachable, timed out, refused.
+        Error = "error",
     }
 }
 
