@@ -3,21 +3,16 @@
 
 use imasnap_agent::*;
 use imasnap_kernel_model::{Config, Kernel};
-use imasnap_log::{BinaryFormat, BinaryReader, HashAlgo, Record};
+use imasnap_log::{HashAlgo, Record};
 use imasnap_store::{BootDir, BootId, Decision, Retention, StoreError};
+use imasnap_test_support::{kernel, records};
 use imasnap_tpm::{PcrSelection, SoftTpm, Tpm};
 use std::time::{Duration, Instant};
 
 type K = Kernel<SoftTpm>;
 
-fn digest(i: u64) -> Vec<u8> {
-    HashAlgo::Sha256.hash(&[&i.to_le_bytes()]).as_bytes().to_vec()
-}
-
 fn measure(k: &mut K, from: u64, n: u64) {
-    for i in from..from + n {
-        assert!(k.measure_file(format!("/usr/bin/f{i}").as_bytes(), &digest(i)).unwrap());
-    }
+    kernel::measure_files(k, "/usr/bin/f", from, n);
 }
 
 fn all_records(k: &K) -> Vec<Record> {
@@ -32,7 +27,7 @@ fn stitched(a: &mut Agent<K>) -> Vec<Record> {
 fn setup() -> (tempfile::TempDir, AgentConfig, K) {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = AgentConfig::new(tmp.path().join("state"));
-    let k = Kernel::boot(Config::default(), SoftTpm::new(1)).unwrap();
+    let k = kernel::boot(1);
     (tmp, cfg, k)
 }
 
@@ -117,7 +112,7 @@ fn cold_boot_archives_or_deletes_kexec_does_not() {
         // Cold boot: resetCount moves, the old directory is retired.
         let mut tpm = a.into_kernel().into_tpm();
         tpm.reset();
-        let k = Kernel::boot(Config::default(), tpm).unwrap();
+        let k = kernel::boot_with(Config::default(), tpm);
         let (mut a, r) = Agent::start(k, cfg.clone()).unwrap();
         assert!(r.cold_boot() && r.created);
         assert_eq!(r.retired, vec![first_id.clone()]);
@@ -145,7 +140,7 @@ fn same_identity_cold_boot_is_detected_by_the_list_head() {
     let id = a.boot_dir().unwrap().id().clone();
     drop(a);
     // A fresh simulator: resetCount 0 again, identical PCR 0-9, identical boot id.
-    let k = Kernel::boot(Config::default(), SoftTpm::new(1)).unwrap();
+    let k = kernel::boot(1);
     let (a, r) = Agent::start(k, cfg).unwrap();
     assert_eq!(r.boot, id);
     assert!(r.cold_boot() && r.created, "{r:?}");
@@ -226,8 +221,7 @@ fn evidence_bundle_matches_the_contract_and_reads_back() {
     let live = std::fs::read(out.join("live.bin")).unwrap();
     let got: Vec<Record> = d.stitched(&m, &live[..], 0).map(|r| r.unwrap().1).collect();
     assert_eq!(got, whole);
-    let live_recs: Vec<Record> =
-        BinaryReader::new(&live[..], BinaryFormat::new(HashAlgo::Sha1)).map(|r| r.unwrap()).collect();
+    let live_recs = records::parse(&live);
     assert_eq!(live_recs.len(), 4);
 
     // A second bundle into the same (non-empty) directory is refused.

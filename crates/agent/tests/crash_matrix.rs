@@ -15,6 +15,7 @@ use imasnap_agent::{Agent, AgentConfig, AgentError, CrashPoint, RecoveryReport};
 use imasnap_kernel_model::{Config, Fault, Kernel, PcrMode};
 use imasnap_log::{HashAlgo, Record, ReplayOptions, Replayer};
 use imasnap_store::{Decision, Retention, StitchReason};
+use imasnap_test_support::kernel::{self, file_digest};
 use imasnap_tpm::{SoftTpm, Tpm};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -121,12 +122,12 @@ impl World {
                 11..=40 => {
                     // Likely a duplicate: same path and contents as before.
                     let i = self.rng.gen_range(0..10u64);
-                    k.measure_file(format!("/usr/bin/tool{i}").as_bytes(), &digest(i)).unwrap();
+                    k.measure_file(format!("/usr/bin/tool{i}").as_bytes(), &file_digest(i)).unwrap();
                 }
                 _ => {
                     self.counter += 1;
                     let path = format!("/opt/app/{}", self.rng.gen_range(0..50));
-                    k.measure_file(path.as_bytes(), &digest(1000 + self.counter)).unwrap();
+                    k.measure_file(path.as_bytes(), &file_digest(1000 + self.counter)).unwrap();
                 }
             };
             self.oracle.sync(k);
@@ -191,7 +192,7 @@ impl World {
             t.reset();
             t
         };
-        let k2 = Kernel::boot(self.kcfg.clone(), tpm).unwrap();
+        let k2 = kernel::boot_with(self.kcfg.clone(), tpm);
         self.oracle = Oracle::default();
         self.oracle.sync(&k2);
         self.fault = FaultState::None;
@@ -364,10 +365,6 @@ impl World {
     }
 }
 
-fn digest(i: u64) -> Vec<u8> {
-    HashAlgo::Sha256.hash(&[&i.to_le_bytes()]).as_bytes().to_vec()
-}
-
 fn run(seed: u64, designated: CrashPoint, base: &std::path::Path, fired: &mut BTreeMap<CrashPoint, u64>) -> Stats {
     let tmp = tempfile::tempdir_in(base).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -387,7 +384,7 @@ fn run(seed: u64, designated: CrashPoint, base: &std::path::Path, fired: &mut BT
         fired: std::mem::take(fired),
         stats: Stats::default(),
     };
-    let k = Kernel::boot(kcfg, SoftTpm::new(seed)).unwrap();
+    let k = kernel::boot_with(kcfg, SoftTpm::new(seed));
     w.oracle.sync(&k);
     let (mut a, r, _) = w.start(k, None);
     assert!(r.created);

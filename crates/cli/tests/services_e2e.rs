@@ -293,7 +293,7 @@ fn services_on_loopback_with_soft_tpm() {
 #[cfg(feature = "tpm2")]
 #[test]
 fn services_on_loopback_with_swtpm() {
-    let Some(sw) = imasnap_tpm::swtpm::Swtpm::for_test() else { return };
+    let Some(sw) = imasnap_test_support::swtpm::Swtpm::for_test() else { return };
     scenario(&sw.tcti(), false);
 }
 

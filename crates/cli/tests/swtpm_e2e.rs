@@ -7,7 +7,7 @@
 //! feature, which scripts/test.sh enables.
 #![cfg(feature = "tpm2")]
 
-use imasnap_tpm::swtpm::Swtpm;
+use imasnap_test_support::swtpm::Swtpm;
 use imasnap_tpm::Tpm as _;
 use std::path::Path;
 use std::process::Output;

@@ -3,8 +3,8 @@
 //! `cargo bench -p imasnap-kernel-model --bench pause`
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use imasnap_kernel_model::{Config, Kernel, PcrMode};
-use imasnap_log::HashAlgo;
+use imasnap_kernel_model::{Config, PcrMode};
+use imasnap_test_support::kernel;
 use imasnap_tpm::SoftTpm;
 use std::time::Duration;
 
@@ -12,11 +12,8 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("snapshot_pause");
     for (name, mode) in [("tpm-under-lock", PcrMode::TpmUnderLock), ("shadow", PcrMode::Shadow)] {
         g.bench_function(format!("{name} (soft TPM, sha1+sha256)"), |b| {
-            let mut k = Kernel::boot(Config { pcr_mode: mode, ..Config::default() }, SoftTpm::new(1)).unwrap();
-            for i in 0..10_000u64 {
-                k.measure_file(format!("/f{i}").as_bytes(), HashAlgo::Sha256.hash(&[&i.to_le_bytes()]).as_bytes())
-                    .unwrap();
-            }
+            let mut k = kernel::boot_with(Config { pcr_mode: mode, ..Config::default() }, SoftTpm::new(1));
+            kernel::measure_files(&mut k, "/f", 0, 10_000);
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {

@@ -1,19 +1,12 @@
 use imasnap_kernel_model::{Config, Fault, Kernel, KernelError, PcrMode};
 use imasnap_log::marker::Marker;
 use imasnap_log::*;
+use imasnap_test_support::kernel::{self, file_digest};
+use imasnap_test_support::records::parse;
 use imasnap_tpm::{SoftTpm, Tpm};
 
 fn kernel(mode: PcrMode) -> Kernel<SoftTpm> {
-    let cfg = Config { pcr_mode: mode, ..Config::default() };
-    Kernel::boot(cfg, SoftTpm::new(1)).unwrap()
-}
-
-fn digest(i: u64) -> Vec<u8> {
-    HashAlgo::Sha256.hash(&[&i.to_le_bytes()]).as_bytes().to_vec()
-}
-
-fn records(bin: &[u8]) -> Vec<Record> {
-    BinaryReader::new(bin, BinaryFormat::new(HashAlgo::Sha1)).map(|r| r.unwrap()).collect()
+    kernel::boot_with(Config { pcr_mode: mode, ..Config::default() }, SoftTpm::new(1))
 }
 
 /// Replays `recs` and compares with the TPM's PCR 10 in both banks.
@@ -31,13 +24,13 @@ fn assert_replays_to_tpm(recs: &[Record], k: &mut Kernel<SoftTpm>) {
 #[test]
 fn list_replays_to_tpm_with_dedup_and_violations() {
     let mut k = kernel(PcrMode::Shadow);
-    assert!(k.measure_file(b"/bin/a", &digest(1)).unwrap());
-    assert!(!k.measure_file(b"/bin/a", &digest(1)).unwrap(), "duplicate is not re-added");
-    assert!(k.measure_file(b"/bin/a", &digest(2)).unwrap(), "changed file is re-measured");
+    assert!(k.measure_file(b"/bin/a", &file_digest(1)).unwrap());
+    assert!(!k.measure_file(b"/bin/a", &file_digest(1)).unwrap(), "duplicate is not re-added");
+    assert!(k.measure_file(b"/bin/a", &file_digest(2)).unwrap(), "changed file is re-measured");
     k.violation(b"/tmp/x").unwrap();
     assert!(k.measure_buffer(b"kernel_version", b"6.12.0").unwrap());
     assert_eq!(k.len(), 5);
-    let recs = records(&k.binary_measurements(HashAlgo::Sha1));
+    let recs = parse(&k.binary_measurements(HashAlgo::Sha1));
     assert_eq!(recs[0].name(Endian::Little).unwrap(), "boot_aggregate");
     assert!(recs[3].is_violation());
     assert_replays_to_tpm(&recs, &mut k);
@@ -50,18 +43,16 @@ fn list_replays_to_tpm_with_dedup_and_violations() {
 fn snapshot_protocol_both_modes() {
     for mode in [PcrMode::TpmUnderLock, PcrMode::Shadow] {
         let mut k = kernel(mode);
-        for i in 0..10 {
-            k.measure_file(format!("/f{i}").as_bytes(), &digest(i)).unwrap();
-        }
-        let before = records(&k.binary_measurements(HashAlgo::Sha1));
+        kernel::measure_files(&mut k, "/f", 0, 10);
+        let before = parse(&k.binary_measurements(HashAlgo::Sha1));
         let h = k.snapshot_open().unwrap();
         assert_eq!((h.attempt, h.records), (1, 11));
         assert_eq!(k.snapshot_open().unwrap_err(), KernelError::Busy("snapshot is already open"));
         // Appends continue while the file is open.
-        k.measure_file(b"/late", &digest(99)).unwrap();
-        let snap = records(&k.snapshot_read(&h, 0, usize::MAX).unwrap());
+        k.measure_file(b"/late", &file_digest(99)).unwrap();
+        let snap = parse(&k.snapshot_read(&h, 0, usize::MAX).unwrap());
         assert_eq!(snap, before, "read returns exactly the records before the marker");
-        let live = records(&k.binary_measurements(HashAlgo::Sha1));
+        let live = parse(&k.binary_measurements(HashAlgo::Sha1));
         let m = Marker::from_record(&live[11], Endian::Little).unwrap().expect("marker at position 11");
         // The marker's PCR 10 equals the replay of everything before it, in every bank.
         let mut rp = Replayer::new(ReplayOptions::new(&[HashAlgo::Sha1, HashAlgo::Sha256]));
@@ -72,7 +63,7 @@ fn snapshot_protocol_both_modes() {
         assert_eq!(k.snapshot_done(&h).unwrap(), 11);
         k.snapshot_close(h);
         assert_eq!(k.removed(), 11);
-        let live = records(&k.binary_measurements(HashAlgo::Sha1));
+        let live = parse(&k.binary_measurements(HashAlgo::Sha1));
         assert_eq!(live.len(), 2, "marker and the late record remain");
         assert!(Marker::from_record(&live[0], Endian::Little).unwrap().is_some());
         // Stitched: snapshot + live replays to the TPM.
@@ -85,7 +76,7 @@ fn snapshot_protocol_both_modes() {
 #[test]
 fn close_without_done_aborts_and_marker_stays() {
     let mut k = kernel(PcrMode::Shadow);
-    k.measure_file(b"/a", &digest(1)).unwrap();
+    k.measure_file(b"/a", &file_digest(1)).unwrap();
     let h = k.snapshot_open().unwrap();
     k.snapshot_close(h);
     assert_eq!(k.len(), 3);
@@ -102,20 +93,20 @@ fn faults_and_kexec() {
     k.inject(Fault::MarkerTpmRead);
     assert!(matches!(k.snapshot_open(), Err(KernelError::Injected(Fault::MarkerTpmRead))));
     assert_eq!(k.snapshot_attempts(), 1, "the attempt is spent");
-    k.measure_file(b"/a", &digest(1)).unwrap();
+    k.measure_file(b"/a", &file_digest(1)).unwrap();
     let h = k.snapshot_open().unwrap();
     k.snapshot_done(&h).unwrap();
     k.snapshot_close(h);
-    k.measure_file(b"/b", &digest(2)).unwrap();
+    k.measure_file(b"/b", &file_digest(2)).unwrap();
     // kexec: save between load and exec; done is refused once suspended.
     let h = k.snapshot_open().unwrap();
     let buf = k.kexec_save();
     assert_eq!(k.snapshot_done(&h), Err(KernelError::Busy("measurement suspended for kexec")));
-    assert_eq!(k.measure_file(b"/late", &digest(3)), Err(KernelError::Busy("measurements suspended for kexec")));
-    let before = records(&k.binary_measurements(HashAlgo::Sha1));
+    assert_eq!(k.measure_file(b"/late", &file_digest(3)), Err(KernelError::Busy("measurements suspended for kexec")));
+    let before = parse(&k.binary_measurements(HashAlgo::Sha1));
     let tpm = k.into_tpm();
     let mut k2 = Kernel::kexec_restore(Config::default(), tpm, &buf).unwrap();
-    let after = records(&k2.binary_measurements(HashAlgo::Sha1));
+    let after = parse(&k2.binary_measurements(HashAlgo::Sha1));
     assert_eq!(&after[..before.len()], &before[..], "restored records come first");
     assert_eq!(after[before.len()].name(Endian::Little).unwrap(), "boot_aggregate");
     // The list head is a marker; replay from its values reaches the TPM.
@@ -130,15 +121,15 @@ fn faults_and_kexec() {
 #[test]
 fn ima_sig_template_carries_signature_xattrs_only() {
     let cfg = Config { template: "ima-sig".into(), ..Config::default() };
-    let mut k = Kernel::boot(cfg, SoftTpm::new(4)).unwrap();
+    let mut k = kernel::boot_with(cfg, SoftTpm::new(4));
     let sig = [0x03u8, 2, 4, 0xaa, 0xbb, 0xcc, 0xdd, 0, 2, 0x11, 0x22];
-    assert!(k.measure_file_xattr(b"/signed", &digest(1), Some(&sig)).unwrap());
+    assert!(k.measure_file_xattr(b"/signed", &file_digest(1), Some(&sig)).unwrap());
     // A hash xattr (IMA_XATTR_DIGEST_NG, 0x04) is not a signature: empty sig field.
-    assert!(k.measure_file_xattr(b"/hashed", &digest(2), Some(&[0x04, 4, 1, 2, 3])).unwrap());
-    assert!(k.measure_file_xattr(b"/plain", &digest(3), None).unwrap());
+    assert!(k.measure_file_xattr(b"/hashed", &file_digest(2), Some(&[0x04, 4, 1, 2, 3])).unwrap());
+    assert!(k.measure_file_xattr(b"/plain", &file_digest(3), None).unwrap());
     // Same file, same signature: deduplicated like any measurement.
-    assert!(!k.measure_file_xattr(b"/signed", &digest(1), Some(&sig)).unwrap());
-    let recs = records(&k.binary_measurements(HashAlgo::Sha1));
+    assert!(!k.measure_file_xattr(b"/signed", &file_digest(1), Some(&sig)).unwrap());
+    let recs = parse(&k.binary_measurements(HashAlgo::Sha1));
     assert_eq!(recs.len(), 4);
     let sig_field = |r: &Record| r.fields(Endian::Little).unwrap()[2].to_vec();
     assert_eq!(recs[1].template.name(), "ima-sig");

@@ -6,7 +6,7 @@
 
 #[cfg(feature = "esapi")]
 fn main() {
-    use imasnap_tpm::swtpm::Swtpm;
+    use imasnap_test_support::swtpm::Swtpm;
     use imasnap_tpm::*;
     use std::time::{Duration, Instant};
 

@@ -21,7 +21,6 @@ pub mod quote;
 pub mod selection;
 pub mod signature;
 pub mod soft;
-pub mod swtpm;
 mod wire;
 
 #[cfg(test)]

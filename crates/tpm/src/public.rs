@@ -227,6 +227,17 @@ pub enum AkKind {
     Rsa { bits: usize },
 }
 
+/// `ecc-p256`, `ecc-p384`, `rsa-2048`: for messages and JSON, never Rust's Debug shape.
+impl std::fmt::Display for AkKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::EccP256 => f.write_str("ecc-p256"),
+            Self::EccP384 => f.write_str("ecc-p384"),
+            Self::Rsa { bits } => write!(f, "rsa-{bits}"),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum AkKey {
     P256(p256::ecdsa::VerifyingKey),

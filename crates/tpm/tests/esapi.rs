@@ -3,7 +3,7 @@
 //! and interop with tpm2-tools in both directions.
 #![cfg(feature = "esapi")]
 
-use imasnap_tpm::swtpm::Swtpm;
+use imasnap_test_support::swtpm::{self, Swtpm};
 use imasnap_tpm::*;
 use std::path::Path;
 use std::process::Command;

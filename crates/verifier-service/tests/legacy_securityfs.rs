@@ -14,8 +14,8 @@ use imasnap_agent_server::devpki::{write_dev_pki, DevPkiFiles};
 use imasnap_agent_server::host::HostError;
 use imasnap_agent_server::service as agent;
 use imasnap_log::digest::template_hash;
-use imasnap_log::entry::{build, builtin, d_ng, n_ng};
-use imasnap_log::{BinaryFormat, BinaryReader, Endian, HashAlgo, PcrValue, Record};
+use imasnap_log::{Endian, HashAlgo, PcrValue, Record};
+use imasnap_test_support::records::{new_record, parse as records};
 use imasnap_tpm::{AkPublic, ClockInfo, PcrSelection, Quote, SoftTpm, Tpm, TpmError};
 use imasnap_verifier_service::model::{HostPatch, HostSpec, LateJoin, Verdict, VerdictRow};
 use std::io::{Seek, SeekFrom, Write};
@@ -110,26 +110,6 @@ fn extend_record(tpm: &mut dyn Tpm, r: &Record) {
         .map(|a| if r.is_violation() { PcrValue::ones(a) } else { template_hash(a, r, Endian::Little).unwrap() })
         .collect();
     tpm.pcr_extend(10, &vals).unwrap();
-}
-
-fn records(bin: &[u8]) -> Vec<Record> {
-    BinaryReader::new(bin, BinaryFormat::new(HashAlgo::Sha1)).map(|r| r.unwrap()).collect()
-}
-
-/// A file measurement as the ima-ng kernel writes it, encoded for the binary list.
-fn new_record(i: u64) -> (Record, Vec<u8>) {
-    let d = HashAlgo::Sha256.hash(&[b"file", &i.to_le_bytes()]);
-    let r = build(
-        &builtin("ima-ng"),
-        &[&d_ng("sha256", d.as_bytes()), &n_ng(format!("/data/bin/tool-{i}").as_bytes())],
-        HashAlgo::Sha1,
-        10,
-        false,
-        Endian::Little,
-    );
-    let mut out = Vec::new();
-    r.encode(Endian::Little, &mut out);
-    (r, out)
 }
 
 struct Kernel {

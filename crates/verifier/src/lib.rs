@@ -18,12 +18,13 @@ pub mod bundle;
 pub mod dir;
 mod engine;
 pub mod evidence;
+mod names;
 pub mod quote;
 pub mod reason;
 pub mod state;
 
-pub use engine::{verify, Mode, Options, Outcome, Report, Restart, Verdict};
+pub use engine::{verify, Mode, Options, Outcome, Report, Restart, Verdict, VerdictKind};
 pub use evidence::{BootClaim, EndMarkerClaim, Evidence, Input, SnapshotClaim, SnapshotEvidence};
 pub use quote::{AttestedQuote, QuoteEvidence, TpmQuote, TrustedPcrs};
-pub use reason::{Failure, Segment};
+pub use reason::{Failure, FailureKind, Segment};
 pub use state::{BootIdentity, State};

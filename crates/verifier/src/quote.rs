@@ -118,7 +118,7 @@ impl QuoteEvidence for TpmQuote<'_> {
             if !same_key(c, self.trusted_ak) {
                 let fp = |k: &AkPublic| {
                     let h = HashAlgo::Sha256.hash(&[k.to_pem().as_bytes()]).to_hex();
-                    format!("{:?} sha256:{}", k.kind(), &h[..16])
+                    format!("{} sha256:{}", k.kind(), &h[..16])
                 };
                 return Err(Failure::AkMismatch { claimed: fp(c), trusted: fp(self.trusted_ak) });
             }

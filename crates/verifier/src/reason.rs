@@ -2,6 +2,7 @@
 //! index where one applies, so an operator (and the adversarial suite) can tell a forged
 //! marker from a reordered snapshot from a replayed quote.
 
+use crate::names::snake_case_enum;
 use imasnap_log::HashAlgo;
 use std::fmt;
 
@@ -153,6 +154,49 @@ pub enum Failure {
     LogRolledBack { checkpoint: u64, end: u64 },
 }
 
+snake_case_enum! {
+    /// The class of a [`Failure`], without its details. Serialises (and displays) as the
+    /// snake_case name that also tags a serialised [`Failure`] (`"kind"`).
+    pub enum FailureKind("failure kind") {
+        BadEvidence = "bad_evidence",
+        QuoteMalformed = "quote_malformed",
+        AkMismatch = "ak_mismatch",
+        QuoteBadSignature = "quote_bad_signature",
+        QuoteNotTpmGenerated = "quote_not_tpm_generated",
+        QuoteNonceMismatch = "quote_nonce_mismatch",
+        QuotePcrDigestMismatch = "quote_pcr_digest_mismatch",
+        QuoteSelectionMissing = "quote_selection_missing",
+        UnquotedPcr = "unquoted_pcr",
+        QuoteNotReached = "quote_not_reached",
+        ManifestSeqGap = "manifest_seq_gap",
+        ManifestNotContiguous = "manifest_not_contiguous",
+        LiveFirstIndexMismatch = "live_first_index_mismatch",
+        ManifestCountMismatch = "manifest_count_mismatch",
+        ManifestDigestMismatch = "manifest_digest_mismatch",
+        ManifestEndMarkerMismatch = "manifest_end_marker_mismatch",
+        ManifestPcrsEndMismatch = "manifest_pcrs_end_mismatch",
+        ManifestMalformed = "manifest_malformed",
+        ManifestBootMismatch = "manifest_boot_mismatch",
+        SnapshotMissing = "snapshot_missing",
+        EmptySegment = "empty_segment",
+        Malformed = "malformed",
+        TemplateDigestMismatch = "template_digest_mismatch",
+        FirstRecordNotBootAggregate = "first_record_not_boot_aggregate",
+        BootAggregateMismatch = "boot_aggregate_mismatch",
+        MissingEndMarker = "missing_end_marker",
+        LiveStartNotMarker = "live_start_not_marker",
+        MalformedMarker = "malformed_marker",
+        MarkerBufDigestMismatch = "marker_buf_digest_mismatch",
+        MarkerBankMismatch = "marker_bank_mismatch",
+        MarkerPlatformMismatch = "marker_platform_mismatch",
+        AttemptNotIncreasing = "attempt_not_increasing",
+        MarkerPcrMismatch = "marker_pcr_mismatch",
+        SnapshotEndMismatch = "snapshot_end_mismatch",
+        CheckpointNotInEvidence = "checkpoint_not_in_evidence",
+        LogRolledBack = "log_rolled_back",
+    }
+}
+
 impl Failure {
     /// The global record index the failure names, if any.
     pub fn index(&self) -> Option<u64> {
@@ -179,50 +223,137 @@ impl Failure {
         }
     }
 
-    /// Stable snake_case name of the variant, for logs and JSON consumers.
-    pub fn kind(&self) -> &'static str {
+    /// Which class of failure this is: a stable name for logs, JSON and databases.
+    pub fn kind(&self) -> FailureKind {
         use Failure::*;
         match self {
-            BadEvidence { .. } => "bad_evidence",
-            QuoteMalformed { .. } => "quote_malformed",
-            AkMismatch { .. } => "ak_mismatch",
-            QuoteBadSignature { .. } => "quote_bad_signature",
-            QuoteNotTpmGenerated { .. } => "quote_not_tpm_generated",
-            QuoteNonceMismatch { .. } => "quote_nonce_mismatch",
-            QuotePcrDigestMismatch { .. } => "quote_pcr_digest_mismatch",
-            QuoteSelectionMissing { .. } => "quote_selection_missing",
-            UnquotedPcr { .. } => "unquoted_pcr",
-            QuoteNotReached { .. } => "quote_not_reached",
-            ManifestSeqGap { .. } => "manifest_seq_gap",
-            ManifestNotContiguous { .. } => "manifest_not_contiguous",
-            LiveFirstIndexMismatch { .. } => "live_first_index_mismatch",
-            ManifestCountMismatch { .. } => "manifest_count_mismatch",
-            ManifestDigestMismatch { .. } => "manifest_digest_mismatch",
-            ManifestEndMarkerMismatch { .. } => "manifest_end_marker_mismatch",
-            ManifestPcrsEndMismatch { .. } => "manifest_pcrs_end_mismatch",
-            ManifestMalformed { .. } => "manifest_malformed",
-            ManifestBootMismatch { .. } => "manifest_boot_mismatch",
-            SnapshotMissing { .. } => "snapshot_missing",
-            EmptySegment { .. } => "empty_segment",
-            Malformed { .. } => "malformed",
-            TemplateDigestMismatch { .. } => "template_digest_mismatch",
-            FirstRecordNotBootAggregate { .. } => "first_record_not_boot_aggregate",
-            BootAggregateMismatch { .. } => "boot_aggregate_mismatch",
-            MissingEndMarker { .. } => "missing_end_marker",
-            LiveStartNotMarker { .. } => "live_start_not_marker",
-            MalformedMarker { .. } => "malformed_marker",
-            MarkerBufDigestMismatch { .. } => "marker_buf_digest_mismatch",
-            MarkerBankMismatch { .. } => "marker_bank_mismatch",
-            MarkerPlatformMismatch { .. } => "marker_platform_mismatch",
-            AttemptNotIncreasing { .. } => "attempt_not_increasing",
-            MarkerPcrMismatch { .. } => "marker_pcr_mismatch",
-            SnapshotEndMismatch { .. } => "snapshot_end_mismatch",
-            CheckpointNotInEvidence { .. } => "checkpoint_not_in_evidence",
-            LogRolledBack { .. } => "log_rolled_back",
+            BadEvidence { .. } => FailureKind::BadEvidence,
+            QuoteMalformed { .. } => FailureKind::QuoteMalformed,
+            AkMismatch { .. } => FailureKind::AkMismatch,
+            QuoteBadSignature { .. } => FailureKind::QuoteBadSignature,
+            QuoteNotTpmGenerated { .. } => FailureKind::QuoteNotTpmGenerated,
+            QuoteNonceMismatch { .. } => FailureKind::QuoteNonceMismatch,
+            QuotePcrDigestMismatch { .. } => FailureKind::QuotePcrDigestMismatch,
+            QuoteSelectionMissing { .. } => FailureKind::QuoteSelectionMissing,
+            UnquotedPcr { .. } => FailureKind::UnquotedPcr,
+            QuoteNotReached { .. } => FailureKind::QuoteNotReached,
+            ManifestSeqGap { .. } => FailureKind::ManifestSeqGap,
+            ManifestNotContiguous { .. } => FailureKind::ManifestNotContiguous,
+            LiveFirstIndexMismatch { .. } => FailureKind::LiveFirstIndexMismatch,
+            ManifestCountMismatch { .. } => FailureKind::ManifestCountMismatch,
+            ManifestDigestMismatch { .. } => FailureKind::ManifestDigestMismatch,
+            ManifestEndMarkerMismatch { .. } => FailureKind::ManifestEndMarkerMismatch,
+            ManifestPcrsEndMismatch { .. } => FailureKind::ManifestPcrsEndMismatch,
+            ManifestMalformed { .. } => FailureKind::ManifestMalformed,
+            ManifestBootMismatch { .. } => FailureKind::ManifestBootMismatch,
+            SnapshotMissing { .. } => FailureKind::SnapshotMissing,
+            EmptySegment { .. } => FailureKind::EmptySegment,
+            Malformed { .. } => FailureKind::Malformed,
+            TemplateDigestMismatch { .. } => FailureKind::TemplateDigestMismatch,
+            FirstRecordNotBootAggregate { .. } => FailureKind::FirstRecordNotBootAggregate,
+            BootAggregateMismatch { .. } => FailureKind::BootAggregateMismatch,
+            MissingEndMarker { .. } => FailureKind::MissingEndMarker,
+            LiveStartNotMarker { .. } => FailureKind::LiveStartNotMarker,
+            MalformedMarker { .. } => FailureKind::MalformedMarker,
+            MarkerBufDigestMismatch { .. } => FailureKind::MarkerBufDigestMismatch,
+            MarkerBankMismatch { .. } => FailureKind::MarkerBankMismatch,
+            MarkerPlatformMismatch { .. } => FailureKind::MarkerPlatformMismatch,
+            AttemptNotIncreasing { .. } => FailureKind::AttemptNotIncreasing,
+            MarkerPcrMismatch { .. } => FailureKind::MarkerPcrMismatch,
+            SnapshotEndMismatch { .. } => FailureKind::SnapshotEndMismatch,
+            CheckpointNotInEvidence { .. } => FailureKind::CheckpointNotInEvidence,
+            LogRolledBack { .. } => FailureKind::LogRolledBack,
         }
     }
 }
 
 fn display<S: serde::Serializer>(v: &impl fmt::Display, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One failure of every kind.
+    fn one_of_each() -> Vec<Failure> {
+        use Failure::*;
+        let s = || String::from("x");
+        let b = HashAlgo::Sha256;
+        vec![
+            BadEvidence { detail: s() },
+            QuoteMalformed { detail: s() },
+            AkMismatch { claimed: s(), trusted: s() },
+            QuoteBadSignature { detail: s() },
+            QuoteNotTpmGenerated { detail: s() },
+            QuoteNonceMismatch { expected: s(), found: s() },
+            QuotePcrDigestMismatch { detail: s() },
+            QuoteSelectionMissing { bank: b, pcr: 1 },
+            UnquotedPcr { index: 1, pcr: 1 },
+            QuoteNotReached { records: 1, bank: b, pcr: 1 },
+            ManifestSeqGap { position: 1, expected: 1, found: 2 },
+            ManifestNotContiguous { seq: 1, claimed: 1, expected: 2 },
+            LiveFirstIndexMismatch { claimed: 1, expected: 2 },
+            ManifestCountMismatch { seq: 1, claimed: 1, actual: 2 },
+            ManifestDigestMismatch { seq: 1, claimed: s(), actual: s() },
+            ManifestEndMarkerMismatch { seq: 1, index: 1, detail: s() },
+            ManifestPcrsEndMismatch { seq: 1, bank: b },
+            ManifestMalformed { detail: s() },
+            ManifestBootMismatch { detail: s() },
+            SnapshotMissing { seq: 1 },
+            EmptySegment { segment: Segment::Live },
+            Malformed {
+                segment: Segment::Snapshot(1),
+                index: 1,
+                offset: 2,
+                reason: imasnap_log::Reason::UnknownTemplate(s()),
+            },
+            TemplateDigestMismatch { index: 1 },
+            FirstRecordNotBootAggregate { index: 1 },
+            BootAggregateMismatch { index: 1, detail: s() },
+            MissingEndMarker { seq: 1, index: 1 },
+            LiveStartNotMarker { index: 1 },
+            MalformedMarker { index: 1, detail: s() },
+            MarkerBufDigestMismatch { index: 1 },
+            MarkerBankMismatch { index: 1, detail: s() },
+            MarkerPlatformMismatch { index: 1, bank: b, pcr: 1 },
+            AttemptNotIncreasing { index: 1, attempt: 1, previous: 2 },
+            MarkerPcrMismatch { index: 1, bank: b, pcr: 1 },
+            SnapshotEndMismatch { seq: 1, index: 1, bank: b, pcr: 1 },
+            CheckpointNotInEvidence { checkpoint: 1, seq: 1 },
+            LogRolledBack { checkpoint: 1, end: 0 },
+        ]
+    }
+
+    #[test]
+    fn finding_12_failure_kind_is_the_serialised_tag_and_round_trips() {
+        let all = one_of_each();
+        let kinds: Vec<FailureKind> = all.iter().map(Failure::kind).collect();
+        assert_eq!(kinds, FailureKind::ALL.to_vec(), "one sample per kind, in declaration order");
+        for f in &all {
+            let k = f.kind();
+            let v = serde_json::to_value(f).unwrap();
+            assert_eq!(v["kind"], k.as_str(), "{f}");
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+            assert_eq!(k.to_string(), k.as_str());
+            assert_eq!(k.as_str().parse::<FailureKind>(), Ok(k));
+            assert_eq!(serde_json::from_value::<FailureKind>(v["kind"].clone()).unwrap(), k);
+            // Display text is for people: never Rust's Debug shape.
+            assert!(!f.to_string().contains("Some("), "{f}");
+        }
+        assert!("NoSuchKind".parse::<FailureKind>().is_err());
+    }
+
+    #[test]
+    fn finding_12_malformed_reason_is_text_in_json() {
+        let f = Failure::Malformed {
+            segment: Segment::Snapshot(3),
+            index: 7,
+            offset: 9,
+            reason: imasnap_log::Reason::UnknownTemplate("t".into()),
+        };
+        let v = serde_json::to_value(&f).unwrap();
+        assert_eq!(v["segment"], serde_json::json!({"snapshot": 3}));
+        assert_eq!(v["reason"], "unknown template \"t\"");
+    }
 }

@@ -2,18 +2,16 @@
 //! `bundle` and verified: the contract of docs/SNAPSHOTS.md, end to end.
 
 use imasnap_agent::{quote_json, Agent, AgentConfig, AkKey, Evidence as AgentEvidence};
-use imasnap_kernel_model::{Config, Kernel};
+use imasnap_kernel_model::Kernel;
 use imasnap_log::{Endian, HashAlgo};
+use imasnap_test_support::kernel;
 use imasnap_tpm::{PcrSelection, SoftTpm, Tpm};
 use imasnap_verifier::bundle::{ak_from_pub_hex, quote_from_json, BundleIndex, Manifest};
 use imasnap_verifier::{verify, Evidence, Failure, Input, Mode, Options, SnapshotEvidence, TpmQuote};
 use std::path::Path;
 
 fn measure(k: &mut Kernel<SoftTpm>, from: u64, n: u64) {
-    for i in from..from + n {
-        let d = HashAlgo::Sha256.hash(&[&i.to_le_bytes()]);
-        k.measure_file(format!("/usr/bin/f{i}").as_bytes(), d.as_bytes()).unwrap();
-    }
+    kernel::measure_files(k, "/usr/bin/f", from, n);
 }
 
 /// Reads a bundle directory the way a verifier service would, then runs the engine.
@@ -48,7 +46,7 @@ fn verify_dir(dir: &Path, trusted: &imasnap_tpm::AkPublic, nonce: &[u8], mode: M
 fn agent_bundle_verifies() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = AgentConfig::new(tmp.path().join("state"));
-    let mut k = Kernel::boot(Config::default(), SoftTpm::new(7)).unwrap();
+    let mut k = kernel::boot(7);
     measure(&mut k, 0, 40);
     let (mut a, _) = Agent::start(k, cfg).unwrap();
     a.snapshot_once().unwrap();

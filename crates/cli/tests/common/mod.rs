@@ -3,7 +3,6 @@
 
 #![allow(dead_code)]
 
-use imasnap_log::{BinaryFormat, BinaryReader, HashAlgo, Record};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -38,23 +37,9 @@ pub fn code(o: &Output) -> i32 {
     o.status.code().unwrap_or_else(|| panic!("killed by a signal: {:?}", o.status))
 }
 
-/// Splits a well-formed SHA1 binary log into its records' raw bytes.
-pub fn split_records(bytes: &[u8]) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut p = 0;
-    for r in BinaryReader::new(bytes, BinaryFormat::new(HashAlgo::Sha1)) {
-        let r = r.unwrap_or_else(|e| panic!("fixture does not parse: {e}"));
-        let n = r.encoded_len();
-        out.push(bytes[p..p + n].to_vec());
-        p += n;
-    }
-    assert_eq!(p, bytes.len());
-    out
-}
-
-pub fn parse_records(bytes: &[u8]) -> Vec<Record> {
-    BinaryReader::new(bytes, BinaryFormat::new(HashAlgo::Sha1)).collect::<Result<_, _>>().unwrap()
-}
+/// Parses a well-formed SHA1 binary log, and splits it into its records' raw bytes.
+#[allow(unused_imports)] // each test binary uses its own subset
+pub use imasnap_test_support::records::{parse as parse_records, split as split_records};
 
 /// A violation has an all-zero template digest (bytes 4..24 of a SHA1 record).
 pub fn is_violation(raw: &[u8]) -> bool {

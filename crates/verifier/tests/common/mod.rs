@@ -3,9 +3,10 @@
 #![allow(dead_code)]
 
 use imasnap_kernel_model::{Config, Kernel};
-use imasnap_log::entry::{build, builtin, d_ng, n_ng};
 use imasnap_log::marker::Marker;
-use imasnap_log::{BinaryFormat, BinaryReader, Endian, HashAlgo, Record};
+use imasnap_log::{Endian, HashAlgo, Record};
+use imasnap_test_support::kernel;
+use imasnap_test_support::records::file_record;
 use imasnap_tpm::{AkPublic, PcrSelection, Quote, SoftTpm, Tpm};
 use imasnap_verifier::{
     verify, BootClaim, EndMarkerClaim, Evidence, Failure, Input, Mode, Options, Outcome, SnapshotClaim,
@@ -67,7 +68,7 @@ impl Host {
     pub fn boot_with(seed: u64, platform: u64) -> Self {
         let mut tpm = SoftTpm::new(seed);
         firmware(&mut tpm, platform);
-        let kernel = Kernel::boot(Config::default(), tpm).unwrap();
+        let kernel = kernel::boot_with(Config::default(), tpm);
         Self { kernel: Some(kernel), seed, snaps: Vec::new(), head_index: 0, counter: 0 }
     }
 
@@ -80,18 +81,16 @@ impl Host {
         let mut tpm = self.kernel.take().unwrap().into_tpm();
         tpm.reset();
         firmware(&mut tpm, platform);
-        self.kernel = Some(Kernel::boot(Config::default(), tpm).unwrap());
+        self.kernel = Some(kernel::boot_with(Config::default(), tpm));
         self.snaps.clear();
         self.head_index = 0;
     }
 
     pub fn measure(&mut self, n: usize) {
-        for _ in 0..n {
-            self.counter += 1;
-            let path = format!("/usr/lib/host{}/file{}", self.seed, self.counter);
-            let d = HashAlgo::Sha256.hash(&[path.as_bytes()]);
-            self.k().measure_file(path.as_bytes(), d.as_bytes()).unwrap();
-        }
+        let prefix = format!("/usr/lib/host{}/file", self.seed);
+        let from = self.counter + 1;
+        kernel::measure_files(self.k(), &prefix, from, n as u64);
+        self.counter += n as u64;
     }
 
     /// A completed snapshot through the RFC interface, committed as the agent does.
@@ -189,17 +188,7 @@ pub fn sha256(b: &[u8]) -> [u8; 32] {
     sha2::Sha256::digest(b).into()
 }
 
-pub fn records(bytes: &[u8]) -> Vec<Record> {
-    BinaryReader::new(bytes, BinaryFormat::new(HashAlgo::Sha1)).map(|r| r.unwrap()).collect()
-}
-
-pub fn encode(recs: &[Record]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for r in recs {
-        r.encode(Endian::Little, &mut out);
-    }
-    out
-}
+pub use imasnap_test_support::records::{encode, parse as records};
 
 /// Recomputes the stored SHA1 template digest, as a careful forger would.
 pub fn redigest(r: &mut Record) {
@@ -217,15 +206,7 @@ pub fn marker_record(m: &Marker) -> Record {
 
 /// An ordinary ima-ng file record, never measured by any TPM.
 pub fn fake_file_record(path: &str) -> Record {
-    let d = HashAlgo::Sha256.hash(&[path.as_bytes()]);
-    build(
-        &builtin("ima-ng"),
-        &[&d_ng("sha256", d.as_bytes()), &n_ng(path.as_bytes())],
-        HashAlgo::Sha1,
-        PCR,
-        false,
-        Endian::Little,
-    )
+    file_record(path.as_bytes(), HashAlgo::Sha256.hash(&[path.as_bytes()]).as_bytes(), PCR)
 }
 
 fn fill_end_claims(claim: &mut SnapshotClaim, head: &Record) {

@@ -138,3 +138,19 @@ impl Drop for Swtpm {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finding_14_swtpm_launcher_serves_and_cleans_up() {
+        let Some(sw) = Swtpm::for_test() else { return };
+        assert_eq!(sw.tcti(), format!("swtpm:host=127.0.0.1,port={}", sw.port()));
+        assert!(TcpStream::connect(("127.0.0.1", sw.port())).is_ok());
+        let dir = sw.dir().to_path_buf();
+        assert!(dir.is_dir());
+        drop(sw);
+        assert!(!dir.exists(), "state directory removed on drop");
+    }
+}

@@ -1,0 +1,10 @@
+//! Helpers shared by the tests, benches and examples of the imasnap crates. Only ever a
+//! dev-dependency: it panics freely, as tests do, and is never published.
+//!
+//! - [`kernel`]: boot the kernel model on a software TPM and measure numbered files;
+//! - [`records`]: build, encode and parse IMA records;
+//! - [`swtpm`]: a private `swtpm` process per test.
+
+pub mod kernel;
+pub mod records;
+pub mod swtpm;
