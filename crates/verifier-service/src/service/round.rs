@@ -11,7 +11,7 @@ use hyper::{Method, StatusCode};
 use imasnap_agent_server::http::Conn;
 use imasnap_policy::KeyRing;
 use imasnap_tpm::AkPublic;
-use imasnap_verifier::{Failure, State};
+use imasnap_verifier::{Failure, Restart, State};
 use rand::RngCore;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -40,26 +40,6 @@ struct Judged {
     learned: Option<KeyRing>,
 }
 
-/// The snake_case name of an engine enum value through its serde form, with the fields of
-/// a struct variant as text (`reset_count_changed`, `saved 0, quoted 1`): never Debug text.
-pub(crate) fn serde_name<T: serde::Serialize>(v: &T) -> (String, Option<String>) {
-    match serde_json::to_value(v) {
-        Ok(serde_json::Value::String(s)) => (s, None),
-        Ok(serde_json::Value::Object(o)) if o.len() == 1 => {
-            let (k, inner) = o.into_iter().next().unwrap_or_default();
-            let detail = match inner {
-                serde_json::Value::Object(f) => {
-                    f.iter().map(|(n, x)| format!("{n} {x}")).collect::<Vec<_>>().join(", ")
-                }
-                other => other.to_string(),
-            };
-            (k, Some(detail).filter(|d| !d.is_empty()))
-        }
-        Ok(other) => (other.to_string(), None),
-        Err(e) => ("unknown".into(), Some(e.to_string())),
-    }
-}
-
 fn reject(row: &mut VerdictRow, f: &Failure) {
     row.verdict = Verdict::Rejected;
     row.reason = Some(f.kind().to_string());
@@ -70,11 +50,13 @@ fn reject(row: &mut VerdictRow, f: &Failure) {
 /// The verdict row and changes of one evaluated round.
 fn record_result(row: &mut VerdictRow, rr: RoundResult) -> Judged {
     let o = &rr.outcome;
-    row.mode = Some(serde_name(&o.report.mode.unwrap_or(rr.mode)).0);
+    row.mode = Some(o.report.mode.unwrap_or(rr.mode).as_str().to_string());
     if let Some(r) = &o.report.restart {
-        let (kind, detail) = serde_name(r);
-        row.restart = Some(kind);
-        row.restart_detail = detail;
+        row.restart = Some(r.as_str().to_string());
+        row.restart_detail = match r {
+            Restart::ResetCountChanged { saved, quoted } => Some(format!("saved {saved}, quoted {quoted}")),
+            _ => None,
+        };
     }
     row.records_replayed = o.report.records_replayed;
     row.tail_records = o.report.tail_records;
