@@ -6,7 +6,7 @@
 //! real kernel's securityfs with the RFC `snapshot` file ([`SecurityFs`]). A securityfs
 //! without it is served by [`crate::legacy::LegacyHost`] instead (read-only, own copy).
 
-use crate::api::{self, AkJson, BootJson, EvidenceHeader, MarkerJson, SnapshotJson};
+use crate::api::{self, AkJson, EvidenceHeader, SnapshotJson};
 use imasnap_agent::{Agent, AgentConfig, AgentError, CrashPoint, SecurityFs, SnapshotKernel};
 use imasnap_kernel_model::Kernel;
 use imasnap_log::HashAlgo;
@@ -81,17 +81,12 @@ pub(crate) fn quote_tpm(
     banks: &[HashAlgo],
     pcr: u32,
     nonce: &[u8],
-) -> Result<(serde_json::Value, AkJson), HostError> {
+) -> Result<(imasnap_tpm::Quote, AkJson), HostError> {
     let mut pcrs: Vec<u32> = (0..10).collect();
     pcrs.push(pcr);
     let sel = PcrSelection::uniform(banks, &pcrs)?;
     let q = tpm.quote(nonce, &sel)?;
-    let ak = tpm.ak_public();
-    let ak = match ak.public_area() {
-        Some(p) => AkJson { tpm2b_public: Some(hex::encode(p.to_tpm2b())), pem: None },
-        None => AkJson { tpm2b_public: None, pem: Some(ak.to_pem()) },
-    };
-    Ok((serde_json::to_value(&q).map_err(|e| HostError::Other(e.to_string()))?, ak))
+    Ok((q, AkJson::from_public(&tpm.ak_public())))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -214,7 +209,7 @@ impl<K: HostKernel> Host<K> {
         Ok(added)
     }
 
-    fn quote(&mut self, nonce: &[u8]) -> Result<(serde_json::Value, AkJson), HostError> {
+    fn quote(&mut self, nonce: &[u8]) -> Result<(imasnap_tpm::Quote, AkJson), HostError> {
         let k = self.agent().kernel_mut();
         let banks = k.banks().map_err(AgentError::from)?;
         let pcr = k.measurement_pcr();
@@ -263,7 +258,7 @@ impl<K: HostKernel> HostOps for Host<K> {
                 first_index: s.first_index,
                 count: s.count,
                 sha256: None,
-                end_marker: Some(MarkerJson { attempt: s.end_marker.attempt, sha1: s.end_marker.sha1.clone() }),
+                end_marker: Some(s.end_marker.clone()),
                 pcrs_end: Default::default(),
                 bytes: None,
             };
@@ -271,7 +266,7 @@ impl<K: HostKernel> HostOps for Host<K> {
                 let p = dir.path().join(&s.file);
                 let len = std::fs::metadata(&p).map_err(|e| HostError::Other(format!("{}: {e}", p.display())))?.len();
                 j.sha256 = Some(s.sha256.clone());
-                j.pcrs_end = s.pcrs_end.iter().map(|(b, v)| (b.to_string(), v.clone())).collect();
+                j.pcrs_end = s.pcrs_end.clone();
                 j.bytes = Some(len);
                 files.push((p, len));
             }
@@ -281,7 +276,7 @@ impl<K: HostKernel> HostOps for Host<K> {
             format: api::FORMAT.into(),
             banks: m.banks.clone(),
             pcr: m.pcr,
-            boot: BootJson { reset_count: m.boot.reset_count, boot_aggregate_sha1: m.boot.boot_aggregate_sha1.clone() },
+            boot: m.boot.clone(),
             quote,
             nonce: hex::encode(nonce),
             ak,

@@ -8,17 +8,18 @@
 //!   file) and its TPM.
 //! - [`legacy`]: a real securityfs without the `snapshot` file (read-only; the agent
 //!   copies `binary_runtime_measurements` incrementally and serves its own copy).
-//! - [`api`]: the `imasnap-evidence/1` wire format, shared with the verifier.
-//! - [`tls`], [`http`]: rustls mutual TLS and HTTP/1.1 plumbing shared by both services.
+//! - [`api`]: the agent's metrics; the `imasnap-evidence/1` body itself is defined in
+//!   `imasnap-wire` and re-exported there.
+//! - [`tls`], [`http`], [`devpki`]: re-exported from `imasnap-net`, the mutual-TLS kit
+//!   shared by both services (the verifier depends on that crate, not on this one).
 //! - [`config`][crate::config]: `/etc/imasnap/agent.toml`.
 
 pub mod api;
 pub mod config;
-pub mod devpki;
 pub mod host;
-pub mod http;
 pub mod legacy;
 pub mod service;
-pub mod tls;
+
+pub use imasnap_net::{devpki, http, tls};
 
 pub use config::AgentServiceConfig;

@@ -104,7 +104,10 @@ impl AgentService {
             Ok(v) => v,
             Err(e) => return error_response(status_of(&e), e),
         };
-        let prefix = api::encode_prefix(&view.header);
+        let prefix = match api::encode_prefix(&view.header) {
+            Ok(p) => p,
+            Err(e) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, e),
+        };
         let total = view.header.body_len(prefix.len() - api::MAGIC.len() - 4);
         if total > limit {
             return json_response(
@@ -452,18 +455,5 @@ pub async fn run(cfg: AgentServiceConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
-}
+/// SIGINT or SIGTERM (kept here for callers of this path).
+pub use imasnap_net::shutdown_signal;

@@ -1,6 +1,6 @@
 //! The verifier service's TOML configuration (`/etc/imasnap/verifier.toml`).
 
-use imasnap_agent_server::tls::TlsFiles;
+use imasnap_net::tls::TlsFiles;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 

@@ -22,7 +22,7 @@ use crate::VerifierConfig;
 use futures_util::future::BoxFuture;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use imasnap_agent_server::http::{self, error_response, json_response, param, query, Body, Conn, Handler, Peer};
+use imasnap_net::http::{self, error_response, json_response, param, query, Body, Conn, Handler, Peer};
 use imasnap_policy::KeyRing;
 use imasnap_tpm::AkPublic;
 use imasnap_verifier::State;
@@ -444,8 +444,8 @@ impl Verifier {
         let mut conn = match conn.filter(Conn::is_open) {
             Some(c) => c,
             None => {
-                let name = imasnap_agent_server::tls::server_name(&spec.tls_name())
-                    .map_err(|e| ("config", e.to_string(), None))?;
+                let name =
+                    imasnap_net::tls::server_name(&spec.tls_name()).map_err(|e| ("config", e.to_string(), None))?;
                 let c = Conn::connect(&spec.address, name, self.agent_tls.clone(), timeout)
                     .await
                     .map_err(|e| ("unreachable", e.to_string(), None))?;
@@ -688,7 +688,7 @@ pub async fn run(cfg: VerifierConfig) -> anyhow::Result<()> {
     let running = spawn(listener, api_tls, v, true)?;
     tracing::info!(addr = %running.addr, "verifier service listening");
     println!("listening on {}", running.addr);
-    imasnap_agent_server::service::shutdown_signal().await;
+    imasnap_net::shutdown_signal().await;
     tracing::info!("shutting down");
     running.stop().await;
     Ok(())

@@ -54,12 +54,7 @@ struct SavedState {
 
 fn load_ak(p: &Path) -> Result<AkPublic> {
     let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-    let ak = if text.contains("-----BEGIN") {
-        imasnap_verifier::bundle::ak_from_pem(&text)
-    } else {
-        imasnap_verifier::bundle::ak_from_pub_hex(&text)
-    };
-    ak.map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
+    imasnap_wire::ak::parse_text(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
 }
 
 pub fn run(a: VerifyArgs) -> Result<ExitCode> {
