@@ -46,9 +46,11 @@ impl Endpoint {
         if host.is_empty() {
             return Err(fail("no host"));
         }
-        let port = match auth.port() {
-            Some(p) => p.as_u16(),
-            None if auth.as_str().ends_with(':') => return Err(fail("empty port")),
+        // `Authority::port` is None both without a port and with one out of range.
+        let raw_port = auth.as_str().strip_prefix(auth.host()).and_then(|r| r.strip_prefix(':'));
+        let port = match raw_port {
+            Some("") => return Err(fail("empty port")),
+            Some(p) => p.parse::<u16>().map_err(|_| fail(&format!("port {p} is not a number from 1 to 65535")))?,
             None if uri.scheme_str().is_some() => HTTPS_PORT,
             None => return Err(fail("no port; use https://host or host:port")),
         };
@@ -107,7 +109,7 @@ mod tests {
     fn finding_10_bad_addresses() {
         for (a, want) in [
             ("ftp://h:1", "scheme ftp://"),
-            ("https://h:99999", "address"),
+            ("https://h:99999", "port 99999 is not a number"),
             ("https://h:1/v1/hosts", "path"),
             ("https://h:1/?x=1", "path or query"),
             ("https://user@h:1", "user information"),
