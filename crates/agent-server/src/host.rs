@@ -8,8 +8,10 @@
 
 use crate::api::{self, AkJson, EvidenceHeader, SnapshotJson};
 use imasnap_agent::{Agent, AgentConfig, AgentError, CrashPoint, SecurityFs, SnapshotKernel};
+#[cfg(feature = "sim")]
 use imasnap_kernel_model::Kernel;
 use imasnap_log::HashAlgo;
+#[cfg(feature = "sim")]
 use imasnap_sim::workload::{Event, Workload};
 use imasnap_store::SnapshotEntry;
 use imasnap_tpm::{PcrSelection, Tpm};
@@ -24,6 +26,7 @@ pub trait HostKernel: SnapshotKernel + Send + 'static {
     /// The back end's name, as logged and shown by `/v1/health`.
     fn mode(&self) -> &'static str;
     /// Applies a synthetic workload event (kernel model only).
+    #[cfg(feature = "sim")]
     fn apply(&mut self, _ev: &Event) -> Result<bool, String> {
         Err("this back end has no synthetic workload (a real kernel measures by itself)".into())
     }
@@ -39,6 +42,7 @@ pub trait HostKernel: SnapshotKernel + Send + 'static {
     }
 }
 
+#[cfg(feature = "sim")]
 impl<T: Tpm + 'static> HostKernel for Kernel<T> {
     fn tpm(&mut self) -> &mut dyn Tpm {
         self.tpm_mut()
@@ -138,6 +142,11 @@ pub trait HostOps: Send {
     fn snapshot_file(&self, seq: u64) -> Option<(PathBuf, SnapshotEntry)>;
 }
 
+/// Why a build without the `sim` feature refuses workload requests.
+#[cfg(not(feature = "sim"))]
+const NO_SIM: &str = "this agent was built without the simulated back end (cargo feature `sim`): \
+                      a real kernel measures by itself";
+
 /// Synthetic workload settings (kernel model only).
 #[derive(Clone, Debug, Default)]
 pub struct WorkloadCfg {
@@ -151,6 +160,7 @@ pub struct WorkloadCfg {
 pub struct Host<K: HostKernel> {
     agent: Option<Agent<K>>,
     cfg: AgentConfig,
+    #[cfg(feature = "sim")]
     workload: Workload,
     wcfg: WorkloadCfg,
     last_tick: Instant,
@@ -171,6 +181,7 @@ impl<K: HostKernel> Host<K> {
         Ok(Self {
             agent: Some(agent),
             cfg,
+            #[cfg(feature = "sim")]
             workload: Workload::new(wcfg.seed),
             wcfg,
             last_tick: Instant::now(),
@@ -200,6 +211,15 @@ impl<K: HostKernel> Host<K> {
         Ok(())
     }
 
+    #[cfg(not(feature = "sim"))]
+    fn add(&mut self, n: u64) -> Result<u64, HostError> {
+        match n {
+            0 => Ok(0),
+            _ => Err(HostError::Conflict(NO_SIM.into())),
+        }
+    }
+
+    #[cfg(feature = "sim")]
     fn add(&mut self, n: u64) -> Result<u64, HostError> {
         let mut added = 0;
         for _ in 0..n {
@@ -344,6 +364,9 @@ impl<K: HostKernel> HostOps for Host<K> {
 
     fn measure(&mut self, path: &[u8], digest: &[u8], xattr: Option<&[u8]>) -> Result<bool, HostError> {
         match xattr {
+            #[cfg(not(feature = "sim"))]
+            None => Err(HostError::Conflict(NO_SIM.into())),
+            #[cfg(feature = "sim")]
             None => {
                 let ev = Event::File { path: path.to_vec(), digest: digest.to_vec() };
                 self.agent().kernel_mut().apply(&ev).map_err(HostError::Other)
@@ -352,6 +375,12 @@ impl<K: HostKernel> HostOps for Host<K> {
         }
     }
 
+    #[cfg(not(feature = "sim"))]
+    fn measure_buffer(&mut self, _name: &[u8], _buf: &[u8]) -> Result<bool, HostError> {
+        Err(HostError::Conflict(NO_SIM.into()))
+    }
+
+    #[cfg(feature = "sim")]
     fn measure_buffer(&mut self, name: &[u8], buf: &[u8]) -> Result<bool, HostError> {
         let ev = Event::Buffer { name: name.to_vec(), buf: buf.to_vec() };
         self.agent().kernel_mut().apply(&ev).map_err(HostError::Other)

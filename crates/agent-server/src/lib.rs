@@ -13,6 +13,12 @@
 //! - [`tls`], [`http`], [`devpki`]: re-exported from `imasnap-net`, the mutual-TLS kit
 //!   shared by both services (the verifier depends on that crate, not on this one).
 //! - [`config`][crate::config]: `/etc/imasnap/agent.toml`.
+//!
+//! Cargo feature `sim` (off by default; the `imasnap` CLI turns it on): the simulated back
+//! end, `backend = "model"`, which runs the in-process kernel model with a synthetic
+//! workload and the soft TPM. Without it the crate links no kernel model and no simulator,
+//! the model back end is refused at start-up with a message naming the feature, and the
+//! workload endpoints answer 409.
 
 pub mod api;
 pub mod config;
