@@ -6,10 +6,12 @@
 //! real kernel's securityfs with the RFC `snapshot` file ([`SecurityFs`]). A securityfs
 //! without it is served by [`crate::legacy::LegacyHost`] instead (read-only, own copy).
 
-use crate::api::{self, AkJson, BootJson, EvidenceHeader, MarkerJson, SnapshotJson};
+use crate::api::{self, AkJson, EvidenceHeader, SnapshotJson};
 use imasnap_agent::{Agent, AgentConfig, AgentError, CrashPoint, SecurityFs, SnapshotKernel};
+#[cfg(feature = "sim")]
 use imasnap_kernel_model::Kernel;
 use imasnap_log::HashAlgo;
+#[cfg(feature = "sim")]
 use imasnap_sim::workload::{Event, Workload};
 use imasnap_store::SnapshotEntry;
 use imasnap_tpm::{PcrSelection, Tpm};
@@ -24,6 +26,7 @@ pub trait HostKernel: SnapshotKernel + Send + 'static {
     /// The back end's name, as logged and shown by `/v1/health`.
     fn mode(&self) -> &'static str;
     /// Applies a synthetic workload event (kernel model only).
+    #[cfg(feature = "sim")]
     fn apply(&mut self, _ev: &Event) -> Result<bool, String> {
         Err("this back end has no synthetic workload (a real kernel measures by itself)".into())
     }
@@ -39,6 +42,7 @@ pub trait HostKernel: SnapshotKernel + Send + 'static {
     }
 }
 
+#[cfg(feature = "sim")]
 impl<T: Tpm + 'static> HostKernel for Kernel<T> {
     fn tpm(&mut self) -> &mut dyn Tpm {
         self.tpm_mut()
@@ -81,17 +85,12 @@ pub(crate) fn quote_tpm(
     banks: &[HashAlgo],
     pcr: u32,
     nonce: &[u8],
-) -> Result<(serde_json::Value, AkJson), HostError> {
+) -> Result<(imasnap_tpm::Quote, AkJson), HostError> {
     let mut pcrs: Vec<u32> = (0..10).collect();
     pcrs.push(pcr);
     let sel = PcrSelection::uniform(banks, &pcrs)?;
     let q = tpm.quote(nonce, &sel)?;
-    let ak = tpm.ak_public();
-    let ak = match ak.public_area() {
-        Some(p) => AkJson { tpm2b_public: Some(hex::encode(p.to_tpm2b())), pem: None },
-        None => AkJson { tpm2b_public: None, pem: Some(ak.to_pem()) },
-    };
-    Ok((serde_json::to_value(&q).map_err(|e| HostError::Other(e.to_string()))?, ak))
+    Ok((q, AkJson::from_public(&tpm.ak_public())))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +142,11 @@ pub trait HostOps: Send {
     fn snapshot_file(&self, seq: u64) -> Option<(PathBuf, SnapshotEntry)>;
 }
 
+/// Why a build without the `sim` feature refuses workload requests.
+#[cfg(not(feature = "sim"))]
+const NO_SIM: &str = "this agent was built without the simulated back end (cargo feature `sim`): \
+                      a real kernel measures by itself";
+
 /// Synthetic workload settings (kernel model only).
 #[derive(Clone, Debug, Default)]
 pub struct WorkloadCfg {
@@ -156,6 +160,7 @@ pub struct WorkloadCfg {
 pub struct Host<K: HostKernel> {
     agent: Option<Agent<K>>,
     cfg: AgentConfig,
+    #[cfg(feature = "sim")]
     workload: Workload,
     wcfg: WorkloadCfg,
     last_tick: Instant,
@@ -176,6 +181,7 @@ impl<K: HostKernel> Host<K> {
         Ok(Self {
             agent: Some(agent),
             cfg,
+            #[cfg(feature = "sim")]
             workload: Workload::new(wcfg.seed),
             wcfg,
             last_tick: Instant::now(),
@@ -205,6 +211,15 @@ impl<K: HostKernel> Host<K> {
         Ok(())
     }
 
+    #[cfg(not(feature = "sim"))]
+    fn add(&mut self, n: u64) -> Result<u64, HostError> {
+        match n {
+            0 => Ok(0),
+            _ => Err(HostError::Conflict(NO_SIM.into())),
+        }
+    }
+
+    #[cfg(feature = "sim")]
     fn add(&mut self, n: u64) -> Result<u64, HostError> {
         let mut added = 0;
         for _ in 0..n {
@@ -214,7 +229,7 @@ impl<K: HostKernel> Host<K> {
         Ok(added)
     }
 
-    fn quote(&mut self, nonce: &[u8]) -> Result<(serde_json::Value, AkJson), HostError> {
+    fn quote(&mut self, nonce: &[u8]) -> Result<(imasnap_tpm::Quote, AkJson), HostError> {
         let k = self.agent().kernel_mut();
         let banks = k.banks().map_err(AgentError::from)?;
         let pcr = k.measurement_pcr();
@@ -263,7 +278,7 @@ impl<K: HostKernel> HostOps for Host<K> {
                 first_index: s.first_index,
                 count: s.count,
                 sha256: None,
-                end_marker: Some(MarkerJson { attempt: s.end_marker.attempt, sha1: s.end_marker.sha1.clone() }),
+                end_marker: Some(s.end_marker.clone()),
                 pcrs_end: Default::default(),
                 bytes: None,
             };
@@ -271,7 +286,7 @@ impl<K: HostKernel> HostOps for Host<K> {
                 let p = dir.path().join(&s.file);
                 let len = std::fs::metadata(&p).map_err(|e| HostError::Other(format!("{}: {e}", p.display())))?.len();
                 j.sha256 = Some(s.sha256.clone());
-                j.pcrs_end = s.pcrs_end.iter().map(|(b, v)| (b.to_string(), v.clone())).collect();
+                j.pcrs_end = s.pcrs_end.clone();
                 j.bytes = Some(len);
                 files.push((p, len));
             }
@@ -281,7 +296,7 @@ impl<K: HostKernel> HostOps for Host<K> {
             format: api::FORMAT.into(),
             banks: m.banks.clone(),
             pcr: m.pcr,
-            boot: BootJson { reset_count: m.boot.reset_count, boot_aggregate_sha1: m.boot.boot_aggregate_sha1.clone() },
+            boot: m.boot.clone(),
             quote,
             nonce: hex::encode(nonce),
             ak,
@@ -349,6 +364,9 @@ impl<K: HostKernel> HostOps for Host<K> {
 
     fn measure(&mut self, path: &[u8], digest: &[u8], xattr: Option<&[u8]>) -> Result<bool, HostError> {
         match xattr {
+            #[cfg(not(feature = "sim"))]
+            None => Err(HostError::Conflict(NO_SIM.into())),
+            #[cfg(feature = "sim")]
             None => {
                 let ev = Event::File { path: path.to_vec(), digest: digest.to_vec() };
                 self.agent().kernel_mut().apply(&ev).map_err(HostError::Other)
@@ -357,6 +375,12 @@ impl<K: HostKernel> HostOps for Host<K> {
         }
     }
 
+    #[cfg(not(feature = "sim"))]
+    fn measure_buffer(&mut self, _name: &[u8], _buf: &[u8]) -> Result<bool, HostError> {
+        Err(HostError::Conflict(NO_SIM.into()))
+    }
+
+    #[cfg(feature = "sim")]
     fn measure_buffer(&mut self, name: &[u8], buf: &[u8]) -> Result<bool, HostError> {
         let ev = Event::Buffer { name: name.to_vec(), buf: buf.to_vec() };
         self.agent().kernel_mut().apply(&ev).map_err(HostError::Other)

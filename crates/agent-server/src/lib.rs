@@ -8,19 +8,25 @@
 //!   file) and its TPM.
 //! - [`legacy`]: a real securityfs without the `snapshot` file (read-only; the agent
 //!   copies `binary_runtime_measurements` incrementally and serves its own copy).
-//! - [`api`]: the `imasnap-evidence/1` wire format, shared with the verifier.
-//! - [`tls`], [`http`]: rustls mutual TLS and HTTP/1.1 plumbing shared by both services.
-//! - [`config`][crate::config]: `/etc/imasnap/agent.toml`; [`duration`]: `"30s"`-style
-//!   durations in both services' files.
+//! - [`api`]: the agent's metrics; the `imasnap-evidence/1` body itself is defined in
+//!   `imasnap-wire` and re-exported there.
+//! - [`tls`], [`http`], [`devpki`]: re-exported from `imasnap-net`, the mutual-TLS kit
+//!   shared by both services (the verifier depends on that crate, not on this one).
+//! - [`config`][crate::config]: `/etc/imasnap/agent.toml`, with `"30s"`-style durations
+//!   ([`duration`], from `imasnap-net`, shared by both services' files).
+//!
+//! Cargo feature `sim` (off by default; the `imasnap` CLI turns it on): the simulated back
+//! end, `backend = "model"`, which runs the in-process kernel model with a synthetic
+//! workload and the soft TPM. Without it the crate links no kernel model and no simulator,
+//! the model back end is refused at start-up with a message naming the feature, and the
+//! workload endpoints answer 409.
 
 pub mod api;
 pub mod config;
-pub mod devpki;
-pub mod duration;
 pub mod host;
-pub mod http;
 pub mod legacy;
 pub mod service;
-pub mod tls;
+
+pub use imasnap_net::{devpki, duration, http, tls};
 
 pub use config::AgentServiceConfig;

@@ -22,8 +22,11 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use imasnap_agent::{CrashPoint, SecurityFs};
+#[cfg(feature = "sim")]
 use imasnap_kernel_model::{Config as KernelConfig, Kernel};
-use imasnap_tpm::{SoftTpm, Tpm};
+#[cfg(feature = "sim")]
+use imasnap_tpm::SoftTpm;
+use imasnap_tpm::Tpm;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -155,7 +158,10 @@ impl AgentService {
             Ok(v) => v,
             Err(e) => return error_response(status_of(&e), e),
         };
-        let prefix = api::encode_prefix(&view.header);
+        let prefix = match api::encode_prefix(&view.header) {
+            Ok(p) => p,
+            Err(e) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, e),
+        };
         let total = view.header.body_len(prefix.len() - api::MAGIC.len() - 4);
         if total > limit {
             return json_response(
@@ -369,6 +375,7 @@ fn tokio_stream<T: Send + 'static>(
 
 /// The soft TPM of the embedded kernel model: a process start is a cold boot of the
 /// simulated machine, so resetCount counts starts (kept in `<state_dir>/model-boots`).
+#[cfg(feature = "sim")]
 fn soft_tpm(spec: &str, state_dir: &Path) -> anyhow::Result<SoftTpm> {
     let seed = match spec.strip_prefix("soft:seed=") {
         Some(s) => s.parse::<u64>().map_err(|_| anyhow::anyhow!("bad TPM spec {spec:?}"))?,
@@ -395,6 +402,15 @@ pub fn open_host(cfg: &AgentServiceConfig) -> anyhow::Result<Box<dyn HostOps>> {
         records_per_evidence: cfg.workload.records_per_evidence,
     };
     match cfg.backend {
+        #[cfg(not(feature = "sim"))]
+        Backend::Model => {
+            let _ = wcfg;
+            anyhow::bail!(
+                "backend = \"model\" (the in-process kernel model) needs imasnap-agent-server built with \
+                 the cargo feature `sim`; use backend = \"securityfs\" on a real kernel"
+            )
+        }
+        #[cfg(feature = "sim")]
         Backend::Model => {
             let tpm: Box<dyn Tpm> = if cfg.tpm == "soft" || cfg.tpm.starts_with("soft:") {
                 Box::new(soft_tpm(&cfg.tpm, &cfg.state_dir)?)
@@ -539,25 +555,39 @@ pub async fn run(cfg: AgentServiceConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
-}
+/// SIGINT or SIGTERM (kept here for callers of this path).
+pub use imasnap_net::shutdown_signal;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn model_cfg() -> AgentServiceConfig {
+        let dir = std::env::temp_dir().join(format!("imasnap-agent-server-{}", std::process::id()));
+        let mut c =
+            AgentServiceConfig::from_toml("[tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\nca = \"/ca.pem\"\n").unwrap();
+        c.state_dir = dir;
+        c
+    }
+
+    /// Without the `sim` feature the model back end is refused by name (and the crate
+    /// links no kernel model or simulator: see `cargo tree -p imasnap-agent-server`).
+    #[cfg(not(feature = "sim"))]
+    #[test]
+    fn finding_10_model_backend_needs_the_sim_feature() {
+        let e = open_host(&model_cfg()).err().unwrap().to_string();
+        assert!(e.contains("cargo feature `sim`"), "{e}");
+    }
+
+    #[cfg(feature = "sim")]
+    #[test]
+    fn finding_10_model_backend_with_the_sim_feature() {
+        let cfg = model_cfg();
+        let mut h = open_host(&cfg).unwrap();
+        assert_eq!(h.mode(), "model");
+        assert!(h.add_records(3).unwrap() > 0);
+        let _ = std::fs::remove_dir_all(&cfg.state_dir);
+    }
 
     #[test]
     fn finding_4_snapshot_requests_rate_limited() {

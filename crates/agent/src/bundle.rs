@@ -2,15 +2,13 @@
 
 use crate::agent::{Agent, AgentError};
 use crate::kernel::SnapshotKernel;
-use imasnap_log::{BinaryReader, HashAlgo};
+use imasnap_log::BinaryReader;
 use imasnap_store::fsio::HashingReader;
 use imasnap_store::StoreError;
-use serde::Serialize;
+pub use imasnap_wire::{BundleIndex, QuoteFile, BUNDLE_FORMAT};
 use std::fs::File;
 use std::io::{BufReader, Write};
 use std::path::{Path, PathBuf};
-
-pub const BUNDLE_FORMAT: &str = "imasnap-bundle/1";
 
 /// The attestation key's public part, as the bundle carries it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,20 +23,10 @@ pub enum AkKey {
 /// only run ahead of it), its nonce and the AK.
 #[derive(Clone, Debug)]
 pub struct Evidence<'a> {
-    /// `quote.json` content: `{ "nonce", "attest", "signature", "pcr_values" }`.
-    pub quote: &'a serde_json::Value,
+    /// `quote.json` content: `{ "attest", "nonce", "pcr_values", "signature" }`.
+    pub quote: &'a QuoteFile,
     pub nonce: &'a [u8],
     pub ak: &'a AkKey,
-}
-
-/// `bundle.json`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct BundleIndex {
-    pub format: String,
-    pub banks: Vec<HashAlgo>,
-    pub pcr: u32,
-    pub live_first_index: u64,
-    pub nonce: String,
 }
 
 /// What was written.
@@ -59,12 +47,8 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), AgentError> {
 }
 
 /// `quote.json` from a TPM quote and its nonce.
-pub fn quote_json(q: &imasnap_tpm::Quote, nonce: &[u8]) -> serde_json::Value {
-    let mut v = serde_json::to_value(q).expect("quote serialises");
-    if let Some(o) = v.as_object_mut() {
-        o.insert("nonce".into(), serde_json::Value::String(hex::encode(nonce)));
-    }
-    v
+pub fn quote_json(q: &imasnap_tpm::Quote, nonce: &[u8]) -> QuoteFile {
+    QuoteFile::new(q.clone(), nonce)
 }
 
 /// A fresh quote for a bundle: PCR 0-9 (boot_aggregate) and the measurement PCR in every
@@ -75,7 +59,7 @@ pub fn attest(
     tpm: &mut (impl imasnap_tpm::Tpm + ?Sized),
     pcr: u32,
     nonce: &[u8],
-) -> Result<(serde_json::Value, AkKey), imasnap_tpm::TpmError> {
+) -> Result<(QuoteFile, AkKey), imasnap_tpm::TpmError> {
     let banks = tpm.banks();
     let mut pcrs: Vec<u32> = (0..10).collect();
     if pcr >= 10 {
@@ -120,7 +104,7 @@ impl<K: SnapshotKernel> Agent<K> {
                 )));
             }
         }
-        write_file(&out.join("manifest.json"), &pretty(&m))?;
+        write_file(&out.join("manifest.json"), &m.to_json_pretty())?;
 
         let live_path = out.join("live.bin");
         let mut live = self.kernel_mut().live_list()?;
@@ -136,25 +120,13 @@ impl<K: SnapshotKernel> Agent<K> {
         };
         m.check_boundary(m.next_index, &head).map_err(|why| AgentError::Inconsistent(format!("live list: {why}")))?;
 
-        write_file(&out.join("quote.json"), &pretty(ev.quote))?;
+        write_file(&out.join("quote.json"), &ev.quote.to_json_pretty())?;
         match ev.ak {
             AkKey::Tpm2bPublic(b) => write_file(&out.join("ak.pub"), format!("{}\n", hex::encode(b)).as_bytes())?,
             AkKey::Pem(p) => write_file(&out.join("ak.pem"), p.as_bytes())?,
         }
-        let index = BundleIndex {
-            format: BUNDLE_FORMAT.into(),
-            banks: m.banks.clone(),
-            pcr: m.pcr,
-            live_first_index: m.next_index,
-            nonce: hex::encode(ev.nonce),
-        };
-        write_file(&out.join("bundle.json"), &pretty(&index))?;
+        let index = BundleIndex::new(m.banks.clone(), m.pcr, m.next_index, ev.nonce);
+        write_file(&out.join("bundle.json"), &index.to_json_pretty())?;
         Ok(BundleInfo { dir: out.to_path_buf(), index, snapshots: m.snapshots.len(), live_bytes })
     }
-}
-
-fn pretty<T: Serialize>(v: &T) -> Vec<u8> {
-    let mut b = serde_json::to_vec_pretty(v).expect("plain data serialises");
-    b.push(b'\n');
-    b
 }

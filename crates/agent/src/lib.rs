@@ -16,7 +16,7 @@ pub mod policy;
 pub mod securityfs;
 
 pub use agent::{Agent, AgentError, CrashPoint, RecoveryReport};
-pub use bundle::{attest, quote_json, AkKey, BundleIndex, BundleInfo, Evidence, BUNDLE_FORMAT};
+pub use bundle::{attest, quote_json, AkKey, BundleIndex, BundleInfo, Evidence, QuoteFile, BUNDLE_FORMAT};
 pub use kernel::{KernelIfError, LiveStats, SnapshotKernel};
 pub use policy::{AgentConfig, SnapshotPolicy, Trigger};
 pub use securityfs::{SecurityFs, DEFAULT_IMA_DIR};

@@ -236,7 +236,7 @@ impl BootDir {
         let path = self.manifest_path();
         let bad = |reason: String| StoreError::Manifest { path: path.clone(), reason };
         let bytes = read_small(&path, SMALL_LIMIT)?.ok_or_else(|| bad("missing".into()))?;
-        let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+        let m = Manifest::from_json(&bytes).map_err(|e| bad(e.detail))?;
         m.validate().map_err(bad)?;
         if BootId::of(&m.boot) != self.id {
             return Err(bad(format!("belongs to boot {}, not {}", BootId::of(&m.boot), self.id)));
@@ -267,7 +267,7 @@ impl BootDir {
     pub fn read_pending(&self) -> Result<Option<Pending>> {
         let path = self.pending_path();
         let Some(bytes) = read_small(&path, SMALL_LIMIT)? else { return Ok(None) };
-        serde_json::from_slice(&bytes).map(Some).map_err(|e| StoreError::Pending { path, reason: e.to_string() })
+        Pending::from_json(&bytes).map(Some).map_err(|e| StoreError::Pending { path, reason: e.detail })
     }
 
     /// Pending write, step a: write and fsync `.tmp-pending.json`.

@@ -7,7 +7,8 @@
 pub mod error;
 pub mod fsio;
 pub mod layout;
-pub mod manifest;
+/// `manifest.json` and `pending.json` live in `imasnap-wire` (one home for formats).
+pub use imasnap_wire::manifest;
 pub mod recovery;
 pub mod stitch;
 pub mod tentative;

@@ -10,26 +10,12 @@ use crate::layout::BootDir;
 use crate::manifest::Manifest;
 use crate::tentative::snapshot_format;
 use imasnap_log::{BinaryReader, Location, Reason, Record};
-use std::fmt;
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::PathBuf;
 
 /// Which part of the stitched log a record or error comes from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Segment {
-    Snapshot { seq: u64, file: String },
-    Live,
-}
-
-impl fmt::Display for Segment {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Snapshot { file, .. } => write!(f, "snapshot {file}"),
-            Self::Live => f.write_str("live list"),
-        }
-    }
-}
+pub use imasnap_wire::Segment;
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum StitchReason {
@@ -99,7 +85,7 @@ impl<L: Read> StitchedReader<L> {
         match cur {
             Cur::Snap { seg, .. } => {
                 let s = &self.manifest.snapshots[*seg];
-                Segment::Snapshot { seq: s.seq, file: s.file.clone() }
+                Segment::Snapshot(s.seq)
             }
             Cur::Live(_) => Segment::Live,
         }
@@ -112,9 +98,9 @@ impl<L: Read> StitchedReader<L> {
         if self.next_seg < n {
             let i = self.next_seg;
             let s = self.manifest.snapshots[i].clone();
-            let seg = Segment::Snapshot { seq: s.seq, file: s.file.clone() };
+            let seg = Segment::Snapshot(s.seq);
             let path = self.dir.join(&s.file);
-            let got = sha256_file(&path).map_err(|e| self.fail(seg.clone(), s.first_index, 0, io_reason(e)))?;
+            let got = sha256_file(&path).map_err(|e| self.fail(seg, s.first_index, 0, io_reason(e)))?;
             if got != s.sha256 {
                 return Err(self.fail(seg, s.first_index, 0, StitchReason::Sha256 { want: s.sha256, got }));
             }

@@ -2,14 +2,10 @@
 //! state in, the engine's outcome (and policy findings) out. Runs on a blocking thread.
 
 use crate::model::LateJoin;
-use imasnap_agent_server::api::{self, Parsed};
-use imasnap_log::HashAlgo;
 use imasnap_policy::KeyRing;
 use imasnap_tpm::AkPublic;
-use imasnap_verifier::{
-    verify, BootClaim, EndMarkerClaim, Evidence, Failure, Input, Mode, Options, Outcome, SnapshotClaim,
-    SnapshotEvidence, State, TpmQuote,
-};
+use imasnap_verifier::{verify, Evidence, Failure, Input, Mode, Options, Outcome, SnapshotEvidence, State, TpmQuote};
+use imasnap_wire::evidence::{self as api, Parsed};
 
 /// Where the next round asks the agent to start, given the saved state.
 pub fn request_from(state: Option<&State>, late_join: LateJoin) -> (api::From, Option<String>) {
@@ -28,39 +24,12 @@ pub fn request_from(state: Option<&State>, late_join: LateJoin) -> (api::From, O
     }
 }
 
-fn hex_n<const N: usize>(s: &str, what: &str) -> Result<[u8; N], Failure> {
-    let v = hex::decode(s).map_err(|e| Failure::BadEvidence { detail: format!("{what}: {e}") })?;
-    <[u8; N]>::try_from(v.as_slice())
-        .map_err(|_| Failure::BadEvidence { detail: format!("{what}: {} bytes, want {N}", v.len()) })
-}
-
 /// The engine's evidence over the parsed body (borrowing its bytes).
 pub fn evidence<'a>(body: &'a [u8], p: &Parsed) -> Result<Evidence<'a>, Failure> {
     let h = &p.header;
     let mut snapshots = Vec::with_capacity(h.snapshots.len());
     for (i, s) in h.snapshots.iter().enumerate() {
-        let mut pcrs_end = Vec::new();
-        for (bank, v) in &s.pcrs_end {
-            let algo = HashAlgo::from_name(bank)
-                .ok_or_else(|| Failure::BadEvidence { detail: format!("snapshot {}: unknown bank {bank:?}", s.seq) })?;
-            let v = imasnap_log::PcrValue::from_hex(algo, v)
-                .map_err(|d| Failure::BadEvidence { detail: format!("snapshot {}: pcrs_end: {d}", s.seq) })?;
-            pcrs_end.push(v);
-        }
-        let claim = SnapshotClaim {
-            seq: s.seq,
-            first_index: s.first_index,
-            count: s.count,
-            sha256: match &s.sha256 {
-                Some(x) => Some(hex_n::<32>(x, "sha256")?),
-                None => None,
-            },
-            end_marker: match &s.end_marker {
-                Some(m) => Some(EndMarkerClaim { attempt: m.attempt, sha1: hex_n::<20>(&m.sha1, "end_marker.sha1")? }),
-                None => None,
-            },
-            pcrs_end,
-        };
+        let claim = s.claim()?;
         let data = p.snapshot_data.get(i).cloned().flatten().and_then(|r| body.get(r)).map(Input::Bytes);
         snapshots.push(SnapshotEvidence { claim, data });
     }
@@ -68,10 +37,7 @@ pub fn evidence<'a>(body: &'a [u8], p: &Parsed) -> Result<Evidence<'a>, Failure>
         banks: h.banks.clone(),
         pcr: h.pcr,
         endian: imasnap_log::Endian::Little,
-        boot: Some(BootClaim {
-            reset_count: h.boot.reset_count,
-            boot_aggregate_sha1: hex_n::<20>(&h.boot.boot_aggregate_sha1, "boot.boot_aggregate_sha1")?,
-        }),
+        boot: Some(h.boot_claim()?),
         snapshots,
         live: Input::Bytes(body.get(p.live.clone()).unwrap_or(&[])),
         live_first_index: h.live_first_index,
@@ -80,25 +46,7 @@ pub fn evidence<'a>(body: &'a [u8], p: &Parsed) -> Result<Evidence<'a>, Failure>
 
 /// The AK the agent ships (a claim).
 pub fn shipped_ak(h: &api::EvidenceHeader) -> Result<AkPublic, Failure> {
-    match (&h.ak.tpm2b_public, &h.ak.pem) {
-        (Some(t), _) => imasnap_verifier::bundle::ak_from_pub_hex(t),
-        (None, Some(p)) => imasnap_verifier::bundle::ak_from_pem(p),
-        (None, None) => Err(Failure::BadEvidence { detail: "the agent ships no AK".into() }),
-    }
-}
-
-/// The quote's PCR values are hints, but a list naming a (bank, PCR) twice is malformed:
-/// which one counts would be up to the reader.
-pub fn check_pcr_values(q: &imasnap_tpm::Quote) -> Result<(), Failure> {
-    let mut seen = std::collections::HashSet::new();
-    for (i, (bank, pcr, _)) in q.pcr_values.iter().enumerate() {
-        if !seen.insert((*bank, *pcr)) {
-            return Err(Failure::QuoteMalformed {
-                detail: format!("quote.pcr_values[{i}]: {bank} PCR {pcr} is listed twice"),
-            });
-        }
-    }
-    Ok(())
+    Ok(h.ak.public()?)
 }
 
 /// Everything one round decided.
@@ -137,10 +85,7 @@ pub fn run_round(
             })
         }
     };
-    let quote = imasnap_verifier::bundle::quote_from_json(
-        &serde_json::to_vec(&parsed.header.quote).map_err(|e| Failure::QuoteMalformed { detail: e.to_string() })?,
-    )?;
-    check_pcr_values(&quote)?;
+    let quote = &parsed.header.quote;
     let mode = match prior {
         Some(_) => Mode::Incremental,
         None => match late_join {
@@ -149,7 +94,7 @@ pub fn run_round(
         },
     };
     let ev = evidence(body, &parsed)?;
-    let q = TpmQuote { quote: &quote, trusted_ak: &ak, claimed_ak: shipped.as_ref() };
+    let q = TpmQuote { quote, trusted_ak: &ak, claimed_ak: shipped.as_ref() };
     let mut opts = Options::new(mode);
     // Many rounds run at once: one thread each is the better use of the cores.
     opts.parallel = false;

@@ -1,7 +1,7 @@
 //! The verifier service's TOML configuration (`/etc/imasnap/verifier.toml`).
 
-use imasnap_agent_server::duration::{Key, Unit};
-use imasnap_agent_server::tls::TlsFiles;
+use imasnap_net::duration::{Key, Unit};
+use imasnap_net::tls::TlsFiles;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -73,7 +73,7 @@ pub struct VerifierConfig {
 
 impl VerifierConfig {
     pub fn from_toml(s: &str) -> Result<Self, String> {
-        imasnap_agent_server::duration::from_toml(s, DURATION_KEYS)
+        imasnap_net::duration::from_toml(s, DURATION_KEYS)
     }
 }
 

@@ -306,12 +306,7 @@ pub fn check_address(a: &str) -> Result<(), String> {
 
 /// An AK from PEM or hex TPM2B_PUBLIC.
 pub fn parse_ak(s: &str) -> Result<imasnap_tpm::AkPublic, String> {
-    if s.contains("-----BEGIN") {
-        imasnap_tpm::AkPublic::from_pem(s).map_err(|e| format!("ak: {e}"))
-    } else {
-        let b = hex::decode(s.trim()).map_err(|e| format!("ak: not PEM and not hex: {e}"))?;
-        imasnap_tpm::AkPublic::from_tpm2b_public(&b).map_err(|e| format!("ak: {e}"))
-    }
+    imasnap_wire::ak::parse_text(s).map_err(|e| format!("ak: {}", e.detail))
 }
 
 /// DER of a pinned certificate.

@@ -4,9 +4,9 @@
 //! snapshot_aggregate markers are imasnap's own records, proven by the engine as markers,
 //! and are not judged by the policy.
 
-use imasnap_agent_server::api::Parsed;
 use imasnap_log::{BinaryFormat, BinaryReader, HashAlgo, Record};
 use imasnap_policy::KeyRing;
+use imasnap_wire::evidence::Parsed;
 use serde::{Deserialize, Serialize};
 
 /// A host's policy, parsed once per registration.

@@ -1,5 +1,5 @@
 //! Who may call what on the REST API: the role a client certificate carries as a SAN URI
-//! (`urn:imasnap:role:admin`, see [`imasnap_agent_server::tls::Role`]).
+//! (`urn:imasnap:role:admin`, see [`imasnap_net::tls::Role`]).
 //!
 //! - `admin`: every route.
 //! - `reader`: the read-only routes (`GET`).
@@ -8,7 +8,7 @@
 //!   let a host re-register another (its address, its AK).
 
 use hyper::Method;
-use imasnap_agent_server::tls::Role;
+use imasnap_net::tls::Role;
 use x509_cert::der::oid::AssociatedOid;
 use x509_cert::der::Decode;
 use x509_cert::ext::pkix::name::GeneralName;
@@ -36,8 +36,8 @@ pub fn role_of(cert_der: &[u8]) -> Result<Role, String> {
         [r] => Ok(*r),
         [] => Err(format!(
             "the client certificate carries no role (a subjectAltName URI {}admin or {}reader)",
-            imasnap_agent_server::tls::ROLE_URI_PREFIX,
-            imasnap_agent_server::tls::ROLE_URI_PREFIX
+            imasnap_net::tls::ROLE_URI_PREFIX,
+            imasnap_net::tls::ROLE_URI_PREFIX
         )),
         _ => Err("the client certificate carries more than one role".into()),
     }
@@ -68,7 +68,7 @@ pub fn authorize(cert_der: Option<&[u8]>, method: &Method) -> Result<Role, Strin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use imasnap_agent_server::devpki::DevCa;
+    use imasnap_net::devpki::DevCa;
 
     fn der(pem: &str) -> Vec<u8> {
         crate::model::pinned_der(pem).unwrap()

@@ -432,11 +432,11 @@ async fn finding_8_duplicate_pcr_values_rejected() {
     // The same evidence with one PCR value listed twice (same value: first-wins would pass).
     let p = api::parse(&body).unwrap();
     let mut h = p.header.clone();
-    let first = h.quote["pcr_values"][0].clone();
-    h.quote["pcr_values"].as_array_mut().unwrap().push(first);
+    let first = h.quote.pcr_values[0].clone();
+    h.quote.pcr_values.push(first);
     let m = api::MAGIC.len();
     let data_start = m + 4 + u32::from_be_bytes(body[m..m + 4].try_into().unwrap()) as usize;
-    let mut forged = api::encode_prefix(&h);
+    let mut forged = api::encode_prefix(&h).unwrap();
     forged.extend_from_slice(&body[data_start..]);
     match run(&forged) {
         Err(f) => assert!(f.to_string().contains("listed twice"), "{f}"),

@@ -1,196 +1,58 @@
 //! The evidence bundle's JSON parts (docs/SNAPSHOTS.md), parsed from bytes. Still
-//! sans-IO: the caller reads the files; this turns them into the engine's typed claims.
-//! Parsing is strict (sizes, hex, file names) but judges nothing: a well-formed lie is the
-//! engine's business.
+//! sans-IO: the caller reads the files; `imasnap-wire` parses them strictly (sizes, hex,
+//! file names) and turns them into the engine's typed claims. This module only maps its
+//! errors to [`Failure`]s. Parsing judges nothing: a well-formed lie is the engine's
+//! business.
 
-use crate::evidence::{BootClaim, EndMarkerClaim, SnapshotClaim};
 use crate::Failure;
-use imasnap_log::{HashAlgo, PcrValue};
 use imasnap_tpm::{AkPublic, Quote};
-use serde::Deserialize;
-use std::collections::BTreeMap;
+use imasnap_wire::{Part, WireError};
 
-pub const BUNDLE_FORMAT: &str = "imasnap-bundle/1";
-pub const MANIFEST_FORMAT: &str = "imasnap-manifest/1";
+pub use imasnap_wire::{BundleIndex, BUNDLE_FORMAT, MANIFEST_FORMAT};
 
-/// Upper bound on JSON inputs (a manifest of a million snapshots is ~300 MB; refuse more).
-const MAX_JSON: usize = 256 << 20;
+/// `manifest.json` as claims, with the file name of each snapshot.
+pub type Manifest = imasnap_wire::ManifestClaims;
 
-/// `bundle.json`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BundleIndex {
-    pub banks: Vec<HashAlgo>,
-    pub pcr: u32,
-    pub live_first_index: u64,
-    /// The nonce the agent says it was asked for (the engine uses the verifier's own).
-    pub nonce: Vec<u8>,
-}
-
-/// `manifest.json`: the snapshot claims, with the file name of each.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Manifest {
-    pub boot: BootClaim,
-    pub banks: Vec<HashAlgo>,
-    pub pcr: u32,
-    /// (file name inside `snapshots/`, claims), in manifest order.
-    pub snapshots: Vec<(String, SnapshotClaim)>,
-    pub next_index: u64,
-}
-
-fn bundle_err(detail: String) -> Failure {
-    Failure::BadEvidence { detail }
-}
-
-fn manifest_err(detail: String) -> Failure {
-    Failure::ManifestMalformed { detail }
-}
-
-fn json<'a, T: Deserialize<'a>>(b: &'a [u8], what: &str, err: fn(String) -> Failure) -> Result<T, Failure> {
-    if b.len() > MAX_JSON {
-        return Err(err(format!("{what} is {} bytes, limit {MAX_JSON}", b.len())));
-    }
-    serde_json::from_slice(b).map_err(|e| err(format!("{what}: {e}")))
-}
-
-fn hex_exact<const N: usize>(s: &str, what: &str) -> Result<[u8; N], Failure> {
-    if s.len() != 2 * N || !s.bytes().all(|c| c.is_ascii_hexdigit()) {
-        return Err(manifest_err(format!("{what} {s:?} is not {} hex digits", 2 * N)));
-    }
-    let v = hex::decode(s).map_err(|e| manifest_err(format!("{what}: {e}")))?;
-    <[u8; N]>::try_from(v.as_slice()).map_err(|_| manifest_err(format!("{what}: wrong length")))
-}
-
-/// A snapshot file name the caller may join to `snapshots/` without leaving it.
-fn check_file_name(name: &str) -> Result<(), Failure> {
-    let ok = !name.is_empty()
-        && name.len() <= 255
-        && name != "."
-        && name != ".."
-        && name.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_'));
-    if !ok {
-        return Err(manifest_err(format!("snapshot file name {name:?} is not a plain file name")));
-    }
-    Ok(())
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct IndexJson {
-    format: String,
-    banks: Vec<HashAlgo>,
-    pcr: u32,
-    live_first_index: u64,
-    nonce: String,
-}
-
-impl BundleIndex {
-    pub fn from_json(b: &[u8]) -> Result<Self, Failure> {
-        let j: IndexJson = json(b, "bundle.json", bundle_err)?;
-        if j.format != BUNDLE_FORMAT {
-            return Err(bundle_err(format!("bundle.json format {:?}, want {BUNDLE_FORMAT:?}", j.format)));
-        }
-        let nonce = hex::decode(&j.nonce).map_err(|e| bundle_err(format!("bundle.json nonce: {e}")))?;
-        Ok(Self { banks: j.banks, pcr: j.pcr, live_first_index: j.live_first_index, nonce })
-    }
-}
-
-#[derive(Deserialize)]
-struct BootJson {
-    reset_count: u64,
-    boot_aggregate_sha1: String,
-}
-
-#[derive(Deserialize)]
-struct MarkerRefJson {
-    attempt: u64,
-    sha1: String,
-}
-
-#[derive(Deserialize)]
-struct EntryJson {
-    seq: u64,
-    file: String,
-    first_index: u64,
-    count: u64,
-    sha256: String,
-    end_marker: MarkerRefJson,
-    pcrs_end: BTreeMap<HashAlgo, String>,
-}
-
-#[derive(Deserialize)]
-struct ManifestJson {
-    format: String,
-    boot: BootJson,
-    banks: Vec<HashAlgo>,
-    pcr: u32,
-    snapshots: Vec<EntryJson>,
-    next_index: u64,
-}
-
-impl Manifest {
-    pub fn from_json(b: &[u8]) -> Result<Self, Failure> {
-        let j: ManifestJson = json(b, "manifest.json", manifest_err)?;
-        if j.format != MANIFEST_FORMAT {
-            return Err(manifest_err(format!("format {:?}, want {MANIFEST_FORMAT:?}", j.format)));
-        }
-        let boot = BootClaim {
-            reset_count: j.boot.reset_count,
-            boot_aggregate_sha1: hex_exact::<20>(&j.boot.boot_aggregate_sha1, "boot.boot_aggregate_sha1")?,
-        };
-        let mut snapshots = Vec::with_capacity(j.snapshots.len());
-        for e in j.snapshots {
-            let at = format!("snapshot {}", e.seq);
-            check_file_name(&e.file)?;
-            let mut pcrs_end = Vec::new();
-            for (bank, v) in &e.pcrs_end {
-                let v =
-                    PcrValue::from_hex(*bank, v).map_err(|d| manifest_err(format!("{at}: pcrs_end.{bank}: {d}")))?;
-                pcrs_end.push(v);
+/// The failure class of each refused input.
+impl From<WireError> for Failure {
+    fn from(e: WireError) -> Self {
+        let detail = e.to_string();
+        match e.part {
+            Part::Manifest => Failure::ManifestMalformed { detail },
+            Part::Quote => Failure::QuoteMalformed { detail },
+            Part::Pending | Part::Bundle | Part::AkPub | Part::AkPem | Part::Ak | Part::Evidence => {
+                Failure::BadEvidence { detail }
             }
-            let claim = SnapshotClaim {
-                seq: e.seq,
-                first_index: e.first_index,
-                count: e.count,
-                sha256: Some(hex_exact::<32>(&e.sha256, &format!("{at}: sha256"))?),
-                end_marker: Some(EndMarkerClaim {
-                    attempt: e.end_marker.attempt,
-                    sha1: hex_exact::<20>(&e.end_marker.sha1, &format!("{at}: end_marker.sha1"))?,
-                }),
-                pcrs_end,
-            };
-            snapshots.push((e.file, claim));
         }
-        Ok(Self { boot, banks: j.banks, pcr: j.pcr, snapshots, next_index: j.next_index })
     }
 }
 
-/// `quote.json` (the serde form of [`imasnap_tpm::Quote`] plus the agent's `nonce`, which
-/// is ignored: the verifier checks against its own challenge).
+/// `quote.json` (a quote plus the agent's `nonce`, which is ignored: the verifier checks
+/// against its own challenge).
 pub fn quote_from_json(b: &[u8]) -> Result<Quote, Failure> {
-    json(b, "quote.json", |d| Failure::QuoteMalformed { detail: d })
+    Ok(imasnap_wire::QuoteFile::from_json(b)?.quote)
 }
 
 /// The AK shipped in the bundle: `ak.pub` (hex TPM2B_PUBLIC) or `ak.pem`.
 pub fn ak_from_pub_hex(text: &str) -> Result<AkPublic, Failure> {
-    let b = hex::decode(text.trim()).map_err(|e| bundle_err(format!("ak.pub: {e}")))?;
-    AkPublic::from_tpm2b_public(&b).map_err(|e| bundle_err(format!("ak.pub: {e}")))
+    Ok(imasnap_wire::ak::from_tpm2b_hex(text)?)
 }
 
 pub fn ak_from_pem(text: &str) -> Result<AkPublic, Failure> {
-    AkPublic::from_pem(text).map_err(|e| bundle_err(format!("ak.pem: {e}")))
+    Ok(imasnap_wire::ak::from_pem(text)?)
 }
 
-impl Manifest {
-    /// Claims that must agree between `bundle.json` and `manifest.json`.
-    pub fn check_against(&self, index: &BundleIndex) -> Result<(), Failure> {
-        if self.banks != index.banks || self.pcr != index.pcr {
-            return Err(bundle_err("bundle.json and manifest.json name different banks or PCR".into()));
-        }
-        if self.next_index != index.live_first_index {
-            return Err(Failure::LiveFirstIndexMismatch { claimed: index.live_first_index, expected: self.next_index });
-        }
-        Ok(())
+/// Claims that must agree between `bundle.json` and `manifest.json`.
+pub fn check_against(m: &Manifest, index: &BundleIndex) -> Result<(), Failure> {
+    if m.banks != index.banks || m.pcr != index.pcr {
+        return Err(Failure::BadEvidence {
+            detail: "bundle.json and manifest.json name different banks or PCR".into(),
+        });
     }
+    if m.next_index != index.live_first_index {
+        return Err(Failure::LiveFirstIndexMismatch { claimed: index.live_first_index, expected: m.next_index });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -224,7 +86,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(idx.nonce, vec![10, 11]);
-        m.check_against(&idx).unwrap();
+        check_against(&m, &idx).unwrap();
     }
 
     #[test]
@@ -237,9 +99,11 @@ mod tests {
             ("\"attempt\": 1, \"sha1\": \"ff", "\"attempt\": 1, \"sha1\": \"f"),
         ] {
             let bad = MANIFEST.replacen(from, to, 1);
-            assert!(matches!(Manifest::from_json(bad.as_bytes()), Err(Failure::ManifestMalformed { .. })), "{to}");
+            let f = Manifest::from_json(bad.as_bytes()).map_err(Failure::from);
+            assert!(matches!(f, Err(Failure::ManifestMalformed { .. })), "{to}");
         }
-        assert!(matches!(Manifest::from_json(b"{"), Err(Failure::ManifestMalformed { .. })));
+        assert!(matches!(Manifest::from_json(b"{").map_err(Failure::from), Err(Failure::ManifestMalformed { .. })));
         assert!(matches!(quote_from_json(b"[]"), Err(Failure::QuoteMalformed { .. })));
+        assert!(matches!(ak_from_pub_hex("zz"), Err(Failure::BadEvidence { .. })));
     }
 }

@@ -2,7 +2,7 @@
 //! into [`Evidence`]. Snapshot files are streamed, and files the engine will not need
 //! (entirely before an incremental checkpoint) are not opened at all.
 
-use crate::bundle::{ak_from_pem, ak_from_pub_hex, quote_from_json, BundleIndex, Manifest};
+use crate::bundle::{ak_from_pem, ak_from_pub_hex, check_against, quote_from_json, BundleIndex, Manifest};
 use crate::evidence::{Evidence, Input, SnapshotEvidence};
 use crate::Failure;
 use imasnap_log::Endian;
@@ -97,7 +97,7 @@ impl BundleDir {
     pub fn open(dir: &Path) -> Result<Self, Failure> {
         let index = BundleIndex::from_json(&read(dir, "bundle.json", MAX_BUNDLE_JSON_BYTES)?)?;
         let manifest = Manifest::from_json(&read(dir, "manifest.json", MAX_MANIFEST_JSON_BYTES)?)?;
-        manifest.check_against(&index)?;
+        check_against(&manifest, &index)?;
         let quote = quote_from_json(&read(dir, "quote.json", MAX_QUOTE_JSON_BYTES)?)?;
         let shipped_ak = if dir.join("ak.pub").exists() {
             Some(ak_from_pub_hex(&String::from_utf8_lossy(&read(dir, "ak.pub", MAX_AK_BYTES)?))?)

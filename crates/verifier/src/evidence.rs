@@ -2,7 +2,7 @@
 //! they describe. Every field here is a claim except the bytes themselves; the engine
 //! decides what they prove.
 
-use imasnap_log::{Endian, HashAlgo, PcrValue};
+use imasnap_log::{Endian, HashAlgo};
 use std::io::Read;
 
 /// Bytes of one log file: in memory, or streamed from any reader. Either way the engine
@@ -42,33 +42,9 @@ impl std::fmt::Debug for Input<'_> {
     }
 }
 
-/// The manifest's claim about which marker ends a snapshot (SNAPSHOTS.md `end_marker`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EndMarkerClaim {
-    pub attempt: u64,
-    /// SHA1 template digest of the marker record.
-    pub sha1: [u8; 20],
-}
-
-/// The manifest's claims about one snapshot file.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SnapshotClaim {
-    pub seq: u64,
-    pub first_index: u64,
-    pub count: u64,
-    /// sha256 of the file; `None` when the manifest states none (nothing to check).
-    pub sha256: Option<[u8; 32]>,
-    pub end_marker: Option<EndMarkerClaim>,
-    /// Measurement PCR after the snapshot's last record, per bank.
-    pub pcrs_end: Vec<PcrValue>,
-}
-
-impl SnapshotClaim {
-    /// Claimed index one past the last record (saturating: a lying count cannot overflow).
-    pub fn end_index(&self) -> u64 {
-        self.first_index.saturating_add(self.count)
-    }
-}
+/// The claim types, and their one checked conversion from the wire formats, live in
+/// `imasnap-wire` (below this crate, which parses bundles through it).
+pub use imasnap_wire::claims::{BootClaim, EndMarkerClaim, SnapshotClaim};
 
 /// One snapshot: the manifest entry and, when supplied, the file's bytes.
 #[derive(Debug)]
@@ -78,13 +54,6 @@ pub struct SnapshotEvidence<'a> {
     /// [`crate::Failure::SnapshotMissing`]; incremental verification needs only the files
     /// at or after its checkpoint.
     pub data: Option<Input<'a>>,
-}
-
-/// The manifest's boot identity.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BootClaim {
-    pub reset_count: u64,
-    pub boot_aggregate_sha1: [u8; 20],
 }
 
 /// An evidence bundle (SNAPSHOTS.md "Evidence bundle") in memory.

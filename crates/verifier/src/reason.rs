@@ -7,23 +7,7 @@ use imasnap_log::HashAlgo;
 use std::fmt;
 
 /// Which piece of evidence a record came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Segment {
-    /// The snapshot file with this manifest `seq`.
-    Snapshot(u64),
-    /// The live (in-kernel) list.
-    Live,
-}
-
-impl fmt::Display for Segment {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Snapshot(s) => write!(f, "snapshot {s}"),
-            Self::Live => f.write_str("live list"),
-        }
-    }
-}
+pub use imasnap_wire::Segment;
 
 /// The reason a verification failed. Indices are global record indices as replayed by the
 /// verifier (never the host's claims), unless a field says `claimed`.

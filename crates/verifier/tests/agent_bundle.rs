@@ -19,7 +19,7 @@ fn verify_dir(dir: &Path, trusted: &imasnap_tpm::AkPublic, nonce: &[u8], mode: M
     let read = |p: &str| std::fs::read(dir.join(p)).unwrap();
     let index = BundleIndex::from_json(&read("bundle.json")).unwrap();
     let manifest = Manifest::from_json(&read("manifest.json")).unwrap();
-    manifest.check_against(&index).unwrap();
+    imasnap_verifier::bundle::check_against(&manifest, &index).unwrap();
     let quote = quote_from_json(&read("quote.json")).unwrap();
     let claimed = ak_from_pub_hex(&String::from_utf8(read("ak.pub")).unwrap()).unwrap();
     let files: Vec<Vec<u8>> = manifest.snapshots.iter().map(|(f, _)| read(&format!("snapshots/{f}"))).collect();

@@ -2,10 +2,10 @@
 pub mod agent;
 #[cfg(feature = "agent")]
 pub mod agent_service;
-#[cfg(feature = "agent")]
-pub mod demo;
 #[cfg(any(feature = "agent", feature = "verifier"))]
 pub mod daemon;
+#[cfg(feature = "agent")]
+pub mod demo;
 pub mod log;
 pub mod policy;
 #[cfg(feature = "agent")]

@@ -4,7 +4,7 @@ use crate::ui;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use hyper::Method;
-use imasnap_agent_server::tls::TlsFiles;
+use imasnap_net::tls::TlsFiles;
 use imasnap_verifier_service::client::ApiClient;
 use imasnap_verifier_service::config::{VerifierConfig, DEFAULT_CONFIG};
 use std::path::{Path, PathBuf};
@@ -303,7 +303,7 @@ pub fn run(cmd: VerifierCmd) -> Result<ExitCode> {
         VerifierCmd::DevPki(a) => {
             let Some(dir) = a.out.or(a.dir_pos) else { anyhow::bail!("pass the output directory: -o/--out DIR") };
             let names: Vec<&str> = a.names.iter().map(String::as_str).collect();
-            let f = imasnap_agent_server::devpki::write_dev_pki(&dir, &names)
+            let f = imasnap_net::devpki::write_dev_pki(&dir, &names)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
             println!(
                 "CA {}; agent, verifier, admin and reader certificates (roles in their SAN URIs) in {}",

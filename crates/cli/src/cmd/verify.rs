@@ -66,7 +66,7 @@ pub struct VerifyArgs {
 /// What `--save-state` writes: the engine's state plus the AK it was proven with.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct SavedState {
-    state: serde_json::Value,
+    state: State,
     ak_pem: String,
     /// How that AK was first trusted (`enrolled` or `bundle_untrusted`), so a state saved
     /// from an untrusted run does not turn into trust later. Absent in older files.
@@ -97,21 +97,15 @@ impl Trust {
 
 pub fn load_ak(p: &Path) -> Result<AkPublic> {
     let text = ui::read_small_text(p, ui::MAX_AK_BYTES)?;
-    let ak = if text.contains("-----BEGIN") {
-        imasnap_verifier::bundle::ak_from_pem(&text)
-    } else {
-        imasnap_verifier::bundle::ak_from_pub_hex(&text)
-    };
-    ak.map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
+    imasnap_wire::ak::parse_text(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
 }
 
 /// A `--save-state` file: the engine state, its AK and how that AK was first trusted.
 fn load_state(p: &Path) -> Result<(State, AkPublic, String)> {
     let text = ui::read_small_text(p, ui::MAX_STATE_BYTES)?;
     let s: SavedState = serde_json::from_str(&text).with_context(|| format!("{}: not a saved state", p.display()))?;
-    let st = State::from_json(&s.state.to_string()).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
-    let ak = imasnap_verifier::bundle::ak_from_pem(&s.ak_pem)
-        .map_err(|e| anyhow::anyhow!("{}: ak_pem: {e}", p.display()))?;
+    let st = s.state;
+    let ak = imasnap_wire::ak::from_pem(&s.ak_pem).map_err(|e| anyhow::anyhow!("{}: ak_pem: {e}", p.display()))?;
     Ok((st, ak, s.ak_trust.unwrap_or_else(|| "unrecorded".into())))
 }
 
@@ -171,11 +165,7 @@ pub fn run(a: VerifyArgs) -> Result<ExitCode> {
     pb.finish_and_clear();
     if out.verdict.is_verified() {
         if let (Some(p), Some(st)) = (&a.save_state, &out.state) {
-            let saved = SavedState {
-                state: serde_json::from_str(&st.to_json()).context("engine state")?,
-                ak_pem: ak.to_pem(),
-                ak_trust: Some(trust.origin.clone()),
-            };
+            let saved = SavedState { state: st.clone(), ak_pem: ak.to_pem(), ak_trust: Some(trust.origin.clone()) };
             let tmp = p.with_extension("tmp");
             std::fs::write(&tmp, serde_json::to_vec_pretty(&saved)?)
                 .with_context(|| format!("writing {}", tmp.display()))?;

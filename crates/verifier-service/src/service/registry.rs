@@ -6,7 +6,7 @@ use crate::model::{parse_ak, Damage, HostPatch, HostSpec, HostState, HostStatus,
 use crate::policy::{self, LoadedPolicy};
 use crate::VerifierConfig;
 use hyper::StatusCode;
-use imasnap_agent_server::http::Conn;
+use imasnap_net::http::Conn;
 use imasnap_policy::KeyRing;
 use imasnap_tpm::AkPublic;
 use imasnap_verifier::State;

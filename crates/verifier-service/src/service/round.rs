@@ -8,7 +8,7 @@ use crate::db::{Op, RoundWrite};
 use crate::model::{pinned_der, HostSpec, HostState, Verdict, VerdictRow};
 use crate::policy::{self, LoadedPolicy};
 use hyper::{Method, StatusCode};
-use imasnap_agent_server::http::Conn;
+use imasnap_net::http::Conn;
 use imasnap_policy::KeyRing;
 use imasnap_tpm::AkPublic;
 use imasnap_verifier::{Failure, Restart, State};
@@ -241,8 +241,8 @@ impl Verifier {
         let mut conn = match conn.filter(Conn::is_open) {
             Some(c) => c,
             None => {
-                let name = imasnap_agent_server::tls::server_name(&spec.tls_name())
-                    .map_err(|e| ("config", e.to_string(), None))?;
+                let name =
+                    imasnap_net::tls::server_name(&spec.tls_name()).map_err(|e| ("config", e.to_string(), None))?;
                 let c = Conn::connect(&spec.address, name, self.agent_tls.clone(), timeout)
                     .await
                     .map_err(|e| ("unreachable", e.to_string(), None))?;

@@ -7,7 +7,7 @@ use crate::roles;
 use futures_util::future::BoxFuture;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use imasnap_agent_server::http::{self, error_response, json_response, param, query, Body, Handler, Peer};
+use imasnap_net::http::{self, error_response, json_response, param, query, Body, Handler, Peer};
 use std::sync::Arc;
 
 /// Largest request body (a policy is at most 32 MiB, PEMs are small).

@@ -3,7 +3,7 @@
 use super::registry::{Shared, Verifier};
 use super::routes::Api;
 use crate::VerifierConfig;
-use imasnap_agent_server::http;
+use imasnap_net::http;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -51,7 +51,7 @@ pub async fn run(cfg: VerifierConfig) -> anyhow::Result<()> {
     let running = spawn(listener, api_tls, v, true)?;
     tracing::info!(addr = %running.addr, "verifier service listening");
     println!("listening on {}", running.addr);
-    imasnap_agent_server::service::shutdown_signal().await;
+    imasnap_net::shutdown_signal().await;
     tracing::info!("shutting down");
     running.stop().await;
     Ok(())

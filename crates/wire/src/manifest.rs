@@ -1,16 +1,18 @@
 //! `manifest.json` and `pending.json` (docs/SNAPSHOTS.md), with strict validation: the
 //! store is read back after crashes, so a torn or inconsistent file must be refused, not
-//! half-trusted.
+//! half-trusted. The same types are what a verifier reads in an evidence bundle.
 
+use crate::{json, Part, WireError, MAX_JSON};
 use imasnap_log::marker::Marker;
 use imasnap_log::{HashAlgo, Record};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-pub const MANIFEST_FORMAT: &str = "imasnap-manifest/1";
+pub use crate::MANIFEST_FORMAT;
 
 /// Identity of a cold boot: TPM resetCount plus the SHA1 template digest of record 0.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BootInfo {
     pub reset_count: u64,
     /// Full lowercase hex of the boot_aggregate record's SHA1 template digest.
@@ -26,6 +28,7 @@ impl BootInfo {
 
 /// Which marker ends a snapshot (the marker itself is the first record after it).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MarkerRef {
     pub attempt: u64,
     /// SHA1 template digest of the marker record, lowercase hex.
@@ -51,6 +54,7 @@ impl MarkerRef {
 
 /// One committed snapshot file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SnapshotEntry {
     pub seq: u64,
     pub file: String,
@@ -71,6 +75,7 @@ impl SnapshotEntry {
 
 /// The committed state of one boot directory.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Manifest {
     pub format: String,
     pub boot: BootInfo,
@@ -91,14 +96,44 @@ pub fn tmp_snap_file_name(seq: u64) -> String {
     format!(".tmp-{seq:06}.snap")
 }
 
-fn check_hex(what: &str, s: &str, len: usize) -> Result<(), String> {
+/// `s` is exactly `len` bytes as lowercase hex (the only form the agent writes).
+pub fn check_hex(what: &str, s: &str, len: usize) -> Result<(), String> {
     if s.len() != len * 2 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return Err(format!("{what} {s:?} is not {} lowercase hex digits", len * 2));
     }
     Ok(())
 }
 
+/// A snapshot file name a reader may join to its snapshot directory without leaving it.
+pub fn check_file_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && name != "."
+        && name != ".."
+        && name.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_'));
+    if !ok {
+        return Err(format!("snapshot file name {name:?} is not a plain file name"));
+    }
+    Ok(())
+}
+
 impl Manifest {
+    /// Parses `manifest.json` strictly (size limit, no unknown field, this format). Says
+    /// nothing about consistency: the store calls [`Manifest::validate`], a verifier
+    /// judges the claims itself.
+    pub fn from_json(b: &[u8]) -> Result<Self, WireError> {
+        let m: Self = json(b, Part::Manifest, MAX_JSON)?;
+        if m.format != MANIFEST_FORMAT {
+            return Err(Part::Manifest.err(format!("format {:?}, want {MANIFEST_FORMAT:?}", m.format)));
+        }
+        Ok(m)
+    }
+
+    /// The bytes written to disk: pretty JSON and a final newline.
+    pub fn to_json_pretty(&self) -> Vec<u8> {
+        crate::pretty(self)
+    }
+
     pub fn new(boot: BootInfo, banks: Vec<HashAlgo>, pcr: u32) -> Self {
         Self { format: MANIFEST_FORMAT.into(), boot, banks, pcr, snapshots: Vec::new(), next_index: 0 }
     }
@@ -163,6 +198,7 @@ impl Manifest {
             if s.seq != want_seq {
                 return Err(format!("{at}: seq should be {want_seq}"));
             }
+            check_file_name(&s.file).map_err(|e| format!("{at}: {e}"))?;
             if s.file != snap_file_name(s.seq) {
                 return Err(format!("{at}: file {:?}, want {:?}", s.file, snap_file_name(s.seq)));
             }
@@ -211,6 +247,7 @@ impl Manifest {
 
 /// Intent of an in-flight snapshot, written before anything is read from the kernel.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Pending {
     pub seq: u64,
     pub first_index: u64,
@@ -220,6 +257,11 @@ pub struct Pending {
 }
 
 impl Pending {
+    /// Parses `pending.json` strictly.
+    pub fn from_json(b: &[u8]) -> Result<Self, WireError> {
+        json(b, Part::Pending, 1 << 20)
+    }
+
     /// Checks the intent fits the committed manifest it extends.
     pub fn validate_against(&self, m: &Manifest) -> Result<(), String> {
         check_hex("marker.sha1", &self.marker.sha1, 20)?;
@@ -295,6 +337,40 @@ mod tests {
     }
 
     #[test]
+    fn finding_9_manifest_round_trip_is_byte_exact() {
+        let m = manifest();
+        let b = m.to_json_pretty();
+        assert_eq!(Manifest::from_json(&b).unwrap(), m);
+        assert_eq!(Manifest::from_json(&b).unwrap().to_json_pretty(), b);
+        let p = Pending { seq: 2, first_index: 5, count: 3, marker: MarkerRef { attempt: 2, sha1: "55".repeat(20) } };
+        assert_eq!(Pending::from_json(&crate::pretty(&p)).unwrap(), p);
+    }
+
+    #[test]
+    fn finding_9_manifest_rejections() {
+        let good = String::from_utf8(manifest().to_json_pretty()).unwrap();
+        for (from, to, want) in [
+            ("\"next_index\"", "\"extra\": 1, \"next_index\"", "unknown field"),
+            ("\"reset_count\"", "\"x\": 0, \"reset_count\"", "unknown field"),
+            ("\"attempt\"", "\"y\": 0, \"attempt\"", "unknown field"),
+            ("imasnap-manifest/1", "imasnap-manifest/2", "want \"imasnap-manifest/1\""),
+            ("\"pcr\": 10", "\"pcr\": \"10\"", "invalid type"),
+        ] {
+            let bad = good.replacen(from, to, 1);
+            let e = Manifest::from_json(bad.as_bytes()).unwrap_err();
+            assert_eq!(e.part, Part::Manifest);
+            assert!(e.to_string().contains(want), "{to}: {e}");
+        }
+        assert!(Manifest::from_json(&vec![b' '; MAX_JSON + 1]).unwrap_err().detail.contains("limit"));
+        assert!(Pending::from_json(br#"{"seq":1,"first_index":0,"count":1,"marker":{"attempt":1,"sha1":"aa"},"z":1}"#)
+            .is_err());
+        for bad in ["", ".", "..", "../x", "a/b", "x\0"] {
+            assert!(check_file_name(bad).is_err(), "{bad:?}");
+        }
+        check_file_name("000001.snap").unwrap();
+    }
+
+    #[test]
     fn validation_catches_inconsistency() {
         let good = manifest();
         type Mutation = Box<dyn Fn(&mut Manifest)>;
@@ -305,6 +381,7 @@ mod tests {
             ("sha256", Box::new(|m| m.snapshots[0].sha256 = "XX".repeat(32))),
             ("pcrs_end lacks", Box::new(|m| drop(m.snapshots[0].pcrs_end.remove(&HashAlgo::Sha1)))),
             ("format", Box::new(|m| m.format = "x".into())),
+            ("plain file name", Box::new(|m| m.snapshots[0].file = "../000001.snap".into())),
             ("empty snapshot", Box::new(|m| m.snapshots[0].count = 0)),
         ];
         for (want, f) in cases {

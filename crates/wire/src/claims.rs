@@ -1,0 +1,228 @@
+//! The verifier engine's view of a host's claims, and the one checked conversion into it
+//! from the wire types (`manifest.json` entries and evidence-header entries alike).
+//!
+//! These types sit here rather than in the engine crate because the engine crate reads
+//! bundles through this one: the conversion needs both sides, and a cycle is not allowed.
+//! `imasnap-verifier` re-exports them where the engine always had them.
+
+use crate::evidence::{EvidenceHeader, SnapshotJson};
+use crate::manifest::{check_file_name, check_hex, BootInfo, Manifest, MarkerRef, SnapshotEntry};
+use crate::{Part, WireError};
+use imasnap_log::{HashAlgo, PcrValue};
+use std::collections::BTreeMap;
+
+/// The manifest's claim about which marker ends a snapshot (SNAPSHOTS.md `end_marker`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndMarkerClaim {
+    pub attempt: u64,
+    /// SHA1 template digest of the marker record.
+    pub sha1: [u8; 20],
+}
+
+/// The manifest's claims about one snapshot file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotClaim {
+    pub seq: u64,
+    pub first_index: u64,
+    pub count: u64,
+    /// sha256 of the file; `None` when the manifest states none (nothing to check).
+    pub sha256: Option<[u8; 32]>,
+    pub end_marker: Option<EndMarkerClaim>,
+    /// Measurement PCR after the snapshot's last record, per bank.
+    pub pcrs_end: Vec<PcrValue>,
+}
+
+impl SnapshotClaim {
+    /// Claimed index one past the last record (saturating: a lying count cannot overflow).
+    pub fn end_index(&self) -> u64 {
+        self.first_index.saturating_add(self.count)
+    }
+}
+
+/// The manifest's boot identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BootClaim {
+    pub reset_count: u64,
+    pub boot_aggregate_sha1: [u8; 20],
+}
+
+/// `manifest.json` as claims: each snapshot with its file name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManifestClaims {
+    pub boot: BootClaim,
+    pub banks: Vec<HashAlgo>,
+    pub pcr: u32,
+    /// (file name inside `snapshots/`, claims), in manifest order.
+    pub snapshots: Vec<(String, SnapshotClaim)>,
+    pub next_index: u64,
+}
+
+fn hex_n<const N: usize>(s: &str, what: &str) -> Result<[u8; N], String> {
+    check_hex(what, s, N)?;
+    let v = hex::decode(s).map_err(|e| format!("{what}: {e}"))?;
+    <[u8; N]>::try_from(v.as_slice()).map_err(|_| format!("{what}: {} bytes, want {N}", v.len()))
+}
+
+impl BootInfo {
+    pub fn claim(&self) -> Result<BootClaim, String> {
+        Ok(BootClaim {
+            reset_count: self.reset_count,
+            boot_aggregate_sha1: hex_n::<20>(&self.boot_aggregate_sha1, "boot.boot_aggregate_sha1")?,
+        })
+    }
+}
+
+/// The one conversion of a snapshot entry's claims, whichever format carried them.
+fn snapshot_claim(
+    seq: u64,
+    first_index: u64,
+    count: u64,
+    sha256: Option<&str>,
+    end_marker: Option<&MarkerRef>,
+    pcrs_end: &BTreeMap<HashAlgo, String>,
+) -> Result<SnapshotClaim, String> {
+    let at = format!("snapshot {seq}");
+    let mut pcrs = Vec::with_capacity(pcrs_end.len());
+    for (bank, v) in pcrs_end {
+        let what = format!("{at}: pcrs_end.{bank}");
+        check_hex(&what, v, bank.size())?;
+        pcrs.push(PcrValue::from_hex(*bank, v).map_err(|d| format!("{what}: {d}"))?);
+    }
+    Ok(SnapshotClaim {
+        seq,
+        first_index,
+        count,
+        sha256: sha256.map(|s| hex_n::<32>(s, &format!("{at}: sha256"))).transpose()?,
+        end_marker: end_marker
+            .map(|m| {
+                Ok::<_, String>(EndMarkerClaim {
+                    attempt: m.attempt,
+                    sha1: hex_n::<20>(&m.sha1, &format!("{at}: end_marker.sha1"))?,
+                })
+            })
+            .transpose()?,
+        pcrs_end: pcrs,
+    })
+}
+
+impl SnapshotEntry {
+    /// This `manifest.json` entry as claims; the file name must be a plain name.
+    pub fn claim(&self) -> Result<SnapshotClaim, WireError> {
+        check_file_name(&self.file).map_err(|e| Part::Manifest.err(e))?;
+        snapshot_claim(
+            self.seq,
+            self.first_index,
+            self.count,
+            Some(&self.sha256),
+            Some(&self.end_marker),
+            &self.pcrs_end,
+        )
+        .map_err(|e| Part::Manifest.err(e))
+    }
+}
+
+impl SnapshotJson {
+    /// This evidence-header entry as claims (absent claims stay absent).
+    pub fn claim(&self) -> Result<SnapshotClaim, WireError> {
+        snapshot_claim(
+            self.seq,
+            self.first_index,
+            self.count,
+            self.sha256.as_deref(),
+            self.end_marker.as_ref(),
+            &self.pcrs_end,
+        )
+        .map_err(|e| Part::Evidence.err(e))
+    }
+}
+
+impl EvidenceHeader {
+    pub fn boot_claim(&self) -> Result<BootClaim, WireError> {
+        self.boot.claim().map_err(|e| Part::Evidence.err(e))
+    }
+}
+
+impl ManifestClaims {
+    /// Parses `manifest.json` ([`Manifest::from_json`]) and converts it to claims.
+    pub fn from_json(b: &[u8]) -> Result<Self, WireError> {
+        Self::from_manifest(&Manifest::from_json(b)?)
+    }
+
+    pub fn from_manifest(m: &Manifest) -> Result<Self, WireError> {
+        let boot = m.boot.claim().map_err(|e| Part::Manifest.err(e))?;
+        let snapshots =
+            m.snapshots.iter().map(|e| Ok((e.file.clone(), e.claim()?))).collect::<Result<_, WireError>>()?;
+        Ok(Self { boot, banks: m.banks.clone(), pcr: m.pcr, snapshots, next_index: m.next_index })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const MANIFEST: &str = r#"{ "format": "imasnap-manifest/1",
+      "boot": { "reset_count": 3, "boot_aggregate_sha1": "00112233445566778899aabbccddeeff00112233" },
+      "banks": ["sha1", "sha256"], "pcr": 10,
+      "snapshots": [
+        { "seq": 1, "file": "000001.snap", "first_index": 0, "count": 5000,
+          "sha256": "0000000000000000000000000000000000000000000000000000000000000001",
+          "end_marker": { "attempt": 1, "sha1": "ffffffffffffffffffffffffffffffffffffffff" },
+          "pcrs_end": { "sha1": "0101010101010101010101010101010101010101",
+                        "sha256": "0202020202020202020202020202020202020202020202020202020202020202" } } ],
+      "next_index": 5000 }"#;
+
+    #[test]
+    fn finding_9_claims_from_the_documented_manifest() {
+        let m = ManifestClaims::from_json(MANIFEST.as_bytes()).unwrap();
+        assert_eq!(m.boot.reset_count, 3);
+        assert_eq!(m.boot.boot_aggregate_sha1[1], 0x11);
+        let (file, c) = &m.snapshots[0];
+        assert_eq!(file, "000001.snap");
+        assert_eq!((c.seq, c.first_index, c.count, c.end_index()), (1, 0, 5000, 5000));
+        assert_eq!(c.end_marker.as_ref().unwrap(), &EndMarkerClaim { attempt: 1, sha1: [0xff; 20] });
+        assert_eq!(c.sha256.unwrap()[31], 1);
+        assert_eq!(c.pcrs_end.len(), 2);
+        assert_eq!(m.next_index, 5000);
+    }
+
+    #[test]
+    fn finding_9_claims_refuse_traversal_and_bad_hex() {
+        for (from, to, want) in [
+            ("000001.snap", "../../etc/shadow", "plain file name"),
+            ("000001.snap", "/abs", "plain file name"),
+            ("000001.snap", "..", "plain file name"),
+            ("\"sha256\": \"00000000", "\"sha256\": \"0000000g", "snapshot 1: sha256"),
+            ("\"attempt\": 1, \"sha1\": \"ff", "\"attempt\": 1, \"sha1\": \"f", "end_marker.sha1"),
+            ("\"boot_aggregate_sha1\": \"00", "\"boot_aggregate_sha1\": \"", "boot_aggregate_sha1"),
+            ("\"sha1\": \"0101", "\"sha1\": \"01", "pcrs_end.sha1"),
+            ("aabbccdd", "AABBCCDD", "lowercase"),
+        ] {
+            let bad = MANIFEST.replacen(from, to, 1);
+            let e = ManifestClaims::from_json(bad.as_bytes()).unwrap_err();
+            assert_eq!(e.part, Part::Manifest);
+            assert!(e.detail.contains(want), "{to}: {e}");
+        }
+        assert!(ManifestClaims::from_json(b"{").is_err());
+    }
+
+    #[test]
+    fn finding_9_evidence_entry_claims_share_the_conversion() {
+        let m = Manifest::from_json(MANIFEST.as_bytes()).unwrap();
+        let e = &m.snapshots[0];
+        let j = SnapshotJson {
+            seq: e.seq,
+            first_index: e.first_index,
+            count: e.count,
+            sha256: Some(e.sha256.clone()),
+            end_marker: Some(e.end_marker.clone()),
+            pcrs_end: e.pcrs_end.clone(),
+            bytes: Some(1),
+        };
+        assert_eq!(j.claim().unwrap(), e.claim().unwrap());
+        let bare = SnapshotJson { sha256: None, end_marker: None, pcrs_end: BTreeMap::new(), ..j.clone() };
+        let c = bare.claim().unwrap();
+        assert!(c.sha256.is_none() && c.end_marker.is_none() && c.pcrs_end.is_empty());
+        let bad = SnapshotJson { sha256: Some("00".into()), ..j };
+        assert_eq!(bad.claim().unwrap_err().part, Part::Evidence);
+    }
+}
