@@ -8,9 +8,10 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-bin="$root/target/release/imasnap"
 # The guest quotes through /dev/tpmrm0: the binary needs the real TPM 2.0 back end.
-cargo build --release -q -p imasnap --features tpm2
+# scripts/test.sh passes the one it built (IMASNAP_BIN); otherwise build it here.
+bin="${IMASNAP_BIN:-$root/target/release/imasnap}"
+[ -n "${IMASNAP_BIN:-}" ] || cargo build --release -q -p imasnap --features tpm2
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 GUEST_IMASNAP="$bin" OUT_BASE="$out" scripts/gen-real-kernel-logs.sh ima-ng violation

@@ -20,6 +20,8 @@ export IMASNAP_FEATURES="--features imasnap/tpm2"
 
 echo "== build (features: tpm2)"
 cargo build --release --workspace --all-targets $IMASNAP_FEATURES
+# The binary with tpm2 that the QEMU guests run (scripts and kernel/harness read this).
+export IMASNAP_BIN="$root/target/release/imasnap"
 
 echo "== pure builds: no tss-esapi in the pure crates; the default and verifier-only binaries build without libtss2"
 scripts/check-pure-build.sh
