@@ -8,7 +8,7 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How the marker obtains PCR values (DESIGN §2; issue "snapshotting end to end").
+/// How the marker obtains PCR values (docs/SNAPSHOTS.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PcrMode {
     /// RFC-faithful: read PCR 0-23 of every bank from the TPM while holding the list lock.

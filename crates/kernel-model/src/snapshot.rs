@@ -1,4 +1,4 @@
-//! The RFC snapshot interface (DESIGN §2): open (exclusive, marker under the lock), read,
+//! The RFC snapshot interface (docs/SNAPSHOTS.md): open (exclusive, marker under the lock), read,
 //! `done` (truncate), close without `done` (abort; the marker stays).
 
 use crate::list::{Kernel, KernelError, PcrMode};

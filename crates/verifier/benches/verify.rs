@@ -1,5 +1,5 @@
 //! Verification cost: full history grows with the log; incremental verification of the
-//! same number of new records must not (DESIGN §5, "cost must depend on new records only").
+//! same number of new records must not (docs/ARCHITECTURE.md, rule 5).
 //!
 //!   cargo bench -p imasnap-verifier --bench verify
 //!   cargo bench -p imasnap-verifier --bench verify -- incremental_vs_history   (issue #3 figure)
