@@ -45,7 +45,7 @@ fn bench(c: &mut Criterion) {
             let mut r = BinaryReader::new(&data[..], BinaryFormat::new(HashAlgo::Sha1));
             let mut slot = None;
             let mut k = 0;
-            while r.read_into(&mut slot).unwrap() {
+            while r.read_into(&mut slot).unwrap().is_some() {
                 k += 1;
             }
             k
