@@ -94,7 +94,7 @@ impl<T: Tpm> Kernel<T> {
             imasnap_log::entry::n_ng(imasnap_log::marker::EVENT_NAME.as_bytes()),
             buf,
         ];
-        let e = self.make_entry(t, fields, false);
+        let e = self.make_entry(t, fields, false)?;
         let pos = self.list.len();
         self.append(e)?;
         let pause = lock.elapsed();
