@@ -67,3 +67,35 @@ pub fn template(name: &str) -> Result<Arc<Template>, Reason> {
 pub fn builtin(name: &'static str) -> Arc<Template> {
     Arc::new(Template::parse(name).expect("built-in template"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::template_hash;
+    use crate::template::TemplateCache;
+    use crate::BinaryFormat;
+
+    /// `build` never panics: legacy `ima` fields of the wrong shape are cut or padded to
+    /// the 20-byte `d` and the name under 255 bytes the format holds, and the digest is
+    /// the one a reader recomputes.
+    #[test]
+    fn finding_13_build_legacy_ima_always_hashes() {
+        let e = Endian::Little;
+        for (d, name) in [(&[7u8; 5][..], &b"/short-d"[..]), (&[7u8; 40][..], &[b'n'; 400][..]), (&[][..], &[][..])] {
+            let rec = build(&builtin("ima"), &[d, name], HashAlgo::Sha1, 10, false, e);
+            assert_eq!(rec.digest, template_hash(HashAlgo::Sha1, &rec, e).unwrap().as_bytes());
+            let mut bin = Vec::new();
+            rec.encode(e, &mut bin);
+            let mut back = None;
+            BinaryFormat::new(HashAlgo::Sha1).decode(&bin, &mut TemplateCache::default(), &mut back).unwrap();
+            assert_eq!(back.as_ref(), Some(&rec));
+        }
+        assert!(build(&builtin("ima"), &[], HashAlgo::Sha256, 10, true, e).digest.iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn finding_13_template_from_input_is_an_error() {
+        assert!(template("ima-ng").is_ok());
+        assert!(template("no-such-field").is_err());
+    }
+}

@@ -322,3 +322,40 @@ pub fn open<R: Read>(
         _ => LogReader::Binary(BinaryReader::new(chained, fmt)),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entry::{build, builtin, d_ng, n_ng};
+    use crate::HashAlgo;
+
+    /// `read_into` hands back the record it filled (the same one `slot` holds), so no
+    /// caller has to assert that the slot is full; `None` at the end and after an error.
+    #[test]
+    fn finding_13_read_into_returns_the_filled_record() {
+        let e = Endian::Little;
+        let recs: Vec<Record> = (0..3u8)
+            .map(|i| {
+                build(&builtin("ima-ng"), &[&d_ng("sha1", &[i; 20]), &n_ng(&[b'a' + i])], HashAlgo::Sha1, 10, false, e)
+            })
+            .collect();
+        let mut bin = Vec::new();
+        for r in &recs {
+            r.encode(e, &mut bin);
+        }
+        let mut r = BinaryReader::new(&bin[..], BinaryFormat::new(HashAlgo::Sha1));
+        let mut slot = None;
+        let mut got = Vec::new();
+        while let Some(rec) = r.read_into(&mut slot).unwrap() {
+            got.push(rec.clone());
+        }
+        assert_eq!(got, recs);
+        assert_eq!(slot.as_ref(), recs.last(), "the slot holds the last record, buffers reused");
+        // Owned reads, and the end of a cut input: an error, then nothing more.
+        let mut r = BinaryReader::new(&bin[..bin.len() - 1], BinaryFormat::new(HashAlgo::Sha1));
+        assert_eq!(r.read_owned(None).unwrap().as_ref(), Some(&recs[0]));
+        assert_eq!(r.read_owned(slot.take()).unwrap().as_ref(), Some(&recs[1]));
+        assert!(r.read_owned(None).is_err());
+        assert!(r.read_into(&mut slot).unwrap().is_none());
+    }
+}
