@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed unwrap is a failed test
 use imasnap_kernel_model::{Config, Fault, Kernel, KernelError, PcrMode};
 use imasnap_log::marker::Marker;
 use imasnap_log::*;

@@ -1,5 +1,6 @@
 //! Replay throughput: decode + template digests recomputed + extend, sha1 and sha256 banks.
 //! `cargo bench -p imasnap-log --bench replay`
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed unwrap is a failed test
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use imasnap_log::replay::replay_stream;

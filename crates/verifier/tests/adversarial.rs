@@ -3,6 +3,7 @@
 //! and asserts the specific reason it is rejected for. Most forgers here are *consistent*:
 //! after editing files they rewrite every manifest claim to match (`reseal`), so only the
 //! hash chain, the markers and the quote stand in their way.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed unwrap is a failed test
 
 mod common;
 use common::*;
