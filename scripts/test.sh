@@ -26,6 +26,9 @@ export IMASNAP_BIN="$root/target/release/imasnap"
 echo "== pure builds: no tss-esapi in the pure crates; the default and verifier-only binaries build without libtss2"
 scripts/check-pure-build.sh
 
+echo "== clippy (library lints: no unwrap/expect/panic, unsafe only where allowed)"
+cargo clippy --release --workspace --lib --bins $IMASNAP_FEATURES -- -D warnings
+
 echo "== fuzz smoke (${FUZZ_SECONDS:-20}s per target)"
 scripts/fuzz-smoke.sh "${FUZZ_SECONDS:-20}"
 

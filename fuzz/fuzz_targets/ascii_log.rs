@@ -20,10 +20,8 @@ fn check(data: &[u8], endian: Endian, bank: HashAlgo) {
     let mut cache = TemplateCache::default();
     let mut n = 0u64;
     loop {
-        let mut slot = None;
-        match reader.read_into(&mut slot) {
-            Ok(true) => {
-                let rec = slot.expect("read_into returned true without a record");
+        match reader.read_owned(None) {
+            Ok(Some(rec)) => {
                 let mut line = Vec::new();
                 ascii::write_line(&rec, endian, &mut line)
                     .unwrap_or_else(|e| panic!("record {n} parsed but cannot be written: {e}"));
@@ -45,12 +43,12 @@ fn check(data: &[u8], endian: Endian, bank: HashAlgo) {
                 assert_eq!(back.as_ref(), Some(&rec), "record {n} changed through binary");
                 n += 1;
             }
-            Ok(false) => break,
+            Ok(None) => break,
             Err(e) => {
                 assert_eq!(e.at.record, n, "error names the wrong record: {e}");
                 assert!(e.at.offset as usize <= data.len());
                 let mut slot = None;
-                assert!(!reader.read_into(&mut slot).unwrap(), "reader went on after an error");
+                assert!(reader.read_into(&mut slot).unwrap().is_none(), "reader went on after an error");
                 break;
             }
         }

@@ -22,10 +22,8 @@ fn check(data: &[u8], endian: Endian, bank: HashAlgo) {
     let mut records: Vec<Record> = Vec::new();
     loop {
         let start = reader.offset() as usize;
-        let mut slot = None;
-        match reader.read_into(&mut slot) {
-            Ok(true) => {
-                let rec = slot.expect("read_into returned true without a record");
+        match reader.read_owned(None) {
+            Ok(Some(rec)) => {
                 let end = reader.offset() as usize;
                 assert!(end > start && end <= data.len(), "offsets {start}..{end} of {}", data.len());
                 let mut out = Vec::new();
@@ -44,7 +42,7 @@ fn check(data: &[u8], endian: Endian, bank: HashAlgo) {
                 ascii::write_line(&rec, endian, &mut line).expect("ASCII writer refused a decoded record");
                 records.push(rec);
             }
-            Ok(false) => {
+            Ok(None) => {
                 assert_eq!(reader.offset() as usize, data.len(), "clean end before the end of the input");
                 break;
             }
@@ -52,7 +50,7 @@ fn check(data: &[u8], endian: Endian, bank: HashAlgo) {
                 assert_eq!(e.at.record, records.len() as u64, "error names the wrong record: {e}");
                 assert!(e.at.offset as usize >= start && e.at.offset as usize <= data.len(), "error offset: {e}");
                 let mut slot = None;
-                assert!(!reader.read_into(&mut slot).unwrap(), "reader went on after an error");
+                assert!(reader.read_into(&mut slot).unwrap().is_none(), "reader went on after an error");
                 break;
             }
         }

@@ -158,8 +158,7 @@ pub struct WorkloadCfg {
 }
 
 pub struct Host<K: HostKernel> {
-    agent: Option<Agent<K>>,
-    cfg: AgentConfig,
+    agent: Agent<K>,
     #[cfg(feature = "sim")]
     workload: Workload,
     wcfg: WorkloadCfg,
@@ -175,12 +174,11 @@ fn now_secs(t: Instant) -> f64 {
 impl<K: HostKernel> Host<K> {
     /// Starts the agent on `kernel` (recovery first).
     pub fn start(kernel: K, cfg: AgentConfig, wcfg: WorkloadCfg) -> Result<Self, HostError> {
-        let (agent, rep) = Agent::start(kernel, cfg.clone())?;
+        let (agent, rep) = Agent::start(kernel, cfg)?;
         tracing::info!(boot = %rep.boot, created = rep.created, retired = rep.retired.len(),
             pending = ?rep.pending, removed = rep.removed.len(), "agent recovered");
         Ok(Self {
-            agent: Some(agent),
-            cfg,
+            agent,
             #[cfg(feature = "sim")]
             workload: Workload::new(wcfg.seed),
             wcfg,
@@ -191,22 +189,20 @@ impl<K: HostKernel> Host<K> {
     }
 
     pub fn agent(&mut self) -> &mut Agent<K> {
-        self.agent.as_mut().expect("agent present between calls")
+        &mut self.agent
     }
 
     fn agent_ref(&self) -> &Agent<K> {
-        self.agent.as_ref().expect("agent present between calls")
+        &self.agent
     }
 
     /// The agent process dies here and a new one starts on the same kernel (which
     /// closes the dead one's descriptors): what a crash plus a service restart does.
+    /// If the new one cannot start, the dead one stays in place and a retry may work.
     fn restart_agent(&mut self) -> Result<(), HostError> {
-        let mut k = self.agent.take().expect("agent present").into_kernel();
-        k.process_exit();
-        let mut a = Agent::new(k, self.cfg.clone())?;
-        let rep = a.recover();
-        self.agent = Some(a);
-        let rep = rep?;
+        self.agent.kernel_mut().process_exit();
+        self.agent.restart()?;
+        let rep = self.agent.recover()?;
         tracing::warn!(boot = %rep.boot, pending = ?rep.pending, removed = ?rep.removed, "agent restarted and recovered");
         Ok(())
     }
@@ -223,7 +219,8 @@ impl<K: HostKernel> Host<K> {
     fn add(&mut self, n: u64) -> Result<u64, HostError> {
         let mut added = 0;
         for _ in 0..n {
-            let ev = self.workload.next().expect("endless workload");
+            // The workload is endless; `None` would only mean nothing more to add.
+            let Some(ev) = self.workload.next() else { break };
             added += self.agent().kernel_mut().apply(&ev).map_err(HostError::Other)? as u64;
         }
         Ok(added)

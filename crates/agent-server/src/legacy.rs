@@ -65,8 +65,8 @@ fn complete_prefix(buf: &[u8], first_index: u64) -> Result<(usize, u64), String>
     let mut slot = None;
     loop {
         match rd.read_into(&mut slot) {
-            Ok(true) => {}
-            Ok(false) => break,
+            Ok(Some(_)) => {}
+            Ok(None) => break,
             Err(e) if matches!(e.reason, Reason::Truncated { .. }) => break,
             Err(e) => return Err(e.to_string()),
         }
@@ -106,7 +106,7 @@ impl<T: Tpm> LegacyHost<T> {
         if !dir.exists() {
             std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
             let bf = dir.join(BOOT_FILE);
-            let j = serde_json::to_vec_pretty(&boot).expect("plain data");
+            let j = serde_json::to_vec_pretty(&boot).map_err(|e| other(format!("{}: {e}", bf.display())))?;
             std::fs::write(&bf, j).map_err(|e| io(&bf, e))?;
             File::open(&bf).and_then(|f| f.sync_all()).map_err(|e| io(&bf, e))?;
             sync_dir(&dir)?;

@@ -1,5 +1,4 @@
-//! imasnap-agent-server: the agent as a network service (DESIGN §4 component 5,
-//! `imasnap agent run`). See docs/SERVICES.md.
+//! imasnap-agent-server: the agent as a network service (`imasnap agent run`). See docs/SERVICES.md.
 //!
 //! - [`service`]: the HTTPS API (mutual TLS) serving evidence, snapshots, health and
 //!   Prometheus metrics, plus the policy/interval ticker.

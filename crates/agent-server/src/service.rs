@@ -20,6 +20,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
+use hyper::header::HeaderValue;
 use hyper::{Method, Request, Response, StatusCode};
 use imasnap_agent::{CrashPoint, SecurityFs};
 #[cfg(feature = "sim")]
@@ -190,12 +191,9 @@ impl AgentService {
             }
             send(live);
         });
-        Response::builder()
-            .status(StatusCode::OK)
-            .header("content-type", api::CONTENT_TYPE)
-            .header("content-length", total)
-            .body(StreamBody::new(tokio_stream(rx)).boxed())
-            .expect("static response parts")
+        let mut r = http::response(StatusCode::OK, api::CONTENT_TYPE, StreamBody::new(tokio_stream(rx)).boxed());
+        r.headers_mut().insert(hyper::header::CONTENT_LENGTH, HeaderValue::from(total));
+        r
     }
 
     async fn snapshot_get(&self, seq: &str) -> Response<Body> {
@@ -210,14 +208,21 @@ impl AgentService {
             return error_response(StatusCode::NOT_FOUND, format!("no snapshot {seq} in the current boot"));
         };
         match tokio::task::spawn_blocking(move || std::fs::read(&path)).await {
-            Ok(Ok(b)) => Response::builder()
-                .status(StatusCode::OK)
-                .header("content-type", "application/octet-stream")
-                .header("x-imasnap-first-index", entry.first_index)
-                .header("x-imasnap-count", entry.count)
-                .header("x-imasnap-sha256", entry.sha256)
-                .body(http::full(b))
-                .expect("static response parts"),
+            Ok(Ok(b)) => {
+                // The manifest's text goes into a header: refuse what a header cannot hold.
+                let Ok(sha) = HeaderValue::from_str(&entry.sha256) else {
+                    return error_response(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("snapshot {seq}: manifest sha256 {:?} is not header text", entry.sha256),
+                    );
+                };
+                let mut r = http::response(StatusCode::OK, "application/octet-stream", http::full(b));
+                let h = r.headers_mut();
+                h.insert("x-imasnap-first-index", HeaderValue::from(entry.first_index));
+                h.insert("x-imasnap-count", HeaderValue::from(entry.count));
+                h.insert("x-imasnap-sha256", sha);
+                r
+            }
             Ok(Err(e)) => error_response(StatusCode::INTERNAL_SERVER_ERROR, e),
             Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, e),
         }
@@ -278,7 +283,7 @@ impl AgentService {
                     Ok(Some(e)) => json_response(StatusCode::OK, &serde_json::json!({ "snapshot": e })),
                     Ok(None) => json_response(
                         StatusCode::OK,
-                        &serde_json::json!({ "snapshot": null, "crashed_at": format!("{:?}", crash.expect("crash")),
+                        &serde_json::json!({ "snapshot": null, "crashed_at": crash.map(|p| format!("{p:?}")),
                                              "restarted": true }),
                     ),
                     Err(e) => error_response(StatusCode::CONFLICT, e),

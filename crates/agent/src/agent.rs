@@ -154,6 +154,19 @@ impl<K: SnapshotKernel> Agent<K> {
         })
     }
 
+    /// A new agent process on the same kernel, as after a crash and a service restart:
+    /// the store is reopened and every in-memory state is dropped, as [`Agent::new`] sets
+    /// it. Call [`Agent::recover`] next. On error this agent is left as it was.
+    pub fn restart(&mut self) -> Result<(), AgentError> {
+        self.store = Store::open(&self.cfg.state_dir)?;
+        self.current = None;
+        self.needs_recovery = true;
+        self.crash_at = None;
+        self.dead = None;
+        self.last_snapshot = Instant::now();
+        Ok(())
+    }
+
     /// `new` then `recover`.
     pub fn start(kernel: K, cfg: AgentConfig) -> Result<(Self, RecoveryReport), AgentError> {
         let mut a = Self::new(kernel, cfg)?;

@@ -78,8 +78,8 @@ pub trait SnapshotKernel {
         let mut slot = None;
         loop {
             match r.read_into(&mut slot) {
-                Ok(true) => {}
-                Ok(false) => break,
+                Ok(Some(_)) => {}
+                Ok(None) => break,
                 Err(e) => return Err(KernelIfError::Failed(format!("live list: {e}"))),
             }
         }
@@ -94,13 +94,12 @@ pub fn last_marker(live: impl Read) -> Result<(u64, Record), KernelIfError> {
     let mut found = None;
     loop {
         match r.read_into(&mut slot) {
-            Ok(true) => {
-                let rec = slot.as_ref().expect("filled");
+            Ok(Some(rec)) => {
                 if rec.name(Endian::Little).as_deref() == Some(EVENT_NAME) {
                     found = Some((r.next_index() - 1, rec.clone()));
                 }
             }
-            Ok(false) => break,
+            Ok(None) => break,
             Err(e) => return Err(KernelIfError::Failed(format!("live list: {e}"))),
         }
     }

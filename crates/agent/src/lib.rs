@@ -1,4 +1,4 @@
-//! imasnap-agent: agent logic as a library (DESIGN §4.5, docs/SNAPSHOTS.md).
+//! imasnap-agent: agent logic as a library (docs/SNAPSHOTS.md).
 //!
 //! - [`SnapshotKernel`]: the kernel interface the agent drives (RFC `snapshot` file, live
 //!   list, TPM resetCount); implemented here for the in-process kernel model and for a real kernel's securityfs

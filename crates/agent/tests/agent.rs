@@ -1,5 +1,6 @@
 //! Agent behaviour on the kernel model: protocol outcome, policy, refusals, cold boot vs
 //! kexec, and the evidence bundle.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed unwrap is a failed test
 
 use imasnap_agent::*;
 use imasnap_kernel_model::{Config, Kernel};

@@ -10,6 +10,7 @@
 //!
 //! `IMASNAP_CRASH_RUNS` sets the run count (default 100), `IMASNAP_CRASH_SEED` the base
 //! seed, `IMASNAP_CRASH_DIR` where the stores live (default: /dev/shm if present).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed unwrap is a failed test
 
 use imasnap_agent::{Agent, AgentConfig, AgentError, CrashPoint, RecoveryReport};
 use imasnap_kernel_model::{Config, Fault, Kernel, PcrMode};

@@ -48,7 +48,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    reset_sigpipe();
+    // Die quietly on a closed pipe (`imasnap log show … | head`), like other Unix tools,
+    // instead of panicking in `println!`.
+    ui::sigpipe(false);
     let cli = Cli::parse();
     let r = match cli.command {
         Command::Log(c) => cmd::log::run(c),
@@ -70,16 +72,6 @@ fn main() -> ExitCode {
             eprintln!("imasnap: error: {}", ui::error_text(&e));
             ExitCode::from(ui::EXIT_INPUT)
         }
-    }
-}
-
-/// Dies quietly on a closed pipe (`imasnap log show … | head`), like other Unix tools,
-/// instead of panicking in `println!`.
-fn reset_sigpipe() {
-    #[cfg(unix)]
-    // SAFETY: restoring the default disposition of one signal before any thread starts.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -95,3 +95,19 @@ pub fn print_json_doc(format: &str, v: serde_json::Value) {
     obj.insert("format".into(), format.into());
     println!("{}", serde_json::to_string_pretty(&obj).unwrap_or_default());
 }
+
+/// Sets SIGPIPE's disposition: ignored (`true`, daemons: a vanished peer is an error on
+/// the write) or the default (`false`, tools: die quietly when the reader goes away).
+/// The only `unsafe` of the CLI: the standard library offers no way to set it.
+/// Call it before any thread starts.
+#[allow(unsafe_code)]
+pub fn sigpipe(ignore: bool) {
+    #[cfg(unix)]
+    // SAFETY: `signal` with SIG_IGN/SIG_DFL installs no handler code; callers run this
+    // before spawning threads, so no other thread races on the disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, if ignore { libc::SIG_IGN } else { libc::SIG_DFL });
+    }
+    #[cfg(not(unix))]
+    let _ = ignore;
+}

@@ -1,6 +1,7 @@
 //! Snapshot pause: time appends are blocked while the marker is made, in both PCR modes.
 //! Criterion's `iter_custom` reports the model's own measurement of the locked section.
 //! `cargo bench -p imasnap-kernel-model --bench pause`
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed unwrap is a failed test
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use imasnap_kernel_model::{Config, PcrMode};

@@ -8,7 +8,7 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How the marker obtains PCR values (DESIGN §2; issue "snapshotting end to end").
+/// How the marker obtains PCR values (docs/SNAPSHOTS.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PcrMode {
     /// RFC-faithful: read PCR 0-23 of every bank from the TPM while holding the list lock.
@@ -52,24 +52,20 @@ pub struct Entry {
     pub template_data: Vec<u8>,
     /// Template digest per bank, in the TPM's bank order. All zero for a violation.
     pub digests: Vec<PcrValue>,
+    /// SHA1 template digest, which the classic list shows even without a SHA1 bank.
+    pub sha1: Vec<u8>,
     pub violation: bool,
 }
 
 impl Entry {
     /// The record as the classic (SHA1) binary list shows it. A kernel always has a SHA1
-    /// digest, even when the TPM has no SHA1 bank (`banks` is the TPM's bank order).
-    pub fn sha1_record(&self, banks: &[HashAlgo]) -> Record {
-        match banks.iter().position(|&b| b == HashAlgo::Sha1) {
-            Some(i) => self.record(i),
-            None => {
-                let mut r = self.record(0);
-                r.digest = if self.violation {
-                    vec![0; 20]
-                } else {
-                    template_hash(HashAlgo::Sha1, &r, Endian::Little).expect("entries hash").as_bytes().to_vec()
-                };
-                r
-            }
+    /// digest, even when the TPM has no SHA1 bank.
+    pub fn sha1_record(&self, _banks: &[HashAlgo]) -> Record {
+        Record {
+            pcr: self.pcr,
+            digest: self.sha1.clone(),
+            template: self.template.clone(),
+            template_data: self.template_data.clone(),
         }
     }
 
@@ -149,6 +145,12 @@ impl<T: Tpm> Kernel<T> {
         Ok(k)
     }
 
+    /// The configured template; a bad name in the config is an error, not a panic.
+    fn template(&self) -> Result<Arc<Template>, KernelError> {
+        imasnap_log::entry::template(&self.cfg.template)
+            .map_err(|r| KernelError::Invalid(format!("template {:?}: {r}", self.cfg.template)))
+    }
+
     /// The bank boot_aggregate uses: the ima_hash bank, else the last SHA256, else SHA1.
     fn boot_aggregate_bank(&self) -> HashAlgo {
         if self.banks.contains(&self.cfg.ima_hash) {
@@ -165,7 +167,7 @@ impl<T: Tpm> Kernel<T> {
         let pcrs =
             self.tpm.pcr_read(bank, &(0..10).collect::<Vec<_>>()).map_err(|e| KernelError::Tpm(e.to_string()))?;
         let agg = boot_aggregate(bank, &pcrs, boot_aggregate_includes_8_9(bank));
-        let t = builtin(&self.cfg.template);
+        let t = self.template()?;
         let fields = self.name_fields(&t, bank.name(), agg.as_bytes(), b"boot_aggregate", None);
         self.add(t, fields, false)
     }
@@ -216,7 +218,7 @@ impl<T: Tpm> Kernel<T> {
 
     /// A file measurement (`ima_store_measurement`) with the configured template.
     pub fn measure_file(&mut self, path: &[u8], file_digest: &[u8]) -> Result<bool, KernelError> {
-        let t = builtin(&self.cfg.template);
+        let t = self.template()?;
         let f = self.name_fields(&t, self.cfg.ima_hash.name(), file_digest, path, None);
         self.add_checked(t, f, false)
     }
@@ -236,7 +238,7 @@ impl<T: Tpm> Kernel<T> {
         const EVM_IMA_XATTR_DIGSIG: u8 = 0x03;
         const IMA_VERITY_DIGSIG: u8 = 0x06;
         let sig = xattr.filter(|x| matches!(x.first(), Some(&EVM_IMA_XATTR_DIGSIG | &IMA_VERITY_DIGSIG)));
-        let t = builtin(&self.cfg.template);
+        let t = self.template()?;
         let f = self.name_sig_fields(&t, self.cfg.ima_hash.name(), file_digest, path, None, sig);
         self.add_checked(t, f, false)
     }
@@ -252,7 +254,7 @@ impl<T: Tpm> Kernel<T> {
     /// A ToMToU / open-writers violation: digest fields zeroed, template digests zero,
     /// and 0xff extended into every bank.
     pub fn violation(&mut self, path: &[u8]) -> Result<(), KernelError> {
-        let t = builtin(&self.cfg.template);
+        let t = self.template()?;
         let zero = vec![0u8; self.cfg.ima_hash.size()];
         let f = self.name_fields(&t, self.cfg.ima_hash.name(), &zero, path, None);
         self.violations += 1;
@@ -261,7 +263,7 @@ impl<T: Tpm> Kernel<T> {
 
     /// Adds a measurement unless it is a duplicate. Returns whether it was added.
     fn add_checked(&mut self, t: Arc<Template>, fields: Vec<Vec<u8>>, violation: bool) -> Result<bool, KernelError> {
-        let e = self.make_entry(t, fields, violation);
+        let e = self.make_entry(t, fields, violation)?;
         if !violation && self.htable.contains(&(e.pcr, e.digests[self.dedup_bank].as_bytes().to_vec())) {
             return Ok(false);
         }
@@ -270,32 +272,37 @@ impl<T: Tpm> Kernel<T> {
     }
 
     fn add(&mut self, t: Arc<Template>, fields: Vec<Vec<u8>>, violation: bool) -> Result<(), KernelError> {
-        let e = self.make_entry(t, fields, violation);
+        let e = self.make_entry(t, fields, violation)?;
         self.append(e)
     }
 
-    pub(crate) fn make_entry(&self, template: Arc<Template>, fields: Vec<Vec<u8>>, violation: bool) -> Entry {
+    pub(crate) fn make_entry(
+        &self,
+        template: Arc<Template>,
+        fields: Vec<Vec<u8>>,
+        violation: bool,
+    ) -> Result<Entry, KernelError> {
         let refs: Vec<&[u8]> = fields.iter().map(|f| f.as_slice()).collect();
         let template_data = Record::encode_fields(&template, &refs, Endian::Little);
-        let mut e = Entry { pcr: self.cfg.pcr, template, template_data, digests: Vec::new(), violation };
-        let probe = Record {
-            pcr: e.pcr,
-            digest: Vec::new(),
-            template: e.template.clone(),
-            template_data: e.template_data.clone(),
+        let probe = Record { pcr: self.cfg.pcr, digest: Vec::new(), template, template_data };
+        let hash = |a: HashAlgo| {
+            if violation {
+                Ok(PcrValue::zero(a))
+            } else {
+                template_hash(a, &probe, Endian::Little)
+                    .map_err(|r| KernelError::Invalid(format!("template {}: {r}", probe.template.name())))
+            }
         };
-        e.digests = self
-            .banks
-            .iter()
-            .map(|&a| {
-                if violation {
-                    PcrValue::zero(a)
-                } else {
-                    template_hash(a, &probe, Endian::Little).expect("built here")
-                }
-            })
-            .collect();
-        e
+        let digests = self.banks.iter().map(|&a| hash(a)).collect::<Result<Vec<_>, _>>()?;
+        let sha1 = hash(HashAlgo::Sha1)?.as_bytes().to_vec();
+        Ok(Entry {
+            pcr: probe.pcr,
+            template: probe.template,
+            template_data: probe.template_data,
+            digests,
+            sha1,
+            violation,
+        })
     }
 
     /// `ima_add_template_entry`: append under the lock, then extend every bank.
@@ -393,8 +400,34 @@ impl<T: Tpm> Kernel<T> {
     /// bank, violations kept zero; restored records are not in the dedup table), then measures
     /// this kernel's boot_aggregate after them. The TPM carries over untouched.
     pub fn kexec_restore(cfg: Config, tpm: T, buf: &[u8]) -> Result<Self, KernelError> {
-        let recs = imasnap_log::kexec::decode(buf, Endian::Little).map_err(|e| KernelError::Invalid(e.to_string()))?;
         let mut k = Self::empty(cfg, tpm);
+        k.restore(buf)?;
+        Ok(k)
+    }
+
+    /// kexec of this kernel into a new one with the same config, on the same TPM: what
+    /// [`Kernel::kexec_save`] then [`Kernel::kexec_restore`] do, without giving up `self`.
+    pub fn kexec(&mut self) -> Result<(), KernelError> {
+        let buf = self.kexec_save();
+        let shadow = self.banks.iter().map(|&a| [PcrValue::zero(a); 24]).collect();
+        self.list.clear();
+        self.htable.clear();
+        self.violations = 0;
+        self.shadow = shadow;
+        self.shadow_valid = 0;
+        self.snapshot = Default::default();
+        self.removed = 0;
+        self.suspended = false;
+        self.last_pause = None;
+        self.max_pause = Duration::ZERO;
+        self.bytes_in_list = 0;
+        self.restore(&buf)
+    }
+
+    /// The incoming side of kexec on an empty kernel.
+    fn restore(&mut self, buf: &[u8]) -> Result<(), KernelError> {
+        let k = self;
+        let recs = imasnap_log::kexec::decode(buf, Endian::Little).map_err(|e| KernelError::Invalid(e.to_string()))?;
         for r in recs {
             let violation = r.is_violation();
             let digests = k
@@ -403,6 +436,14 @@ impl<T: Tpm> Kernel<T> {
                 .map(|&a| if violation { Ok(PcrValue::zero(a)) } else { template_hash(a, &r, Endian::Little) })
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| KernelError::Invalid(e.to_string()))?;
+            let sha1 = if violation {
+                vec![0; 20]
+            } else {
+                template_hash(HashAlgo::Sha1, &r, Endian::Little)
+                    .map_err(|e| KernelError::Invalid(e.to_string()))?
+                    .as_bytes()
+                    .to_vec()
+            };
             if violation {
                 k.violations += 1;
             }
@@ -412,10 +453,10 @@ impl<T: Tpm> Kernel<T> {
                 template: r.template,
                 template_data: r.template_data,
                 digests,
+                sha1,
                 violation,
             });
         }
-        k.measure_boot_aggregate()?;
-        Ok(k)
+        k.measure_boot_aggregate()
     }
 }

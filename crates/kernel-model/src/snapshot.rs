@@ -1,4 +1,4 @@
-//! The RFC snapshot interface (DESIGN §2): open (exclusive, marker under the lock), read,
+//! The RFC snapshot interface (docs/SNAPSHOTS.md): open (exclusive, marker under the lock), read,
 //! `done` (truncate), close without `done` (abort; the marker stays).
 
 use crate::list::{Kernel, KernelError, PcrMode};
@@ -94,7 +94,7 @@ impl<T: Tpm> Kernel<T> {
             imasnap_log::entry::n_ng(imasnap_log::marker::EVENT_NAME.as_bytes()),
             buf,
         ];
-        let e = self.make_entry(t, fields, false);
+        let e = self.make_entry(t, fields, false)?;
         let pos = self.list.len();
         self.append(e)?;
         let pause = lock.elapsed();

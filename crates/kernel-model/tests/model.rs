@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed unwrap is a failed test
 use imasnap_kernel_model::{Config, Fault, Kernel, KernelError, PcrMode};
 use imasnap_log::marker::Marker;
 use imasnap_log::*;
@@ -137,4 +138,36 @@ fn ima_sig_template_carries_signature_xattrs_only() {
     assert!(sig_field(&recs[2]).is_empty());
     assert!(sig_field(&recs[3]).is_empty());
     assert_replays_to_tpm(&recs, &mut k);
+}
+
+/// kexec without giving up the kernel gives the same list and PCRs as save + restore.
+#[test]
+fn finding_13_kexec_in_place_matches_save_and_restore() {
+    let run = |in_place: bool| {
+        let mut k = kernel(PcrMode::Shadow);
+        k.measure_file(b"/a", &file_digest(1)).unwrap();
+        k.violation(b"/tmp/v").unwrap();
+        let mut k = if in_place {
+            k.kexec().unwrap();
+            k
+        } else {
+            let buf = k.kexec_save();
+            Kernel::kexec_restore(Config::default(), k.into_tpm(), &buf).unwrap()
+        };
+        k.measure_file(b"/b", &file_digest(2)).unwrap();
+        let pcr = k.tpm_mut().pcr_read(HashAlgo::Sha256, &[10]).unwrap()[0];
+        (k.binary_measurements(HashAlgo::Sha1), k.binary_measurements(HashAlgo::Sha256), pcr)
+    };
+    assert_eq!(run(true), run(false));
+}
+
+/// A template name from the config that does not parse is an error, not a panic.
+#[test]
+fn finding_13_bad_template_in_config_is_an_error() {
+    let cfg = Config { template: "no-such|field".into(), ..Config::default() };
+    match Kernel::boot(cfg, SoftTpm::new(1)) {
+        Err(KernelError::Invalid(m)) => assert!(m.contains("no-such|field"), "{m}"),
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("a bad template booted"),
+    }
 }

@@ -1,5 +1,6 @@
 //! Replay throughput: decode + template digests recomputed + extend, sha1 and sha256 banks.
 //! `cargo bench -p imasnap-log --bench replay`
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed unwrap is a failed test
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use imasnap_log::replay::replay_stream;
@@ -45,7 +46,7 @@ fn bench(c: &mut Criterion) {
             let mut r = BinaryReader::new(&data[..], BinaryFormat::new(HashAlgo::Sha1));
             let mut slot = None;
             let mut k = 0;
-            while r.read_into(&mut slot).unwrap() {
+            while r.read_into(&mut slot).unwrap().is_some() {
                 k += 1;
             }
             k

@@ -251,7 +251,7 @@ mod tests {
 
     #[test]
     fn extend_matches_known_violation_vector() {
-        // shared/vectors/README.md: one violation replayed from zero.
+        // A known vector: one violation replayed from zero.
         let mut p = PcrValue::zero(HashAlgo::Sha256);
         HashAlgo::Sha256.extend(&mut p, &[0xff; 32]);
         assert_eq!(p.to_hex(), "bba91ca85dc914b2ec3efb9e16e7267bf9193b14350d20fba8a8b406730ae30a");

@@ -72,6 +72,45 @@ pub struct Record {
     pub template_data: Vec<u8>,
 }
 
+/// One decoded record that still borrows the input bytes.
+#[derive(Debug)]
+pub struct RawRecord<'b> {
+    /// Bytes the record takes in the input.
+    pub len: usize,
+    pub pcr: u32,
+    pub digest: &'b [u8],
+    pub template: Arc<Template>,
+    pub data: &'b [u8],
+}
+
+impl RawRecord<'_> {
+    /// Copies the record into `slot`, reusing its buffers, and returns it.
+    pub fn store_in<'s>(&self, slot: &'s mut Option<Record>) -> &'s mut Record {
+        let r = slot.get_or_insert_with(|| Record {
+            pcr: self.pcr,
+            digest: Vec::with_capacity(self.digest.len()),
+            template: self.template.clone(),
+            template_data: Vec::with_capacity(self.data.len()),
+        });
+        r.pcr = self.pcr;
+        r.digest.clear();
+        r.digest.extend_from_slice(self.digest);
+        r.template = self.template.clone();
+        r.template_data.clear();
+        r.template_data.extend_from_slice(self.data);
+        r
+    }
+
+    pub fn to_record(&self) -> Record {
+        Record {
+            pcr: self.pcr,
+            digest: self.digest.to_vec(),
+            template: self.template.clone(),
+            template_data: self.data.to_vec(),
+        }
+    }
+}
+
 impl Record {
     /// A violation has an all-zero template digest in every bank.
     pub fn is_violation(&self) -> bool {
@@ -173,6 +212,15 @@ impl BinaryFormat {
         cache: &mut TemplateCache,
         rec: &mut Option<Record>,
     ) -> Result<Option<usize>, (u64, Reason)> {
+        Ok(self.parse(buf, cache)?.map(|raw| {
+            raw.store_in(rec);
+            raw.len
+        }))
+    }
+
+    /// Like [`BinaryFormat::decode`], but leaves the record in `buf`: the caller stores it
+    /// where it wants ([`RawRecord::store_in`], [`RawRecord::to_record`]).
+    pub fn parse<'b>(&self, buf: &'b [u8], cache: &mut TemplateCache) -> Result<Option<RawRecord<'b>>, (u64, Reason)> {
         let e = self.endian;
         let dl = self.digest_len;
         let Some(head) = buf.get(..4 + dl + 4) else {
@@ -226,20 +274,7 @@ impl BinaryFormat {
             return Ok(None);
         };
         template.walk(data, e, |_| ()).map_err(|r| (p as u64, r))?;
-        match rec {
-            Some(r) => {
-                r.pcr = pcr;
-                r.digest.clear();
-                r.digest.extend_from_slice(&head[4..4 + dl]);
-                r.template = template;
-                r.template_data.clear();
-                r.template_data.extend_from_slice(data);
-            }
-            None => {
-                *rec = Some(Record { pcr, digest: head[4..4 + dl].to_vec(), template, template_data: data.to_vec() })
-            }
-        }
-        Ok(Some(p + data_len))
+        Ok(Some(RawRecord { len: p + data_len, pcr, digest: &head[4..4 + dl], template, data }))
     }
 
     /// Explains why the `avail` bytes at the end of the input do not form a record.

@@ -59,15 +59,13 @@ pub fn decode(buf: &[u8], endian: Endian) -> Result<Vec<Record>> {
     let mut out = Vec::with_capacity(count as usize);
     let mut p = HEADER_LEN;
     for idx in 0..count {
-        let mut slot = None;
-        match fmt.decode(&buf[p..end], &mut cache, &mut slot) {
-            Ok(Some(n)) => {
-                let rec = slot.expect("decode filled the slot");
-                if rec.template.is_legacy_ima() {
+        match fmt.parse(&buf[p..end], &mut cache) {
+            Ok(Some(raw)) => {
+                if raw.template.is_legacy_ima() {
                     return Err(kerr(p, idx, "the `ima` template cannot be restored".into()));
                 }
-                out.push(rec);
-                p += n;
+                out.push(raw.to_record());
+                p += raw.len;
             }
             Ok(None) => {
                 let (rel, reason) = fmt.truncation(&buf[p..end]);

@@ -1,4 +1,4 @@
-//! The `snapshot_aggregate` marker: our exact `buf` encoding (DESIGN.md §2).
+//! The `snapshot_aggregate` marker: our exact `buf` encoding (docs/SNAPSHOTS.md).
 //!
 //! `Snapshot_Attempt_Count=<n>;` then per bank, in TPM bank order, one space and
 //! `<alg>:PCR<i>:0x<hex>` for i = 0..23 joined by `,` and closed by `;`. ASCII, no NUL.

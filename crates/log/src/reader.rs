@@ -65,26 +65,28 @@ impl<R: Read> BinaryReader<R> {
         Error { at: Location { record: self.index, offset: self.offset + rel, line: None }, reason }
     }
 
-    /// Reads the next record into `slot`, reusing its allocations. Returns false at the end.
-    pub fn read_into(&mut self, slot: &mut Option<Record>) -> Result<bool> {
+    /// Reads the next record into `slot`, reusing its allocations, and returns it; `None`
+    /// at the end (and after an error).
+    pub fn read_into<'s>(&mut self, slot: &'s mut Option<Record>) -> Result<Option<&'s mut Record>> {
         if self.failed {
-            return Ok(false);
+            return Ok(None);
         }
         loop {
             let avail = &self.buf[self.start..self.end];
-            match self.fmt.decode(avail, &mut self.cache, slot) {
-                Ok(Some(n)) => {
-                    self.start += n;
-                    self.offset += n as u64;
+            match self.fmt.parse(avail, &mut self.cache) {
+                Ok(Some(raw)) => {
+                    let rec = raw.store_in(slot);
+                    self.start += raw.len;
+                    self.offset += raw.len as u64;
                     self.index += 1;
-                    return Ok(true);
+                    return Ok(Some(rec));
                 }
                 Ok(None) => {}
                 Err((rel, reason)) => return Err(self.err(rel, reason)),
             }
             if self.eof {
                 if self.start == self.end {
-                    return Ok(false);
+                    return Ok(None);
                 }
                 let (rel, reason) = self.fmt.truncation(&self.buf[self.start..self.end]);
                 return Err(self.err(rel, reason));
@@ -123,15 +125,22 @@ impl<R: Read> BinaryReader<R> {
     }
 }
 
+impl<R: Read> BinaryReader<R> {
+    /// Reads the next record as an owned value, reusing the buffers of `reuse` if given.
+    pub fn read_owned(&mut self, reuse: Option<Record>) -> Result<Option<Record>> {
+        let mut slot = reuse;
+        // `read_into` returning a record means it filled `slot`.
+        Ok(match self.read_into(&mut slot)? {
+            Some(_) => slot,
+            None => None,
+        })
+    }
+}
+
 impl<R: Read> Iterator for BinaryReader<R> {
     type Item = Result<Record>;
     fn next(&mut self) -> Option<Self::Item> {
-        let mut slot = None;
-        match self.read_into(&mut slot) {
-            Ok(true) => slot.map(Ok),
-            Ok(false) => None,
-            Err(e) => Some(Err(e)),
-        }
+        self.read_owned(None).transpose()
     }
 }
 
@@ -171,9 +180,10 @@ impl<R: Read> AsciiReader<R> {
         Error { at: Location { record: self.index, offset: self.offset, line: Some(self.line_no) }, reason }
     }
 
-    pub fn read_into(&mut self, slot: &mut Option<Record>) -> Result<bool> {
+    /// Reads the next record into `slot` and returns it; `None` at the end (and after an error).
+    pub fn read_into<'s>(&mut self, slot: &'s mut Option<Record>) -> Result<Option<&'s mut Record>> {
         if self.failed {
-            return Ok(false);
+            return Ok(None);
         }
         loop {
             self.line.clear();
@@ -182,7 +192,7 @@ impl<R: Read> AsciiReader<R> {
                 .read_until(b'\n', &mut self.line)
                 .map_err(|e| self.err(Reason::Io(e.to_string())))?;
             if n == 0 {
-                return Ok(false);
+                return Ok(None);
             }
             self.line_no += 1;
             if n > MAX_LINE {
@@ -199,23 +209,28 @@ impl<R: Read> AsciiReader<R> {
             }
             let rec = ascii::parse_line(body, self.digest_len, self.endian, &mut self.cache);
             let rec = rec.map_err(|r| self.err(r))?;
-            *slot = Some(rec);
             self.offset += n as u64;
             self.index += 1;
-            return Ok(true);
+            return Ok(Some(slot.insert(rec)));
         }
+    }
+}
+
+impl<R: Read> AsciiReader<R> {
+    /// Reads the next record as an owned value, reusing the buffers of `reuse` if given.
+    pub fn read_owned(&mut self, reuse: Option<Record>) -> Result<Option<Record>> {
+        let mut slot = reuse;
+        Ok(match self.read_into(&mut slot)? {
+            Some(_) => slot,
+            None => None,
+        })
     }
 }
 
 impl<R: Read> Iterator for AsciiReader<R> {
     type Item = Result<Record>;
     fn next(&mut self) -> Option<Self::Item> {
-        let mut slot = None;
-        match self.read_into(&mut slot) {
-            Ok(true) => slot.map(Ok),
-            Ok(false) => None,
-            Err(e) => Some(Err(e)),
-        }
+        self.read_owned(None).transpose()
     }
 }
 
@@ -256,10 +271,19 @@ pub enum LogReader<R> {
 }
 
 impl<R: Read> LogReader<R> {
-    pub fn read_into(&mut self, slot: &mut Option<Record>) -> Result<bool> {
+    /// Reads the next record into `slot` and returns it; `None` at the end (and after an error).
+    pub fn read_into<'s>(&mut self, slot: &'s mut Option<Record>) -> Result<Option<&'s mut Record>> {
         match self {
             Self::Binary(r) => r.read_into(slot),
             Self::Ascii(r) => r.read_into(slot),
+        }
+    }
+
+    /// Reads the next record as an owned value, reusing the buffers of `reuse` if given.
+    pub fn read_owned(&mut self, reuse: Option<Record>) -> Result<Option<Record>> {
+        match self {
+            Self::Binary(r) => r.read_owned(reuse),
+            Self::Ascii(r) => r.read_owned(reuse),
         }
     }
 }
@@ -297,4 +321,41 @@ pub fn open<R: Read>(
         Format::Ascii => LogReader::Ascii(AsciiReader::new(chained, fmt.digest_len, fmt.endian)),
         _ => LogReader::Binary(BinaryReader::new(chained, fmt)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entry::{build, builtin, d_ng, n_ng};
+    use crate::HashAlgo;
+
+    /// `read_into` hands back the record it filled (the same one `slot` holds), so no
+    /// caller has to assert that the slot is full; `None` at the end and after an error.
+    #[test]
+    fn finding_13_read_into_returns_the_filled_record() {
+        let e = Endian::Little;
+        let recs: Vec<Record> = (0..3u8)
+            .map(|i| {
+                build(&builtin("ima-ng"), &[&d_ng("sha1", &[i; 20]), &n_ng(&[b'a' + i])], HashAlgo::Sha1, 10, false, e)
+            })
+            .collect();
+        let mut bin = Vec::new();
+        for r in &recs {
+            r.encode(e, &mut bin);
+        }
+        let mut r = BinaryReader::new(&bin[..], BinaryFormat::new(HashAlgo::Sha1));
+        let mut slot = None;
+        let mut got = Vec::new();
+        while let Some(rec) = r.read_into(&mut slot).unwrap() {
+            got.push(rec.clone());
+        }
+        assert_eq!(got, recs);
+        assert_eq!(slot.as_ref(), recs.last(), "the slot holds the last record, buffers reused");
+        // Owned reads, and the end of a cut input: an error, then nothing more.
+        let mut r = BinaryReader::new(&bin[..bin.len() - 1], BinaryFormat::new(HashAlgo::Sha1));
+        assert_eq!(r.read_owned(None).unwrap().as_ref(), Some(&recs[0]));
+        assert_eq!(r.read_owned(slot.take()).unwrap().as_ref(), Some(&recs[1]));
+        assert!(r.read_owned(None).is_err());
+        assert!(r.read_into(&mut slot).unwrap().is_none());
+    }
 }

@@ -464,37 +464,27 @@ pub fn replay_stream<R: std::io::Read + Send>(
     let (full_tx, full_rx) = sync_channel::<Result<Vec<Record>>>(1);
     let (empty_tx, empty_rx) = sync_channel::<Vec<Record>>(3);
     for _ in 0..2 {
-        empty_tx.send(Vec::with_capacity(batch)).expect("channel has room");
+        // Cannot fail: `empty_rx` is alive and the channel holds three.
+        let _ = empty_tx.send(Vec::with_capacity(batch));
     }
     std::thread::scope(|sc| {
         sc.spawn(move || {
-            let mut slot = None;
             while let Ok(mut recs) = empty_rx.recv() {
-                // Refill in place, reusing each record's buffers.
-                let mut n = 0;
+                // Refill, reusing the buffers of the records of the returned batch.
+                let mut old = std::mem::take(&mut recs).into_iter();
+                recs.reserve(batch);
                 let res = loop {
-                    if n == batch {
+                    if recs.len() == batch {
                         break Ok(());
                     }
-                    if n < recs.len() {
-                        slot = Some(std::mem::replace(&mut recs[n], placeholder()));
-                    }
-                    match reader.read_into(&mut slot) {
-                        Ok(true) => {
-                            let r = slot.take().expect("filled");
-                            if n < recs.len() {
-                                recs[n] = r;
-                            } else {
-                                recs.push(r);
-                            }
-                            n += 1;
-                        }
-                        Ok(false) => break Ok(()),
+                    match reader.read_owned(old.next()) {
+                        Ok(Some(r)) => recs.push(r),
+                        Ok(None) => break Ok(()),
                         Err(e) => break Err(e),
                     }
                 };
-                recs.truncate(n);
-                let done = n < batch;
+                drop(old);
+                let done = recs.len() < batch;
                 let msg = match res {
                     Ok(()) => Ok(recs),
                     Err(e) => Err(e),
@@ -526,11 +516,4 @@ pub fn replay_stream<R: std::io::Read + Send>(
         drop(full_rx);
         result
     })
-}
-
-fn placeholder() -> Record {
-    use std::sync::OnceLock;
-    static T: OnceLock<std::sync::Arc<crate::template::Template>> = OnceLock::new();
-    let t = T.get_or_init(|| std::sync::Arc::new(crate::template::Template::parse("ima-ng").expect("built-in")));
-    Record { pcr: 0, digest: Vec::new(), template: t.clone(), template_data: Vec::new() }
 }

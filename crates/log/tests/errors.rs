@@ -4,6 +4,7 @@
 //! The inputs are the real ima-ng kernel log (9 records) with one defect spliced in, so the
 //! offsets are those of a real list. A counting global allocator checks that lying length
 //! fields are refused without allocating what they claim.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed unwrap is a failed test
 
 use imasnap_log::codec::DEFAULT_MAX_TEMPLATE_DATA;
 use imasnap_log::entry::{build, builtin, d_ng, n_ng};
@@ -33,6 +34,9 @@ fn note(size: usize) {
     });
 }
 
+// Test-only: a counting allocator proves memory stays bounded by a record.
+// SAFETY: every method forwards to `System` with the caller's arguments unchanged.
+#[allow(unsafe_code)]
 unsafe impl GlobalAlloc for Tracking {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         note(l.size());

@@ -5,6 +5,7 @@
 //! field payloads shaped as the kernel writes them (`d-ng` with an algorithm prefix, names
 //! without NUL, u32/u16 unsigned fields, byte arrays), in both byte orders and with the
 //! template digest of every bank.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed unwrap is a failed test
 
 use imasnap_log::ascii;
 use imasnap_log::entry::build;

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed unwrap is a failed test
 use imasnap_log::replay::replay_stream;
 use imasnap_log::synth::Synth;
 use imasnap_log::*;

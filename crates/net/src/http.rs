@@ -35,26 +35,27 @@ pub fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).map_err(|never| match never {}).boxed()
 }
 
+/// A response with `status`, a `content-type` and `body`. Built from typed parts, so
+/// it cannot fail the way `Response::builder` can.
+pub fn response(status: StatusCode, content_type: &'static str, body: Body) -> Response<Body> {
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(content_type));
+    r
+}
+
 pub fn json_response(status: StatusCode, v: &impl serde::Serialize) -> Response<Body> {
     let mut b = serde_json::to_vec_pretty(v).unwrap_or_default();
     b.push(b'\n');
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(full(b))
-        .expect("static response parts")
+    response(status, "application/json", full(b))
 }
 
 pub fn error_response(status: StatusCode, msg: impl std::fmt::Display) -> Response<Body> {
     json_response(status, &serde_json::json!({ "error": msg.to_string(), "status": status.as_u16() }))
 }
 
-pub fn text_response(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header("content-type", content_type)
-        .body(full(body))
-        .expect("static response parts")
+pub fn text_response(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+    response(status, content_type, full(body))
 }
 
 /// Reads a request or response body, refusing more than `limit` bytes.

@@ -1,4 +1,5 @@
 //! Random bytes as a policy, a key, a signature or a record's template data never panic.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed unwrap is a failed test
 
 use imasnap_log::entry::{build, builtin, d_ng};
 use imasnap_log::{Endian, HashAlgo, Record};

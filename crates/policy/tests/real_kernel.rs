@@ -1,6 +1,7 @@
 //! The policy on a log written by a real kernel (tests/fixtures/real-kernel/ima-sig:
 //! `ima_policy=tcb ima_template=ima-sig ima_hash=sha256`, 12 records, 4 of them signed
 //! with the RSA-2048 key of signing-cert.der, key id 03211fa6).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed unwrap is a failed test
 
 use imasnap_log::entry::{build, builtin};
 use imasnap_log::{BinaryFormat, BinaryReader, Endian, HashAlgo, Record};

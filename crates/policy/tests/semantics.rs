@@ -1,5 +1,6 @@
 //! Policy semantics on synthetic records: ECDSA signatures, keyrings and key learning,
 //! generic ima-buf, violations, boot_aggregate, the accepted formats and load errors.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed unwrap is a failed test
 
 use imasnap_log::entry::{build, builtin, d_ng};
 use imasnap_log::{Endian, HashAlgo, Record};

@@ -52,10 +52,8 @@ pub struct SimReport {
 
 /// The simulated host: a kernel model on some TPM, with its agent.
 pub struct Machine<T: Tpm> {
-    /// Always `Some` between calls; `None` only while a process restart swaps it.
-    agent: Option<Agent<Kernel<T>>>,
+    agent: Agent<Kernel<T>>,
     cfg: Config,
-    agent_cfg: AgentConfig,
     pub report: SimReport,
     appended_base: u64,
 }
@@ -64,12 +62,12 @@ impl<T: Tpm> Machine<T> {
     /// Cold boot on `tpm`, then the agent starts (and recovers whatever its store holds).
     pub fn boot(cfg: Config, tpm: T, agent_cfg: AgentConfig) -> Result<Self, SimError> {
         let k = Kernel::boot(cfg.clone(), tpm)?;
-        let (agent, _) = Agent::start(k, agent_cfg.clone())?;
-        Ok(Self { agent: Some(agent), cfg, agent_cfg, report: SimReport::default(), appended_base: 0 })
+        let (agent, _) = Agent::start(k, agent_cfg)?;
+        Ok(Self { agent, cfg, report: SimReport::default(), appended_base: 0 })
     }
 
     pub fn agent(&mut self) -> &mut Agent<Kernel<T>> {
-        self.agent.as_mut().expect("agent present between calls")
+        &mut self.agent
     }
 
     pub fn kernel(&mut self) -> &mut Kernel<T> {
@@ -121,35 +119,26 @@ impl<T: Tpm> Machine<T> {
 
     /// The agent process dies (the kernel closes its descriptors) and starts again.
     pub fn restart_agent(&mut self, crash_in_recovery: Option<CrashPoint>) -> Result<(), SimError> {
-        let mut k = self.take_agent().into_kernel();
-        k.process_exit();
-        let mut a = Agent::new(k, self.agent_cfg.clone())?;
+        let a = &mut self.agent;
+        a.kernel_mut().process_exit();
+        a.restart()?;
         if let Some(p) = crash_in_recovery.filter(|p| p.in_recovery()) {
             a.crash_at(p);
             if a.recover().is_err() {
-                let mut k = a.into_kernel();
-                k.process_exit();
-                a = Agent::new(k, self.agent_cfg.clone())?;
+                a.kernel_mut().process_exit();
+                a.restart()?;
             }
         }
         a.recover()?;
-        self.agent = Some(a);
         Ok(())
-    }
-
-    fn take_agent(&mut self) -> Agent<Kernel<T>> {
-        self.agent.take().expect("agent present between calls")
     }
 
     /// kexec: the list goes through the hand-over buffer, the TPM carries over.
     pub fn kexec(&mut self) -> Result<(), SimError> {
-        let agent = self.take_agent();
-        let mut k = agent.into_kernel();
-        let buf = k.kexec_save();
-        let tpm = k.into_tpm();
-        let k2 = Kernel::kexec_restore(self.cfg.clone(), tpm, &buf)?;
-        let (a, _) = Agent::start(k2, self.agent_cfg.clone())?;
-        self.agent = Some(a);
+        // The new kernel starts a new agent process.
+        self.agent.kernel_mut().kexec()?;
+        self.agent.restart()?;
+        self.agent.recover()?;
         self.report.kexecs += 1;
         Ok(())
     }

@@ -150,7 +150,8 @@ impl Store {
             io("remove", &tmp, std::fs::remove_dir_all(&tmp))?;
         }
         io("create directory", &tmp, std::fs::create_dir(&tmp))?;
-        write_synced(&tmp.join(MANIFEST), &to_json(manifest))?;
+        let file = tmp.join(MANIFEST);
+        write_synced(&file, &to_json(manifest, &file)?)?;
         fsync_dir(&tmp)?;
         rename(&tmp, &path)?;
         fsync_dir(&boots)?;
@@ -188,10 +189,11 @@ impl Store {
     }
 }
 
-fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
-    let mut b = serde_json::to_vec_pretty(v).expect("plain data serialises");
+/// Serialises `v` for the file at `path`; an error names that file.
+fn to_json<T: Serialize>(v: &T, path: &Path) -> Result<Vec<u8>> {
+    let mut b = io("serialise", path, serde_json::to_vec_pretty(v).map_err(std::io::Error::other))?;
     b.push(b'\n');
-    b
+    Ok(b)
 }
 
 /// One boot's directory.
@@ -247,7 +249,8 @@ impl BootDir {
     /// Manifest commit, step a: write and fsync `.tmp-manifest.json`.
     pub fn write_manifest_tmp(&self, m: &Manifest) -> Result<()> {
         m.validate().map_err(|reason| StoreError::Manifest { path: self.manifest_path(), reason })?;
-        write_synced(&self.path.join(MANIFEST_TMP), &to_json(m))
+        let file = self.path.join(MANIFEST_TMP);
+        write_synced(&file, &to_json(m, &file)?)
     }
 
     /// Manifest commit, step b: rename the tmp file over `manifest.json`.
@@ -272,7 +275,8 @@ impl BootDir {
 
     /// Pending write, step a: write and fsync `.tmp-pending.json`.
     pub fn write_pending_tmp(&self, p: &Pending) -> Result<()> {
-        write_synced(&self.path.join(PENDING_TMP), &to_json(p))
+        let file = self.path.join(PENDING_TMP);
+        write_synced(&file, &to_json(p, &file)?)
     }
 
     /// Pending write, step b: rename into place and fsync the directory.

@@ -1,4 +1,4 @@
-//! imasnap-store: the on-disk snapshot store (DESIGN §4.4, docs/SNAPSHOTS.md).
+//! imasnap-store: the on-disk snapshot store (docs/SNAPSHOTS.md).
 //!
 //! This crate is the I/O edge. Every step of the commit protocol is its own function on
 //! [`BootDir`], so callers (the agent, and the crash tests) can stop between any two steps.

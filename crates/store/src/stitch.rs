@@ -52,8 +52,9 @@ pub struct StitchedReader<L> {
     dir: PathBuf,
     manifest: Manifest,
     from: u64,
-    /// Next segment to open: a snapshot index, or `snapshots.len()` for the live list.
+    /// Next snapshot to open; past the last one, the live list.
     next_seg: usize,
+    /// The live list until it is opened.
     live: Option<L>,
     cur: Option<Cur<L>>,
     finished: bool,
@@ -91,9 +92,9 @@ impl<L: Read> StitchedReader<L> {
         }
     }
 
-    /// Opens the next segment; false when none is left.
+    /// Opens the next segment; `None` when none is left.
     #[allow(clippy::result_large_err)] // an error ends the stream: size is irrelevant
-    fn open_next(&mut self) -> Result<bool, StitchError> {
+    fn open_next(&mut self) -> Result<Option<Cur<L>>, StitchError> {
         let n = self.manifest.snapshots.len();
         if self.next_seg < n {
             let i = self.next_seg;
@@ -106,48 +107,57 @@ impl<L: Read> StitchedReader<L> {
             }
             let f = File::open(&path).map_err(|e| self.fail(seg, s.first_index, 0, StitchReason::Io(e.to_string())))?;
             let reader = BinaryReader::starting_at(BufReader::new(f), snapshot_format(), s.first_index);
-            self.cur = Some(Cur::Snap { reader, seg: i });
             self.next_seg += 1;
-            return Ok(true);
+            return Ok(Some(Cur::Snap { reader, seg: i }));
         }
-        if self.next_seg == n {
-            self.next_seg += 1;
-            let live = self.live.take().expect("live list is opened once");
-            self.cur = Some(Cur::Live(BinaryReader::starting_at(live, snapshot_format(), self.manifest.next_index)));
-            return Ok(true);
-        }
-        Ok(false)
+        // The live list comes after the last snapshot, once: taking it marks it opened.
+        Ok(self
+            .live
+            .take()
+            .map(|live| Cur::Live(BinaryReader::starting_at(live, snapshot_format(), self.manifest.next_index))))
     }
 
-    /// Reads the next record into `slot` (reusing its buffers). Returns its global index,
-    /// or `None` at the end of the log.
+    /// Reads the next record into `slot` (reusing its buffers). Returns its global index and
+    /// the record, or `None` at the end of the log.
     #[allow(clippy::result_large_err)] // an error ends the stream: size is irrelevant
-    pub fn read_into(&mut self, slot: &mut Option<Record>) -> Result<Option<u64>, StitchError> {
+    pub fn read_into<'s>(
+        &mut self,
+        slot: &'s mut Option<Record>,
+    ) -> Result<Option<(u64, &'s mut Record)>, StitchError> {
+        Ok(self.read_owned(slot.take())?.map(|(i, rec)| (i, slot.insert(rec))))
+    }
+
+    /// Reads the next record as an owned value, reusing the buffers of `reuse` if given.
+    #[allow(clippy::result_large_err)] // an error ends the stream: size is irrelevant
+    pub fn read_owned(&mut self, mut reuse: Option<Record>) -> Result<Option<(u64, Record)>, StitchError> {
         loop {
             if self.finished {
                 return Ok(None);
             }
-            if self.cur.is_none() && !self.open_next()? {
-                self.finished = true;
-                return Ok(None);
-            }
-            let cur = self.cur.as_mut().expect("opened above");
-            let (res, next, offset, first_index) = match cur {
+            let mut cur = match self.cur.take() {
+                Some(cur) => cur,
+                None => match self.open_next()? {
+                    Some(cur) => cur,
+                    None => {
+                        self.finished = true;
+                        return Ok(None);
+                    }
+                },
+            };
+            let (res, next, offset, first_index) = match &mut cur {
                 Cur::Snap { reader, seg } => {
-                    let r = reader.read_into(slot);
+                    let r = reader.read_owned(reuse.take());
                     (r, reader.next_index(), reader.offset(), self.manifest.snapshots[*seg].first_index)
                 }
                 Cur::Live(reader) => {
-                    let r = reader.read_into(slot);
+                    let r = reader.read_owned(reuse.take());
                     (r, reader.next_index(), reader.offset(), self.manifest.next_index)
                 }
             };
-            let cur = self.cur.take().expect("still open");
             let seg = self.segment_of(&cur);
             match res {
-                Ok(true) => {
+                Ok(Some(rec)) => {
                     let index = next - 1;
-                    let rec = slot.as_ref().expect("filled");
                     if let Cur::Snap { seg: i, .. } = cur {
                         if index >= self.manifest.snapshots[i].end_index() {
                             let want = self.manifest.snapshots[i].count;
@@ -155,16 +165,17 @@ impl<L: Read> StitchedReader<L> {
                         }
                     }
                     if index == first_index {
-                        if let Err(why) = self.manifest.check_boundary(index, rec) {
+                        if let Err(why) = self.manifest.check_boundary(index, &rec) {
                             return Err(self.fail(seg, index, 0, StitchReason::Discontinuity(why)));
                         }
                     }
                     self.cur = Some(cur);
                     if index >= self.from {
-                        return Ok(Some(index));
+                        return Ok(Some((index, rec)));
                     }
+                    reuse = Some(rec);
                 }
-                Ok(false) => match cur {
+                Ok(None) => match cur {
                     Cur::Snap { seg: i, .. } => {
                         let want = self.manifest.snapshots[i].count;
                         let got = next - first_index;
@@ -208,12 +219,7 @@ fn io_reason(e: crate::StoreError) -> StitchReason {
 impl<L: Read> Iterator for StitchedReader<L> {
     type Item = Result<(u64, Record), StitchError>;
     fn next(&mut self) -> Option<Self::Item> {
-        let mut slot = None;
-        match self.read_into(&mut slot) {
-            Ok(Some(i)) => Some(Ok((i, slot.expect("filled")))),
-            Ok(None) => None,
-            Err(e) => Some(Err(e)),
-        }
+        self.read_owned(None).transpose()
     }
 }
 

@@ -146,12 +146,12 @@ pub fn scan_file(path: &Path, first_index: u64) -> Result<FileInfo> {
         let mut slot = None;
         loop {
             match r.read_into(&mut slot) {
-                Ok(true) => {
+                Ok(Some(rec)) => {
                     if first.is_none() {
-                        first = slot.clone();
+                        first = Some(rec.clone());
                     }
                 }
-                Ok(false) => break,
+                Ok(None) => break,
                 Err(e) => return Err(StoreError::Snapshot { path: path.into(), reason: e.to_string() }),
             }
         }

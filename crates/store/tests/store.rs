@@ -1,5 +1,6 @@
 //! Store behaviour on a hand-built log: the protocol's steps, the stitched reader's checks,
 //! recovery decisions and retention.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed unwrap is a failed test
 
 use imasnap_log::entry::{build, builtin, d_ng, n_ng};
 use imasnap_log::marker::Marker;

@@ -180,6 +180,7 @@ struct LoadedAk {
 /// by one at a time, which `&mut self` on every [`Tpm`] command guarantees.
 struct SendContext(Context);
 // SAFETY: see above; the context is never shared (no `Sync`), only moved.
+#[allow(unsafe_code)] // one of the two allowed `unsafe` sites (docs/ARCHITECTURE.md)
 unsafe impl Send for SendContext {}
 
 fn be<E: std::fmt::Display + 'static>(what: &str) -> impl FnOnce(E) -> TpmError + '_ {

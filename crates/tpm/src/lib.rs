@@ -1,4 +1,4 @@
-//! imasnap-tpm: the TPM component (DESIGN §4.3).
+//! imasnap-tpm: the TPM component (docs/ARCHITECTURE.md).
 //!
 //! - [`Tpm`]: one object-safe interface for every back end (PCR read/extend, quote,
 //!   clock info, AK public key).

@@ -2,6 +2,7 @@
 //! (`Swtpm::for_test`: fails when IMASNAP_SWTPM is unset, unless IMASNAP_SKIP_SWTPM=1),
 //! and interop with tpm2-tools in both directions.
 #![cfg(feature = "esapi")]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed unwrap is a failed test
 
 use imasnap_test_support::swtpm::{self, Swtpm};
 use imasnap_tpm::*;

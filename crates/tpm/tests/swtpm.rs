@@ -1,6 +1,7 @@
 //! Quotes made by a real TPM 2.0 (swtpm/libtpms via tpm2-tools; see
 //! fixtures/swtpm/gen.sh) verify with our pure-Rust code, and our marshalling
 //! reproduces the TPM's bytes exactly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed unwrap is a failed test
 
 use imasnap_tpm::*;
 use std::path::PathBuf;

@@ -12,6 +12,7 @@
 //!          --snapshot-records N (agent snapshot policy; 0 = never) --dir PATH (state; default a
 //!          temporary directory under /dev/shm when present) --db-dir PATH (the verifier's
 //!          SQLite database; default: with the state).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed unwrap is a failed test
 
 use imasnap_agent_server::config::AgentServiceConfig;
 use imasnap_agent_server::devpki::write_dev_pki;

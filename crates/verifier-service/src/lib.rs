@@ -1,5 +1,5 @@
-//! imasnap-verifier-service: the verifier as a network service (DESIGN §4 component 6,
-//! `imasnap verifier run`). See docs/SERVICES.md.
+//! imasnap-verifier-service: the verifier as a network service (`imasnap verifier
+//! run`). See docs/SERVICES.md.
 //!
 //! - [`service`]: host registry, scheduler (bounded concurrency, timeouts), rounds and
 //!   REST API; [`roles`]: who may call which route.

@@ -64,14 +64,9 @@ pub fn for_each_record(body: &[u8], p: &Parsed, from: u64, to: u64, f: &mut dyn 
             if idx >= to {
                 return;
             }
-            match rd.read_into(&mut slot) {
-                Ok(true) => {}
-                _ => break,
-            }
+            let Ok(Some(r)) = rd.read_into(&mut slot) else { break };
             if idx >= from {
-                if let Some(r) = &slot {
-                    f(idx, r);
-                }
+                f(idx, r);
             }
         }
     }
@@ -125,8 +120,9 @@ pub fn keys_to_stored(r: &KeyRing) -> Vec<LearnedKey> {
         .collect()
 }
 
-pub fn keys_to_json(r: &KeyRing) -> String {
-    serde_json::to_string(&keys_to_stored(r)).expect("plain data")
+/// The `learned_keys` column of a ring.
+pub fn keys_to_json(r: &KeyRing) -> Result<String, String> {
+    serde_json::to_string(&keys_to_stored(r)).map_err(|e| format!("learned_keys: cannot serialise: {e}"))
 }
 
 /// Rebuilds a ring from the `learned_keys` column.

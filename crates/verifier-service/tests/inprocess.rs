@@ -1,6 +1,7 @@
 //! The agent service and the verifier service in one process, talking HTTPS with mutual
 //! TLS on loopback (soft TPM, kernel model): rounds across snapshots, verifier restart
 //! without full replay, agent crash in the middle of a snapshot, tampering, TLS refusal.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed unwrap is a failed test
 
 use imasnap_agent_server::config::AgentServiceConfig;
 use imasnap_agent_server::devpki::{write_dev_pki, DevPkiFiles};

@@ -4,6 +4,7 @@
 //!
 //! Everything over real HTTPS with mutual TLS on loopback: the in-process agent (kernel
 //! model, soft TPM) and the verifier with its SQLite database.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed unwrap is a failed test
 
 use imasnap_agent_server::config::AgentServiceConfig;
 use imasnap_agent_server::devpki::{DevCa, DevPkiFiles};
@@ -432,7 +433,7 @@ async fn finding_8_duplicate_pcr_values_rejected() {
     // The same evidence with one PCR value listed twice (same value: first-wins would pass).
     let p = api::parse(&body).unwrap();
     let mut h = p.header.clone();
-    let first = h.quote.pcr_values[0].clone();
+    let first = h.quote.pcr_values[0];
     h.quote.pcr_values.push(first);
     let m = api::MAGIC.len();
     let data_start = m + 4 + u32::from_be_bytes(body[m..m + 4].try_into().unwrap()) as usize;

@@ -8,6 +8,7 @@
 //! SeaBIOS event log (so the real boot_aggregate checks out), PCR 10 extended with every
 //! record's per-bank template digest (SHA1 digest in the sha1 bank, SHA256 over the
 //! template data in the sha256 bank, as the 6.1 kernel does).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed unwrap is a failed test
 
 use imasnap_agent_server::config::{AgentServiceConfig, Backend};
 use imasnap_agent_server::devpki::{write_dev_pki, DevPkiFiles};

@@ -6,6 +6,7 @@
 //!   failure names the record index, the path and the reason; good signatures pass;
 //! - keys measured into a keyring the policy lists are learned (Keylime semantics), kept
 //!   in SQLite across rounds and a verifier restart, and verify later signatures.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed unwrap is a failed test
 
 use imasnap_agent_server::config::AgentServiceConfig;
 use imasnap_agent_server::devpki::{write_dev_pki, DevPkiFiles};

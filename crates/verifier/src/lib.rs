@@ -1,4 +1,4 @@
-//! imasnap-verifier: the pure verification engine for snapshotted IMA logs (DESIGN §4.6).
+//! imasnap-verifier: the pure verification engine for snapshotted IMA logs.
 //!
 //! Sans-IO: [`verify`] takes an [`Evidence`] bundle in memory (snapshot files with the
 //! manifest's claims, the live list, the quote) and the verifier's saved [`State`], and

@@ -1,8 +1,9 @@
-//! The review concern (DESIGN §2, Goldman's objection): redundant data is attack surface.
+//! The review concern (the RFC review's main objection): redundant data is attack surface.
 //! Each test starts from honest evidence (kernel model + SoftTpm), applies one forgery,
 //! and asserts the specific reason it is rejected for. Most forgers here are *consistent*:
 //! after editing files they rewrite every manifest claim to match (`reseal`), so only the
 //! hash chain, the markers and the quote stand in their way.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed unwrap is a failed test
 
 mod common;
 use common::*;

@@ -1,5 +1,6 @@
 //! The agent's real bundle directory (crates/agent `write_bundle`) read back through
 //! `bundle` and verified: the contract of docs/SNAPSHOTS.md, end to end.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed unwrap is a failed test
 
 use imasnap_agent::{quote_json, Agent, AgentConfig, AkKey, Evidence as AgentEvidence};
 use imasnap_kernel_model::Kernel;

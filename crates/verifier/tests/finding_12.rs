@@ -1,6 +1,7 @@
 //! Finding 12 of issue 10: typed kinds with snake_case names, no Rust `Debug` text in
 //! JSON or messages, and `State` with serde derives that still reads what older versions
 //! saved.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed unwrap is a failed test
 
 mod common;
 

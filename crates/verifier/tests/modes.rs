@@ -1,5 +1,6 @@
 //! Honest evidence verifies in every mode, and incremental verification costs only the
 //! new records.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed unwrap is a failed test
 
 mod common;
 use common::*;

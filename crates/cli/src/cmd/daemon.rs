@@ -4,10 +4,7 @@
 /// (die quietly on `| head`), but TLS writes are vectored (`writev` has no MSG_NOSIGNAL),
 /// so a write to a vanished peer would kill the service. Ignore SIGPIPE again here.
 pub fn daemon_signals() {
-    // SAFETY: changing one signal's disposition before the runtime starts its threads.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-    }
+    crate::ui::sigpipe(true);
 }
 
 /// Structured logs on stderr (RUST_LOG, default info).

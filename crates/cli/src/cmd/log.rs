@@ -182,8 +182,7 @@ fn convert(input: &Input, to: OutFormat, bank: Option<HashAlgo>, output: Option<
     let mut slot: Option<Record> = None;
     let mut buf = Vec::with_capacity(4096);
     let mut n = 0u64;
-    while r.read_into(&mut slot)? {
-        let Some(rec) = slot.as_mut() else { break };
+    while let Some(rec) = r.read_into(&mut slot)? {
         n += 1;
         if let Some(b) = bank.filter(|b| *b != in_bank) {
             if !rec.is_violation() {
@@ -281,8 +280,7 @@ fn verify(input: &Input, pcr_args: &[String], ignore_violations: bool, json: boo
     let (mut r, pb) = input.open(json)?;
     // Keep the first record for the boot_aggregate check; stream the rest.
     let mut first = None;
-    r.read_into(&mut first)?;
-    let Some(rec0) = first.as_ref() else {
+    let Some(rec0) = r.read_into(&mut first)? else {
         return Err(input.empty());
     };
     rp.push(rec0)?;

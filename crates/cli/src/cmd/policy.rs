@@ -132,8 +132,7 @@ fn check(input: &LogInput, policy: Policy, json_out: bool) -> Result<ExitCode> {
     let mut index = 0u64;
     let mut allowed: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut failures = Vec::new();
-    while r.read_into(&mut slot).with_context(|| format!("reading {}", input.log.display()))? {
-        let Some(rec) = slot.as_ref() else { break };
+    while let Some(rec) = r.read_into(&mut slot).with_context(|| format!("reading {}", input.log.display()))? {
         match policy.check_with(index, rec, endian, Some(&mut learned)) {
             Ok(a) => *allowed.entry(allowed_name(&a)).or_default() += 1,
             Err(f) => {

@@ -179,7 +179,7 @@ impl Verifier {
             state: j.state.as_ref().map(State::to_json),
             ak: j.enrolled.as_ref().map(|k| (k.to_pem(), "tofu".to_string())),
             accepted_marker: j.accepted.as_ref().map(|v| v.to_string()),
-            learned_keys: j.learned.as_ref().map(policy::keys_to_json),
+            learned_keys: j.learned.as_ref().map(policy::keys_to_json).transpose()?,
             status: HostState::from(row.verdict).as_str(),
             alert: if row.verdict.is_alert() { serde_json::to_string(row).ok() } else { None },
             verdict: row.clone(),
