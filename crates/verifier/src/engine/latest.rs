@@ -3,7 +3,7 @@
 
 use super::classify::{classify, Kind};
 use super::full::replay_segment;
-use super::replay::Engine;
+use super::replay::{check_end_marker_claim, Engine};
 use super::segment::Seg;
 use super::Mode;
 use crate::reason::{Failure, Segment};
@@ -43,6 +43,12 @@ pub(super) fn latest(mut eng: Engine<'_>, mut segs: Vec<Seg<'_>>) -> Result<Stat
         return Err(Failure::EmptySegment { segment: Segment::Live });
     };
     eng.check_marker_shape(start, &head, &m)?;
+    // The snapshot before the live list names its end marker, the head: an incremental run
+    // from the state saved here checks that claim, so accepting it unchecked here verified
+    // evidence that the next round rejects (found by the evidence_body fuzz target).
+    if let Some(claim) = segs.iter().rev().nth(1).and_then(|s| s.claim.as_ref()) {
+        check_end_marker_claim(claim, start, &head, &m)?;
+    }
     let mut state = PcrState::new(&eng.banks);
     for &bank in &eng.banks {
         if let Some(vals) = m.bank(bank) {

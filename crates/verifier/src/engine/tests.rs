@@ -219,6 +219,47 @@ fn empty_and_headless_live_lists() {
     assert_eq!(o.verdict.failure(), Some(&Failure::LiveStartNotMarker { index: 1 }));
 }
 
+/// Found by the `evidence_body` fuzz target: latest-segment mode accepted a manifest whose
+/// last snapshot names another end marker than the live list's head, and the incremental
+/// round from the state it saved then rejected the same evidence.
+#[test]
+fn fuzz_evidence_body_latest_segment_checks_the_end_marker_claim() {
+    let l = two_pcr_log(Endian::Little);
+    let q = l.quote(&(0..=11).collect::<Vec<_>>());
+    let head = &l.recs[4];
+    let live = l.bytes(4..l.recs.len());
+    let run = |sha1: [u8; 20]| {
+        let claim = SnapshotClaim {
+            seq: 1,
+            first_index: 0,
+            count: 4,
+            sha256: None,
+            end_marker: Some(crate::evidence::EndMarkerClaim { attempt: 1, sha1 }),
+            pcrs_end: vec![],
+        };
+        let ev = Evidence {
+            banks: BANKS.to_vec(),
+            pcr: 10,
+            endian: Endian::Little,
+            boot: None,
+            snapshots: vec![SnapshotEvidence { claim, data: None }],
+            live: Input::Bytes(&live),
+            live_first_index: 4,
+        };
+        verify(&Options::new(Mode::LatestSegment), ev, &q, b"", None)
+    };
+    let right: [u8; 20] = head.digest.as_slice().try_into().unwrap();
+    assert_eq!(run(right).verdict, Verdict::Verified { history_verified: false });
+    let mut wrong = right;
+    wrong[5] ^= 0x20;
+    let o = run(wrong);
+    assert!(
+        matches!(o.verdict.failure(), Some(Failure::ManifestEndMarkerMismatch { seq: 1, index: 4, .. })),
+        "{:?}",
+        o.verdict
+    );
+}
+
 #[test]
 fn a_quote_predating_the_live_head_never_matches_before_it() {
     // The state before the head marker equals the quote: impossible for an honest host
