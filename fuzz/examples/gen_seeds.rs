@@ -160,7 +160,7 @@ fn host(state: &Path, snaps: usize, per: u64) -> Host<Kernel<SoftTpm>> {
 /// A `GET /v1/evidence` body exactly as the agent's service streams it.
 fn body(h: &mut Host<Kernel<SoftTpm>>, from: api::From) -> Vec<u8> {
     let v = h.evidence(NONCE, from, None).unwrap();
-    let mut out = api::encode_prefix(&v.header);
+    let mut out = api::encode_prefix(&v.header).unwrap();
     for (p, len) in &v.files {
         let b = std::fs::read(p).unwrap();
         assert_eq!(b.len() as u64, *len);
