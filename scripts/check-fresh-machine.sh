@@ -10,7 +10,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dir="${1:-/srv/imasnap-fresh12}"
-toolchain="$(rustup toolchain list | sed -n 's/ (default)//p' | head -1)"
+toolchain="$(rustup toolchain list | awk '/default/ {print $1; exit}')"
 rustup_home="${RUSTUP_HOME:-$HOME/.rustup}"
 
 if [ ! -x "$dir/usr/bin/gcc" ]; then
@@ -25,6 +25,14 @@ for p in pkg-config libtss2-dev swtpm; do
     echo "check-fresh-machine: $dir has $p; it is not a fresh machine" >&2; exit 1
   fi
 done
+
+# Where this machine reaches crates.io through a proxy with its own CA, the chroot needs
+# that CA too (infrastructure, not a dependency of imasnap).
+if ls /usr/local/share/ca-certificates/*.crt >/dev/null 2>&1; then
+  mkdir -p "$dir/usr/local/share/ca-certificates"
+  cp /usr/local/share/ca-certificates/*.crt "$dir/usr/local/share/ca-certificates/"
+  chroot "$dir" update-ca-certificates >/dev/null 2>&1
+fi
 
 mnt=()
 cleanup() { for m in "${mnt[@]}"; do umount "$m" 2>/dev/null || true; done; }
