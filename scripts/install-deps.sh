@@ -22,3 +22,5 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 command -v cargo >/dev/null || { echo "install-deps: cargo not found (rustup toolchain expected)" >&2; exit 1; }
+# test.sh runs clippy; rustup's minimal profile leaves it out.
+cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
