@@ -470,6 +470,19 @@ fn bundle_lies_about_live_first_index() {
     assert_eq!(full(&b), Failure::LiveFirstIndexMismatch { claimed: 100, expected: M4 });
 }
 
+/// Found by the evidence_body fuzz target: a manifest with a seq gap verified in
+/// latest-segment mode, and the incremental round after it rejected the same evidence.
+#[test]
+fn latest_segment_checks_the_manifest_ranges() {
+    let (_, mut b) = honest(170);
+    b.snaps[1].claim.seq = 7;
+    let o = b.verify(Mode::LatestSegment, None);
+    assert_eq!(failure(&o), Failure::ManifestSeqGap { position: 1, expected: 2, found: 7 });
+    let (_, mut b) = honest(171);
+    b.live_first_index += 1;
+    assert!(matches!(failure(&b.verify(Mode::LatestSegment, None)), Failure::LiveFirstIndexMismatch { .. }));
+}
+
 #[test]
 fn manifest_lies_about_the_boot() {
     let (_, mut b) = honest(147);
@@ -640,7 +653,8 @@ fn rejection_keeps_the_prior_state() {
 }
 
 /// Manifest and index claims set to random and extreme values: never a panic, never a pass
-/// where the claims matter (latest-segment mode ignores the manifest by design).
+/// in any mode: latest-segment mode skips the snapshots' records but still checks the
+/// manifest's ranges, which the next incremental round relies on.
 #[test]
 fn random_claims_never_pass_or_panic() {
     let (_, b) = honest(164);
@@ -668,7 +682,7 @@ fn random_claims_never_pass_or_panic() {
         for (mode, prior) in [(Mode::FullHistory, None), (Mode::Incremental, Some(&state)), (Mode::LatestSegment, None)]
         {
             let o = m.verify(mode, prior);
-            if !unchanged && mode != Mode::LatestSegment {
+            if !unchanged {
                 assert!(!o.verdict.is_verified(), "{mode:?} passed with {:?}", m.snaps[i].claim);
             }
         }

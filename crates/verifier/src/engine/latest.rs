@@ -2,7 +2,7 @@
 //! checked against the quote's platform PCRs; history before it is not verified.
 
 use super::classify::{classify, Kind};
-use super::full::replay_segment;
+use super::full::{check_ranges, replay_segment};
 use super::replay::{check_end_marker_claim, Engine};
 use super::segment::Seg;
 use super::Mode;
@@ -14,6 +14,11 @@ use imasnap_log::PcrState;
 pub(super) fn latest(mut eng: Engine<'_>, mut segs: Vec<Seg<'_>>) -> Result<State, Failure> {
     eng.report.mode = Some(Mode::LatestSegment);
     eng.report.snapshots_skipped = segs.len().saturating_sub(1) as u64;
+    // The manifest's ranges are claims the next incremental round checks; a latest-segment
+    // verdict that skipped them was accepted once and then rejected (evidence_body fuzz).
+    if let Some((live, snaps)) = segs.split_last() {
+        check_ranges(snaps, live.first_index)?;
+    }
     let Some(live) = segs.last_mut() else {
         return Err(Failure::EmptySegment { segment: Segment::Live });
     };
