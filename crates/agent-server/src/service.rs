@@ -1,4 +1,7 @@
-//! The agent's HTTPS API (every route requires a client certificate from the configured CA):
+//! The agent's HTTPS API. Every route requires a client certificate from the configured CA
+//! that carries a role ([`agent_allows`]): `verifier` and `admin` may call every route,
+//! `reader` only `GET /v1/health` and `GET /v1/metrics`; `agent`, no role or several are
+//! refused (403).
 //!
 //! | route | |
 //! |---|---|
@@ -16,6 +19,7 @@ use crate::config::{AgentServiceConfig, Backend};
 use crate::host::{Host, HostError, HostOps, WorkloadCfg};
 use crate::http::{self, error_response, json_response, param, query, text_response, Body, Handler, Peer};
 use crate::legacy::LegacyHost;
+use crate::tls::{role_of, Role};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http_body_util::{BodyExt, StreamBody};
@@ -29,7 +33,6 @@ use imasnap_kernel_model::{Config as KernelConfig, Kernel};
 use imasnap_tpm::SoftTpm;
 use imasnap_tpm::Tpm;
 use std::io::Read;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -104,12 +107,13 @@ fn crash_point(name: &str) -> Option<CrashPoint> {
 }
 
 impl AgentService {
-    pub fn new(host: SharedHost, max_evidence: u64, test_endpoints: bool) -> Self {
-        Self::with_limit(host, max_evidence, test_endpoints, SnapshotLimit::default())
-    }
-
-    pub fn with_limit(host: SharedHost, max_evidence: u64, test_endpoints: bool, limit: SnapshotLimit) -> Self {
-        Self { host, max_evidence, test_endpoints, snapshot_limit: Mutex::new(RateLimit::new(limit)) }
+    pub fn new(host: SharedHost, opts: &Serve) -> Self {
+        Self {
+            host,
+            max_evidence: opts.max_evidence,
+            test_endpoints: opts.test_endpoints,
+            snapshot_limit: Mutex::new(RateLimit::new(opts.snapshot_limit)),
+        }
     }
 
     /// Runs `f` on the host in the blocking pool (TPM commands, fsync).
@@ -231,7 +235,14 @@ impl AgentService {
     async fn route(self: Arc<Self>, req: Request<Incoming>, peer: Peer) -> Response<Body> {
         let path = req.uri().path().to_string();
         let method = req.method().clone();
-        tracing::debug!(peer = %peer.addr, %method, %path, "request");
+        let role = match authorize(peer.cert.as_deref(), &method, &path) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(peer = %peer.addr, %method, %path, reason = %e, "request refused");
+                return error_response(StatusCode::FORBIDDEN, e);
+            }
+        };
+        tracing::debug!(peer = %peer.addr, %role, %method, %path, "request");
         let test = self.test_endpoints;
         match (&method, path.as_str()) {
             (&Method::GET, "/v1/health") => {
@@ -461,50 +472,82 @@ pub fn open_securityfs<T: Tpm + 'static>(cfg: &AgentServiceConfig, tpm: T) -> an
     }
 }
 
-/// A running agent service.
-pub struct Running {
-    pub addr: SocketAddr,
-    pub shutdown: watch::Sender<bool>,
-    pub host: SharedHost,
-    pub tasks: Vec<tokio::task::JoinHandle<()>>,
+/// Whether a client with `role` may call `method path` on the agent. Evidence costs a TPM
+/// quote and snapshots change the host, so they need the verifier (or an operator); a
+/// reader (a metrics scraper) sees health and metrics only. Another host's agent
+/// certificate is never a client: it would let one attested host drive another.
+pub fn agent_allows(role: Role, method: &Method, path: &str) -> bool {
+    match role {
+        Role::Verifier | Role::Admin => true,
+        Role::Reader => *method == Method::GET && matches!(path, "/v1/health" | "/v1/metrics"),
+        Role::Agent => false,
+    }
 }
 
-impl Running {
-    pub async fn stop(self) {
-        let _ = self.shutdown.send(true);
-        for t in self.tasks {
-            let _ = t.await;
+fn authorize(cert_der: Option<&[u8]>, method: &Method, path: &str) -> Result<Role, String> {
+    let role = role_of(cert_der.ok_or("no client certificate")?)?;
+    if agent_allows(role, method, path) {
+        Ok(role)
+    } else if role == Role::Agent {
+        Err("role agent is not a client of the agent API (it is an attested host's identity)".into())
+    } else {
+        Err(format!("role {role} may not call {method} {path} on the agent"))
+    }
+}
+
+/// A running agent service (`service` is the host it serves).
+pub type Running = http::Running<SharedHost>;
+
+/// How [`spawn`] serves a host: the knobs of `agent.toml` that the server loop uses.
+#[derive(Clone, Copy, Debug)]
+pub struct Serve {
+    /// Largest evidence body answered (413 above it).
+    pub max_evidence: u64,
+    /// `/v1/test/*` and `crash_at` fault injection.
+    pub test_endpoints: bool,
+    /// How often the snapshot policy and workload run; zero: never (tests drive them).
+    pub tick: Duration,
+    pub snapshot_limit: SnapshotLimit,
+}
+
+impl Default for Serve {
+    /// 64 MiB bodies, no test endpoints, no ticker, the default snapshot request limit.
+    fn default() -> Self {
+        Self {
+            max_evidence: 64 << 20,
+            test_endpoints: false,
+            tick: Duration::ZERO,
+            snapshot_limit: SnapshotLimit::default(),
         }
     }
 }
 
-/// Serves `host` on `listener` and runs its ticker, until `stop` (default snapshot
-/// request limit).
+impl Serve {
+    pub fn from_config(cfg: &AgentServiceConfig) -> Self {
+        Self {
+            max_evidence: cfg.max_evidence_bytes,
+            test_endpoints: cfg.test_endpoints,
+            tick: Duration::from_millis(cfg.tick_ms),
+            snapshot_limit: SnapshotLimit {
+                burst: cfg.snapshot_request_burst,
+                every: Duration::from_millis(cfg.snapshot_request_interval_ms),
+            },
+        }
+    }
+}
+
+/// Serves `host` on `listener` and runs its ticker, until [`Running::stop`].
 pub fn spawn(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     host: Box<dyn HostOps>,
-    max_evidence: u64,
-    test_endpoints: bool,
-    tick: Duration,
-) -> std::io::Result<Running> {
-    spawn_with_limit(listener, tls, host, max_evidence, test_endpoints, tick, SnapshotLimit::default())
-}
-
-/// [`spawn`] with a snapshot request limit.
-pub fn spawn_with_limit(
-    listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
-    host: Box<dyn HostOps>,
-    max_evidence: u64,
-    test_endpoints: bool,
-    tick: Duration,
-    limit: SnapshotLimit,
+    opts: Serve,
 ) -> std::io::Result<Running> {
     let addr = listener.local_addr()?;
     let host: SharedHost = Arc::new(Mutex::new(host));
     let (tx, rx) = watch::channel(false);
-    let svc = Arc::new(AgentService::with_limit(host.clone(), max_evidence, test_endpoints, limit));
+    let svc = Arc::new(AgentService::new(host.clone(), &opts));
+    let tick = opts.tick;
     let server = tokio::spawn(http::serve(listener, tls, svc, rx.clone()));
     let mut tasks = vec![server];
     if !tick.is_zero() {
@@ -529,7 +572,7 @@ pub fn spawn_with_limit(
             }
         }));
     }
-    Ok(Running { addr, shutdown: tx, host, tasks })
+    Ok(Running { addr, service: host, shutdown: tx, tasks })
 }
 
 /// `imasnap agent run`: the whole service until SIGINT/SIGTERM.
@@ -537,19 +580,7 @@ pub async fn run(cfg: AgentServiceConfig) -> anyhow::Result<()> {
     let tls = cfg.tls.server()?;
     let host = open_host(&cfg)?;
     let listener = TcpListener::bind(&cfg.listen).await.map_err(|e| anyhow::anyhow!("listen {}: {e}", cfg.listen))?;
-    let limit = SnapshotLimit {
-        burst: cfg.snapshot_request_burst,
-        every: Duration::from_millis(cfg.snapshot_request_interval_ms),
-    };
-    let running = spawn_with_limit(
-        listener,
-        tls,
-        host,
-        cfg.max_evidence_bytes,
-        cfg.test_endpoints,
-        Duration::from_millis(cfg.tick_ms),
-        limit,
-    )?;
+    let running = spawn(listener, tls, host, Serve::from_config(&cfg))?;
     tracing::info!(addr = %running.addr, backend = ?cfg.backend, tpm = %cfg.tpm, state_dir = %cfg.state_dir.display(),
         "agent service listening");
     // One line on stdout for scripts and tests: the bound address.

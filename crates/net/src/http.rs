@@ -98,6 +98,25 @@ pub fn param<'a>(q: &'a [(String, String)], name: &str) -> Option<&'a str> {
 /// Handshake timeout: a client that connects and says nothing is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A service started by [`serve`]'s callers: where it listens, what it serves (`service`),
+/// and its tasks, all stopped by [`Running::stop`].
+pub struct Running<S> {
+    pub addr: SocketAddr,
+    pub service: S,
+    pub shutdown: watch::Sender<bool>,
+    pub tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl<S> Running<S> {
+    /// Signals shutdown and waits for every task to end.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
 /// Serves `handler` on `listener` with TLS `cfg` until `shutdown` turns true.
 pub async fn serve<H: Handler>(
     listener: TcpListener,

@@ -13,6 +13,10 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use x509_cert::der::oid::AssociatedOid;
+use x509_cert::der::Decode;
+use x509_cert::ext::pkix::name::GeneralName;
+use x509_cert::ext::pkix::SubjectAltName;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -140,8 +144,8 @@ impl TlsFiles {
 /// the manner of SPIFFE IDs: a standard extension every tool can write and show.
 pub const ROLE_URI_PREFIX: &str = "urn:imasnap:role:";
 
-/// What a client certificate may do. The verifier API serves `admin` (read and write) and
-/// `reader` (read-only) and refuses every other role, and certificates without one.
+/// What a client certificate may do; each API decides what each role may call (the
+/// verifier's `roles` module, the agent's `service::agent_allows`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Role {
     Admin,
@@ -174,6 +178,31 @@ impl Role {
     pub fn from_uri(uri: &str) -> Option<Result<Self, String>> {
         let r = uri.strip_prefix(ROLE_URI_PREFIX)?;
         Some(Self::ALL.into_iter().find(|x| x.as_str() == r).ok_or_else(|| format!("unknown role {r:?} in {uri:?}")))
+    }
+}
+
+/// The role in a DER certificate. Errors say why there is no usable role.
+pub fn role_of(cert_der: &[u8]) -> Result<Role, String> {
+    let cert = x509_cert::Certificate::from_der(cert_der).map_err(|e| format!("client certificate: {e}"))?;
+    let mut found: Vec<Role> = Vec::new();
+    for ext in cert.tbs_certificate.extensions.iter().flatten() {
+        if ext.extn_id != <SubjectAltName as AssociatedOid>::OID {
+            continue;
+        }
+        let san = SubjectAltName::from_der(ext.extn_value.as_bytes())
+            .map_err(|e| format!("client certificate subjectAltName: {e}"))?;
+        for n in san.0 {
+            if let GeneralName::UniformResourceIdentifier(u) = n {
+                if let Some(r) = Role::from_uri(u.as_str()) {
+                    found.push(r?);
+                }
+            }
+        }
+    }
+    match found.as_slice() {
+        [r] => Ok(*r),
+        [] => Err(format!("the client certificate carries no role (a subjectAltName URI {ROLE_URI_PREFIX}<role>)")),
+        _ => Err("the client certificate carries more than one role".into()),
     }
 }
 

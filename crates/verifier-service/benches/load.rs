@@ -95,7 +95,7 @@ fn main() {
             let host = agent::open_host(&c).unwrap();
             let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let tick = if snap_records > 0 { Duration::from_secs(1) } else { Duration::ZERO };
-            agents.push(agent::spawn(l, server_tls.clone(), host, 64 << 20, false, tick).unwrap());
+            agents.push(agent::spawn(l, server_tls.clone(), host, agent::Serve { tick, ..Default::default() }).unwrap());
         }
         eprintln!("{hosts} agents up in {:.1} s", t0.elapsed().as_secs_f64());
         let cfg = VerifierConfig {
@@ -144,7 +144,7 @@ fn main() {
         let rate = rounds as f64 / el;
         let p50 = pct(&mut lat, 0.50);
         let p99 = pct(&mut lat, 0.99);
-        let snaps: u64 = agents.iter().map(|a| a.host.lock().unwrap().metrics().snapshots).sum();
+        let snaps: u64 = agents.iter().map(|a| a.service.lock().unwrap().metrics().snapshots).sum();
         println!(
             "{hosts} hosts x {records} records/round, concurrency {conc}, poll {poll_ms} ms: {rounds} attestations in {el:.1} s = {rate:.0}/s \
              ({} failed); round latency p50 {p50:.1} ms, p99 {p99:.1} ms; {snaps} agent snapshots in total",

@@ -8,40 +8,8 @@
 //!   let a host re-register another (its address, its AK).
 
 use hyper::Method;
+pub use imasnap_net::tls::role_of;
 use imasnap_net::tls::Role;
-use x509_cert::der::oid::AssociatedOid;
-use x509_cert::der::Decode;
-use x509_cert::ext::pkix::name::GeneralName;
-use x509_cert::ext::pkix::SubjectAltName;
-
-/// The role in a DER certificate. Errors say why there is no usable role.
-pub fn role_of(cert_der: &[u8]) -> Result<Role, String> {
-    let cert = x509_cert::Certificate::from_der(cert_der).map_err(|e| format!("client certificate: {e}"))?;
-    let mut found: Vec<Role> = Vec::new();
-    for ext in cert.tbs_certificate.extensions.iter().flatten() {
-        if ext.extn_id != SubjectAltName::OID {
-            continue;
-        }
-        let san = SubjectAltName::from_der(ext.extn_value.as_bytes())
-            .map_err(|e| format!("client certificate subjectAltName: {e}"))?;
-        for n in san.0 {
-            if let GeneralName::UniformResourceIdentifier(u) = n {
-                if let Some(r) = Role::from_uri(u.as_str()) {
-                    found.push(r?);
-                }
-            }
-        }
-    }
-    match found.as_slice() {
-        [r] => Ok(*r),
-        [] => Err(format!(
-            "the client certificate carries no role (a subjectAltName URI {}admin or {}reader)",
-            imasnap_net::tls::ROLE_URI_PREFIX,
-            imasnap_net::tls::ROLE_URI_PREFIX
-        )),
-        _ => Err("the client certificate carries more than one role".into()),
-    }
-}
 
 /// Whether `role` may call `method` on the REST API.
 pub fn allowed(role: Role, method: &Method) -> bool {

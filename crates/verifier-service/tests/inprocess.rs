@@ -3,15 +3,12 @@
 //! without full replay, agent crash in the middle of a snapshot, tampering, TLS refusal.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed unwrap is a failed test
 
-use imasnap_agent_server::config::AgentServiceConfig;
 use imasnap_agent_server::devpki::{write_dev_pki, DevPkiFiles};
 use imasnap_agent_server::{service as agent, tls};
 use imasnap_verifier_service::model::{HostSpec, HostState, LateJoin, Verdict, VerdictRow};
 use imasnap_verifier_service::service::Running;
 use imasnap_verifier_service::Verifier;
-use std::path::Path;
 use std::time::Duration;
-use tokio::net::TcpListener;
 
 mod common;
 use common::start_verifier;
@@ -24,28 +21,13 @@ struct Env {
     verifier: Option<Running>,
 }
 
-fn agent_cfg(dir: &Path, pki: &DevPkiFiles) -> AgentServiceConfig {
-    let mut c = AgentServiceConfig::from_toml(&format!(
-        "state_dir = {:?}\nlisten = \"127.0.0.1:0\"\ntest_endpoints = true\n[tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\n",
-        dir.join("agent-state"),
-        pki.agent.cert,
-        pki.agent.key,
-        pki.agent.ca
-    ))
-    .unwrap();
-    c.tick_ms = 0;
-    c
-}
-
 impl Env {
     async fn new(late_join: LateJoin) -> Self {
         let d = tempfile::tempdir().unwrap();
         let dir = d.path().to_path_buf();
         let pki = write_dev_pki(&dir.join("pki"), &["localhost"]).unwrap();
-        let acfg = agent_cfg(&dir, &pki);
-        let host = agent::open_host(&acfg).unwrap();
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let a = agent::spawn(l, acfg.tls.server().unwrap(), host, 64 << 20, true, Duration::ZERO).unwrap();
+        let acfg = common::agent_cfg(&dir, &pki.agent, "test_endpoints = true");
+        let a = common::start_agent(&acfg).await;
         let v = start_verifier(&dir, &pki).await;
         let spec = HostSpec {
             name: "h1".into(),
@@ -58,20 +40,20 @@ impl Env {
             poll_interval_ms: 3_600_000,
             late_join,
         };
-        v.verifier.add_host(spec).await.unwrap();
+        v.service.add_host(spec).await.unwrap();
         Self { _dir: d, dir, pki, agent: a, verifier: Some(v) }
     }
 
     fn v(&self) -> &std::sync::Arc<Verifier> {
-        &self.verifier.as_ref().unwrap().verifier
+        &self.verifier.as_ref().unwrap().service
     }
 
     fn add(&self, n: u64) {
-        self.agent.host.lock().unwrap().add_records(n).unwrap();
+        self.agent.service.lock().unwrap().add_records(n).unwrap();
     }
 
     fn snapshot(&self) {
-        self.agent.host.lock().unwrap().snapshot(None).unwrap().expect("snapshot taken");
+        self.agent.service.lock().unwrap().snapshot(None).unwrap().expect("snapshot taken");
     }
 
     async fn round(&self) -> VerdictRow {
@@ -120,7 +102,7 @@ async fn rounds_across_snapshots_restart_and_tamper() {
     // Agent crash in the middle of a snapshot (after `done`, before the manifest): the
     // restarted agent recovers and the next round verifies.
     env.add(15);
-    let crashed = env.agent.host.lock().unwrap().snapshot(Some(imasnap_agent::CrashPoint::AfterDone)).unwrap();
+    let crashed = env.agent.service.lock().unwrap().snapshot(Some(imasnap_agent::CrashPoint::AfterDone)).unwrap();
     assert!(crashed.is_none(), "the crash fired");
     env.add(5);
     let r4 = env.round().await;
@@ -129,8 +111,8 @@ async fn rounds_across_snapshots_restart_and_tamper() {
     // Tamper with a snapshot the verifier has not proven yet: detected.
     env.add(25);
     env.snapshot();
-    let seq = env.agent.host.lock().unwrap().manifest().unwrap().snapshots.last().unwrap().seq;
-    let (path, _) = env.agent.host.lock().unwrap().snapshot_file(seq).unwrap();
+    let seq = env.agent.service.lock().unwrap().manifest().unwrap().snapshots.last().unwrap().seq;
+    let (path, _) = env.agent.service.lock().unwrap().snapshot_file(seq).unwrap();
     let mut b = std::fs::read(&path).unwrap();
     let n = b.len();
     b[n - 3] ^= 0x55;
@@ -225,13 +207,13 @@ async fn policy_violation_names_the_record() {
         .await
         .unwrap();
     {
-        let mut h = env.agent.host.lock().unwrap();
+        let mut h = env.agent.service.lock().unwrap();
         h.measure(b"/usr/bin/good", &good, None).unwrap();
     }
     env.snapshot();
     verified(&env.round().await);
     let evil_index = {
-        let mut h = env.agent.host.lock().unwrap();
+        let mut h = env.agent.service.lock().unwrap();
         let n = h.metrics();
         h.measure(b"/usr/bin/evil", &[9u8; 32], None).unwrap();
         n.next_index + n.live_records

@@ -22,7 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 mod common;
-use common::start_verifier;
+use common::{start_agent, start_verifier};
 
 /// A PKI with every role, and a certificate from the same CA with no role.
 struct Pki {
@@ -62,22 +62,7 @@ struct Env {
 }
 
 fn agent_cfg(dir: &Path, p: &DevPkiFiles) -> AgentServiceConfig {
-    let mut c = AgentServiceConfig::from_toml(&format!(
-        "state_dir = {:?}\nlisten = \"127.0.0.1:0\"\ntest_endpoints = true\n[tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\n",
-        dir.join("agent-state"),
-        p.agent.cert,
-        p.agent.key,
-        p.agent.ca
-    ))
-    .unwrap();
-    c.tick_ms = 0;
-    c
-}
-
-async fn start_agent(acfg: &AgentServiceConfig) -> agent::Running {
-    let host = agent::open_host(acfg).unwrap();
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    agent::spawn(l, acfg.tls.server().unwrap(), host, 64 << 20, true, Duration::ZERO).unwrap()
+    common::agent_cfg(dir, &p.agent, "test_endpoints = true")
 }
 
 fn spec(name: &str, address: &str) -> HostSpec {
@@ -104,7 +89,7 @@ impl Env {
         let a = start_agent(&acfg).await;
         let v = start_verifier(&dir, &pki.files).await;
         let env = Self { _dir: d, dir, pki, acfg, agent: a, verifier: Some(v) };
-        env.agent.host.lock().unwrap().add_records(30).unwrap();
+        env.agent.service.lock().unwrap().add_records(30).unwrap();
         for h in ["h1", "h2"] {
             env.v().add_host(spec(h, &env.agent.addr.to_string())).await.unwrap();
             assert_eq!(env.v().attest_now(h).await.unwrap().verdict, Verdict::Verified);
@@ -113,7 +98,7 @@ impl Env {
     }
 
     fn v(&self) -> &Arc<imasnap_verifier_service::Verifier> {
-        &self.verifier.as_ref().unwrap().verifier
+        &self.verifier.as_ref().unwrap().service
     }
 
     fn addr(&self) -> String {
@@ -221,6 +206,43 @@ async fn finding_4_each_role_refused_exactly_where_it_should_be() {
     assert!(env.v().host_status("h2").is_none(), "the admin removed h2");
 }
 
+/// The agent's own API: the verifier (and an operator) may call it; a scraper sees health
+/// and metrics; another host's agent certificate, or one without a role, nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_4_the_agent_api_checks_roles_too() {
+    let env = Env::new().await;
+    let p = &env.pki.files;
+    let a = env.agent.addr.to_string();
+    let nonce = hex::encode([3u8; 32]);
+    let evidence = format!("GET /v1/evidence?nonce={nonce}&from=0 HTTP/1.1");
+    let routes: [(&str, &str); 6] = [
+        ("GET /v1/health HTTP/1.1", "health"),
+        ("GET /v1/metrics HTTP/1.1", "metrics"),
+        (evidence.as_str(), "evidence"),
+        ("GET /v1/snapshots HTTP/1.1", "snapshots"),
+        ("POST /v1/snapshots HTTP/1.1", "snapshot"),
+        ("POST /v1/test/records?count=1 HTTP/1.1", "records"),
+    ];
+    let cases: [(&TlsFiles, &str, [u16; 6]); 5] = [
+        (&p.verifier, "verifier", [200; 6]),
+        (&p.admin, "admin", [200; 6]),
+        (&p.reader, "reader", [200, 200, 403, 403, 403, 403]),
+        (&p.agent, "agent", [403; 6]),
+        (&env.pki.none, "none", [403; 6]),
+    ];
+    for (who, name, want) in cases {
+        for ((line, route), want) in routes.iter().zip(want) {
+            env.agent.service.lock().unwrap().add_records(1).unwrap();
+            let head = format!("{line}\r\nhost: localhost\r\ncontent-length: 0\r\nconnection: close\r\n");
+            let (s, text) = raw(&a, who, &head, b"").await;
+            assert_eq!(s, want, "{name} {route}: {text}");
+        }
+    }
+    let head = "GET /v1/health HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n";
+    let (_, text) = raw(&a, &p.agent, head, b"").await;
+    assert!(text.contains("role agent is not a client"), "{text}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finding_4_snapshot_requests_to_an_agent_are_rate_limited() {
     let env = Env::new().await;
@@ -228,7 +250,7 @@ async fn finding_4_snapshot_requests_to_an_agent_are_rate_limited() {
     let head = "POST /v1/snapshots HTTP/1.1\r\nhost: localhost\r\ncontent-length: 0\r\nconnection: close\r\n";
     let mut statuses = Vec::new();
     for _ in 0..11 {
-        env.agent.host.lock().unwrap().add_records(2).unwrap();
+        env.agent.service.lock().unwrap().add_records(2).unwrap();
         statuses.push(raw(&a, &env.pki.files.verifier, head, b"").await);
     }
     assert!(statuses[..10].iter().all(|(s, _)| *s == 200), "{:?}", statuses.iter().map(|s| s.0).collect::<Vec<_>>());
@@ -276,7 +298,7 @@ async fn finding_5_one_bad_row_neither_stops_the_start_nor_hides_the_host() {
         assert_eq!(health["status"], "degraded", "{what}: {health}");
         assert_eq!(health["unusable"], json!(["h2"]));
         // Every other host keeps being attested; the damaged one is not.
-        env.agent.host.lock().unwrap().add_records(3).unwrap();
+        env.agent.service.lock().unwrap().add_records(3).unwrap();
         assert_eq!(env.v().attest_now("h1").await.unwrap().verdict, Verdict::Verified, "{what}");
         let (s, e) = env.call(&admin, hyper::Method::POST, "/v1/hosts/h2/attest", None).await;
         assert_eq!(s, 409, "{what}: {e}");
@@ -456,7 +478,7 @@ async fn finding_12_json_has_enums_format_and_no_debug_text() {
     let addr = env.agent.addr.to_string();
     let (s, _) = env.call(&admin, hyper::Method::PATCH, "/v1/hosts/h1", Some(json!({ "address": addr }))).await;
     assert_eq!(s, 200);
-    env.agent.host.lock().unwrap().add_records(5).unwrap();
+    env.agent.service.lock().unwrap().add_records(5).unwrap();
     let (s, row) = env.call(&admin, hyper::Method::POST, "/v1/hosts/h1/attest", None).await;
     assert_eq!(s, 200, "{row}");
     assert_eq!(row["format"], "imasnap-verifier-api/1");

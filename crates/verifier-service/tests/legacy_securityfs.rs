@@ -23,7 +23,6 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::net::TcpListener;
 
 mod common;
 use common::start_verifier;
@@ -160,24 +159,11 @@ impl Kernel {
 }
 
 fn agent_cfg(dir: &Path, pki: &DevPkiFiles, ima: &Path) -> AgentServiceConfig {
-    let mut c = AgentServiceConfig::from_toml(&format!(
-        "state_dir = {:?}\nlisten = \"127.0.0.1:0\"\nbackend = \"securityfs\"\nima_dir = {:?}\n\
-         [tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\n",
-        dir.join("agent-state"),
-        ima,
-        pki.agent.cert,
-        pki.agent.key,
-        pki.agent.ca
-    ))
-    .unwrap();
-    c.tick_ms = 0;
-    c
+    common::agent_cfg(dir, &pki.agent, &format!("backend = \"securityfs\"\nima_dir = {ima:?}"))
 }
 
 async fn start_agent(cfg: &AgentServiceConfig, tpm: SharedTpm) -> agent::Running {
-    let host = agent::open_securityfs(cfg, tpm).unwrap();
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    agent::spawn(l, cfg.tls.server().unwrap(), host, 64 << 20, false, Duration::ZERO).unwrap()
+    common::serve_agent(cfg, agent::open_securityfs(cfg, tpm).unwrap()).await
 }
 
 async fn agent_get(pki: &DevPkiFiles, addr: &str, method: hyper::Method, path: &str) -> (u16, serde_json::Value) {
@@ -204,7 +190,7 @@ async fn legacy_kernel_attested_incrementally_from_the_agents_copy() {
     let acfg = agent_cfg(dir, &pki, &k.ima);
     let mut a = start_agent(&acfg, k.tpm.clone()).await;
     let v = start_verifier(dir, &pki).await;
-    let vf = v.verifier.clone();
+    let vf = v.service.clone();
     vf.add_host(HostSpec {
         name: "legacy1".into(),
         address: a.addr.to_string(),
@@ -254,12 +240,12 @@ async fn legacy_kernel_attested_incrementally_from_the_agents_copy() {
     let (s, e) = agent_get(&pki, &a.addr.to_string(), hyper::Method::POST, "/v1/snapshots").await;
     assert_eq!(s, 409, "{e}");
     assert!(e.to_string().contains("cannot trim"), "{e}");
-    assert!(matches!(a.host.lock().unwrap().snapshot(None), Err(HostError::Conflict(_))));
+    assert!(matches!(a.service.lock().unwrap().snapshot(None), Err(HostError::Conflict(_))));
 
     // Tampering: new records reach the agent's copy (its periodic tick), then a byte of the
     // copy is changed in a record the verifier has not proven yet: rejected.
     k.measure(6);
-    a.host.lock().unwrap().tick(std::time::Instant::now()).unwrap();
+    a.service.lock().unwrap().tick(std::time::Instant::now()).unwrap();
     {
         let mut f = std::fs::OpenOptions::new().write(true).open(&copy).unwrap();
         let len = f.metadata().unwrap().len();
@@ -307,7 +293,7 @@ async fn a_snapshot_file_selects_the_rfc_path() {
     assert_eq!(s, 200);
     assert_eq!(h["mode"], "securityfs-snapshot", "{h}");
     // Its store is the snapshot store (a boot directory with a manifest), not a copy.
-    assert!(a.host.lock().unwrap().manifest().is_some());
+    assert!(a.service.lock().unwrap().manifest().is_some());
     assert!(!acfg.state_dir.join("legacy").exists());
     a.stop().await;
     // The model back end says so too; and a securityfs back end refuses the soft TPM.

@@ -8,7 +8,6 @@
 //!   in SQLite across rounds and a verifier restart, and verify later signatures.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed unwrap is a failed test
 
-use imasnap_agent_server::config::AgentServiceConfig;
 use imasnap_agent_server::devpki::{write_dev_pki, DevPkiFiles};
 use imasnap_agent_server::service as agent;
 use imasnap_policy::sig::encode_v2;
@@ -18,8 +17,6 @@ use imasnap_verifier_service::Verifier;
 use p256::ecdsa::signature::hazmat::PrehashSigner;
 use rsa::pkcs8::EncodePublicKey;
 use sha2::{Digest, Sha256};
-use std::time::Duration;
-use tokio::net::TcpListener;
 
 mod common;
 use common::start_verifier;
@@ -95,21 +92,10 @@ impl Env {
         let d = tempfile::tempdir().unwrap();
         let dir = d.path().to_path_buf();
         let pki = write_dev_pki(&dir.join("pki"), &["localhost"]).unwrap();
-        let mut acfg = AgentServiceConfig::from_toml(&format!(
-            "state_dir = {:?}\nlisten = \"127.0.0.1:0\"\ntest_endpoints = true\nima_template = \"ima-sig\"\n\
-             [tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\n",
-            dir.join("agent-state"),
-            pki.agent.cert,
-            pki.agent.key,
-            pki.agent.ca
-        ))
-        .unwrap();
-        acfg.tick_ms = 0;
-        let host = agent::open_host(&acfg).unwrap();
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let a = agent::spawn(l, acfg.tls.server().unwrap(), host, 64 << 20, true, Duration::ZERO).unwrap();
+        let acfg = common::agent_cfg(&dir, &pki.agent, "test_endpoints = true\nima_template = \"ima-sig\"");
+        let a = common::start_agent(&acfg).await;
         let v = start_verifier(&dir, &pki).await;
-        v.verifier
+        v.service
             .add_host(HostSpec {
                 name: "h1".into(),
                 address: a.addr.to_string(),
@@ -127,12 +113,12 @@ impl Env {
     }
 
     fn v(&self) -> &std::sync::Arc<Verifier> {
-        &self.verifier.as_ref().unwrap().verifier
+        &self.verifier.as_ref().unwrap().service
     }
 
     /// Measures a file with its xattr; returns the record's global index.
     fn measure(&self, path: &str, content: &[u8], xattr: Option<&[u8]>) -> u64 {
-        let mut h = self.agent.host.lock().unwrap();
+        let mut h = self.agent.service.lock().unwrap();
         let m = h.metrics();
         assert!(h.measure(path.as_bytes(), &Sha256::digest(content), xattr).unwrap());
         m.next_index + m.live_records
@@ -213,7 +199,7 @@ async fn learned_keyring_keys_survive_rounds_and_verifier_restarts() {
     assert!(env.v().host_status("h1").unwrap().learned_keys.is_empty());
 
     // The kernel measures the key into .ima (ima-buf): learned.
-    assert!(env.agent.host.lock().unwrap().measure_buffer(b".ima", &der).unwrap());
+    assert!(env.agent.service.lock().unwrap().measure_buffer(b".ima", &der).unwrap());
     verified(&env.round().await);
     let st = env.v().host_status("h1").unwrap();
     assert_eq!(st.learned_keys.len(), 1, "{st:?}");

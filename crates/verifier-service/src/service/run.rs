@@ -4,27 +4,12 @@ use super::registry::{Shared, Verifier};
 use super::routes::Api;
 use crate::VerifierConfig;
 use imasnap_net::http;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-/// A running verifier service.
-pub struct Running {
-    pub addr: SocketAddr,
-    pub verifier: Shared,
-    pub shutdown: watch::Sender<bool>,
-    pub tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Running {
-    pub async fn stop(self) {
-        let _ = self.shutdown.send(true);
-        for t in self.tasks {
-            let _ = t.await;
-        }
-    }
-}
+/// A running verifier service (`service` is the verifier).
+pub type Running = http::Running<Shared>;
 
 /// Starts the REST API on `listener` and, if `schedule`, the scheduler.
 pub fn spawn(
@@ -39,7 +24,7 @@ pub fn spawn(
     if schedule {
         tasks.push(tokio::spawn(v.clone().schedule(rx)));
     }
-    Ok(Running { addr, verifier: v, shutdown: tx, tasks })
+    Ok(Running { addr, service: v, shutdown: tx, tasks })
 }
 
 /// `imasnap verifier run`: the whole service until SIGINT/SIGTERM.

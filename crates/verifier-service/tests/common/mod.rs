@@ -1,7 +1,12 @@
-//! The verifier every service test starts: in-process, on loopback, no scheduler (the
-//! tests drive rounds themselves), dev PKI for both TLS sides.
+//! The agent and verifier the service tests start: in-process, on loopback, no scheduler
+//! or ticker (the tests drive rounds and snapshots themselves), dev PKI for both TLS sides.
+#![allow(dead_code)] // each test binary uses a different part
 
+use imasnap_agent_server::config::AgentServiceConfig;
 use imasnap_agent_server::devpki::DevPkiFiles;
+use imasnap_agent_server::host::HostOps;
+use imasnap_agent_server::service as agent;
+use imasnap_agent_server::tls::TlsFiles;
 use imasnap_verifier_service::service::{self as vsvc, Running};
 use imasnap_verifier_service::{Verifier, VerifierConfig};
 use std::path::Path;
@@ -23,4 +28,30 @@ pub async fn start_verifier(dir: &Path, pki: &DevPkiFiles) -> Running {
     let v = Verifier::open(cfg.clone(), cfg.agent_tls.client().unwrap()).unwrap();
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     vsvc::spawn(l, cfg.tls.server().unwrap(), v, false).unwrap()
+}
+
+/// An agent configuration on loopback with `tls` as its identity and state under `dir`;
+/// `extra` adds top-level keys (`backend`, `test_endpoints`, `ima_template`, …). No ticker.
+pub fn agent_cfg(dir: &Path, tls: &TlsFiles, extra: &str) -> AgentServiceConfig {
+    let mut c = AgentServiceConfig::from_toml(&format!(
+        "state_dir = {:?}\nlisten = \"127.0.0.1:0\"\n{extra}\n[tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\n",
+        dir.join("agent-state"),
+        tls.cert,
+        tls.key,
+        tls.ca
+    ))
+    .unwrap();
+    c.tick_ms = 0;
+    c
+}
+
+/// Serves `host` as `cfg` says.
+pub async fn serve_agent(cfg: &AgentServiceConfig, host: Box<dyn HostOps>) -> agent::Running {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    agent::spawn(l, cfg.tls.server().unwrap(), host, agent::Serve::from_config(cfg)).unwrap()
+}
+
+/// The back end `cfg` names (the kernel model unless it says otherwise), served.
+pub async fn start_agent(cfg: &AgentServiceConfig) -> agent::Running {
+    serve_agent(cfg, agent::open_host(cfg).unwrap()).await
 }
