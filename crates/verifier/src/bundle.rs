@@ -59,16 +59,7 @@ pub fn check_against(m: &Manifest, index: &BundleIndex) -> Result<(), Failure> {
 mod tests {
     use super::*;
 
-    const MANIFEST: &str = r#"{ "format": "imasnap-manifest/1",
-      "boot": { "reset_count": 3, "boot_aggregate_sha1": "00112233445566778899aabbccddeeff00112233" },
-      "banks": ["sha1", "sha256"], "pcr": 10,
-      "snapshots": [
-        { "seq": 1, "file": "000001.snap", "first_index": 0, "count": 5000,
-          "sha256": "0000000000000000000000000000000000000000000000000000000000000001",
-          "end_marker": { "attempt": 1, "sha1": "ffffffffffffffffffffffffffffffffffffffff" },
-          "pcrs_end": { "sha1": "0101010101010101010101010101010101010101",
-                        "sha256": "0202020202020202020202020202020202020202020202020202020202020202" } } ],
-      "next_index": 5000 }"#;
+    use imasnap_wire::claims::EXAMPLE_MANIFEST as MANIFEST;
 
     #[test]
     fn parses_the_documented_manifest() {

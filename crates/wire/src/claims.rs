@@ -156,11 +156,9 @@ impl ManifestClaims {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    pub(crate) const MANIFEST: &str = r#"{ "format": "imasnap-manifest/1",
+/// A small `manifest.json` in the documented shape (one snapshot of 5,000 records):
+/// the starting point of the tests of every crate that reads manifests.
+pub const EXAMPLE_MANIFEST: &str = r#"{ "format": "imasnap-manifest/1",
       "boot": { "reset_count": 3, "boot_aggregate_sha1": "00112233445566778899aabbccddeeff00112233" },
       "banks": ["sha1", "sha256"], "pcr": 10,
       "snapshots": [
@@ -170,6 +168,12 @@ mod tests {
           "pcrs_end": { "sha1": "0101010101010101010101010101010101010101",
                         "sha256": "0202020202020202020202020202020202020202020202020202020202020202" } } ],
       "next_index": 5000 }"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use super::EXAMPLE_MANIFEST as MANIFEST;
 
     #[test]
     fn finding_9_claims_from_the_documented_manifest() {
