@@ -29,17 +29,7 @@ impl Env {
         let acfg = common::agent_cfg(&dir, &pki.agent, "test_endpoints = true");
         let a = common::start_agent(&acfg).await;
         let v = start_verifier(&dir, &pki).await;
-        let spec = HostSpec {
-            name: "h1".into(),
-            address: a.addr.to_string(),
-            server_name: Some("localhost".into()),
-            ak: None,
-            tofu: true,
-            policy: None,
-            agent_cert: None,
-            poll_interval_ms: 3_600_000,
-            late_join,
-        };
+        let spec = HostSpec { late_join, ..common::tofu_host("h1", &a.addr.to_string()) };
         v.service.add_host(spec).await.unwrap();
         Self { _dir: d, dir, pki, agent: a, verifier: Some(v) }
     }

@@ -12,7 +12,7 @@ use imasnap_agent_server::http::{self, Body, Handler, Peer};
 use imasnap_agent_server::tls::{self, Role, TlsFiles};
 use imasnap_agent_server::{api, service as agent};
 use imasnap_verifier_service::client::ApiClient;
-use imasnap_verifier_service::model::{HostSpec, HostState, LateJoin, Verdict};
+use imasnap_verifier_service::model::{HostState, LateJoin, Verdict};
 use imasnap_verifier_service::service::Running;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -22,7 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 mod common;
-use common::{start_agent, start_verifier};
+use common::{start_agent, start_verifier, tofu_host as spec};
 
 /// A PKI with every role, and a certificate from the same CA with no role.
 struct Pki {
@@ -63,20 +63,6 @@ struct Env {
 
 fn agent_cfg(dir: &Path, p: &DevPkiFiles) -> AgentServiceConfig {
     common::agent_cfg(dir, &p.agent, "test_endpoints = true")
-}
-
-fn spec(name: &str, address: &str) -> HostSpec {
-    HostSpec {
-        name: name.into(),
-        address: address.into(),
-        server_name: Some("localhost".into()),
-        ak: None,
-        tofu: true,
-        policy: None,
-        agent_cert: None,
-        poll_interval_ms: 3_600_000,
-        late_join: LateJoin::FullHistory,
-    }
 }
 
 impl Env {

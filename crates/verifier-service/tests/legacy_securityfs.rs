@@ -18,7 +18,7 @@ use imasnap_log::digest::template_hash;
 use imasnap_log::{Endian, HashAlgo, PcrValue, Record};
 use imasnap_test_support::records::{new_record, parse as records};
 use imasnap_tpm::{AkPublic, ClockInfo, PcrSelection, Quote, SoftTpm, Tpm, TpmError};
-use imasnap_verifier_service::model::{HostPatch, HostSpec, LateJoin, Verdict, VerdictRow};
+use imasnap_verifier_service::model::{HostPatch, Verdict, VerdictRow};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -191,19 +191,7 @@ async fn legacy_kernel_attested_incrementally_from_the_agents_copy() {
     let mut a = start_agent(&acfg, k.tpm.clone()).await;
     let v = start_verifier(dir, &pki).await;
     let vf = v.service.clone();
-    vf.add_host(HostSpec {
-        name: "legacy1".into(),
-        address: a.addr.to_string(),
-        server_name: Some("localhost".into()),
-        ak: None,
-        tofu: true,
-        policy: None,
-        agent_cert: None,
-        poll_interval_ms: 3_600_000,
-        late_join: LateJoin::FullHistory,
-    })
-    .await
-    .unwrap();
+    vf.add_host(common::tofu_host("legacy1", &a.addr.to_string())).await.unwrap();
 
     // The mode is chosen automatically and shown.
     let (s, h) = agent_get(&pki, &a.addr.to_string(), hyper::Method::GET, "/v1/health").await;

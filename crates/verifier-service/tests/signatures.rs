@@ -11,7 +11,7 @@
 use imasnap_agent_server::devpki::{write_dev_pki, DevPkiFiles};
 use imasnap_agent_server::service as agent;
 use imasnap_policy::sig::encode_v2;
-use imasnap_verifier_service::model::{HostSpec, HostState, LateJoin, Verdict, VerdictRow};
+use imasnap_verifier_service::model::{HostSpec, HostState, Verdict, VerdictRow};
 use imasnap_verifier_service::service::Running;
 use imasnap_verifier_service::Verifier;
 use p256::ecdsa::signature::hazmat::PrehashSigner;
@@ -96,17 +96,7 @@ impl Env {
         let a = common::start_agent(&acfg).await;
         let v = start_verifier(&dir, &pki).await;
         v.service
-            .add_host(HostSpec {
-                name: "h1".into(),
-                address: a.addr.to_string(),
-                server_name: Some("localhost".into()),
-                ak: None,
-                tofu: true,
-                policy: Some(policy),
-                agent_cert: None,
-                poll_interval_ms: 3_600_000,
-                late_join: LateJoin::FullHistory,
-            })
+            .add_host(HostSpec { policy: Some(policy), ..common::tofu_host("h1", &a.addr.to_string()) })
             .await
             .unwrap();
         Self { _d: d, dir, pki, agent: a, verifier: Some(v) }

@@ -7,6 +7,7 @@ use imasnap_agent_server::devpki::DevPkiFiles;
 use imasnap_agent_server::host::HostOps;
 use imasnap_agent_server::service as agent;
 use imasnap_agent_server::tls::TlsFiles;
+use imasnap_verifier_service::model::{HostSpec, LateJoin};
 use imasnap_verifier_service::service::{self as vsvc, Running};
 use imasnap_verifier_service::{Verifier, VerifierConfig};
 use std::path::Path;
@@ -54,4 +55,20 @@ pub async fn serve_agent(cfg: &AgentServiceConfig, host: Box<dyn HostOps>) -> ag
 /// The back end `cfg` names (the kernel model unless it says otherwise), served.
 pub async fn start_agent(cfg: &AgentServiceConfig) -> agent::Running {
     serve_agent(cfg, agent::open_host(cfg).unwrap()).await
+}
+
+/// Host `name` at `address` (server name `localhost`, as the dev PKI issues), its AK trusted
+/// on first use, full-history late join, polled hourly (the tests attest on demand).
+pub fn tofu_host(name: &str, address: &str) -> HostSpec {
+    HostSpec {
+        name: name.into(),
+        address: address.into(),
+        server_name: Some("localhost".into()),
+        ak: None,
+        tofu: true,
+        policy: None,
+        agent_cert: None,
+        poll_interval_ms: 3_600_000,
+        late_join: LateJoin::FullHistory,
+    }
 }
