@@ -370,7 +370,7 @@ fn run(seed: u64, designated: CrashPoint, base: &std::path::Path, fired: &mut BT
     let tmp = tempfile::tempdir_in(base).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let retention = if rng.gen_bool(0.5) { Retention::Archive } else { Retention::Delete };
-    let pcr_mode = if rng.gen_bool(0.5) { PcrMode::Shadow } else { PcrMode::TpmUnderLock };
+    let pcr_mode = if rng.gen_bool(0.5) { PcrMode::ExtendedUnderLock } else { PcrMode::TpmUnderLock };
     let mut cfg = AgentConfig::new(tmp.path().join("state"));
     cfg.retention = retention;
     let kcfg = Config { pcr_mode, ..Config::default() };

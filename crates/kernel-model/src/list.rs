@@ -12,10 +12,11 @@ use std::time::Duration;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PcrMode {
     /// RFC-faithful: read PCR 0-23 of every bank from the TPM while holding the list lock.
+    /// The kernel series no longer has it; kept to measure what the other mode saves.
     TpmUnderLock,
-    /// Shadow copies of the PCRs IMA extends, kept under the lock; the other PCRs are read
-    /// from the TPM before taking it. Valid because only IMA extends its PCR after boot.
-    Shadow,
+    /// The kernel's: PCRs IMA has not extended are read before taking the lock (the lock
+    /// does not serialise them anyway); under it, only the PCRs IMA extended, from the TPM.
+    ExtendedUnderLock,
 }
 
 #[derive(Clone, Debug)]
@@ -38,7 +39,7 @@ impl Default for Config {
             pcr: 10,
             ima_hash: HashAlgo::Sha256,
             template: "ima-ng".into(),
-            pcr_mode: PcrMode::Shadow,
+            pcr_mode: PcrMode::ExtendedUnderLock,
             keep_dedup_on_done: true,
         }
     }
@@ -84,6 +85,10 @@ impl Entry {
 pub enum KernelError {
     #[error("EBUSY: {0}")]
     Busy(&'static str),
+    /// A measurement refused once the list was copied for kexec (after the dedup check,
+    /// as the kernel does: a duplicate is still just a duplicate).
+    #[error("ENODEV: {0}")]
+    NoDevice(&'static str),
     #[error("EINVAL: {0}")]
     Invalid(String),
     #[error("EIO: TPM: {0}")]
@@ -102,9 +107,10 @@ pub struct Kernel<T: Tpm> {
     pub(crate) htable: HashSet<(u32, Vec<u8>)>,
     pub(crate) dedup_bank: usize,
     pub(crate) violations: u64,
-    /// Shadow copies of PCRs IMA has extended, per bank.
-    pub(crate) shadow: Vec<[PcrValue; 24]>,
-    pub(crate) shadow_valid: u32,
+    /// PCRs IMA has extended in this kernel (bit p for PCR p).
+    pub(crate) extended: u32,
+    /// `kexec_file_load` added an IMA segment: snapshots are refused until the next boot.
+    pub(crate) kexec_loaded: bool,
     pub(crate) snapshot: crate::snapshot::SnapState,
     /// Records removed by `done` since this kernel started.
     pub(crate) removed: u64,
@@ -118,7 +124,6 @@ impl<T: Tpm> Kernel<T> {
     fn empty(cfg: Config, tpm: T) -> Self {
         let banks = tpm.banks();
         let dedup_bank = banks.iter().position(|&b| b == cfg.ima_hash).unwrap_or(0);
-        let shadow = banks.iter().map(|&a| [PcrValue::zero(a); 24]).collect();
         Self {
             cfg,
             tpm,
@@ -127,8 +132,8 @@ impl<T: Tpm> Kernel<T> {
             htable: HashSet::new(),
             dedup_bank,
             violations: 0,
-            shadow,
-            shadow_valid: 0,
+            extended: 0,
+            kexec_loaded: false,
             snapshot: Default::default(),
             removed: 0,
             suspended: false,
@@ -310,7 +315,7 @@ impl<T: Tpm> Kernel<T> {
         // After kexec_save the list is frozen in the hand-over buffer: like the kernel
         // (`ima_measurements_suspended`), neither append nor extend.
         if self.suspended {
-            return Err(KernelError::Busy("measurements suspended for kexec"));
+            return Err(KernelError::NoDevice("measurements suspended for kexec"));
         }
         let values: Vec<PcrValue> =
             self.banks.iter().zip(&e.digests).map(|(&a, d)| if e.violation { PcrValue::ones(a) } else { *d }).collect();
@@ -320,29 +325,11 @@ impl<T: Tpm> Kernel<T> {
         let p = e.pcr as usize;
         self.bytes_in_list += e.record(0).encoded_len() as u64;
         self.list.push_back(e);
+        self.extended |= 1 << p;
         self.tpm.pcr_extend(p as u32, &values).map_err(|e| KernelError::Tpm(e.to_string()))?;
-        for (bi, (&a, v)) in self.banks.iter().zip(&values).enumerate() {
-            if self.shadow_valid & (1 << p) == 0 {
-                // First extend of this PCR by IMA in this kernel: seed from the TPM.
-                continue;
-            }
-            a.extend(&mut self.shadow[bi][p], v.as_bytes());
-        }
-        if self.shadow_valid & (1 << p) == 0 {
-            self.seed_shadow(p)?;
-        }
         Ok(())
     }
 
-    /// Seeds the shadow copy of PCR `p` from the TPM (after the first extend).
-    fn seed_shadow(&mut self, p: usize) -> Result<(), KernelError> {
-        for bi in 0..self.banks.len() {
-            let v = self.tpm.pcr_read(self.banks[bi], &[p as u32]).map_err(|e| KernelError::Tpm(e.to_string()))?;
-            self.shadow[bi][p] = v[0];
-        }
-        self.shadow_valid |= 1 << p;
-        Ok(())
-    }
 
     /// Records in the in-memory list.
     pub fn len(&self) -> usize {
@@ -388,6 +375,12 @@ impl<T: Tpm> Kernel<T> {
         self.max_pause
     }
 
+    /// `kexec_file_load` with an IMA segment: sized for the list now, so from here on
+    /// snapshot opens are refused (EBUSY, the attempt counted) until the next boot.
+    pub fn kexec_load(&mut self) {
+        self.kexec_loaded = true;
+    }
+
     /// kexec load+exec, outgoing side: measurement is suspended and the list is written to
     /// the hand-over buffer in the real format (classic SHA1 records).
     pub fn kexec_save(&mut self) -> Vec<u8> {
@@ -409,12 +402,11 @@ impl<T: Tpm> Kernel<T> {
     /// [`Kernel::kexec_save`] then [`Kernel::kexec_restore`] do, without giving up `self`.
     pub fn kexec(&mut self) -> Result<(), KernelError> {
         let buf = self.kexec_save();
-        let shadow = self.banks.iter().map(|&a| [PcrValue::zero(a); 24]).collect();
         self.list.clear();
         self.htable.clear();
         self.violations = 0;
-        self.shadow = shadow;
-        self.shadow_valid = 0;
+        self.extended = 0;
+        self.kexec_loaded = false;
         self.snapshot = Default::default();
         self.removed = 0;
         self.suspended = false;

@@ -12,7 +12,7 @@ use std::time::Instant;
 pub enum Fault {
     /// `open` fails before the attempt counter moves (e.g. ENOMEM).
     OpenEarly,
-    /// The TPM read for the marker fails: no marker is appended, the attempt is spent.
+    /// The TPM read for the marker fails: no marker is appended, the attempt is unspent.
     MarkerTpmRead,
     /// `read` fails (EIO).
     Read,
@@ -66,25 +66,24 @@ impl<T: Tpm> Kernel<T> {
             return Err(KernelError::Busy("snapshot is already open"));
         }
         self.take_fault(Fault::OpenEarly)?;
+        // Before the lock: the PCRs IMA has not extended (all of them in the RFC's mode,
+        // read under the lock below instead). A failed read leaves the attempt unspent.
+        let outside = if self.cfg.pcr_mode == PcrMode::ExtendedUnderLock { !self.extended } else { 0 };
+        self.take_fault(Fault::MarkerTpmRead)?;
+        let mut values = self.read_pcrs(outside & 0x00ff_ffff, None)?;
+        let lock = Instant::now();
+        if self.suspended || self.kexec_loaded {
+            self.snapshot.attempts += 1;
+            return Err(KernelError::Busy(if self.suspended {
+                "measurements suspended for kexec"
+            } else {
+                "a kexec segment sized for the list is loaded"
+            }));
+        }
+        // Under the lock: the rest (the PCRs IMA extended, or all of them).
+        values = self.read_pcrs(!outside & 0x00ff_ffff, Some(values))?;
         self.snapshot.attempts += 1;
         let attempt = self.snapshot.attempts;
-        self.take_fault(Fault::MarkerTpmRead)?;
-        // Shadow mode: PCRs IMA never extends are read before taking the lock.
-        let outside = if self.cfg.pcr_mode == PcrMode::Shadow { Some(self.read_all_pcrs()?) } else { None };
-        let lock = Instant::now();
-        let values = match outside {
-            Some(mut v) => {
-                for (bank, shadow) in v.iter_mut().zip(&self.shadow) {
-                    for (p, (val, sh)) in bank.iter_mut().zip(shadow).enumerate() {
-                        if self.shadow_valid & (1 << p) != 0 {
-                            *val = *sh;
-                        }
-                    }
-                }
-                v
-            }
-            None => self.read_all_pcrs()?,
-        };
         let marker = Marker { attempt, banks: self.banks.iter().copied().zip(values).collect() };
         let buf = marker.encode();
         let t = imasnap_log::entry::builtin("ima-buf");
@@ -108,16 +107,18 @@ impl<T: Tpm> Kernel<T> {
         Ok(SnapshotHandle { id, attempt, records: pos })
     }
 
-    fn read_all_pcrs(&mut self) -> Result<Vec<[PcrValue; 24]>, KernelError> {
-        let all: Vec<u32> = (0..24).collect();
-        let mut out = Vec::with_capacity(self.banks.len());
-        for &b in &self.banks.clone() {
-            let v = self.tpm.pcr_read(b, &all).map_err(|e| KernelError::Tpm(e.to_string()))?;
-            let mut a = [PcrValue::zero(b); 24];
-            for (i, x) in v.into_iter().enumerate().take(24) {
-                a[i] = x;
+    /// Reads the PCRs in `mask` of every bank into `into` (zeros where nothing was read).
+    fn read_pcrs(&mut self, mask: u32, into: Option<Vec<[PcrValue; 24]>>) -> Result<Vec<[PcrValue; 24]>, KernelError> {
+        let mut out = into.unwrap_or_else(|| self.banks.iter().map(|&b| [PcrValue::zero(b); 24]).collect());
+        let sel: Vec<u32> = (0..24).filter(|p| mask & (1 << p) != 0).collect();
+        if sel.is_empty() {
+            return Ok(out);
+        }
+        for (bi, &b) in self.banks.clone().iter().enumerate() {
+            let v = self.tpm.pcr_read(b, &sel).map_err(|e| KernelError::Tpm(e.to_string()))?;
+            for (&p, x) in sel.iter().zip(v) {
+                out[bi][p as usize] = x;
             }
-            out.push(a);
         }
         Ok(out)
     }

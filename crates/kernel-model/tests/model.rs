@@ -24,7 +24,7 @@ fn assert_replays_to_tpm(recs: &[Record], k: &mut Kernel<SoftTpm>) {
 
 #[test]
 fn list_replays_to_tpm_with_dedup_and_violations() {
-    let mut k = kernel(PcrMode::Shadow);
+    let mut k = kernel(PcrMode::ExtendedUnderLock);
     assert!(k.measure_file(b"/bin/a", &file_digest(1)).unwrap());
     assert!(!k.measure_file(b"/bin/a", &file_digest(1)).unwrap(), "duplicate is not re-added");
     assert!(k.measure_file(b"/bin/a", &file_digest(2)).unwrap(), "changed file is re-measured");
@@ -42,7 +42,7 @@ fn list_replays_to_tpm_with_dedup_and_violations() {
 
 #[test]
 fn snapshot_protocol_both_modes() {
-    for mode in [PcrMode::TpmUnderLock, PcrMode::Shadow] {
+    for mode in [PcrMode::TpmUnderLock, PcrMode::ExtendedUnderLock] {
         let mut k = kernel(mode);
         kernel::measure_files(&mut k, "/f", 0, 10);
         let before = parse(&k.binary_measurements(HashAlgo::Sha1));
@@ -76,7 +76,7 @@ fn snapshot_protocol_both_modes() {
 
 #[test]
 fn close_without_done_aborts_and_marker_stays() {
-    let mut k = kernel(PcrMode::Shadow);
+    let mut k = kernel(PcrMode::ExtendedUnderLock);
     k.measure_file(b"/a", &file_digest(1)).unwrap();
     let h = k.snapshot_open().unwrap();
     k.snapshot_close(h);
@@ -90,10 +90,10 @@ fn close_without_done_aborts_and_marker_stays() {
 
 #[test]
 fn faults_and_kexec() {
-    let mut k = kernel(PcrMode::Shadow);
+    let mut k = kernel(PcrMode::ExtendedUnderLock);
     k.inject(Fault::MarkerTpmRead);
     assert!(matches!(k.snapshot_open(), Err(KernelError::Injected(Fault::MarkerTpmRead))));
-    assert_eq!(k.snapshot_attempts(), 1, "the attempt is spent");
+    assert_eq!(k.snapshot_attempts(), 0, "a failed PCR read leaves the attempt unspent");
     k.measure_file(b"/a", &file_digest(1)).unwrap();
     let h = k.snapshot_open().unwrap();
     k.snapshot_done(&h).unwrap();
@@ -103,7 +103,9 @@ fn faults_and_kexec() {
     let h = k.snapshot_open().unwrap();
     let buf = k.kexec_save();
     assert_eq!(k.snapshot_done(&h), Err(KernelError::Busy("measurement suspended for kexec")));
-    assert_eq!(k.measure_file(b"/late", &file_digest(3)), Err(KernelError::Busy("measurements suspended for kexec")));
+    assert_eq!(k.measure_file(b"/late", &file_digest(3)), Err(KernelError::NoDevice("measurements suspended for kexec")));
+    // A duplicate is still a duplicate (the dedup check comes first, as in the kernel).
+    assert_eq!(k.measure_file(b"/b", &file_digest(2)), Ok(false));
     let before = parse(&k.binary_measurements(HashAlgo::Sha1));
     let tpm = k.into_tpm();
     let mut k2 = Kernel::kexec_restore(Config::default(), tpm, &buf).unwrap();
@@ -117,6 +119,23 @@ fn faults_and_kexec() {
     let tpm10 = k2.tpm_mut().pcr_read(HashAlgo::Sha256, &[10]).unwrap()[0];
     assert_eq!(rp.state().get(HashAlgo::Sha256, 10).unwrap(), &tpm10);
     assert_eq!(k2.snapshot_open().unwrap().attempt, 1, "a new kernel restarts the counter");
+}
+
+/// Issue 11 bug 4: once a kexec segment is sized for the list, a marker could overflow
+/// it, so snapshot opens are refused (EBUSY, the attempt counted) until the next boot.
+#[test]
+fn snapshot_refused_while_a_kexec_segment_is_loaded() {
+    let mut k = kernel(PcrMode::ExtendedUnderLock);
+    k.measure_file(b"/a", &file_digest(1)).unwrap();
+    k.kexec_load();
+    let len = k.len();
+    for n in 1..=3 {
+        assert_eq!(k.snapshot_open(), Err(KernelError::Busy("a kexec segment sized for the list is loaded")));
+        assert_eq!(k.snapshot_attempts(), n);
+    }
+    assert_eq!(k.len(), len, "no marker was added");
+    k.kexec().unwrap();
+    assert_eq!(k.snapshot_open().unwrap().attempt, 1, "the next kernel takes snapshots again");
 }
 
 #[test]
@@ -144,7 +163,7 @@ fn ima_sig_template_carries_signature_xattrs_only() {
 #[test]
 fn finding_13_kexec_in_place_matches_save_and_restore() {
     let run = |in_place: bool| {
-        let mut k = kernel(PcrMode::Shadow);
+        let mut k = kernel(PcrMode::ExtendedUnderLock);
         k.measure_file(b"/a", &file_digest(1)).unwrap();
         k.violation(b"/tmp/v").unwrap();
         let mut k = if in_place {

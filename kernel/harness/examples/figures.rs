@@ -74,11 +74,10 @@ fn main() -> Result<()> {
     let mut out = serde_json::Map::new();
     let runs = [
         ("no_snapshots", scenario(records, every, false), ""),
-        ("snapshots_shadow", scenario(records, every, true), "ima_snapshot_pcrs=shadow"),
-        ("snapshots_tpm", scenario(records, every, true), "ima_snapshot_pcrs=tpm"),
+        ("snapshots", scenario(records, every, true), ""),
         ("snapshots_drop", scenario(records, every, true), "ima_snapshot_htable=drop"),
     ];
-    let pick = std::env::var("FIGURES").unwrap_or_else(|_| "no_snapshots,snapshots_shadow,snapshots_tpm".into());
+    let pick = std::env::var("FIGURES").unwrap_or_else(|_| "no_snapshots,snapshots".into());
     for (name, sc, cmdline) in runs {
         if !pick.split(',').any(|p| p == name) {
             continue;

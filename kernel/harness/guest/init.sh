@@ -8,6 +8,7 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mount -t securityfs securityfs /sys/kernel/security
+mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 mount -t tmpfs tmpfs /w
 S=/sys/kernel/security/ima
 arg() { sed -n "s/.*imasnap\.$1=\([0-9a-zA-Z_]*\).*/\1/p" /proc/cmdline; }
@@ -46,7 +47,7 @@ measure() {
 snapshot() {
     imasnap agent snapshot --state-dir /disk/state --tpm device:/dev/tpmrm0 --json \
         > /disk/out/snap-$1.json 2> /disk/out/snap-$1.err || fail "snapshot $1: $(cat /disk/out/snap-$1.err)"
-    note "snapshot $1 $(count) $(cat $S/snapshot_lock_ns 2>/dev/null | tr '\n' ' ')"
+    note "snapshot $1 $(count) $(cat /sys/kernel/debug/ima/snapshot_lock_ns 2>/dev/null | tr '\n' ' ')"
 }
 # open and close without done: an aborted attempt, its marker stays
 abort() {
@@ -69,6 +70,15 @@ kexec_next() {
     args=$(sed 's/ *imasnap\.stage=[0-9]*//' /proc/cmdline)
     kexec -s -l /disk/boot/bzImage --initrd=/disk/boot/initrd.gz --append="$args imasnap.stage=$next" \
         || fail "kexec load"
+    # kexec_next TAG N: N snapshot attempts between load and execute, each refused
+    if [ -n "$2" ]; then
+        j=0; refused=0
+        while [ $j -lt $2 ]; do
+            if (exec 3<>$S/snapshot) 2>/dev/null; then :; else refused=$((refused + 1)); fi
+            j=$((j + 1))
+        done
+        note "kexec_busy $1 tried=$2 refused=$refused $(count)"
+    fi
     sync; umount /disk
     kexec -e
     fail "kexec -e returned"
@@ -80,7 +90,7 @@ finish() {
         --out /disk/out/bundle --json > /disk/out/bundle.json 2> /disk/out/bundle.err \
         || fail "bundle: $(cat /disk/out/bundle.err)"
     note "finish $(count)"
-    cat $S/snapshot_lock_ns > /disk/out/lock_ns.txt 2>/dev/null
+    cat /sys/kernel/debug/ima/snapshot_lock_ns > /disk/out/lock_ns.txt 2>/dev/null
     dmesg > /disk/out/dmesg-$STAGE.txt
     sync; umount /disk
     echo "IMASNAP-DONE"

@@ -15,7 +15,7 @@ pub struct GuestConfig {
     pub kernel: PathBuf,
     /// Host-built imasnap (copied into the initramfs with its shared libraries).
     pub imasnap: PathBuf,
-    /// Extra kernel arguments (e.g. `ima_snapshot_pcrs=tpm`).
+    /// Extra kernel arguments (e.g. `ima_snapshot_htable=drop`).
     pub cmdline: String,
     pub memory_mb: u32,
     pub timeout: Duration,

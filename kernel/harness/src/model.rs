@@ -4,7 +4,7 @@
 use crate::scenario::{file_content, Scenario, Step};
 use anyhow::{anyhow, bail, Result};
 use imasnap_agent::{attest, Agent, AgentConfig, AgentError, Evidence, KernelIfError};
-use imasnap_kernel_model::{Config, Kernel};
+use imasnap_kernel_model::{Config, Kernel, KernelError};
 use imasnap_log::HashAlgo;
 use imasnap_tpm::SoftTpm;
 use sha2::{Digest, Sha256};
@@ -15,6 +15,8 @@ use std::path::Path;
 pub struct ModelRun {
     pub busy_refusals: u64,
     pub snapshots: u64,
+    /// Snapshot opens refused between kexec load and execute.
+    pub kexec_refusals: u64,
 }
 
 /// Runs `sc` on the model with a SoftTpm carrying the guest's banks (sha1, sha256), stores
@@ -56,8 +58,18 @@ pub fn run(sc: &Scenario, state: &Path, out: &Path, nonce: &[u8]) -> Result<Mode
                     }
                     Kernel::snapshot_close(agent.kernel_mut(), h);
                 }
-                Step::Kexec => {
+                Step::Kexec | Step::KexecBusy(_) => {
                     let mut kernel = agent.into_kernel();
+                    if let Step::KexecBusy(n) = step {
+                        kernel.kexec_load();
+                        for _ in 0..*n {
+                            match kernel.snapshot_open() {
+                                Err(KernelError::Busy(_)) => r.kexec_refusals += 1,
+                                Ok(h) => kernel.snapshot_close(h),
+                                Err(e) => bail!("kexec_busy step: {e}"),
+                            }
+                        }
+                    }
                     let buf = kernel.kexec_save();
                     let k2 = Kernel::kexec_restore(cfg.clone(), kernel.into_tpm(), &buf)?;
                     agent = Agent::start(k2, acfg.clone())?.0;

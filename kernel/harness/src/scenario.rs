@@ -15,8 +15,18 @@ pub enum Step {
     Busy,
     /// kexec into the same kernel; the list is carried over.
     Kexec,
+    /// kexec with N snapshot attempts between load and execute: each must be refused
+    /// (EBUSY), since a marker could overflow the segment sized at load.
+    KexecBusy(u64),
     /// Note the kernel's slab use (figures only; nothing to compare).
     Memory,
+}
+
+impl Step {
+    /// A kexec ends its boot's stage.
+    pub fn ends_stage(&self) -> bool {
+        matches!(self, Step::Kexec | Step::KexecBusy(_))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,7 +35,8 @@ pub struct Scenario {
 }
 
 impl Scenario {
-    /// One step per line: `measure N`, `snapshot`, `abort`, `busy`, `kexec`, `memory`;
+    /// One step per line: `measure N`, `snapshot`, `abort`, `busy`, `kexec`,
+    /// `kexec_busy N`, `memory`;
     /// `#` starts a comment. `repeat K { ... }` is not needed: write the lines out.
     pub fn parse(text: &str) -> Result<Self> {
         let mut steps = Vec::new();
@@ -44,6 +55,10 @@ impl Scenario {
                 (Some("abort"), None, None) => Step::Abort,
                 (Some("busy"), None, None) => Step::Busy,
                 (Some("kexec"), None, None) => Step::Kexec,
+                (Some("kexec_busy"), Some(n), None) => match n.parse::<u64>() {
+                    Ok(n) if (1..=100).contains(&n) => Step::KexecBusy(n),
+                    _ => bail!("line {}: kexec_busy takes a count from 1 to 100, not {n:?}", i + 1),
+                },
                 (Some("memory"), None, None) => Step::Memory,
                 _ => bail!("line {}: unknown step {line:?}", i + 1),
             };
@@ -57,7 +72,7 @@ impl Scenario {
         let mut out = Vec::new();
         let mut start = 0;
         for (i, s) in self.steps.iter().enumerate() {
-            if *s == Step::Kexec {
+            if s.ends_stage() {
                 out.push(&self.steps[start..=i]);
                 start = i + 1;
             }
@@ -80,11 +95,12 @@ impl Scenario {
                     Step::Abort => format!("abort {tag}"),
                     Step::Busy => format!("busy {tag}"),
                     Step::Kexec => format!("kexec_next {tag}"),
+                    Step::KexecBusy(n) => format!("kexec_next {tag} {n}"),
                     Step::Memory => format!("memory {tag}"),
                 };
                 s.push_str(&format!("    {line}\n"));
             }
-            if !stage.last().is_some_and(|s| *s == Step::Kexec) {
+            if !stage.last().is_some_and(Step::ends_stage) {
                 s.push_str("    finish\n");
             }
             s.push_str("}\n");

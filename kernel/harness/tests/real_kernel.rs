@@ -100,6 +100,45 @@ fn real_kernel_matches_the_model_and_verifies() {
     assert_eq!(v["verdict"], "rejected");
 }
 
+/// Issue 11 bug 4: snapshot attempts between `kexec -l` and `kexec -e`. Each marker is
+/// ~3.3 KB, more than the half page the segment reserves; before the fix they were
+/// appended, the dump wrote a truncated record, and the next kernel's list no longer
+/// replayed to PCR 10. Now each attempt is refused (EBUSY) and every record arrives.
+const KEXEC_BUSY: &str = "
+measure 50
+snapshot
+measure 40
+kexec_busy 3
+measure 30
+snapshot
+measure 20
+";
+
+#[test]
+#[ignore = "boots a patched kernel in QEMU (scripts/test.sh runs it)"]
+fn snapshots_refused_between_kexec_load_and_execute() {
+    let sc = Scenario::parse(KEXEC_BUSY).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let g = guest::run(&sc, &config(""), &work.path().join("guest")).unwrap();
+    let imasnap = guest::imasnap_binary().unwrap();
+    let trace = g.trace().unwrap();
+    let line = trace.iter().find(|l| l.starts_with("kexec_busy ")).expect("kexec_busy step traced");
+    assert!(line.contains("tried=3 refused=3"), "{line}");
+    let (code, v) = guest::verify(&imasnap, &g.out.join("bundle"), Some(&g.enrolled_ak), Some(&g.nonce)).unwrap();
+    assert_eq!(code, 0, "guest bundle after kexec: {v:#}\ntrace:\n{}", trace.join("\n"));
+    assert_eq!(v["history_verified"], true);
+
+    let m = work.path().join("model");
+    let run = model::run(&sc, &m.join("state"), &m.join("bundle"), b"model-nonce").unwrap();
+    assert_eq!(run.kexec_refusals, 3);
+    let mut gs = structure::of_bundle(&g.out.join("bundle")).unwrap();
+    let mut ms = structure::of_bundle(&m.join("bundle")).unwrap();
+    gs.verdict = v["verdict"].as_str().unwrap().into();
+    ms.verdict = "verified".into();
+    assert_eq!(gs, ms, "real kernel vs model:\n{gs:#?}\n{ms:#?}\ntrace:\n{}", trace.join("\n"));
+    assert_eq!(gs.boot_aggregates.len(), 2);
+}
+
 /// The model half alone (fast, always run): the structure the real kernel must match.
 #[test]
 fn model_structure_of_the_scenario() {

@@ -29,7 +29,7 @@ pub struct DemoArgs {
     /// Seed of the workload and the software TPM (same seed, same run).
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Read PCRs from the TPM under the list lock (RFC) instead of shadow values.
+    /// Read all PCRs under the list lock (RFC) instead of only those IMA extended.
     #[arg(long)]
     tpm_under_lock: bool,
     /// Keep the agent's store and the bundles here [default: a temporary directory, removed].
@@ -55,7 +55,7 @@ pub fn run_demo(a: DemoArgs) -> Result<ExitCode> {
         snapshot_records: a.snapshot_records,
         seed: a.seed,
         kernel: Config {
-            pcr_mode: if a.tpm_under_lock { PcrMode::TpmUnderLock } else { PcrMode::Shadow },
+            pcr_mode: if a.tpm_under_lock { PcrMode::TpmUnderLock } else { PcrMode::ExtendedUnderLock },
             ..Config::default()
         },
         work_dir,

@@ -53,7 +53,7 @@ pub struct RunArgs {
     /// Abort every M-th snapshot attempt (close without done: the marker stays).
     #[arg(long)]
     abort_every: Option<u64>,
-    /// Read PCRs from the TPM under the list lock (RFC) instead of shadow values.
+    /// Read all PCRs under the list lock (RFC) instead of only those IMA extended.
     #[arg(long)]
     tpm_under_lock: bool,
     /// TPM to extend and quote: soft (in-process, seeded by --seed), swtpm:host=H,port=P,
@@ -85,7 +85,7 @@ pub fn run(cmd: SimCmd) -> Result<ExitCode> {
     }
     let state_dir = a.state_dir.clone().unwrap_or_else(|| a.out.with_extension("state"));
     let kernel = Config {
-        pcr_mode: if a.tpm_under_lock { PcrMode::TpmUnderLock } else { PcrMode::Shadow },
+        pcr_mode: if a.tpm_under_lock { PcrMode::TpmUnderLock } else { PcrMode::ExtendedUnderLock },
         ..Config::default()
     };
     let opts = SimOptions {
