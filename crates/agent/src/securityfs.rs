@@ -109,7 +109,13 @@ impl<T: Tpm> SnapshotKernel for SecurityFs<T> {
 
     fn live_list(&mut self) -> Result<BufReader<File>, KernelIfError> {
         let p = self.path("binary_runtime_measurements");
-        File::open(&p).map(|f| BufReader::with_capacity(READ_CHUNK, f)).map_err(|e| failed("open", &p, e))
+        match File::open(&p) {
+            Ok(f) => Ok(BufReader::with_capacity(READ_CHUNK, f)),
+            // Another process holds the snapshot file: the kernel admits many readers or
+            // one writer across the measurement files. Retry later, as for the snapshot.
+            Err(e) if e.raw_os_error() == Some(EBUSY) => Err(KernelIfError::Busy(format!("{}: {e}", p.display()))),
+            Err(e) => Err(failed("open", &p, e)),
+        }
     }
 
     fn reset_count(&mut self) -> Result<u64, KernelIfError> {
