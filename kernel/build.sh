@@ -15,6 +15,9 @@
 #                                      # only security/integrity/ (W=1), no bzImage: the
 #                                      # cheap CI check that the series builds with it off
 #   kernel/build.sh --check            # checkpatch.pl --strict over the series, no build
+#   kernel/build.sh --debug            # the SMP debug kernel: config/imasnap.config plus
+#                                      # config/debug.config (PREEMPT, lockdep, PROVE_RCU,
+#                                      # KASAN, DEBUG_LIST, KUnit), its own cache key
 # Environment:
 #   IMASNAP_KERNEL_CACHE  cache root (default /var/cache/imasnap/kernel)
 #   JOBS                  make -j (default 2)
@@ -33,6 +36,7 @@ RECIPE=2   # bump when the build steps below change what is produced
 FEATURE=on
 CHECK=0
 COMPILE_ONLY=0
+FLAVOUR=
 
 log() { printf '[kernel/build] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -42,6 +46,7 @@ for a in "$@"; do
         --without-feature) FEATURE=off ;;
         --check) CHECK=1 ;;
         --compile-only) COMPILE_ONLY=1 ;;
+        --debug) FLAVOUR=debug ;;
         -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument $a" ;;
     esac
@@ -51,6 +56,11 @@ PATCHES=("$HERE"/patches/*.patch)
 [ -e "${PATCHES[0]}" ] || die "no patches in $HERE/patches"
 FRAGMENT=$HERE/config/imasnap.config
 [ -r "$FRAGMENT" ] || die "missing $FRAGMENT"
+FRAGMENTS=("$FRAGMENT")
+if [ "$FLAVOUR" = debug ]; then
+    [ "$FEATURE" = on ] || die "--debug builds the kernel with the feature"
+    FRAGMENTS+=("$HERE/config/debug.config")
+fi
 
 # Runs a command quietly; on failure shows the end of its output.
 quiet() {
@@ -171,7 +181,7 @@ run_check() {
 
 ensure_packages
 VER=$(source_version)
-KEY=$( { echo "recipe=$RECIPE feature=$FEATURE compile_only=$COMPILE_ONLY pkg=$SRC_PKG=$VER"; cat "$FRAGMENT" "${PATCHES[@]}"; } \
+KEY=$( { echo "recipe=$RECIPE feature=$FEATURE compile_only=$COMPILE_ONLY pkg=$SRC_PKG=$VER${FLAVOUR:+ flavour=$FLAVOUR}"; cat "${FRAGMENTS[@]}" "${PATCHES[@]}"; } \
        | sha256sum | cut -c1-32)
 OUT=$CACHE/$KEY
 
@@ -198,7 +208,7 @@ flock 9
 START=$(date +%s)
 fetch_source "$VER"
 apply_series
-OBJ=$CACHE/obj-$FEATURE
+OBJ=$CACHE/obj-$FEATURE${FLAVOUR:+-$FLAVOUR}
 [ "$COMPILE_ONLY" = 1 ] && OBJ=$CACHE/obj-$FEATURE-compile
 mkdir -p "$OBJ"
 LOG=$OBJ/build.log
@@ -208,9 +218,9 @@ if [ "$FEATURE" = off ]; then
     grep -v '^CONFIG_IMA_LOG_SNAPSHOT=' "$FRAGMENT" > "$frag"
     echo "# CONFIG_IMA_LOG_SNAPSHOT is not set" >> "$frag"
 else
-    cat "$FRAGMENT" > "$frag"
+    cat "${FRAGMENTS[@]}" > "$frag"
 fi
-log "configuring ($FEATURE)"
+log "configuring ($FEATURE${FLAVOUR:+, $FLAVOUR})"
 quiet "$LOG" make -C "$TREE" O="$OBJ" tinyconfig
 quiet "$LOG" "$TREE/scripts/kconfig/merge_config.sh" -m -O "$OBJ" "$OBJ/.config" "$frag"
 quiet "$LOG" make -C "$TREE" O="$OBJ" olddefconfig
@@ -238,7 +248,7 @@ mkdir -p "$OUT.tmp"
 cp "$OBJ/arch/x86/boot/bzImage" "$OUT.tmp/bzImage"
 cp "$OBJ/.config" "$OUT.tmp/config"
 SECS=$(( $(date +%s) - START ))
-printf 'source=%s=%s\nfeature=%s\nbuild_seconds=%s\nrelease=%s\n' "$SRC_PKG" "$VER" "$FEATURE" "$SECS" \
+printf 'source=%s=%s\nfeature=%s%s\nbuild_seconds=%s\nrelease=%s\n' "$SRC_PKG" "$VER" "$FEATURE" "${FLAVOUR:+ $FLAVOUR}" "$SECS" \
     "$(cat "$OBJ/include/config/kernel.release" 2>/dev/null)" > "$OUT.tmp/info"
 rm -rf "$OUT"; mv "$OUT.tmp" "$OUT"
 log "built in ${SECS}s: $OUT"

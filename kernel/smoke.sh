@@ -6,7 +6,8 @@
 #   kernel/smoke.sh [BZIMAGE]        default: the bzImage kernel/build.sh prints
 # Environment:
 #   SMOKE_OUT=DIR      keep the guest's files there (lists, snapshot, PCRs, console)
-#   SMOKE_APPEND=...   extra kernel arguments (e.g. ima_snapshot_pcrs=tpm)
+#   SMOKE_APPEND=...   extra kernel arguments (e.g. ima_snapshot_htable=drop)
+#   SMOKE_SMP=N        CPUs of the guest (default 1; the debug kernel runs with 2)
 #   QEMU_TIMEOUT=180   seconds before the guest is killed
 # Prints one PASS/FAIL line per check; exits non-zero if any check failed or the guest
 # did not finish.
@@ -59,7 +60,9 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mount -t securityfs securityfs /sys/kernel/security
 mount -t tmpfs tmpfs /tmp
+mount -t debugfs debugfs /sys/kernel/debug
 S=/sys/kernel/security/ima
+D=/sys/kernel/debug/ima
 O=/tmp/out
 mkdir -p $O
 FAILED=0
@@ -80,7 +83,8 @@ for i in 1 2 3 4 5 6 7 8; do echo "file $i" > /tmp/f$i; cat /tmp/f$i >/dev/null;
 
 check "snapshot file exists" test -e $S/snapshot
 check "snapshot_removed exists" test -r $S/snapshot_removed
-check "snapshot_lock_ns exists" test -r $S/snapshot_lock_ns
+check "snapshot_lock_ns is in debugfs, not securityfs" sh -c "test -r $D/snapshot_lock_ns && ! test -e $S/snapshot_lock_ns"
+
 before=$(count); r0=$(removed)
 
 # 1st attempt: open, read, done
@@ -127,10 +131,42 @@ check "aborted marker (attempt 2) is an ordinary record" grep -q 'Snapshot_Attem
 echo done >&3
 exec 3>&-
 check "third marker carries attempt 3" grep -q 'Snapshot_Attempt_Count=3;' $S/binary_runtime_measurements
-cat $S/snapshot_lock_ns > $O/snapshot_lock_ns.txt
+cat $D/snapshot_lock_ns > $O/snapshot_lock_ns.txt
 check "snapshot_lock_ns readable" grep -q '^max_ns: [1-9]' $O/snapshot_lock_ns.txt
 sed 's/^/SMOKE-INFO: /' $O/snapshot_lock_ns.txt
 echo "SMOKE-INFO: removed $(removed), in memory $(count)"
+
+# One writer or many readers across the measurement files. A reader that holds a
+# list open, reads part of it, and goes on later sees every record once: a snapshot
+# cannot remove records under it (its open gets EBUSY meanwhile).
+for i in 1 2 3 4 5; do echo "slow $i" > /tmp/h$i; cat /tmp/h$i >/dev/null; done
+exec 5<$S/binary_runtime_measurements
+dd bs=64 count=1 <&5 > $O/slow.bin 2>/dev/null
+# On a kernel without the rule this snapshot completes, and the reader's next read
+# starts as many records later as "done" removed.
+if sh -c "exec 4<>$S/snapshot && cat <&4 >/dev/null && echo done >&4" 2>$O/ebusy-reader.txt; then
+    fail "snapshot open while a reader holds the list got EBUSY (it succeeded and removed records)"
+else
+    check "snapshot open while a reader holds the list: EBUSY" grep -qi busy $O/ebusy-reader.txt
+fi
+cat <&5 >> $O/slow.bin
+exec 5<&-
+cp $S/binary_runtime_measurements $O/whole.bin
+check "the slow reader saw the whole list, no gap ($(wc -c < $O/slow.bin) bytes)" cmp -s $O/slow.bin $O/whole.bin
+exec 5<$S/ascii_runtime_measurements
+exec 6<$S/binary_runtime_measurements_sha256
+if (exec 4<>$S/snapshot) 2>/dev/null; then fail "snapshot open with two readers: EBUSY"; else pass "snapshot open with two readers: EBUSY"; fi
+exec 5<&- 6<&-
+exec 3<>$S/snapshot || fail "open snapshot with no reader left"
+for f in binary_runtime_measurements ascii_runtime_measurements_sha256; do
+    if (exec 5<$S/$f) 2>$O/ebusy-writer.txt; then
+        fail "reader open of $f while the snapshot is open got EBUSY (it succeeded)"
+    else
+        check "reader open of $f while the snapshot is open: EBUSY" grep -qi busy $O/ebusy-writer.txt
+    fi
+done
+exec 3>&-
+check "readers open again once the snapshot is closed" sh -c "cat $S/ascii_runtime_measurements >/dev/null"
 
 # evidence for the host: lists and PCRs
 cp $S/binary_runtime_measurements $O/live.bin
@@ -165,7 +201,7 @@ for _ in $(seq 50); do [ -S "$WORK/swtpm.sock" ] && break; sleep 0.1; done
 
 START=$(date +%s)
 rc=0
-timeout "$QEMU_TIMEOUT" qemu-system-x86_64 -machine q35 -accel tcg -cpu max -m 512 \
+timeout "$QEMU_TIMEOUT" qemu-system-x86_64 -machine q35 -accel tcg -cpu max -smp "${SMOKE_SMP:-1}" -m 1024 \
     -display none -monitor none -serial stdio -no-reboot \
     -kernel "$BZ" -initrd "$WORK/initrd.gz" \
     -append "console=ttyS0 panic=-1 ima_hash=sha256 $SMOKE_APPEND" \

@@ -36,13 +36,20 @@ if [ "${SKIP_QEMU:-0}" != 1 ]; then
   echo "== real kernel: boot Debian's kernel in QEMU with swtpm, verify its fresh IMA log"
   scripts/real-kernel-smoke.sh
 
-  echo "== kernel/: checkpatch, build the patched kernel (cached by patch hash), compile security/integrity/ without CONFIG_IMA_LOG_SNAPSHOT, boot smoke in both PCR modes"
+  echo "== kernel/: checkpatch, build the patched kernel (cached by patch hash), compile security/integrity/ without CONFIG_IMA_LOG_SNAPSHOT, boot smoke"
   kernel/build.sh --check
   kernel/build.sh --without-feature --compile-only
   IMASNAP_KERNEL="$(kernel/build.sh)"
   export IMASNAP_KERNEL
   kernel/smoke.sh "$IMASNAP_KERNEL"
-  SMOKE_APPEND=ima_snapshot_pcrs=tpm kernel/smoke.sh "$IMASNAP_KERNEL"
+
+  echo "== kernel/: the SMP debug kernel (lockdep, PROVE_RCU, KASAN, DEBUG_LIST; cached by patch hash): KUnit, smoke on 2 CPUs, 70 s stress with a kexec"
+  t0=$(date +%s)
+  IMASNAP_DEBUG_KERNEL="$(kernel/build.sh --debug)"
+  echo "debug kernel ready in $(( $(date +%s) - t0 )) s"
+  SMOKE_SMP=2 QEMU_TIMEOUT=600 kernel/smoke.sh "$IMASNAP_DEBUG_KERNEL"
+  kernel/stress.sh "$IMASNAP_DEBUG_KERNEL"
+  echo "debug kernel steps took $(( $(date +%s) - t0 )) s"
 fi
 
 echo "== cargo test (with swtpm: tests that need a real TPM 2.0 fail if it is missing)"
