@@ -8,6 +8,9 @@
 #   SMOKE_OUT=DIR      keep the guest's files there (lists, snapshot, PCRs, console)
 #   SMOKE_APPEND=...   extra kernel arguments (e.g. ima_snapshot_htable=drop)
 #   SMOKE_SMP=N        CPUs of the guest (default 1; the debug kernel runs with 2)
+#   SMOKE_BENCH=N      also time the measurement hot path (2,000 dedup hits in the kept
+#                      digests, read by one process) after 2 snapshots and after N
+#                      (e.g. 1000); figures only, QEMU_TIMEOUT=1200
 #   QEMU_TIMEOUT=180   seconds before the guest is killed
 # Prints one PASS/FAIL line per check; exits non-zero if any check failed or the guest
 # did not finish.
@@ -168,6 +171,32 @@ done
 exec 3>&-
 check "readers open again once the snapshot is closed" sh -c "cat $S/ascii_runtime_measurements >/dev/null"
 
+# Hot path after many snapshots (SMOKE_BENCH=N): a measurement whose digest was removed
+# by the last snapshot is found in the kept digests (a dedup hit: no new record, no
+# extend). Timed: 2,000 such hits after 2 snapshots, then after N.
+ms() { cut -d' ' -f1 /proc/uptime | tr -d .; }
+mk() { rm -rf /tmp/hot$1; mkdir -p /tmp/hot$1; i=0; while [ $i -lt 2000 ]; do echo "hot $1 $i" > /tmp/hot$1/$i; i=$((i + 1)); done; }
+snaps() {
+    j=0
+    while [ $j -lt $1 ]; do
+        echo "kept $j" > /tmp/k; cat /tmp/k > /dev/null
+        sh -c "exec 3<>$S/snapshot && cat <&3 > /dev/null && echo done >&3" || fail "bench snapshot $j"
+        j=$((j + 1))
+    done
+}
+hits() {
+    mk $1; cat /tmp/hot$1/* > /dev/null; snaps 1     # measured, then removed by a snapshot
+    mk $1; c0=$(count)                              # same paths and content, new inodes
+    t0=$(ms); cat /tmp/hot$1/* > /dev/null; t1=$(ms)
+    check "bench: 2000 dedup hits after $2 snapshots add no record" test "$(count)" = "$c0"
+    echo "SMOKE-INFO: hot path after $2 snapshots: 2000 dedup hits in $(( (t1 - t0) * 10 )) ms"
+}
+B=$(sed -n 's/.*imasnap\.bench=\([0-9]*\).*/\1/p' /proc/cmdline)
+if [ -n "$B" ]; then
+    snaps 1; hits a 2
+    snaps $((B - 3)); hits b "$B"
+fi
+
 # evidence for the host: lists and PCRs
 cp $S/binary_runtime_measurements $O/live.bin
 cp $S/ascii_runtime_measurements $O/live.txt
@@ -204,7 +233,7 @@ rc=0
 timeout "$QEMU_TIMEOUT" qemu-system-x86_64 -machine q35 -accel tcg -cpu max -smp "${SMOKE_SMP:-1}" -m 1024 \
     -display none -monitor none -serial stdio -no-reboot \
     -kernel "$BZ" -initrd "$WORK/initrd.gz" \
-    -append "console=ttyS0 panic=-1 ima_hash=sha256 $SMOKE_APPEND" \
+    -append "console=ttyS0 panic=-1 ima_hash=sha256 $SMOKE_APPEND${SMOKE_BENCH:+ imasnap.bench=$SMOKE_BENCH}" \
     -drive file="$WORK/out.img",format=raw,if=virtio \
     -chardev socket,id=chrtpm,path="$WORK/swtpm.sock" -tpmdev emulator,id=tpm0,chardev=chrtpm \
     -device tpm-tis,tpmdev=tpm0 > "$WORK/console.log" 2>&1 || rc=$?
