@@ -11,7 +11,8 @@ use std::time::Duration;
 
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("snapshot_pause");
-    for (name, mode) in [("tpm-under-lock", PcrMode::TpmUnderLock), ("extended-under-lock", PcrMode::ExtendedUnderLock)] {
+    for (name, mode) in [("tpm-under-lock", PcrMode::TpmUnderLock), ("extended-under-lock", PcrMode::ExtendedUnderLock)]
+    {
         g.bench_function(format!("{name} (soft TPM, sha1+sha256)"), |b| {
             let mut k = kernel::boot_with(Config { pcr_mode: mode, ..Config::default() }, SoftTpm::new(1));
             kernel::measure_files(&mut k, "/f", 0, 10_000);

@@ -330,7 +330,6 @@ impl<T: Tpm> Kernel<T> {
         Ok(())
     }
 
-
     /// Records in the in-memory list.
     pub fn len(&self) -> usize {
         self.list.len()

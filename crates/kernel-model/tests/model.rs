@@ -103,7 +103,10 @@ fn faults_and_kexec() {
     let h = k.snapshot_open().unwrap();
     let buf = k.kexec_save();
     assert_eq!(k.snapshot_done(&h), Err(KernelError::Busy("measurement suspended for kexec")));
-    assert_eq!(k.measure_file(b"/late", &file_digest(3)), Err(KernelError::NoDevice("measurements suspended for kexec")));
+    assert_eq!(
+        k.measure_file(b"/late", &file_digest(3)),
+        Err(KernelError::NoDevice("measurements suspended for kexec"))
+    );
     // A duplicate is still a duplicate (the dedup check comes first, as in the kernel).
     assert_eq!(k.measure_file(b"/b", &file_digest(2)), Ok(false));
     let before = parse(&k.binary_measurements(HashAlgo::Sha1));
