@@ -29,27 +29,10 @@ BZ=${1:-}
 if [ -z "$BZ" ]; then BZ=$("$HERE/build.sh"); fi
 [ -r "$BZ" ] || die "no bzImage at $BZ"
 
-need=()
-for c in qemu-system-x86_64:qemu-system-x86 swtpm:swtpm swtpm_setup:swtpm-tools cpio:cpio; do
-    command -v "${c%%:*}" >/dev/null || need+=("${c#*:}")
-done
-[ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1 || need+=(busybox-static)
-if [ ${#need[@]} -gt 0 ]; then
-    log "installing ${need[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 install -y -qq "${need[@]}" >/dev/null
-fi
-
-WORK=$(mktemp -d /tmp/imasnap-smoke.XXXXXX)
-SWTPM_PID=
-cleanup() {
-    [ -n "$SWTPM_PID" ] && kill "$SWTPM_PID" 2>/dev/null || true
-    if [ -n "${SMOKE_OUT:-}" ]; then
-        mkdir -p "$SMOKE_OUT"; cp -a "$WORK/out/." "$SMOKE_OUT/" 2>/dev/null || true
-        cp "$WORK/console.log" "$SMOKE_OUT/" 2>/dev/null || true
-    fi
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+# shellcheck source=kernel/lib.sh
+. "$HERE/lib.sh"
+guest_need qemu-system-x86_64:qemu-system-x86 swtpm:swtpm swtpm_setup:swtpm-tools cpio:cpio
+guest_workdir smoke "${SMOKE_OUT:-}"
 
 # ------------------------------------------------------------------ guest ---
 mkdir -p "$WORK"/root/{bin,dev,proc,sys,tmp,out}
@@ -219,14 +202,7 @@ chmod 755 "$WORK/root/init"
 truncate -s 8M "$WORK/out.img"
 
 # ------------------------------------------------------------------- boot ---
-mkdir -p "$WORK/tpm"
-swtpm_setup --tpm2 --tpmstate "$WORK/tpm" --pcr-banks sha1,sha256 --createek \
-    --overwrite >"$WORK/swtpm_setup.log" 2>&1 || { cat "$WORK/swtpm_setup.log" >&2; die "swtpm_setup"; }
-swtpm socket --tpm2 --tpmstate dir="$WORK/tpm" --ctrl type=unixio,path="$WORK/swtpm.sock" \
-    --flags startup-clear --terminate >"$WORK/swtpm.log" 2>&1 &
-SWTPM_PID=$!
-for _ in $(seq 50); do [ -S "$WORK/swtpm.sock" ] && break; sleep 0.1; done
-[ -S "$WORK/swtpm.sock" ] || die "swtpm did not start"
+guest_swtpm
 
 START=$(date +%s)
 rc=0

@@ -40,27 +40,10 @@ if [ -z "$BZ" ]; then BZ=$("$HERE/build.sh" --debug); fi
 [ -r "$BZ" ] || die "no bzImage at $BZ"
 [ -x "$IMASNAP" ] || die "no imasnap binary at $IMASNAP (cargo build --release, or set IMASNAP_BIN)"
 
-need=()
-for c in qemu-system-x86_64:qemu-system-x86 swtpm:swtpm swtpm_setup:swtpm-tools cpio:cpio kexec:kexec-tools python3:python3; do
-    command -v "${c%%:*}" >/dev/null || need+=("${c#*:}")
-done
-[ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1 || need+=(busybox-static)
-if [ ${#need[@]} -gt 0 ]; then
-    log "installing ${need[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 install -y -qq "${need[@]}" >/dev/null
-fi
-
-WORK=$(mktemp -d /tmp/imasnap-stress.XXXXXX)
-SWTPM_PID=
-cleanup() {
-    [ -n "$SWTPM_PID" ] && kill "$SWTPM_PID" 2>/dev/null || true
-    if [ -n "${STRESS_OUT:-}" ]; then
-        mkdir -p "$STRESS_OUT"; cp -a "$WORK/out/." "$STRESS_OUT/" 2>/dev/null || true
-        cp "$WORK/console.log" "$STRESS_OUT/" 2>/dev/null || true
-    fi
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+# shellcheck source=kernel/lib.sh
+. "$HERE/lib.sh"
+guest_need qemu-system-x86_64:qemu-system-x86 swtpm:swtpm swtpm_setup:swtpm-tools cpio:cpio kexec:kexec-tools python3:python3
+guest_workdir stress "${STRESS_OUT:-}"
 
 # ------------------------------------------------------------------ guest ---
 R=$WORK/root
@@ -208,14 +191,7 @@ tar -cf "$WORK/boot.tar" -C "$WORK/bootfiles" .
 truncate -s 256M "$WORK/out.img"
 
 # ------------------------------------------------------------------- boot ---
-mkdir -p "$WORK/tpm"
-swtpm_setup --tpm2 --tpmstate "$WORK/tpm" --pcr-banks sha1,sha256 --createek \
-    --overwrite >"$WORK/swtpm_setup.log" 2>&1 || { cat "$WORK/swtpm_setup.log" >&2; die "swtpm_setup"; }
-swtpm socket --tpm2 --tpmstate dir="$WORK/tpm" --ctrl type=unixio,path="$WORK/swtpm.sock" \
-    --flags startup-clear --terminate >"$WORK/swtpm.log" 2>&1 &
-SWTPM_PID=$!
-for _ in $(seq 50); do [ -S "$WORK/swtpm.sock" ] && break; sleep 0.1; done
-[ -S "$WORK/swtpm.sock" ] || die "swtpm did not start"
+guest_swtpm
 
 START=$(date +%s)
 rc=0
