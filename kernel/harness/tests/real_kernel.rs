@@ -54,6 +54,20 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// The structures of the guest's and the model's bundles, each with its verdict.
+fn structures(
+    guest: &Path,
+    guest_verdict: &serde_json::Value,
+    model: &Path,
+    model_verdict: &str,
+) -> (structure::Structure, structure::Structure) {
+    let mut gs = structure::of_bundle(guest).unwrap();
+    let mut ms = structure::of_bundle(model).unwrap();
+    gs.verdict = guest_verdict["verdict"].as_str().unwrap().into();
+    ms.verdict = model_verdict.into();
+    (gs, ms)
+}
+
 #[test]
 #[ignore = "boots a patched kernel in QEMU (scripts/test.sh runs it)"]
 fn real_kernel_matches_the_model_and_verifies() {
@@ -80,10 +94,7 @@ fn real_kernel_matches_the_model_and_verifies() {
     assert_eq!(run.busy_refusals, 1);
     let (mcode, mv) = guest::verify(&imasnap, &m.join("bundle"), None, None).unwrap();
     assert_eq!(mcode, 0, "model bundle: {mv:#}");
-    let mut gs = structure::of_bundle(&bundle).unwrap();
-    let mut ms = structure::of_bundle(&m.join("bundle")).unwrap();
-    gs.verdict = v["verdict"].as_str().unwrap().into();
-    ms.verdict = mv["verdict"].as_str().unwrap().into();
+    let (gs, ms) = structures(&bundle, &v, &m.join("bundle"), mv["verdict"].as_str().unwrap());
     assert_eq!(gs, ms, "real kernel vs model:\n{gs:#?}\n{ms:#?}\ntrace:\n{}", trace.join("\n"));
     // Sanity of what was compared: 3 snapshots, 2 kernels, 5 attempts in two boots.
     assert_eq!(gs.snapshots.len(), 3);
@@ -131,10 +142,7 @@ fn snapshots_refused_between_kexec_load_and_execute() {
     let m = work.path().join("model");
     let run = model::run(&sc, &m.join("state"), &m.join("bundle"), b"model-nonce").unwrap();
     assert_eq!(run.kexec_refusals, 3);
-    let mut gs = structure::of_bundle(&g.out.join("bundle")).unwrap();
-    let mut ms = structure::of_bundle(&m.join("bundle")).unwrap();
-    gs.verdict = v["verdict"].as_str().unwrap().into();
-    ms.verdict = "verified".into();
+    let (gs, ms) = structures(&g.out.join("bundle"), &v, &m.join("bundle"), "verified");
     assert_eq!(gs, ms, "real kernel vs model:\n{gs:#?}\n{ms:#?}\ntrace:\n{}", trace.join("\n"));
     assert_eq!(gs.boot_aggregates.len(), 2);
 }
