@@ -1,5 +1,6 @@
 //! imasnap-kernel-model: IMA's measurement list as the kernel keeps it (append, extend,
-//! dedup, violations, boot_aggregate), plus the RFC snapshot interface and kexec, driven
+//! dedup, violations, boot_aggregate), plus the RFC snapshot interface, upstream's staging
+//! interface (`A`/`D`/`N`) and kexec, driven
 //! in-process. Sans-IO: no files; the TPM is whatever implements [`imasnap_tpm::Tpm`].
 //!
 //! The model is single-threaded, so "the lock that serialises appends with extends" is the
@@ -7,6 +8,8 @@
 
 mod list;
 mod snapshot;
+mod staging;
 
 pub use list::{Config, Entry, Kernel, KernelError, PcrMode};
 pub use snapshot::{Fault, SnapshotHandle};
+pub use staging::{MeasFd, MeasFile, StagingFault};

@@ -29,8 +29,11 @@ pub struct Config {
     pub template: String,
     pub pcr_mode: PcrMode,
     /// Keep removed records' digests in the dedup table (the default; the kernel's
-    /// `ima_flush_htable` analogue drops them).
+    /// `ima_flush_htable` analogue drops them). Off also means: staging's `D` swaps in an
+    /// empty hash table and `N` is refused, as upstream's `ima_flush_htable` does.
     pub keep_dedup_on_done: bool,
+    /// `CONFIG_IMA_STAGING`: the `_staged` files and the `A`/`D`/`N` commands.
+    pub staging: bool,
 }
 
 impl Default for Config {
@@ -41,6 +44,7 @@ impl Default for Config {
             template: "ima-ng".into(),
             pcr_mode: PcrMode::ExtendedUnderLock,
             keep_dedup_on_done: true,
+            staging: true,
         }
     }
 }
@@ -91,10 +95,42 @@ pub enum KernelError {
     NoDevice(&'static str),
     #[error("EINVAL: {0}")]
     Invalid(String),
+    #[error("EEXIST: {0}")]
+    Exists(&'static str),
+    #[error("ENOENT: {0}")]
+    NoEntry(&'static str),
+    #[error("EACCES: {0}")]
+    Access(&'static str),
+    #[error("ESTALE: {0}")]
+    Stale(&'static str),
+    #[error("EPERM: {0}")]
+    Perm(&'static str),
+    #[error("EBADF: {0}")]
+    BadFd(&'static str),
     #[error("EIO: TPM: {0}")]
     Tpm(String),
     #[error("injected fault: {0:?}")]
     Injected(crate::snapshot::Fault),
+    #[error("injected fault: {0:?}")]
+    InjectedStaging(crate::staging::StagingFault),
+}
+
+impl KernelError {
+    /// The errno name the kernel would return (`EBUSY`…; injected faults are `EIO`).
+    pub fn errno(&self) -> &'static str {
+        match self {
+            Self::Busy(_) => "EBUSY",
+            Self::NoDevice(_) => "ENODEV",
+            Self::Invalid(_) => "EINVAL",
+            Self::Exists(_) => "EEXIST",
+            Self::NoEntry(_) => "ENOENT",
+            Self::Access(_) => "EACCES",
+            Self::Stale(_) => "ESTALE",
+            Self::Perm(_) => "EPERM",
+            Self::BadFd(_) => "EBADF",
+            Self::Tpm(_) | Self::Injected(_) | Self::InjectedStaging(_) => "EIO",
+        }
+    }
 }
 
 /// The kernel's IMA state for one boot (or one kexec segment of a boot).
@@ -112,6 +148,7 @@ pub struct Kernel<T: Tpm> {
     /// `kexec_file_load` added an IMA segment: snapshots are refused until the next boot.
     pub(crate) kexec_loaded: bool,
     pub(crate) snapshot: crate::snapshot::SnapState,
+    pub(crate) staging: crate::staging::StagingState,
     /// Records removed by `done` since this kernel started.
     pub(crate) removed: u64,
     pub(crate) suspended: bool,
@@ -135,6 +172,7 @@ impl<T: Tpm> Kernel<T> {
             extended: 0,
             kexec_loaded: false,
             snapshot: Default::default(),
+            staging: Default::default(),
             removed: 0,
             suspended: false,
             last_pause: None,
@@ -381,10 +419,12 @@ impl<T: Tpm> Kernel<T> {
     }
 
     /// kexec load+exec, outgoing side: measurement is suspended and the list is written to
-    /// the hand-over buffer in the real format (classic SHA1 records).
+    /// the hand-over buffer in the real format (classic SHA1 records). Staged records go
+    /// first (staging is aborted), so the next kernel sees them at the head of its list.
     pub fn kexec_save(&mut self) -> Vec<u8> {
         self.suspended = true;
-        let recs: Vec<Record> = self.list.iter().map(|e| e.sha1_record(&self.banks)).collect();
+        let recs: Vec<Record> =
+            self.staging.staged.iter().chain(&self.list).map(|e| e.sha1_record(&self.banks)).collect();
         imasnap_log::kexec::encode(&recs, Endian::Little)
     }
 
@@ -407,6 +447,7 @@ impl<T: Tpm> Kernel<T> {
         self.extended = 0;
         self.kexec_loaded = false;
         self.snapshot = Default::default();
+        self.staging = Default::default();
         self.removed = 0;
         self.suspended = false;
         self.last_pause = None;

@@ -65,6 +65,9 @@ impl<T: Tpm> Kernel<T> {
         if self.snapshot.open.is_some() {
             return Err(KernelError::Busy("snapshot is already open"));
         }
+        if self.staging.any_open() {
+            return Err(KernelError::Busy("a measurement file is open"));
+        }
         self.take_fault(Fault::OpenEarly)?;
         // Before the lock: the PCRs IMA has not extended (all of them in the RFC's mode,
         // read under the lock below instead). A failed read leaves the attempt unspent.
@@ -175,5 +178,10 @@ impl<T: Tpm> Kernel<T> {
     /// The agent process died: the kernel closes its descriptors.
     pub fn process_exit(&mut self) {
         self.snapshot.open = None;
+        self.staging.opens.clear();
+    }
+
+    pub(crate) fn snapshot_is_open(&self) -> bool {
+        self.snapshot.open.is_some()
     }
 }

@@ -27,9 +27,14 @@ pub fn encode(recs: &[Record]) -> Vec<u8> {
     out
 }
 
-/// Parses a binary list; panics on the first bad record.
+/// Parses a binary (SHA1) list; panics on the first bad record.
 pub fn parse(bytes: &[u8]) -> Vec<Record> {
-    BinaryReader::new(bytes, BinaryFormat::new(HashAlgo::Sha1))
+    parse_bank(bytes, HashAlgo::Sha1)
+}
+
+/// Parses the binary list of `bank`; panics on the first bad record.
+pub fn parse_bank(bytes: &[u8], bank: HashAlgo) -> Vec<Record> {
+    BinaryReader::new(bytes, BinaryFormat::new(bank))
         .enumerate()
         .map(|(i, r)| r.unwrap_or_else(|e| panic!("record {i} does not parse: {e}")))
         .collect()
