@@ -1,6 +1,14 @@
 #!/usr/bin/env bash
 # kernel/smoke.sh - boot the imasnap kernel in QEMU (TCG) with swtpm and check the
-# snapshot interface from a busybox shell in the guest.
+# snapshot interface (CONFIG_IMA_LOG_SNAPSHOT) and the staging interface
+# (CONFIG_IMA_STAGING) from a busybox shell in the guest.
+#
+# Three kernels in two QEMU runs:
+#   1. the checks of both interfaces; then (unless SMOKE_BENCH) records are staged,
+#      kexec_file_load, the commands still work, kexec -e;
+#   2. the kernel reached by kexec: its list must start with the staged records;
+#      the host replays every exported record + that list to PCR 10 (sha1, sha256);
+#   3. a second boot with ima_flush_htable: N is refused (EINVAL), D forgets digests.
 #
 # Usage (as root on Debian 12):
 #   kernel/smoke.sh [BZIMAGE]        default: the bzImage kernel/build.sh prints
@@ -11,7 +19,8 @@
 #   SMOKE_BENCH=N      also time the measurement hot path (2,000 dedup hits in the kept
 #                      digests, read by one process) after 2 snapshots and after N
 #                      (e.g. 1000); figures only, QEMU_TIMEOUT=1200
-#   QEMU_TIMEOUT=180   seconds before the guest is killed
+#   SMOKE_FLUSH=0      skip the ima_flush_htable boot
+#   QEMU_TIMEOUT=180   seconds before the guest is killed (each run)
 # Prints one PASS/FAIL line per check; exits non-zero if any check failed or the guest
 # did not finish.
 
@@ -31,12 +40,21 @@ if [ -z "$BZ" ]; then BZ=$("$HERE/build.sh"); fi
 
 # shellcheck source=kernel/lib.sh
 . "$HERE/lib.sh"
-guest_need qemu-system-x86_64:qemu-system-x86 swtpm:swtpm swtpm_setup:swtpm-tools cpio:cpio
+guest_need qemu-system-x86_64:qemu-system-x86 swtpm:swtpm swtpm_setup:swtpm-tools cpio:cpio \
+    kexec:kexec-tools setpriv:util-linux python3:python3
 guest_workdir smoke "${SMOKE_OUT:-}"
 
 # ------------------------------------------------------------------ guest ---
-mkdir -p "$WORK"/root/{bin,dev,proc,sys,tmp,out}
+mkdir -p "$WORK"/root/{bin,sbin,dev,proc,sys,tmp,out}
 cp /bin/busybox "$WORK/root/bin/busybox"
+# kexec (the staged records across kexec) and setpriv (EPERM without CAP_SYS_ADMIN),
+# with the libraries they link
+for b in kexec setpriv; do
+    cp "$(command -v $b)" "$WORK/root/sbin/$b"
+    for lib in $(ldd "$(command -v $b)" | grep -o '/[^ ]*'); do
+        mkdir -p "$WORK/root$(dirname "$lib")"; cp -L "$lib" "$WORK/root$lib"
+    done
+done
 cat > "$WORK/root/init" <<'EOF'
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -47,6 +65,7 @@ mount -t devtmpfs devtmpfs /dev
 mount -t securityfs securityfs /sys/kernel/security
 mount -t tmpfs tmpfs /tmp
 mount -t debugfs debugfs /sys/kernel/debug
+export PATH=/bin:/sbin
 S=/sys/kernel/security/ima
 D=/sys/kernel/debug/ima
 O=/tmp/out
@@ -58,13 +77,63 @@ check() { local what=$1; shift; if "$@"; then pass "$what"; else fail "$what"; f
 u32() { od -An -tu4 -j "$2" -N4 "$1" | tr -d ' '; }
 count() { cat $S/runtime_measurements_count; }
 removed() { cat $S/snapshot_removed; }
+pcrs() {
+    for alg in sha1 sha256 sha384 sha512; do
+        [ -d /sys/class/tpm/tpm0/pcr-$alg ] || continue
+        : > $1/pcrs-$alg.txt
+        for p in 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23; do
+            printf 'PCR-%02d: %s\n' $p "$(tr 'A-F' 'a-f' < /sys/class/tpm/tpm0/pcr-$alg/$p)" >> $1/pcrs-$alg.txt
+        done
+    done
+}
+# werr FILE DATA: one write of DATA (echo -e escapes) to FILE, opened by a child
+# shell; prints "ok" or the shell's error (which ends in the errno's text)
+werr() { r=$( { echo -ne "$2" > "$1"; } 2>&1 ) && echo ok || echo "$r"; }
+expect() {
+    local what=$1 want=$2 got; shift 2
+    got=$(werr "$@")
+    case "$got" in *"$want"*) pass "$what: $want" ;; *) fail "$what: want '$want', got '$got'" ;; esac
+}
+policy() {
+    # measure everything read by root or executed, tmpfs/ramfs included, except the
+    # pseudo filesystems (proc, sysfs, securityfs) so that the checks do not measure
+    printf '%s\n' 'dont_measure fsmagic=0x9fa0' 'dont_measure fsmagic=0x62656572' \
+        'dont_measure fsmagic=0x73636673' 'measure func=BPRM_CHECK' \
+        'measure func=FILE_CHECK mask=MAY_READ uid=0' > $S/policy \
+        || fail "policy write"
+}
+STAGE=$(sed -n 's/.*smoke\.stage=\([0-9]*\).*/\1/p' /proc/cmdline)
 
-# measure everything read by root or executed, tmpfs/ramfs included, except the
-# pseudo filesystems (proc, sysfs, securityfs) so that the checks do not measure
-printf '%s\n' 'dont_measure fsmagic=0x9fa0' 'dont_measure fsmagic=0x62656572' \
-    'dont_measure fsmagic=0x73636673' 'measure func=BPRM_CHECK' \
-    'measure func=FILE_CHECK mask=MAY_READ uid=0' > $S/policy \
-    || fail "policy write"
+# ------------------------------------------------ the kernel reached by kexec ---
+if [ "$STAGE" = 1 ]; then
+    O=/tmp/out1; mkdir -p $O
+    cp $S/binary_runtime_measurements $O/live.bin
+    cp $S/binary_runtime_measurements_sha256 $O/live-sha256.bin
+    cat $S/runtime_measurements_count > $O/count.txt
+    pcrs $O
+    (cd $O && tar -cf - .) | dd of=/dev/vda bs=1M seek=16 conv=notrunc 2>/dev/null
+    sync
+    echo "SMOKE-KEXEC-END"
+    poweroff -f
+fi
+
+# ------------------------------------------- a boot with ima_flush_htable ---
+if grep -q ima_flush_htable /proc/cmdline; then
+    policy
+    ST=$S/binary_runtime_measurements_staged
+    echo "same" > /tmp/dup; cat /tmp/dup > /dev/null
+    expect "flush: N refused with ima_flush_htable" "Invalid argument" $S/binary_runtime_measurements '1\n'
+    expect "flush: A" ok $ST 'A\n'
+    expect "flush: D" ok $ST 'D\n'
+    rm /tmp/dup; echo "same" > /tmp/dup; c=$(count)
+    cat /tmp/dup > /dev/null
+    check "flush: a file measured before D is measured again ($c -> $(count))" test "$(count)" -eq $((c + 1))
+    echo "SMOKE-END failed=$FAILED"
+    poweroff -f
+fi
+
+policy
+
 for i in 1 2 3 4 5 6 7 8; do echo "file $i" > /tmp/f$i; cat /tmp/f$i >/dev/null; done
 
 check "snapshot file exists" test -e $S/snapshot
@@ -154,6 +223,102 @@ done
 exec 3>&-
 check "readers open again once the snapshot is closed" sh -c "cat $S/ascii_runtime_measurements >/dev/null"
 
+# ------------------------------------------------------------------ staging ---
+# CONFIG_IMA_STAGING: "A"/"D" on the _staged files, "N" on the originals, every
+# error code of the interface (matched by the errno's text). Every record deleted
+# is first exported to $O/export/ (in order; an "n" export holds the list read
+# before "N", and its .count the N written): the host replays them.
+ST=$S/binary_runtime_measurements_staged
+E=$O/export; mkdir -p $E; k=0
+keep() { k=$((k + 1)); cp "$1" $E/$(printf %02d $k)-$2.bin; }
+for alg in sha1 sha256; do
+    for kind in ascii binary; do
+        f=${kind}_runtime_measurements_${alg}_staged
+        check "$f exists, mode 0640" test "$(stat -c %a $S/$f 2>/dev/null)" = 640
+    done
+done
+check "binary_runtime_measurements_staged -> sha1" \
+    test "$(readlink $S/binary_runtime_measurements_staged)" = binary_runtime_measurements_sha1_staged
+check "ascii_runtime_measurements_staged -> sha1" \
+    test "$(readlink $S/ascii_runtime_measurements_staged)" = ascii_runtime_measurements_sha1_staged
+check "original files writable by root (0640)" test "$(stat -c %a $S/binary_runtime_measurements_sha256)" = 640
+check "the staged list is empty" test "$(wc -c < $ST)" -eq 0
+
+# EPERM: root without CAP_SYS_ADMIN (dropped from the bounding set)
+r=$(/sbin/setpriv --bounding-set -sys_admin sh -c "echo A > $ST" 2>&1) && fail "open for write without CAP_SYS_ADMIN: EPERM (it succeeded)" || \
+    case "$r" in *"not permitted"*) pass "open for write without CAP_SYS_ADMIN: Operation not permitted" ;; *) fail "no CAP_SYS_ADMIN: got '$r'" ;; esac
+r=$(/sbin/setpriv --bounding-set -sys_admin sh -c "cat $S/ascii_runtime_measurements_sha256 > /dev/null" 2>&1) \
+    && pass "a reader needs no CAP_SYS_ADMIN" || fail "a reader needs no CAP_SYS_ADMIN: $r"
+
+# A: the whole current list is staged; the count is of the current list only
+# (reading a tmpfs file as root measures it: what is compared stays in variables)
+c0=$(count)
+before=$(cat $S/ascii_runtime_measurements_sha256)
+expect "A on a _staged file" ok $ST 'A\n'
+check "runtime_measurements_count counts the current list only (0 after A, was $c0)" test "$(count)" -eq 0
+check "ascii sha256 _staged file holds the $c0 staged records" \
+    test "$(wc -l < $S/ascii_runtime_measurements_sha256_staged)" -eq "$c0"
+check "the _staged file shows what the list held before A" test "$(cat $S/ascii_runtime_measurements_sha256_staged)" = "$before"
+check "the original files are empty after A" test "$(wc -c < $S/binary_runtime_measurements)" -eq 0
+keep $ST staged
+check "binary _staged file: sha1 binary records, the last snapshot's marker first" \
+    test "$(dd if=$ST bs=1 skip=28 count=7 2>/dev/null)" = ima-buf -a "$(u32 $ST 0)" = 10
+expect "A with records staged" "File exists" $ST 'A\n'
+expect "D on another _staged file" ok $S/ascii_runtime_measurements_sha256_staged 'D\n'
+check "the staged files are empty after D" test "$(wc -c < $ST)" -eq 0
+expect "D with nothing staged" "No such file" $ST 'D\n'
+expect "A with an empty current list" "No such file" $ST 'A\n'
+
+# Dedup after D: same path and content, new inode: found in the kept digests
+echo "dup" > /tmp/dup; cat /tmp/dup > /dev/null
+expect "A (dedup)" ok $ST 'A\n'; keep $ST staged
+expect "D (dedup)" ok $ST 'D\n'
+rm /tmp/dup; echo "dup" > /tmp/dup; c=$(count); cat /tmp/dup > /dev/null
+check "a file measured before D is not measured again (kept digests)" test "$(count)" -eq "$c"
+
+# Bad writes: EINVAL
+for i in 1 2 3 4 5 6; do echo "staging $i" > /tmp/s$i; cat /tmp/s$i > /dev/null; done
+expect "N = 0" "Invalid argument" $S/binary_runtime_measurements '0\n'
+expect "N on a _staged file" "Invalid argument" $ST '1\n'
+expect "A on an original file" "Invalid argument" $S/binary_runtime_measurements 'A\n'
+expect "D on an original file" "Invalid argument" $S/ascii_runtime_measurements 'D\n'
+expect "a command without a newline" "Invalid argument" $ST 'A'
+expect "a 1-byte write" "Invalid argument" $ST '\n'
+expect "a 22-byte write" "Invalid argument" $S/binary_runtime_measurements '000000000000000000001\n'
+expect "N not decimal" "Invalid argument" $S/binary_runtime_measurements 'x1\n'
+expect "N above ULONG_MAX" "Invalid argument" $S/binary_runtime_measurements '18446744073709551616\n'
+expect "an unknown command" "Invalid argument" $ST 'X\n'
+c=$(count)
+expect "N larger than the list ($((c + 100)))" "No such file" $S/binary_runtime_measurements "$((c + 100))\n"
+
+# N: deletes exactly the first N records; the writer reads, then writes N on the same fd
+c=$(count)
+exec 3<>$S/binary_runtime_measurements
+n=$((c - 2))
+k=$((k + 1)); cat <&3 > $E/$(printf %02d $k)-n.bin; echo $n > $E/$(printf %02d $k)-n.count
+check "N=$n on the writer's fd" sh -c "echo $n >&3"
+exec 3>&-
+check "N deleted $n records ($c -> $(count))" test "$(count)" -eq $((c - n))
+# a 21-byte N (20 digits) is accepted
+k=$((k + 1)); cp $S/binary_runtime_measurements $E/$(printf %02d $k)-n.bin; echo 1 > $E/$(printf %02d $k)-n.count
+expect "a 21-byte N (00000000000000000001)" ok $S/binary_runtime_measurements_sha256 '00000000000000000001\n'
+
+# Many readers or one writer, across all the measurement files
+exec 5<$S/ascii_runtime_measurements_sha256
+expect "a writer while a reader holds another file" "busy" $ST 'A\n'
+exec 5<&-
+exec 3>>$ST
+exec 4>>$S/ascii_runtime_measurements
+pass "the same writer opens several files (binary_runtime_measurements_staged, ascii_runtime_measurements)"
+read -r line < $S/ascii_runtime_measurements_sha256 && pass "the writer's own process reads" || fail "the writer's own process reads"
+r=$( (exec 6<$S/binary_runtime_measurements_sha256) 2>&1 ) && fail "a reader of another process while a writer holds the files (it opened)" \
+    || case "$r" in *busy*) pass "a reader of another process while a writer holds the files: busy" ;; *) fail "reader vs writer: $r" ;; esac
+expect "a second writer process" "busy" $S/binary_runtime_measurements '1\n'
+r=$( (exec 6<>$S/snapshot) 2>&1 ) && fail "snapshot open while a staging writer holds the files (it opened)" \
+    || case "$r" in *busy*) pass "snapshot open while a staging writer holds the files: busy" ;; *) fail "snapshot vs writer: $r" ;; esac
+exec 3>&- 4>&-
+check "readers open again once the writer is gone" sh -c "cat $S/binary_runtime_measurements_staged > /dev/null"
+
 # Hot path after many snapshots (SMOKE_BENCH=N): a measurement whose digest was removed
 # by the last snapshot is found in the kept digests (a dedup hit: no new record, no
 # extend). Timed: 2,000 such hits after 2 snapshots, then after N.
@@ -183,43 +348,157 @@ fi
 # evidence for the host: lists and PCRs
 cp $S/binary_runtime_measurements $O/live.bin
 cp $S/ascii_runtime_measurements $O/live.txt
-for alg in sha1 sha256 sha384 sha512; do
-    [ -d /sys/class/tpm/tpm0/pcr-$alg ] || continue
-    : > $O/pcrs-$alg.txt
-    for p in 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23; do
-        printf 'PCR-%02d: %s\n' $p "$(tr 'A-F' 'a-f' < /sys/class/tpm/tpm0/pcr-$alg/$p)" >> $O/pcrs-$alg.txt
-    done
-done
+pcrs $O
 cat /proc/cmdline > $O/cmdline.txt
 echo $FAILED > $O/failed
+# Saved before the kexec load: the segment then has half a page for new records,
+# and tar's reads are measured.
 (cd $O && tar -cf /dev/vda .) || echo "SMOKE-FAIL: tar to /dev/vda"
 sync
+# kexec with records staged (not with SMOKE_BENCH, whose snapshots are not kept).
+# Staging is allowed after kexec_file_load (unlike a snapshot: it adds nothing to
+# the list); the next kernel must list the staged records first.
+if [ -z "$B" ] && [ -e /boot/bzImage ]; then
+    kexec -s -l /boot/bzImage --initrd=/boot/initrd1.gz \
+        --append="$(cat /proc/cmdline) smoke.stage=1" || fail "kexec load"
+    echo "kexec 1" > /tmp/x1; cat /tmp/x1 > /dev/null
+    expect "A after kexec_file_load" ok $ST 'A\n'
+    dd if=$ST of=/dev/vda bs=1M seek=8 conv=notrunc 2>/dev/null
+    echo "kexec 2" > /tmp/x2; cat /tmp/x2 > /dev/null
+    expect "A after kexec_file_load, records staged" "File exists" $ST 'A\n'
+    sync
+    echo "SMOKE-END failed=$FAILED"
+    for d in /sys/bus/virtio/drivers/virtio_blk/virtio*; do
+        [ -e "$d" ] && echo "${d##*/}" > /sys/bus/virtio/drivers/virtio_blk/unbind
+    done
+    kexec -e
+    fail "kexec -e returned"
+fi
 echo "SMOKE-END failed=$FAILED"
 poweroff -f
 EOF
 chmod 755 "$WORK/root/init"
+# the kernel reached by kexec boots the same init (without /boot) with smoke.stage=1
+(cd "$WORK/root" && find . | cpio -o -H newc --quiet | gzip -1) > "$WORK/initrd1.gz"
+if [ -z "${SMOKE_BENCH:-}" ]; then
+    mkdir -p "$WORK/root/boot"; cp "$BZ" "$WORK/root/boot/bzImage"; cp "$WORK/initrd1.gz" "$WORK/root/boot/"
+fi
 (cd "$WORK/root" && find . | cpio -o -H newc --quiet | gzip -1) > "$WORK/initrd.gz"
-truncate -s 8M "$WORK/out.img"
 
 # ------------------------------------------------------------------- boot ---
-guest_swtpm
-
-START=$(date +%s)
-rc=0
-timeout "$QEMU_TIMEOUT" qemu-system-x86_64 -machine q35 -accel tcg -cpu max -smp "${SMOKE_SMP:-1}" -m 1024 \
-    -display none -monitor none -serial stdio -no-reboot \
-    -kernel "$BZ" -initrd "$WORK/initrd.gz" \
-    -append "console=ttyS0 panic=-1 ima_hash=sha256 $SMOKE_APPEND${SMOKE_BENCH:+ imasnap.bench=$SMOKE_BENCH}" \
-    -drive file="$WORK/out.img",format=raw,if=virtio \
-    -chardev socket,id=chrtpm,path="$WORK/swtpm.sock" -tpmdev emulator,id=tpm0,chardev=chrtpm \
-    -device tpm-tis,tpmdev=tpm0 > "$WORK/console.log" 2>&1 || rc=$?
-log "guest ran $(( $(date +%s) - START ))s (qemu exit $rc)"
-grep -a '^SMOKE-' "$WORK/console.log" | tr -d '\r' || true
-mkdir -p "$WORK/out"
+# boot NAME APPEND: one QEMU run with a fresh swtpm; console in WORK/console-NAME.log
+boot() {
+    if [ -n "$SWTPM_PID" ]; then kill "$SWTPM_PID" 2>/dev/null || true; wait "$SWTPM_PID" 2>/dev/null || true; fi
+    rm -rf "$WORK/tpm" "$WORK/swtpm.sock"; SWTPM_PID=
+    guest_swtpm
+    rm -f "$WORK/out.img"; truncate -s 24M "$WORK/out.img"
+    local start rc=0
+    start=$(date +%s)
+    timeout "$QEMU_TIMEOUT" qemu-system-x86_64 -machine q35 -accel tcg -cpu max -smp "${SMOKE_SMP:-1}" -m 1024 \
+        -display none -monitor none -serial stdio -no-reboot \
+        -kernel "$BZ" -initrd "$WORK/initrd.gz" \
+        -append "console=ttyS0 panic=-1 ima_hash=sha256 $2" \
+        -drive file="$WORK/out.img",format=raw,if=virtio \
+        -chardev socket,id=chrtpm,path="$WORK/swtpm.sock" -tpmdev emulator,id=tpm0,chardev=chrtpm \
+        -device tpm-tis,tpmdev=tpm0 > "$WORK/console-$1.log" 2>&1 || rc=$?
+    log "guest ($1) ran $(( $(date +%s) - start ))s (qemu exit $rc)"
+    grep -a '^SMOKE-' "$WORK/console-$1.log" | tr -d '\r' || true
+}
+FAILED=0
+boot main "$SMOKE_APPEND${SMOKE_BENCH:+ imasnap.bench=$SMOKE_BENCH}"
+cp "$WORK/console-main.log" "$WORK/console.log"
+mkdir -p "$WORK/out/kexec"
 tar -xf "$WORK/out.img" -C "$WORK/out" 2>/dev/null || true
-if ! grep -aq '^SMOKE-END failed=0' "$WORK/console.log"; then
-    grep -aq '^SMOKE-END' "$WORK/console.log" || tail -n 30 "$WORK/console.log" >&2
-    log "FAILED"
-    exit 1
+cp "$WORK/out.img" "$WORK/out/out.img"
+if ! grep -aq '^SMOKE-END' "$WORK/console-main.log" || grep -aq '^SMOKE-FAIL' "$WORK/console-main.log"; then
+    grep -aq '^SMOKE-END' "$WORK/console-main.log" || tail -n 30 "$WORK/console-main.log" >&2
+    FAILED=1
 fi
+
+# Host checks: the replay of every exported record (snapshots, staged, the first N
+# of each "N" read) then the list in memory equals PCR 10 in both banks; after
+# kexec, the next kernel's list starts with the records staged at kexec.
+host_check() {
+    python3 - "$WORK/out" "$@" <<'PY'
+import glob, hashlib, struct, sys
+out, what = sys.argv[1], sys.argv[2]
+def recs(b, stop_at_zero=False):
+    o, r = 0, []
+    while o + 28 <= len(b):
+        pcr, = struct.unpack_from('<I', b, o)
+        nl, = struct.unpack_from('<I', b, o + 24)
+        if stop_at_zero and pcr == 0 and nl == 0:
+            break
+        tl, = struct.unpack_from('<I', b, o + 28 + nl)
+        end = o + 32 + nl + tl
+        r.append((pcr, b[o + 4:o + 24], b[o + 32 + nl:end], b[o:end]))
+        o = end
+    return r
+def replay(rs):
+    p = {'sha1': b'\0' * 20, 'sha256': b'\0' * 32}
+    for pcr, d, td, _ in rs:
+        if pcr != 10:
+            continue
+        v = d == b'\0' * 20
+        p['sha1'] = hashlib.sha1(p['sha1'] + (b'\xff' * 20 if v else d)).digest()
+        p['sha256'] = hashlib.sha256(p['sha256'] + (b'\xff' * 32 if v else hashlib.sha256(td).digest())).digest()
+    return p
+def pcr10(d, alg):
+    for l in open(f'{d}/pcrs-{alg}.txt'):
+        if l.startswith('PCR-10: '):
+            return l.split()[1]
+def exported():
+    rs = recs(open(f'{out}/snap1.bin', 'rb').read()) + recs(open(f'{out}/snap3.bin', 'rb').read())
+    for f in sorted(glob.glob(f'{out}/export/*.bin')):
+        r = recs(open(f, 'rb').read())
+        if f.endswith('-n.bin'):
+            r = r[:int(open(f[:-4] + '.count').read())]
+        rs += r
+    return rs
+ok = True
+def check(cond, msg):
+    global ok
+    print(('SMOKE-PASS: ' if cond else 'SMOKE-FAIL: ') + msg)
+    ok = ok and cond
+ex = exported()
+if what == 'main':
+    live = recs(open(f'{out}/live.bin', 'rb').read())
+    p = replay(ex + live)
+    for alg in ('sha1', 'sha256'):
+        check(p[alg].hex() == pcr10(out, alg),
+              f'host: {len(ex)} exported + {len(live)} in memory replay to PCR 10 {alg}')
+else:
+    k1 = f'{out}/kexec'
+    img = open(f'{out}/out.img', 'rb').read()
+    staged = recs(img[8 << 20:16 << 20], stop_at_zero=True)
+    live = recs(open(f'{k1}/live.bin', 'rb').read())
+    check(len(staged) > 0 and [r[3] for r in live[:len(staged)]] == [r[3] for r in staged],
+          f"host: the kexec'd kernel's list starts with the {len(staged)} records staged at kexec")
+    check(any(b'boot_aggregate' in r[2] for r in live[len(staged):]),
+          'host: its own boot_aggregate follows the records carried over')
+    p = replay(ex + live)
+    for alg in ('sha1', 'sha256'):
+        check(p[alg].hex() == pcr10(k1, alg),
+              f'host: after kexec, {len(ex)} exported + {len(live)} in memory replay to PCR 10 {alg}')
+sys.exit(0 if ok else 1)
+PY
+}
+if [ -z "${SMOKE_BENCH:-}" ] && [ "$FAILED" = 0 ]; then
+    host_check main || FAILED=1
+    if grep -aq '^SMOKE-KEXEC-END' "$WORK/console-main.log"; then
+        dd if="$WORK/out.img" bs=1M skip=16 2>/dev/null | tar -xf - -C "$WORK/out/kexec" 2>/dev/null || true
+        host_check kexec || FAILED=1
+    else
+        echo "SMOKE-FAIL: the kernel reached by kexec did not finish"; FAILED=1
+    fi
+fi
+if [ "${SMOKE_FLUSH:-1}" = 1 ] && [ -z "${SMOKE_BENCH:-}" ]; then
+    boot flush "$SMOKE_APPEND ima_flush_htable"
+    cp "$WORK/console-flush.log" "$WORK/out/" 2>/dev/null || true
+    if ! grep -aq '^SMOKE-END failed=0' "$WORK/console-flush.log" || grep -aq '^SMOKE-FAIL' "$WORK/console-flush.log"; then
+        grep -aq '^SMOKE-END' "$WORK/console-flush.log" || tail -n 30 "$WORK/console-flush.log" >&2
+        FAILED=1
+    fi
+fi
+[ "$FAILED" = 0 ] || { log "FAILED"; exit 1; }
 log "all checks passed"
