@@ -275,7 +275,9 @@ impl<K: HostKernel> HostOps for Host<K> {
                 first_index: s.first_index,
                 count: s.count,
                 sha256: None,
-                end_marker: Some(s.end_marker.clone()),
+                cut: s.cut,
+                end_marker: s.end_marker.clone(),
+                next_sha1: s.next_sha1.clone(),
                 pcrs_end: Default::default(),
                 bytes: None,
             };

@@ -2,10 +2,11 @@
 //! and cold-boot retention. Every step boundary is a [`CrashPoint`]; arming one makes the
 //! agent stop dead there, as if the process had been killed.
 
-use crate::kernel::{KernelIfError, SnapshotKernel};
-use crate::policy::{AgentConfig, Trigger};
+use crate::kernel::{Interface, KernelIfError, SnapshotKernel};
+use crate::policy::{AgentConfig, InterfaceChoice, Trigger};
+use crate::staging::is_boot_aggregate;
 use imasnap_log::marker::Marker;
-use imasnap_log::{Endian, Record};
+use imasnap_log::{BinaryReader, Endian, Record};
 use imasnap_store::{
     decide, BootDir, BootId, BootInfo, Decision, FileInfo, Manifest, MarkerRef, Pending, SnapshotEntry, StitchedReader,
     Store, StoreError,
@@ -131,18 +132,33 @@ pub struct Agent<K: SnapshotKernel> {
     crash_at: Option<CrashPoint>,
     dead: Option<CrashPoint>,
     last_snapshot: Instant,
+    /// The interface cuts use, resolved from the configuration and the kernel.
+    interface: Interface,
+    /// Absolute index of the kernel list's head (staging's first staged record, if any).
+    /// Below `next_index` while stored records await deletion; RFC cuts keep it equal.
+    live_base: u64,
 }
 
-fn is_boot_aggregate(rec: &Record) -> bool {
-    rec.name(Endian::Little).as_deref() == Some("boot_aggregate")
+/// The interface `choice` picks on `kernel`: `auto` prefers the RFC snapshot file (its
+/// marker lets a verifier check the newest segment alone), then staging, then legacy.
+fn resolve<K: SnapshotKernel>(choice: InterfaceChoice, kernel: &mut K) -> Interface {
+    match choice {
+        InterfaceChoice::Auto => kernel.interface(),
+        InterfaceChoice::Snapshot => Interface::Snapshot,
+        InterfaceChoice::Staging => Interface::Staging,
+        InterfaceChoice::Legacy => Interface::Legacy,
+    }
 }
 
 impl<K: SnapshotKernel> Agent<K> {
     /// An agent over `kernel` with the store at `cfg.state_dir`. Call [`Agent::recover`]
     /// before anything else.
-    pub fn new(kernel: K, cfg: AgentConfig) -> Result<Self, AgentError> {
+    pub fn new(mut kernel: K, cfg: AgentConfig) -> Result<Self, AgentError> {
         let store = Store::open(&cfg.state_dir)?;
+        let interface = resolve(cfg.interface, &mut kernel);
         Ok(Self {
+            interface,
+            live_base: 0,
             kernel,
             store,
             cfg,
@@ -202,6 +218,11 @@ impl<K: SnapshotKernel> Agent<K> {
     pub fn crash_at(&mut self, p: CrashPoint) {
         self.crash_at = Some(p);
     }
+    /// Disarms a crash armed with [`Agent::crash_at`] that has not fired.
+    pub fn disarm(&mut self) {
+        self.crash_at = None;
+    }
+
     /// Where the agent crashed, if it did.
     pub fn crashed(&self) -> Option<CrashPoint> {
         self.dead
@@ -214,7 +235,32 @@ impl<K: SnapshotKernel> Agent<K> {
         }
     }
 
-    fn point(&mut self, p: CrashPoint) -> Result<(), AgentError> {
+    /// The interface this agent trims with.
+    pub fn interface(&self) -> Interface {
+        self.interface
+    }
+
+    /// Absolute index of the first record in the kernel's list (staged records first).
+    pub fn live_base(&self) -> u64 {
+        self.live_base
+    }
+
+    /// Where the kernel's list (staged records first) starts. Only a delete moves it.
+    pub(crate) fn set_live_base(&mut self, b: u64) {
+        self.live_base = b;
+    }
+
+    pub(crate) fn set_manifest(&mut self, m: Manifest) {
+        if let Some(c) = self.current.as_mut() {
+            c.manifest = m;
+        }
+    }
+
+    pub(crate) fn current_state(&self) -> Result<(BootDir, Manifest), AgentError> {
+        self.current()
+    }
+
+    pub(crate) fn point(&mut self, p: CrashPoint) -> Result<(), AgentError> {
         if self.crash_at == Some(p) {
             self.crash_at = None;
             self.dead = Some(p);
@@ -240,12 +286,27 @@ impl<K: SnapshotKernel> Agent<K> {
         Ok(Some((t, e)))
     }
 
-    /// One snapshot now (on demand): the commit protocol of docs/SNAPSHOTS.md.
+    /// One cut now (on demand) with this agent's interface: the RFC snapshot protocol of
+    /// docs/SNAPSHOTS.md, or a staging cut (docs/STAGING.md).
     pub fn snapshot_once(&mut self) -> Result<SnapshotEntry, AgentError> {
         self.alive()?;
         if self.needs_recovery {
             self.recover()?;
         }
+        match self.interface {
+            Interface::Snapshot => self.rfc_snapshot(),
+            Interface::Staging => {
+                let e = self.staging_once()?;
+                self.last_snapshot = Instant::now();
+                e.ok_or_else(|| AgentError::Aborted("nothing new to store".into()))
+            }
+            Interface::Legacy => Err(AgentError::Kernel(KernelIfError::Failed(
+                "legacy interface: this kernel's list can be read and copied but not trimmed".into(),
+            ))),
+        }
+    }
+
+    fn rfc_snapshot(&mut self) -> Result<SnapshotEntry, AgentError> {
         let (dir, manifest) = self.current()?;
         // 1. open: the kernel appends marker M at list position n.
         let mut h = self.kernel.snapshot_open()?;
@@ -329,6 +390,7 @@ impl<K: SnapshotKernel> Agent<K> {
         self.point(CrashPoint::AfterManifestCommit)?;
         dir.remove_pending()?;
         dir.sync()?;
+        self.live_base = next.next_index;
         self.current = Some(Current { dir, manifest: next });
         self.needs_recovery = false;
         self.last_snapshot = Instant::now();
@@ -390,6 +452,9 @@ impl<K: SnapshotKernel> Agent<K> {
         self.alive()?;
         self.current = None;
         self.needs_recovery = true;
+        if self.interface == Interface::Staging {
+            return self.recover_staging();
+        }
         let rc = self.kernel.reset_count()?;
         let head = self.kernel.live_head()?;
         let mut retired = Vec::new();
@@ -465,10 +530,85 @@ impl<K: SnapshotKernel> Agent<K> {
         m.check_boundary(m.next_index, &head)
             .map_err(|why| AgentError::Inconsistent(format!("live list head: {why}")))?;
         let report = RecoveryReport { boot: dir.id().clone(), created, retired, pending, removed };
+        self.live_base = m.next_index;
         self.current = Some(Current { dir, manifest: m });
         self.needs_recovery = false;
         self.last_snapshot = Instant::now();
         Ok(report)
+    }
+
+    /// Recovery on a staging kernel. The boot is the one whose boot_aggregate still heads
+    /// the kernel's list, else the one of this resetCount whose store the list continues;
+    /// then where the list starts is re-derived from the store (docs/STAGING.md), and a
+    /// cut left between `A` and `D` is finished.
+    fn recover_staging(&mut self) -> Result<RecoveryReport, AgentError> {
+        let rc = self.kernel.reset_count()?;
+        // The PCR before the lists: the lists then hold at least what it reflects.
+        let pcr_now = self.kernel.measurement_pcr_values().ok();
+        let (staged, live) = self.read_lists()?;
+        let all = staged.clone().concat(live.clone());
+        let first = all.records.first().cloned();
+        let boots = self.store.list_boots()?;
+        let mut found = None;
+        for b in boots.iter().filter(|b| b.reset_count() == rc) {
+            let Some(d) = self.store.boot(b) else { continue };
+            let Ok(m) = d.load_manifest() else { continue };
+            let same = match &first {
+                // Record 0, or a kexec'd kernel's boot_aggregate after everything before it
+                // was stored and deleted (same resetCount and PCR 0-9: the same identity).
+                Some(f) if is_boot_aggregate(f) => {
+                    m.boot == BootInfo::from_boot_aggregate(rc, f)
+                        && (m.snapshots.is_empty() || crate::staging::locate(&d, &m, &all, pcr_now.as_deref()).is_ok())
+                }
+                _ => !m.snapshots.is_empty() && crate::staging::locate(&d, &m, &all, pcr_now.as_deref()).is_ok(),
+            };
+            if same {
+                found = Some((d, m));
+                break;
+            }
+        }
+        let mut created = false;
+        let (dir, m) = match found {
+            Some(x) => x,
+            None => match first.as_ref().filter(|f| is_boot_aggregate(f)) {
+                Some(f) => {
+                    let m = Manifest::new(
+                        BootInfo::from_boot_aggregate(rc, f),
+                        self.kernel.banks()?,
+                        self.kernel.measurement_pcr(),
+                    );
+                    created = true;
+                    (self.store.create_boot(&m)?, m)
+                }
+                None => {
+                    return Err(AgentError::Inconsistent(format!(
+                        "the kernel's list starts with sha1 {}, which no stored boot of resetCount {rc} explains: \
+                         records before it are not in the store",
+                        first.map(|f| hex::encode(&f.digest)).unwrap_or_else(|| "(empty list)".into())
+                    )))
+                }
+            },
+        };
+        let mut retired = Vec::new();
+        for b in boots {
+            if &b != dir.id() {
+                self.store.retire(&b, self.cfg.retention)?;
+                retired.push(b);
+                self.point(CrashPoint::RecoveryAfterRetire)?;
+            }
+        }
+        if dir.read_pending()?.is_some() {
+            return Err(AgentError::Inconsistent(
+                "pending.json of an RFC snapshot: start the agent with interface = \"snapshot\" to settle it".into(),
+            ));
+        }
+        let removed = dir.remove_leftovers(&m)?;
+        let boot = dir.id().clone();
+        self.current = Some(Current { dir, manifest: m });
+        self.settle_staging(staged, live, pcr_now.as_deref())?;
+        self.needs_recovery = false;
+        self.last_snapshot = Instant::now();
+        Ok(RecoveryReport { boot, created, retired, pending: None, removed })
     }
 
     /// The recovery rule for one `pending.json`.
@@ -517,11 +657,65 @@ impl<K: SnapshotKernel> Agent<K> {
     }
 
     /// The whole log of this boot from global index `from`: snapshots, then the live list.
-    pub fn stitched(&mut self, from: u64) -> Result<StitchedReader<K::Live>, AgentError> {
+    pub fn stitched(&mut self, from: u64) -> Result<StitchedReader<LiveTail<K::Live>>, AgentError> {
         self.alive()?;
         let c = self.current.as_ref().ok_or(AgentError::NotRecovered)?;
         let (dir, m) = (c.dir.clone(), c.manifest.clone());
-        let live = self.kernel.live_list()?;
+        let live = self.live_tail()?;
         Ok(dir.stitched(&m, live, from))
+    }
+
+    /// The kernel's records from `next_index` on: the staged list (staging), then the
+    /// current list. Records the store already holds that the kernel has not deleted yet
+    /// (a cut interrupted before its delete) are skipped, so nothing is sent or stitched
+    /// twice, and staged records not yet stored are not left out.
+    pub fn live_tail(&mut self) -> Result<LiveTail<K::Live>, AgentError> {
+        let next = self.current.as_ref().ok_or(AgentError::NotRecovered)?.manifest.next_index;
+        let mut skip_records = next.saturating_sub(self.live_base);
+        let mut staged = Vec::new();
+        if self.interface == Interface::Staging {
+            let st = crate::staging::ListCopy::read(self.kernel.staged_list()?, "the staged list")?;
+            let k = (skip_records as usize).min(st.len());
+            staged = st.slice(k, st.len()).to_vec();
+            skip_records -= k as u64;
+        }
+        let mut skip = 0;
+        if skip_records > 0 {
+            let mut rd = BinaryReader::new(self.kernel.live_list()?, imasnap_store::snapshot_format());
+            for _ in 0..skip_records {
+                match rd.next() {
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(AgentError::Inconsistent(format!("live list: {e}"))),
+                    None => return Err(AgentError::Inconsistent("the live list lost stored records".into())),
+                }
+            }
+            skip = rd.offset();
+        }
+        Ok(LiveTail { staged: std::io::Cursor::new(staged), inner: self.kernel.live_list()?, skip })
+    }
+}
+
+/// Staged records, then a live list without its first `skip` bytes (see [`Agent::live_tail`]).
+pub struct LiveTail<R> {
+    /// Staged records not yet stored, sent first.
+    staged: std::io::Cursor<Vec<u8>>,
+    inner: R,
+    skip: u64,
+}
+
+impl<R: std::io::Read> std::io::Read for LiveTail<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.staged.read(buf)?;
+        if n > 0 || buf.is_empty() {
+            return Ok(n);
+        }
+        while self.skip > 0 {
+            let n = std::io::copy(&mut (&mut self.inner).take(self.skip), &mut std::io::sink())?;
+            if n == 0 {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "live list shorter than the store"));
+            }
+            self.skip -= n;
+        }
+        self.inner.read(buf)
     }
 }

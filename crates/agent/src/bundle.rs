@@ -107,18 +107,21 @@ impl<K: SnapshotKernel> Agent<K> {
         write_file(&out.join("manifest.json"), &m.to_json_pretty())?;
 
         let live_path = out.join("live.bin");
-        let mut live = self.kernel_mut().live_list()?;
+        let mut live = self.live_tail()?;
         let mut w = io("create", &live_path, File::create(&live_path))?;
         let live_bytes = io("copy", &live_path, std::io::copy(&mut live, &mut w))?;
         io("write", &live_path, w.flush())?;
         drop(w);
         let f = io("open", &live_path, File::open(&live_path))?;
-        let head = match BinaryReader::new(BufReader::new(f), imasnap_store::snapshot_format()).next() {
-            Some(Ok(r)) => r,
+        match BinaryReader::new(BufReader::new(f), imasnap_store::snapshot_format()).next() {
+            Some(Ok(head)) => m
+                .check_boundary(m.next_index, &head)
+                .map_err(|why| AgentError::Inconsistent(format!("live list: {why}")))?,
             Some(Err(e)) => return Err(AgentError::Inconsistent(format!("live list: {e}"))),
+            // After a staging A/D cut the kernel's list may hold nothing yet.
+            None if m.snapshots.last().is_some_and(|s| s.cut == imasnap_store::manifest::Cut::Stage) => {}
             None => return Err(AgentError::Inconsistent("live list is empty".into())),
-        };
-        m.check_boundary(m.next_index, &head).map_err(|why| AgentError::Inconsistent(format!("live list: {why}")))?;
+        }
 
         write_file(&out.join("quote.json"), &ev.quote.to_json_pretty())?;
         match ev.ak {

@@ -6,14 +6,45 @@ use imasnap_log::marker::EVENT_NAME;
 use imasnap_log::{BinaryReader, Endian, HashAlgo, Record};
 use std::io::Read;
 
-/// A kernel interface failure. `Busy` is the exclusive-open EBUSY.
+/// A kernel interface failure. `Busy` is the exclusive-open EBUSY (another process
+/// holds the measurement files: retry later).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum KernelIfError {
     #[error("EBUSY: {0}")]
     Busy(String),
+    /// Staging `A` while records are already staged.
+    #[error("EEXIST: {0}")]
+    Exists(String),
+    /// Staging: nothing to stage (`A`), nothing staged (`D`), too few records (`N`).
+    #[error("ENOENT: {0}")]
+    NoEntry(String),
     #[error("{0}")]
     Failed(String),
 }
+
+/// How a kernel lets the agent trim its measurement list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Interface {
+    /// The RFC `snapshot` file (our kernel series): marked cuts.
+    Snapshot,
+    /// Upstream's export-and-delete files (`CONFIG_IMA_STAGING`, Linux 7.2).
+    Staging,
+    /// Neither: the list is read and copied, never trimmed.
+    Legacy,
+}
+
+impl Interface {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Snapshot => "snapshot",
+            Self::Staging => "staging",
+            Self::Legacy => "legacy",
+        }
+    }
+}
+
+const NO_STAGING: &str = "this kernel has no staging interface (CONFIG_IMA_STAGING)";
 
 /// Size of the in-memory list, for the snapshot policy.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -60,6 +91,36 @@ pub trait SnapshotKernel {
     /// The measurement PCR (`CONFIG_IMA_MEASURE_PCR_IDX`).
     fn measurement_pcr(&self) -> u32;
 
+    /// The measurement PCR's value in every bank, from the TPM (bank order).
+    fn measurement_pcr_values(&mut self) -> Result<Vec<imasnap_log::PcrValue>, KernelIfError> {
+        Err(KernelIfError::Failed("this back end cannot read PCRs".into()))
+    }
+
+    /// What this kernel offers. The default says the RFC snapshot interface.
+    fn interface(&mut self) -> Interface {
+        Interface::Snapshot
+    }
+
+    /// Staging `A`: the whole current list becomes the staged list.
+    fn stage(&mut self) -> Result<(), KernelIfError> {
+        Err(KernelIfError::Failed(NO_STAGING.into()))
+    }
+
+    /// The staged records (binary SHA1), streaming.
+    fn staged_list(&mut self) -> Result<Self::Live, KernelIfError> {
+        Err(KernelIfError::Failed(NO_STAGING.into()))
+    }
+
+    /// Staging `D`: frees the staged records.
+    fn delete_staged(&mut self) -> Result<(), KernelIfError> {
+        Err(KernelIfError::Failed(NO_STAGING.into()))
+    }
+
+    /// Staging `N`: deletes the first `n` records of the current list.
+    fn trim(&mut self, _n: u64) -> Result<(), KernelIfError> {
+        Err(KernelIfError::Failed(NO_STAGING.into()))
+    }
+
     /// First record of the live list.
     fn live_head(&mut self) -> Result<Record, KernelIfError> {
         let live = self.live_list()?;
@@ -85,6 +146,19 @@ pub trait SnapshotKernel {
         }
         Ok(LiveStats { records: r.next_index(), bytes: r.offset() })
     }
+}
+
+/// The measurement PCR of every bank of `tpm`, in bank order.
+pub(crate) fn read_measurement_pcr<T: imasnap_tpm::Tpm + ?Sized>(
+    tpm: &mut T,
+    pcr: u32,
+) -> Result<Vec<imasnap_log::PcrValue>, KernelIfError> {
+    let mut out = Vec::new();
+    for b in tpm.banks() {
+        let v = tpm.pcr_read(b, &[pcr]).map_err(|e| KernelIfError::Failed(format!("TPM: {e}")))?;
+        out.extend(v);
+    }
+    Ok(out)
 }
 
 /// Position and record of the last `snapshot_aggregate` in a binary SHA1 list.
@@ -142,6 +216,24 @@ impl<K: SnapshotKernel + ?Sized> SnapshotKernel for &mut K {
     }
     fn live_stats(&mut self) -> Result<LiveStats, KernelIfError> {
         (**self).live_stats()
+    }
+    fn interface(&mut self) -> Interface {
+        (**self).interface()
+    }
+    fn measurement_pcr_values(&mut self) -> Result<Vec<imasnap_log::PcrValue>, KernelIfError> {
+        (**self).measurement_pcr_values()
+    }
+    fn stage(&mut self) -> Result<(), KernelIfError> {
+        (**self).stage()
+    }
+    fn staged_list(&mut self) -> Result<Self::Live, KernelIfError> {
+        (**self).staged_list()
+    }
+    fn delete_staged(&mut self) -> Result<(), KernelIfError> {
+        (**self).delete_staged()
+    }
+    fn trim(&mut self, n: u64) -> Result<(), KernelIfError> {
+        (**self).trim(n)
     }
 }
 

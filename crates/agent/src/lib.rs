@@ -14,9 +14,10 @@ pub mod kernel;
 pub mod model;
 pub mod policy;
 pub mod securityfs;
+pub mod staging;
 
 pub use agent::{Agent, AgentError, CrashPoint, RecoveryReport};
 pub use bundle::{attest, quote_json, AkKey, BundleIndex, BundleInfo, Evidence, QuoteFile, BUNDLE_FORMAT};
-pub use kernel::{KernelIfError, LiveStats, SnapshotKernel};
-pub use policy::{AgentConfig, SnapshotPolicy, Trigger};
+pub use kernel::{Interface, KernelIfError, LiveStats, SnapshotKernel};
+pub use policy::{AgentConfig, InterfaceChoice, SnapshotPolicy, StagingFlavour, Trigger};
 pub use securityfs::{SecurityFs, DEFAULT_IMA_DIR};

@@ -1,8 +1,9 @@
 //! [`SnapshotKernel`] for the in-process kernel model.
 
+use crate::kernel::Interface;
 use crate::kernel::{KernelIfError, LiveStats, SnapshotKernel};
-use imasnap_kernel_model::{Kernel, KernelError, SnapshotHandle};
-use imasnap_log::{Endian, HashAlgo, Record};
+use imasnap_kernel_model::{Kernel, KernelError, MeasFile, SnapshotHandle};
+use imasnap_log::{HashAlgo, Record};
 use imasnap_tpm::Tpm;
 use std::io::Cursor;
 
@@ -19,8 +20,21 @@ pub struct ModelHandle {
 fn err(e: KernelError) -> KernelIfError {
     match e {
         KernelError::Busy(m) => KernelIfError::Busy(m.to_string()),
+        KernelError::Exists(m) => KernelIfError::Exists(m.to_string()),
+        KernelError::NoEntry(m) => KernelIfError::NoEntry(m.to_string()),
         e => KernelIfError::Failed(e.to_string()),
     }
+}
+
+/// The agent's process id in the model's reader/writer accounting.
+pub const AGENT_PID: u32 = 1;
+
+/// One staging command on `file`, opened for writing as the agent and closed again.
+fn command<T: Tpm>(k: &mut Kernel<T>, file: MeasFile, cmd: &[u8]) -> Result<(), KernelIfError> {
+    let fd = k.open(file, true, AGENT_PID, true).map_err(err)?;
+    let r = k.write(&fd, cmd);
+    k.close(fd);
+    r.map(|_| ()).map_err(err)
 }
 
 impl<T: Tpm> SnapshotKernel for Kernel<T> {
@@ -53,12 +67,12 @@ impl<T: Tpm> SnapshotKernel for Kernel<T> {
     }
 
     fn live_list(&mut self) -> Result<Cursor<Vec<u8>>, KernelIfError> {
+        // Through open(), so another process holding the files for writing is EBUSY here too.
         // Same SHA1 digests as `snapshot_read`, also when the TPM has no SHA1 bank.
-        let mut out = Vec::with_capacity(self.list_bytes() as usize);
-        for e in self.entries() {
-            e.sha1_record(Kernel::banks(self)).encode(Endian::Little, &mut out);
-        }
-        Ok(Cursor::new(out))
+        let fd = self.open(MeasFile::BINARY, false, AGENT_PID, true).map_err(err)?;
+        let r = self.read(&fd);
+        self.close(fd);
+        Ok(Cursor::new(r.map_err(err)?))
     }
 
     fn live_head(&mut self) -> Result<Record, KernelIfError> {
@@ -79,7 +93,36 @@ impl<T: Tpm> SnapshotKernel for Kernel<T> {
         Ok(Kernel::banks(self).to_vec())
     }
 
+    fn measurement_pcr_values(&mut self) -> Result<Vec<imasnap_log::PcrValue>, KernelIfError> {
+        let pcr = self.measurement_pcr();
+        crate::kernel::read_measurement_pcr(self.tpm_mut(), pcr)
+    }
+
     fn measurement_pcr(&self) -> u32 {
         self.config().pcr
+    }
+
+    /// The model has both interfaces; without a choice in the configuration it is the RFC's.
+    fn interface(&mut self) -> Interface {
+        Interface::Snapshot
+    }
+
+    fn stage(&mut self) -> Result<(), KernelIfError> {
+        command(self, MeasFile::BINARY_STAGED, b"A\n")
+    }
+
+    fn staged_list(&mut self) -> Result<Cursor<Vec<u8>>, KernelIfError> {
+        let fd = self.open(MeasFile::BINARY_STAGED, false, AGENT_PID, true).map_err(err)?;
+        let r = self.read(&fd);
+        self.close(fd);
+        Ok(Cursor::new(r.map_err(err)?))
+    }
+
+    fn delete_staged(&mut self) -> Result<(), KernelIfError> {
+        command(self, MeasFile::BINARY_STAGED, b"D\n")
+    }
+
+    fn trim(&mut self, n: u64) -> Result<(), KernelIfError> {
+        command(self, MeasFile::BINARY, format!("{n}\n").as_bytes())
     }
 }

@@ -47,6 +47,31 @@ impl SnapshotPolicy {
     }
 }
 
+/// Which kernel interface the agent trims the list with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InterfaceChoice {
+    /// What the kernel has: the RFC `snapshot` file, else the `_staged` files, else legacy.
+    #[default]
+    Auto,
+    Snapshot,
+    Staging,
+    Legacy,
+}
+
+/// How the staging back end cuts (docs/STAGING.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StagingFlavour {
+    /// Read the list, store it, then `N` for exactly what was stored. One record stays
+    /// in the list (the next segment's head), so a restart can tell from the list's head
+    /// whether `N` ran. Refused by the kernel with `ima_flush_htable`.
+    #[default]
+    Trim,
+    /// `A`, read the staged list, store it, then `D`.
+    Stage,
+}
+
 /// The agent's configuration file (`[snapshot]` holds the policy).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -58,11 +83,28 @@ pub struct AgentConfig {
     pub retention: Retention,
     #[serde(default)]
     pub snapshot: SnapshotPolicy,
+    /// The kernel interface to trim with (`auto` detects it).
+    #[serde(default)]
+    pub interface: InterfaceChoice,
+    /// The staging back end's flavour.
+    #[serde(default)]
+    pub staging: StagingFlavour,
 }
 
 impl AgentConfig {
     pub fn new(state_dir: impl Into<PathBuf>) -> Self {
-        Self { state_dir: state_dir.into(), retention: Retention::default(), snapshot: SnapshotPolicy::default() }
+        Self {
+            state_dir: state_dir.into(),
+            retention: Retention::default(),
+            snapshot: SnapshotPolicy::default(),
+            interface: InterfaceChoice::Auto,
+            staging: StagingFlavour::Trim,
+        }
+    }
+
+    /// A configuration that trims with staging in `flavour`.
+    pub fn staging(state_dir: impl Into<PathBuf>, flavour: StagingFlavour) -> Self {
+        Self { interface: InterfaceChoice::Staging, staging: flavour, ..Self::new(state_dir) }
     }
 
     pub fn from_toml(s: &str) -> Result<Self, String> {

@@ -127,6 +127,11 @@ impl<T: Tpm> SnapshotKernel for SecurityFs<T> {
         Ok(self.tpm.banks())
     }
 
+    fn measurement_pcr_values(&mut self) -> Result<Vec<imasnap_log::PcrValue>, KernelIfError> {
+        let pcr = self.measurement_pcr();
+        crate::kernel::read_measurement_pcr(&mut self.tpm, pcr)
+    }
+
     fn measurement_pcr(&self) -> u32 {
         self.pcr
     }

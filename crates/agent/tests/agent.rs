@@ -49,7 +49,7 @@ fn snapshot_moves_records_to_disk_and_keeps_the_log_whole() {
     measure(a.kernel_mut(), 150, 10);
     let e2 = a.snapshot_once().unwrap();
     assert_eq!((e2.seq, e2.first_index, e2.count), (2, 151, 11));
-    assert_eq!(e2.end_marker.attempt, 2);
+    assert_eq!(e2.end_marker.unwrap().attempt, 2);
     let m = a.manifest().unwrap().clone();
     assert_eq!(m.next_index, 162);
     assert_eq!(a.boot_dir().unwrap().load_manifest().unwrap(), m);
@@ -86,7 +86,7 @@ fn busy_snapshot_file_is_a_clean_failure() {
     // The other opener's marker is an ordinary record now and lands in our snapshot.
     let e = a.snapshot_once().unwrap();
     assert_eq!(e.count, 7);
-    assert_eq!(e.end_marker.attempt, 2);
+    assert_eq!(e.end_marker.unwrap().attempt, 2);
     assert_eq!(stitched(&mut a).len(), 8);
 }
 

@@ -7,7 +7,7 @@
 
 use crate::fsio::sha256_file;
 use crate::layout::BootDir;
-use crate::manifest::Manifest;
+use crate::manifest::{Cut, Manifest};
 use crate::tentative::snapshot_format;
 use imasnap_log::{BinaryReader, Location, Reason, Record};
 use std::fs::File;
@@ -184,7 +184,9 @@ impl<L: Read> StitchedReader<L> {
                         }
                     }
                     Cur::Live(_) => {
-                        if next == first_index {
+                        // Only a staging A/D cut can leave the kernel's list empty.
+                        let may_be_empty = self.manifest.snapshots.last().is_some_and(|s| s.cut == Cut::Stage);
+                        if next == first_index && !may_be_empty {
                             let why = "the live list is empty; it always holds at least its head".to_string();
                             return Err(self.fail(seg, next, 0, StitchReason::Discontinuity(why)));
                         }

@@ -140,7 +140,7 @@ fn pcrs_end_come_from_the_end_marker() {
     let s = &f.manifest.snapshots[0];
     assert_eq!(s.pcrs_end[&HashAlgo::Sha1], hex::encode([3u8; 20]));
     assert_eq!(s.pcrs_end[&HashAlgo::Sha256], hex::encode([3u8; 32]));
-    assert_eq!(s.end_marker.attempt, 1);
+    assert_eq!(s.end_marker.as_ref().unwrap().attempt, 1);
     assert_eq!((s.first_index, s.count), (0, 4));
 }
 
@@ -216,7 +216,8 @@ fn recovery_decisions() {
     other.marker.attempt = 3;
     assert_eq!(decide(&f.manifest, &other, &m2), Decision::Drop);
     // A pending the manifest already holds.
-    let done = Pending { seq: 1, first_index: 0, count: 5, marker: f.manifest.snapshots[0].end_marker.clone() };
+    let done =
+        Pending { seq: 1, first_index: 0, count: 5, marker: f.manifest.snapshots[0].end_marker.clone().unwrap() };
     assert_eq!(decide(&f.manifest, &done, &f.log[5]), Decision::AlreadyCommitted);
 }
 

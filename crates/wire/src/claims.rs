@@ -6,7 +6,7 @@
 //! `imasnap-verifier` re-exports them where the engine always had them.
 
 use crate::evidence::{EvidenceHeader, SnapshotJson};
-use crate::manifest::{check_file_name, check_hex, BootInfo, Manifest, MarkerRef, SnapshotEntry};
+use crate::manifest::{check_file_name, check_hex, BootInfo, Cut, Manifest, MarkerRef, SnapshotEntry};
 use crate::{Part, WireError};
 use imasnap_log::{HashAlgo, PcrValue};
 use std::collections::BTreeMap;
@@ -27,7 +27,11 @@ pub struct SnapshotClaim {
     pub count: u64,
     /// sha256 of the file; `None` when the manifest states none (nothing to check).
     pub sha256: Option<[u8; 32]>,
+    /// How the segment was cut: only a `marker` cut has an end marker to check.
+    pub cut: Cut,
     pub end_marker: Option<EndMarkerClaim>,
+    /// `trim` cuts: SHA1 template digest of the record after the segment.
+    pub next_sha1: Option<[u8; 20]>,
     /// Measurement PCR after the snapshot's last record, per bank.
     pub pcrs_end: Vec<PcrValue>,
 }
@@ -72,16 +76,28 @@ impl BootInfo {
     }
 }
 
-/// The one conversion of a snapshot entry's claims, whichever format carried them.
-fn snapshot_claim(
+/// A segment entry's fields, whichever format carried them.
+struct Fields<'a> {
     seq: u64,
     first_index: u64,
     count: u64,
-    sha256: Option<&str>,
-    end_marker: Option<&MarkerRef>,
-    pcrs_end: &BTreeMap<HashAlgo, String>,
-) -> Result<SnapshotClaim, String> {
+    sha256: Option<&'a str>,
+    cut: Cut,
+    end_marker: Option<&'a MarkerRef>,
+    next_sha1: Option<&'a str>,
+    pcrs_end: &'a BTreeMap<HashAlgo, String>,
+}
+
+/// The one conversion of a snapshot entry's claims, whichever format carried them.
+fn snapshot_claim(f: Fields<'_>) -> Result<SnapshotClaim, String> {
+    let Fields { seq, first_index, count, sha256, cut, end_marker, next_sha1, pcrs_end } = f;
     let at = format!("snapshot {seq}");
+    if cut != Cut::Marker && end_marker.is_some() {
+        return Err(format!("{at}: a {} cut has no end_marker", cut.as_str()));
+    }
+    if cut != Cut::Trim && next_sha1.is_some() {
+        return Err(format!("{at}: only a trim cut names next_sha1"));
+    }
     let mut pcrs = Vec::with_capacity(pcrs_end.len());
     for (bank, v) in pcrs_end {
         let what = format!("{at}: pcrs_end.{bank}");
@@ -93,6 +109,8 @@ fn snapshot_claim(
         first_index,
         count,
         sha256: sha256.map(|s| hex_n::<32>(s, &format!("{at}: sha256"))).transpose()?,
+        cut,
+        next_sha1: next_sha1.map(|s| hex_n::<20>(s, &format!("{at}: next_sha1"))).transpose()?,
         end_marker: end_marker
             .map(|m| {
                 Ok::<_, String>(EndMarkerClaim {
@@ -109,14 +127,16 @@ impl SnapshotEntry {
     /// This `manifest.json` entry as claims; the file name must be a plain name.
     pub fn claim(&self) -> Result<SnapshotClaim, WireError> {
         check_file_name(&self.file).map_err(|e| Part::Manifest.err(e))?;
-        snapshot_claim(
-            self.seq,
-            self.first_index,
-            self.count,
-            Some(&self.sha256),
-            Some(&self.end_marker),
-            &self.pcrs_end,
-        )
+        snapshot_claim(Fields {
+            seq: self.seq,
+            first_index: self.first_index,
+            count: self.count,
+            sha256: Some(&self.sha256),
+            cut: self.cut,
+            end_marker: self.end_marker.as_ref(),
+            next_sha1: self.next_sha1.as_deref(),
+            pcrs_end: &self.pcrs_end,
+        })
         .map_err(|e| Part::Manifest.err(e))
     }
 }
@@ -124,14 +144,16 @@ impl SnapshotEntry {
 impl SnapshotJson {
     /// This evidence-header entry as claims (absent claims stay absent).
     pub fn claim(&self) -> Result<SnapshotClaim, WireError> {
-        snapshot_claim(
-            self.seq,
-            self.first_index,
-            self.count,
-            self.sha256.as_deref(),
-            self.end_marker.as_ref(),
-            &self.pcrs_end,
-        )
+        snapshot_claim(Fields {
+            seq: self.seq,
+            first_index: self.first_index,
+            count: self.count,
+            sha256: self.sha256.as_deref(),
+            cut: self.cut,
+            end_marker: self.end_marker.as_ref(),
+            next_sha1: self.next_sha1.as_deref(),
+            pcrs_end: &self.pcrs_end,
+        })
         .map_err(|e| Part::Evidence.err(e))
     }
 }
@@ -218,7 +240,9 @@ mod tests {
             first_index: e.first_index,
             count: e.count,
             sha256: Some(e.sha256.clone()),
-            end_marker: Some(e.end_marker.clone()),
+            cut: e.cut,
+            end_marker: e.end_marker.clone(),
+            next_sha1: None,
             pcrs_end: e.pcrs_end.clone(),
             bytes: Some(1),
         };
@@ -226,7 +250,18 @@ mod tests {
         let bare = SnapshotJson { sha256: None, end_marker: None, pcrs_end: BTreeMap::new(), ..j.clone() };
         let c = bare.claim().unwrap();
         assert!(c.sha256.is_none() && c.end_marker.is_none() && c.pcrs_end.is_empty());
-        let bad = SnapshotJson { sha256: Some("00".into()), ..j };
+        let bad = SnapshotJson { sha256: Some("00".into()), ..j.clone() };
         assert_eq!(bad.claim().unwrap_err().part, Part::Evidence);
+        // A staging cut: no marker, and only a trim names the next record.
+        let trim = SnapshotJson { cut: Cut::Trim, end_marker: None, next_sha1: Some("ab".repeat(20)), ..j.clone() };
+        let c = trim.claim().unwrap();
+        assert_eq!((c.cut, c.next_sha1), (Cut::Trim, Some([0xab; 20])));
+        for (bad, why) in [
+            (SnapshotJson { cut: Cut::Stage, ..j.clone() }, "has no end_marker"),
+            (SnapshotJson { next_sha1: Some("ab".repeat(20)), ..j.clone() }, "only a trim"),
+            (SnapshotJson { next_sha1: Some("ab".into()), ..trim }, "next_sha1"),
+        ] {
+            assert!(bad.claim().unwrap_err().detail.contains(why), "{why}");
+        }
     }
 }

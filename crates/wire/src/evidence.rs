@@ -12,7 +12,7 @@
 //! Everything in the header except the quote's signed content is a claim: the verifier
 //! gives it to the replay engine, which checks it against the quote.
 
-use crate::manifest::{BootInfo, MarkerRef};
+use crate::manifest::{BootInfo, Cut, MarkerRef};
 use crate::{Part, WireError};
 use imasnap_log::HashAlgo;
 use imasnap_tpm::{AkPublic, Quote};
@@ -63,8 +63,13 @@ pub struct SnapshotJson {
     pub count: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// How the segment was cut (absent: an RFC marker), as in `manifest.json`.
+    #[serde(default, skip_serializing_if = "Cut::is_marker")]
+    pub cut: Cut,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_marker: Option<MarkerJson>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_sha1: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub pcrs_end: BTreeMap<HashAlgo, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -217,7 +222,9 @@ mod tests {
                     first_index: 0,
                     count: 2,
                     sha256: None,
+                    cut: Cut::Marker,
                     end_marker: None,
+                    next_sha1: None,
                     pcrs_end: BTreeMap::new(),
                     bytes: None,
                 },
@@ -226,7 +233,9 @@ mod tests {
                     first_index: 2,
                     count: 2,
                     sha256: Some("11".repeat(32)),
+                    cut: Cut::Marker,
                     end_marker: Some(MarkerJson { attempt: 2, sha1: "22".repeat(20) }),
+                    next_sha1: None,
                     pcrs_end,
                     bytes: Some(3),
                 },

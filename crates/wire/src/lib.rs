@@ -29,7 +29,7 @@ pub mod segment;
 
 pub use bundle::{BundleIndex, QuoteFile};
 pub use claims::{BootClaim, EndMarkerClaim, ManifestClaims, SnapshotClaim};
-pub use manifest::{BootInfo, Manifest, MarkerRef, Pending, SnapshotEntry};
+pub use manifest::{BootInfo, Cut, Manifest, MarkerRef, Pending, SnapshotEntry};
 pub use segment::Segment;
 
 /// `format` of `manifest.json`.

@@ -52,7 +52,34 @@ impl MarkerRef {
     }
 }
 
-/// One committed snapshot file.
+/// How a segment was cut from the kernel's list, which decides what follows it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cut {
+    /// The RFC `snapshot` file: the record after the segment is its end marker.
+    #[default]
+    Marker,
+    /// Staging `N`: no marker; the record after the segment stayed in the kernel's list
+    /// and `next_sha1` names it.
+    Trim,
+    /// Staging `A`/`D`: no marker, and nothing names the record after the segment.
+    Stage,
+}
+
+impl Cut {
+    pub fn is_marker(&self) -> bool {
+        *self == Cut::Marker
+    }
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Cut::Marker => "marker",
+            Cut::Trim => "trim",
+            Cut::Stage => "stage",
+        }
+    }
+}
+
+/// One committed snapshot file (a *segment*: RFC snapshot or staging export).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotEntry {
@@ -62,8 +89,17 @@ pub struct SnapshotEntry {
     pub count: u64,
     /// sha256 of the file, lowercase hex.
     pub sha256: String,
-    pub end_marker: MarkerRef,
-    /// Measurement PCR after the last record, per bank (= the end marker's values).
+    /// Absent (`marker`) for RFC snapshots, so their entries read as before.
+    #[serde(default, skip_serializing_if = "Cut::is_marker")]
+    pub cut: Cut,
+    /// The end marker (`cut = marker` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_marker: Option<MarkerRef>,
+    /// SHA1 template digest of the record after the segment (`cut = trim` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_sha1: Option<String>,
+    /// Measurement PCR after the last record, per bank (the end marker's values, or the
+    /// agent's own replay for a cut without a marker).
     pub pcrs_end: BTreeMap<HashAlgo, String>,
 }
 
@@ -143,14 +179,15 @@ impl Manifest {
         self.snapshots.last().map_or(1, |s| s.seq + 1)
     }
 
-    /// Marker that heads the live list after the last commit, if any.
+    /// Marker that heads the live list after the last commit, if the last cut has one.
     pub fn head_marker(&self) -> Option<&MarkerRef> {
-        self.snapshots.last().map(|s| &s.end_marker)
+        self.snapshots.last().and_then(|s| s.end_marker.as_ref())
     }
 
     /// Checks that `rec` can be record `index` where a segment starts (index 0 or the end
-    /// of a committed snapshot): record 0 is this boot's boot_aggregate, any later segment
-    /// starts with the previous snapshot's end marker.
+    /// of a committed snapshot): record 0 is this boot's boot_aggregate, a segment after
+    /// an RFC snapshot starts with its end marker, after a trim with the record it names.
+    /// After a staging `A`/`D` cut nothing names the next record: any record passes.
     pub fn check_boundary(&self, index: u64, rec: &Record) -> Result<(), String> {
         if index == 0 {
             let name = rec.name(imasnap_log::Endian::Little).unwrap_or_default();
@@ -167,16 +204,21 @@ impl Manifest {
             .iter()
             .find(|s| s.end_index() == index)
             .ok_or_else(|| format!("no committed snapshot ends at record {index}"))?;
-        if !prev.end_marker.matches(rec) {
-            return Err(format!(
+        match (prev.cut, &prev.end_marker, &prev.next_sha1) {
+            (Cut::Marker, Some(m), _) if !m.matches(rec) => Err(format!(
                 "record {index} should be the end marker of snapshot {} (attempt {}, sha1 {}), found sha1 {}",
                 prev.seq,
-                prev.end_marker.attempt,
-                prev.end_marker.sha1,
+                m.attempt,
+                m.sha1,
                 hex::encode(&rec.digest)
-            ));
+            )),
+            (Cut::Trim, _, Some(want)) if *want != hex::encode(&rec.digest) => Err(format!(
+                "record {index} should be the record that followed segment {} (sha1 {want}), found sha1 {}",
+                prev.seq,
+                hex::encode(&rec.digest)
+            )),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// Checks internal consistency; the message names the offending entry.
@@ -209,7 +251,22 @@ impl Manifest {
                 return Err(format!("{at}: empty snapshot"));
             }
             check_hex(&format!("{at}: sha256"), &s.sha256, 32)?;
-            check_hex(&format!("{at}: end_marker.sha1"), &s.end_marker.sha1, 20)?;
+            match (s.cut, &s.end_marker, &s.next_sha1) {
+                (Cut::Marker, Some(m), None) => check_hex(&format!("{at}: end_marker.sha1"), &m.sha1, 20)?,
+                (Cut::Trim, None, Some(n)) => check_hex(&format!("{at}: next_sha1"), n, 20)?,
+                (Cut::Stage, None, None) => {}
+                (c, _, _) => {
+                    return Err(format!(
+                        "{at}: a {} cut has {}",
+                        c.as_str(),
+                        match c {
+                            Cut::Marker => "an end_marker and no next_sha1",
+                            Cut::Trim => "a next_sha1 and no end_marker",
+                            Cut::Stage => "neither end_marker nor next_sha1",
+                        }
+                    ))
+                }
+            }
             for b in &self.banks {
                 let v = s.pcrs_end.get(b).ok_or_else(|| format!("{at}: pcrs_end lacks bank {b}"))?;
                 check_hex(&format!("{at}: pcrs_end.{b}"), v, b.size())?;
@@ -239,7 +296,9 @@ impl Manifest {
             first_index: p.first_index,
             count: p.count,
             sha256,
-            end_marker: p.marker.clone(),
+            cut: Cut::Marker,
+            end_marker: Some(p.marker.clone()),
+            next_sha1: None,
             pcrs_end,
         })
     }
@@ -270,7 +329,8 @@ impl Pending {
         }
         // Already committed (crash after the manifest rename): must be exactly that entry.
         if let Some(e) = m.snapshots.iter().find(|e| e.seq == self.seq) {
-            if e.first_index != self.first_index || e.count != self.count || e.end_marker != self.marker {
+            if e.first_index != self.first_index || e.count != self.count || e.end_marker.as_ref() != Some(&self.marker)
+            {
                 return Err(format!("seq {} is committed with different contents", self.seq));
             }
             return Ok(());
@@ -314,7 +374,9 @@ mod tests {
             first_index: 0,
             count: 5,
             sha256: "33".repeat(32),
-            end_marker: MarkerRef { attempt: 1, sha1: "44".repeat(20) },
+            cut: Cut::Marker,
+            end_marker: Some(MarkerRef { attempt: 1, sha1: "44".repeat(20) }),
+            next_sha1: None,
             pcrs_end: pcrs,
         });
         m.next_index = 5;
@@ -383,6 +445,16 @@ mod tests {
             ("format", Box::new(|m| m.format = "x".into())),
             ("plain file name", Box::new(|m| m.snapshots[0].file = "../000001.snap".into())),
             ("empty snapshot", Box::new(|m| m.snapshots[0].count = 0)),
+            ("a marker cut has", Box::new(|m| m.snapshots[0].end_marker = None)),
+            ("a trim cut has", Box::new(|m| m.snapshots[0].cut = Cut::Trim)),
+            ("a stage cut has", Box::new(|m| m.snapshots[0].cut = Cut::Stage)),
+            (
+                "next_sha1",
+                Box::new(|m| {
+                    let s = &mut m.snapshots[0];
+                    (s.cut, s.end_marker, s.next_sha1) = (Cut::Trim, None, Some("zz".into()));
+                }),
+            ),
         ];
         for (want, f) in cases {
             let mut m = good.clone();
@@ -401,7 +473,7 @@ mod tests {
         p.first_index = 4;
         assert!(p.validate_against(&m).is_err());
         // A pending that the manifest already holds must agree with it.
-        let mut done = Pending { seq: 1, first_index: 0, count: 5, marker: m.snapshots[0].end_marker.clone() };
+        let mut done = Pending { seq: 1, first_index: 0, count: 5, marker: m.snapshots[0].end_marker.clone().unwrap() };
         done.validate_against(&m).unwrap();
         done.count = 4;
         assert!(done.validate_against(&m).is_err());

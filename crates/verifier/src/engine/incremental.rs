@@ -10,6 +10,7 @@ use crate::reason::Failure;
 use crate::state::State;
 use imasnap_log::marker::EVENT_NAME as MARKER_NAME;
 use imasnap_log::{PcrState, Record};
+use imasnap_wire::Cut;
 
 /// Incremental: replay only from the saved checkpoint. Snapshots before it cost one
 /// decoded record each (their end marker); the one holding it is decoded, not hashed, up
@@ -115,6 +116,17 @@ pub(super) fn incremental(mut eng: Engine<'_>, mut segs: Vec<Seg<'_>>, prior: &S
 /// The end marker of a snapshot entirely before the checkpoint: structure, platform
 /// values and the manifest's identity claim. Its values were proven by an earlier run.
 pub(super) fn crossed_end_marker(eng: &mut Engine<'_>, prev: &Pending, idx: u64, rec: &Record) -> Result<(), Failure> {
+    if prev.claim.cut != Cut::Marker {
+        // A staging cut has no marker to cross; a trim names the record, which costs nothing to compare.
+        return match &prev.claim.next_sha1 {
+            Some(want) if want.as_slice() != rec.digest.as_slice() => Err(Failure::ManifestEndMarkerMismatch {
+                seq: prev.claim.seq,
+                index: idx,
+                detail: format!("trim cut: the manifest names the next record sha1 {}", hex::encode(want)),
+            }),
+            _ => Ok(()),
+        };
+    }
     // Crossing proven history: the marker's identity (its SHA1 template digest, as the
     // manifest names it) is enough. A full parse (~3 KB of hex) would prove nothing new
     // — the checkpoint state is already proven — and made cost grow with the number of

@@ -12,6 +12,7 @@ use crate::state::{BootIdentity, State};
 use imasnap_log::marker::Marker;
 use imasnap_log::{Endian, HashAlgo, PcrState, PcrValue, Record};
 use imasnap_log::{ReplayOptions, Replayer};
+use imasnap_wire::Cut;
 
 /// Claims of the snapshot just read, checked once its end marker has been proven.
 pub(super) struct Pending {
@@ -290,6 +291,13 @@ impl<'r> Engine<'r> {
             return Ok(());
         }
         let seq = prev.claim.seq;
+        if prev.claim.cut != Cut::Marker {
+            // A staging cut: nothing marks it, so the record is an ordinary one; the
+            // segment's claims are checked against the replay up to here.
+            self.check_claims_unmarked(prev, idx, &rec)?;
+            self.verified_snapshots += 1;
+            return self.on_record(rec);
+        }
         let not_marker = || {
             if live {
                 Failure::LiveStartNotMarker { index: idx }
@@ -310,8 +318,31 @@ impl<'r> Engine<'r> {
         self.push(rec)
     }
 
+    /// The claims about a segment cut without a marker (staging), now that the record
+    /// after it is known: count, digest, PCR values and, for a trim, that record's digest.
+    pub(super) fn check_claims_unmarked(&self, p: &Pending, idx: u64, rec: &Record) -> Result<(), Failure> {
+        self.check_segment_claims(p)?;
+        if let Some(want) = &p.claim.next_sha1 {
+            if want.as_slice() != rec.digest.as_slice() {
+                let detail = format!(
+                    "trim cut: the manifest names the next record sha1 {}, found {}",
+                    hex::encode(want),
+                    hex::encode(&rec.digest)
+                );
+                return Err(Failure::ManifestEndMarkerMismatch { seq: p.claim.seq, index: idx, detail });
+            }
+        }
+        Ok(())
+    }
+
     /// The manifest's claims about snapshot `p`, now that the record after it is known.
     pub(super) fn check_claims(&self, p: &Pending, idx: u64, rec: &Record, m: &Marker) -> Result<(), Failure> {
+        self.check_segment_claims(p)?;
+        check_end_marker_claim(&p.claim, idx, rec, m)
+    }
+
+    /// Count, file digest and end PCR values of a segment read whole.
+    fn check_segment_claims(&self, p: &Pending) -> Result<(), Failure> {
         let seq = p.claim.seq;
         if p.read_all {
             if p.count != p.claim.count {
@@ -327,7 +358,6 @@ impl<'r> Engine<'r> {
                 }
             }
         }
-        check_end_marker_claim(&p.claim, idx, rec, m)?;
         if p.read_all {
             let state = self.replayer.state();
             for v in &p.claim.pcrs_end {

@@ -108,8 +108,16 @@ fn run_live(log: &Log, q: &TrustedPcrs, mode: Mode, first: u64, live: &[u8]) -> 
     let snapshots = if first == 0 {
         Vec::new()
     } else {
-        let claim =
-            SnapshotClaim { seq: 1, first_index: 0, count: first, sha256: None, end_marker: None, pcrs_end: vec![] };
+        let claim = SnapshotClaim {
+            seq: 1,
+            first_index: 0,
+            count: first,
+            sha256: None,
+            cut: Default::default(),
+            next_sha1: None,
+            end_marker: None,
+            pcrs_end: vec![],
+        };
         vec![SnapshotEvidence { claim, data: None }]
     };
     let ev = Evidence {
@@ -199,6 +207,8 @@ fn unusable_evidence_shapes() {
                         first_index: u64::MAX,
                         count: u64::MAX,
                         sha256: None,
+                        cut: Default::default(),
+                        next_sha1: None,
                         end_marker: None,
                         pcrs_end: vec![],
                     },
@@ -243,6 +253,8 @@ fn fuzz_evidence_body_latest_segment_checks_the_end_marker_claim() {
             first_index: 0,
             count: 4,
             sha256: None,
+            cut: Default::default(),
+            next_sha1: None,
             end_marker: Some(crate::evidence::EndMarkerClaim { attempt: 1, sha1 }),
             pcrs_end: vec![],
         };

@@ -107,7 +107,9 @@ impl Host {
             first_index: self.head_index,
             count,
             sha256: Some(sha256(&bytes)),
+            cut: imasnap_wire::Cut::Marker,
             end_marker: None,
+            next_sha1: None,
             pcrs_end: Vec::new(),
         };
         self.snaps.push(Snap { claim, bytes: Some(bytes) });
