@@ -109,7 +109,13 @@ impl<T: Tpm> Kernel<T> {
     /// `open()` of a measurement file by process `owner`. Writing needs CAP_SYS_ADMIN;
     /// many readers or one writer across all measurement files (and the RFC `snapshot`
     /// file, which is a writer too).
-    pub fn open(&mut self, file: MeasFile, write: bool, owner: u32, cap_sys_admin: bool) -> Result<MeasFd, KernelError> {
+    pub fn open(
+        &mut self,
+        file: MeasFile,
+        write: bool,
+        owner: u32,
+        cap_sys_admin: bool,
+    ) -> Result<MeasFd, KernelError> {
         if file.staged && !self.cfg.staging {
             return Err(KernelError::NoEntry("no _staged files without CONFIG_IMA_STAGING"));
         }
