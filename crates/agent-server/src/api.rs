@@ -19,6 +19,8 @@ pub struct AgentMetrics {
     pub evidence_bytes: u64,
     pub next_index: u64,
     pub reset_count: u64,
+    /// Times the kernel answered EBUSY (another process held the measurement files).
+    pub kernel_busy: u64,
 }
 
 impl AgentMetrics {
@@ -57,6 +59,12 @@ impl AgentMetrics {
             self.evidence_requests as f64,
         );
         g("imasnap_agent_evidence_bytes_total", "counter", "Evidence bytes sent.", self.evidence_bytes as f64);
+        g(
+            "imasnap_agent_kernel_busy_total",
+            "counter",
+            "Cuts or recoveries postponed because another process held the measurement files (EBUSY).",
+            self.kernel_busy as f64,
+        );
         s
     }
 }

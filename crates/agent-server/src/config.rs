@@ -2,7 +2,7 @@
 
 use crate::duration::{Key, Unit};
 use crate::tls::TlsFiles;
-use imasnap_agent::{AgentConfig, SnapshotPolicy};
+use imasnap_agent::{AgentConfig, InterfaceChoice, SnapshotPolicy, StagingFlavour};
 use imasnap_store::Retention;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -92,6 +92,14 @@ pub struct AgentServiceConfig {
     pub tpm: String,
     #[serde(default)]
     pub backend: Backend,
+    /// The kernel interface to trim with: `auto` (the RFC `snapshot` file, else upstream
+    /// staging, else legacy), `snapshot`, `staging` or `legacy`.
+    #[serde(default)]
+    pub interface: InterfaceChoice,
+    /// Staging: `trim` (read, store, then `N`; the default) or `stage` (`A`, read, store,
+    /// then `D`).
+    #[serde(default)]
+    pub staging: StagingFlavour,
     /// securityfs back end: the IMA directory.
     #[serde(default = "d_ima")]
     pub ima_dir: PathBuf,
@@ -134,6 +142,8 @@ impl AgentServiceConfig {
         let mut a = AgentConfig::new(&self.state_dir);
         a.retention = self.retention;
         a.snapshot = self.snapshot.clone();
+        a.interface = self.interface;
+        a.staging = self.staging;
         a
     }
 }
@@ -160,6 +170,13 @@ mod tests {
         );
         assert_eq!(c.tick_ms, 1000);
         assert_eq!((c.snapshot_request_burst, c.snapshot_request_interval_ms), (10, 10_000));
+        assert_eq!((c.interface, c.staging), (InterfaceChoice::Auto, StagingFlavour::Trim));
+        let tls = "[tls]\ncert = \"/c\"\nkey = \"/k\"\nca = \"/ca\"\n";
+        let st =
+            AgentServiceConfig::from_toml(&format!("interface = \"staging\"\nstaging = \"stage\"\n{tls}")).unwrap();
+        let a = st.agent_config();
+        assert_eq!((a.interface, a.staging), (InterfaceChoice::Staging, StagingFlavour::Stage));
+        assert!(AgentServiceConfig::from_toml(&format!("interface = \"rfc\"\n{tls}")).is_err());
     }
 
     #[test]

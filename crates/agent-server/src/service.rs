@@ -27,6 +27,7 @@ use hyper::body::{Frame, Incoming};
 use hyper::header::HeaderValue;
 use hyper::{Method, Request, Response, StatusCode};
 use imasnap_agent::{CrashPoint, SecurityFs};
+use imasnap_agent::{Interface, InterfaceChoice, SnapshotKernel};
 #[cfg(feature = "sim")]
 use imasnap_kernel_model::{Config as KernelConfig, Kernel};
 #[cfg(feature = "sim")]
@@ -97,6 +98,10 @@ impl RateLimit {
 fn status_of(e: &HostError) -> StatusCode {
     match e {
         HostError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        // Another process holds the measurement files: try again shortly.
+        HostError::Agent(imasnap_agent::AgentError::Kernel(imasnap_agent::KernelIfError::Busy(_))) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         HostError::Conflict(_) => StatusCode::CONFLICT,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -186,8 +191,8 @@ impl AgentService {
             if !send(prefix) {
                 return;
             }
-            for (p, len) in files {
-                if let Err(e) = stream_file(&p, len, &send) {
+            for (p, off, len) in files {
+                if let Err(e) = stream_file(&p, off, len, &send) {
                     tracing::error!(file = %p.display(), error = %e, "evidence stream aborted");
                     let _ = tx.blocking_send(Err(e));
                     return;
@@ -362,8 +367,11 @@ impl Handler for AgentService {
     }
 }
 
-fn stream_file(p: &Path, len: u64, send: &dyn Fn(Vec<u8>) -> bool) -> std::io::Result<()> {
-    let mut f = std::fs::File::open(p)?.take(len);
+fn stream_file(p: &Path, off: u64, len: u64, send: &dyn Fn(Vec<u8>) -> bool) -> std::io::Result<()> {
+    use std::io::Seek;
+    let mut f = std::fs::File::open(p)?;
+    f.seek(std::io::SeekFrom::Start(off))?;
+    let mut f = f.take(len);
     let mut left = len;
     while left > 0 {
         let mut buf = vec![0u8; (256 << 10).min(left as usize)];
@@ -456,19 +464,44 @@ pub fn open_host(cfg: &AgentServiceConfig) -> anyhow::Result<Box<dyn HostOps>> {
     }
 }
 
-/// A real kernel's securityfs at `cfg.ima_dir` with `tpm` (the TPM its IMA extends). With
-/// the RFC `snapshot` file the agent snapshots and trims (`securityfs-snapshot`);
-/// without it, legacy read-only mode with the agent's own copy (`securityfs-legacy`).
+/// A real kernel's securityfs at `cfg.ima_dir` with `tpm` (the TPM its IMA extends). The
+/// interface (`interface` in agent.toml, `auto` by default): the RFC `snapshot` file
+/// (`securityfs-snapshot`), upstream staging (`securityfs-staging`), or neither: legacy
+/// read-only mode with the agent's own copy (`securityfs-legacy`).
 pub fn open_securityfs<T: Tpm + 'static>(cfg: &AgentServiceConfig, tpm: T) -> anyhow::Result<Box<dyn HostOps>> {
-    let fs = SecurityFs::new(&cfg.ima_dir, tpm, cfg.pcr);
-    if fs.can_snapshot() {
-        tracing::info!(mode = "securityfs-snapshot", ima_dir = %cfg.ima_dir.display(),
-            "agent back end: kernel with the snapshot interface");
-        Ok(Box::new(Host::start(fs, cfg.agent_config(), WorkloadCfg::default())?))
-    } else {
-        tracing::info!(mode = "securityfs-legacy", ima_dir = %cfg.ima_dir.display(),
-            "agent back end: no snapshot file, legacy read-only mode (own copy of the list, no trimming)");
-        Ok(Box::new(LegacyHost::open(fs, &cfg.state_dir, cfg.retention)?))
+    let mut fs = SecurityFs::new(&cfg.ima_dir, tpm, cfg.pcr);
+    let interface = match cfg.interface {
+        InterfaceChoice::Auto => fs.interface(),
+        InterfaceChoice::Snapshot => Interface::Snapshot,
+        InterfaceChoice::Staging => Interface::Staging,
+        InterfaceChoice::Legacy => Interface::Legacy,
+    };
+    let dir = cfg.ima_dir.display();
+    match interface {
+        Interface::Snapshot if !fs.can_snapshot() => {
+            anyhow::bail!("interface = \"snapshot\": {dir}/snapshot does not exist")
+        }
+        Interface::Staging if !fs.can_stage() => {
+            anyhow::bail!(
+                "interface = \"staging\": {dir}/{} does not exist (CONFIG_IMA_STAGING)",
+                imasnap_agent::securityfs::STAGED_FILE
+            )
+        }
+        Interface::Legacy => {
+            tracing::info!(mode = "securityfs-legacy", ima_dir = %dir,
+                "agent back end: legacy read-only mode (own copy of the list, no trimming)");
+            Ok(Box::new(LegacyHost::open(fs, &cfg.state_dir, cfg.retention)?))
+        }
+        i => {
+            let mut acfg = cfg.agent_config();
+            acfg.interface = match i {
+                Interface::Staging => InterfaceChoice::Staging,
+                _ => InterfaceChoice::Snapshot,
+            };
+            tracing::info!(mode = %format!("securityfs-{}", i.as_str()), ima_dir = %dir, staging = ?cfg.staging,
+                "agent back end: the kernel's list is trimmed");
+            Ok(Box::new(Host::start(fs, acfg, WorkloadCfg::default())?))
+        }
     }
 }
 

@@ -2,10 +2,12 @@
 //! (`/sys/kernel/security/ima`) plus a TPM for resetCount and the banks.
 //!
 //! With the RFC patch (kernel/) the directory has a `snapshot` file and the agent trims the
-//! list. A stock kernel has none: this is then the read-only legacy back end — the live
-//! list can be read, copied and quoted, and `snapshot_open` says why it cannot trim.
+//! list with it. With upstream staging (`CONFIG_IMA_STAGING`, Linux 7.2, or our series)
+//! it has `_staged` files and `A`/`D`/`N` commands. A stock kernel has neither: this is
+//! then the read-only legacy back end — the live list can be read, copied and quoted, and
+//! `snapshot_open` says why it cannot trim.
 
-use crate::kernel::{KernelIfError, SnapshotKernel};
+use crate::kernel::{Interface, KernelIfError, SnapshotKernel};
 use imasnap_log::HashAlgo;
 use imasnap_tpm::Tpm;
 use std::fs::{File, OpenOptions};
@@ -21,6 +23,13 @@ const READ_CHUNK: usize = 64 * 1024;
 
 /// The Linux errno for "device or resource busy": the exclusive-open refusal.
 const EBUSY: i32 = 16;
+const ENOENT: i32 = 2;
+const EEXIST: i32 = 17;
+
+/// Upstream staging's files (`CONFIG_IMA_STAGING`): the `_staged` twin of the SHA1 list,
+/// and the list `N` is written to.
+pub const STAGED_FILE: &str = "binary_runtime_measurements_staged";
+const LIST_FILE: &str = "binary_runtime_measurements";
 
 /// A kernel's IMA directory and the TPM its IMA extends.
 pub struct SecurityFs<T: Tpm> {
@@ -56,6 +65,53 @@ impl<T: Tpm> SecurityFs<T> {
     /// True when the kernel has the RFC `snapshot` file.
     pub fn can_snapshot(&self) -> bool {
         self.dir.join("snapshot").exists()
+    }
+
+    /// True when the kernel has upstream's staging files.
+    pub fn can_stage(&self) -> bool {
+        self.dir.join(STAGED_FILE).exists()
+    }
+
+    /// One staging command: open `name` for writing, write `cmd`, close. The kernel admits
+    /// one writer or many readers: holding nothing between commands keeps readers waiting
+    /// no longer than one write.
+    fn command(&self, name: &str, cmd: &[u8]) -> Result<(), KernelIfError> {
+        let p = self.path(name);
+        let mut f = match OpenOptions::new().write(true).open(&p) {
+            Ok(f) => f,
+            Err(e) if e.raw_os_error() == Some(EBUSY) => {
+                return Err(KernelIfError::Busy(format!("{}: {e}", p.display())))
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(KernelIfError::Failed(format!(
+                    "{} does not exist: this kernel has no staging interface (CONFIG_IMA_STAGING)",
+                    p.display()
+                )))
+            }
+            Err(e) => return Err(failed("open", &p, e)),
+        };
+        let what = String::from_utf8_lossy(cmd).trim_end().to_string();
+        match f.write(cmd) {
+            Ok(n) if n == cmd.len() => Ok(()),
+            Ok(n) => Err(KernelIfError::Failed(format!("write {what:?} to {}: {n} bytes taken", p.display()))),
+            Err(e) => Err(match e.raw_os_error() {
+                Some(EBUSY) => KernelIfError::Busy(format!("write {what:?} to {}: {e}", p.display())),
+                Some(EEXIST) => KernelIfError::Exists(format!("write {what:?} to {}: {e}", p.display())),
+                Some(ENOENT) => KernelIfError::NoEntry(format!("write {what:?} to {}: {e}", p.display())),
+                _ => failed(&format!("write {what:?} to"), &p, e),
+            }),
+        }
+    }
+
+    fn open_list(&self, name: &str) -> Result<BufReader<File>, KernelIfError> {
+        let p = self.path(name);
+        match File::open(&p) {
+            Ok(f) => Ok(BufReader::with_capacity(READ_CHUNK, f)),
+            // Another process holds the files for writing: the kernel admits many readers or
+            // one writer across the measurement files. Retry later.
+            Err(e) if e.raw_os_error() == Some(EBUSY) => Err(KernelIfError::Busy(format!("{}: {e}", p.display()))),
+            Err(e) => Err(failed("open", &p, e)),
+        }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -108,14 +164,35 @@ impl<T: Tpm> SnapshotKernel for SecurityFs<T> {
     }
 
     fn live_list(&mut self) -> Result<BufReader<File>, KernelIfError> {
-        let p = self.path("binary_runtime_measurements");
-        match File::open(&p) {
-            Ok(f) => Ok(BufReader::with_capacity(READ_CHUNK, f)),
-            // Another process holds the snapshot file: the kernel admits many readers or
-            // one writer across the measurement files. Retry later, as for the snapshot.
-            Err(e) if e.raw_os_error() == Some(EBUSY) => Err(KernelIfError::Busy(format!("{}: {e}", p.display()))),
-            Err(e) => Err(failed("open", &p, e)),
+        self.open_list(LIST_FILE)
+    }
+
+    /// The RFC `snapshot` file first (its marker lets a verifier check the newest segment
+    /// alone), then staging, then legacy.
+    fn interface(&mut self) -> Interface {
+        if self.can_snapshot() {
+            Interface::Snapshot
+        } else if self.can_stage() {
+            Interface::Staging
+        } else {
+            Interface::Legacy
         }
+    }
+
+    fn stage(&mut self) -> Result<(), KernelIfError> {
+        self.command(STAGED_FILE, b"A\n")
+    }
+
+    fn staged_list(&mut self) -> Result<BufReader<File>, KernelIfError> {
+        self.open_list(STAGED_FILE)
+    }
+
+    fn delete_staged(&mut self) -> Result<(), KernelIfError> {
+        self.command(STAGED_FILE, b"D\n")
+    }
+
+    fn trim(&mut self, n: u64) -> Result<(), KernelIfError> {
+        self.command(LIST_FILE, format!("{n}\n").as_bytes())
     }
 
     fn reset_count(&mut self) -> Result<u64, KernelIfError> {
@@ -174,5 +251,24 @@ mod tests {
         k.snapshot_done(&mut h).unwrap();
         k.snapshot_close(h);
         assert_eq!(std::fs::read(d.path().join("snapshot")).unwrap(), b"recordsdone");
+    }
+
+    #[test]
+    fn interface_is_detected_and_commands_are_written_whole() {
+        let d = tempfile::tempdir().unwrap();
+        let mut k = SecurityFs::new(d.path(), SoftTpm::new(1), 10);
+        assert_eq!(k.interface(), Interface::Legacy);
+        assert!(k.stage().unwrap_err().to_string().contains("no staging interface"), "legacy cannot stage");
+        // Plain files stand in for the kernel's: a command is one write of its bytes.
+        std::fs::write(d.path().join(STAGED_FILE), b"").unwrap();
+        std::fs::write(d.path().join(LIST_FILE), b"").unwrap();
+        assert_eq!(k.interface(), Interface::Staging);
+        k.stage().unwrap();
+        k.trim(5000).unwrap();
+        k.delete_staged().unwrap();
+        assert_eq!(std::fs::read(d.path().join(STAGED_FILE)).unwrap(), b"D\n", "each command opens anew");
+        assert_eq!(std::fs::read(d.path().join(LIST_FILE)).unwrap(), b"5000\n");
+        std::fs::write(d.path().join("snapshot"), b"").unwrap();
+        assert_eq!(k.interface(), Interface::Snapshot, "the RFC file wins when both exist");
     }
 }

@@ -228,6 +228,10 @@ impl World {
     /// Arms `p` and cuts; the crash must fire. Returns the killed agent's kernel.
     fn crash_in_cut(&mut self, mut a: Agent<K>, p: CrashPoint) -> K {
         self.workload(a.kernel_mut());
+        // At least one new record that is not a violation, so the cut has something to store.
+        self.counter += 1;
+        a.kernel_mut().measure_file(b"/opt/new", &file_digest(1000 + self.counter)).unwrap();
+        self.oracle.sync(a.kernel());
         if let Some(fd) = self.reader.take() {
             a.kernel_mut().close(fd);
         }
