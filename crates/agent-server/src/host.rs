@@ -3,14 +3,15 @@
 //!
 //! [`HostKernel`] is the back-end trait on top of [`SnapshotKernel`]: it adds the TPM that
 //! quotes and the model-only hooks. Implemented for the in-process kernel model and for a
-//! real kernel's securityfs with the RFC `snapshot` file ([`SecurityFs`]). A securityfs
-//! without it is served by [`crate::legacy::LegacyHost`] instead (read-only, own copy).
+//! real kernel's securityfs with the RFC `snapshot` file or upstream staging
+//! ([`SecurityFs`]). A securityfs with neither is served by [`crate::legacy::LegacyHost`]
+//! instead (read-only, own copy).
 
 use crate::api::{self, AkJson, EvidenceHeader, SnapshotJson};
 use imasnap_agent::{Agent, AgentConfig, AgentError, CrashPoint, SecurityFs, SnapshotKernel};
 #[cfg(feature = "sim")]
 use imasnap_kernel_model::Kernel;
-use imasnap_log::HashAlgo;
+use imasnap_log::{BinaryReader, HashAlgo};
 #[cfg(feature = "sim")]
 use imasnap_sim::workload::{Event, Workload};
 use imasnap_store::SnapshotEntry;
@@ -79,6 +80,42 @@ impl<T: Tpm + 'static> HostKernel for SecurityFs<T> {
     }
 }
 
+/// Records in a binary SHA1 list.
+fn count_records(b: &[u8]) -> Result<u64, HostError> {
+    let mut rd = BinaryReader::new(b, imasnap_store::snapshot_format());
+    for r in rd.by_ref() {
+        r.map_err(|e| HostError::Other(format!("live list: {e}")))?;
+    }
+    Ok(rd.next_index())
+}
+
+/// Byte offset of record `to` in a binary SHA1 list whose first record is `first`.
+pub(crate) fn byte_offset(b: &[u8], first: u64, to: u64) -> Result<usize, HostError> {
+    let mut rd = BinaryReader::starting_at(b, imasnap_store::snapshot_format(), first);
+    while rd.next_index() < to {
+        match rd.next() {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(HostError::Other(format!("live list: {e}"))),
+            None => return Err(HostError::Other(format!("live list ends before record {to}"))),
+        }
+    }
+    Ok(rd.offset() as usize)
+}
+
+/// Byte offset of record `to` in the stored segment file `p` whose first record is `first`.
+pub(crate) fn file_offset(p: &std::path::Path, first: u64, to: u64) -> Result<u64, HostError> {
+    let f = std::fs::File::open(p).map_err(|e| HostError::Other(format!("{}: {e}", p.display())))?;
+    let mut rd = BinaryReader::starting_at(std::io::BufReader::new(f), imasnap_store::snapshot_format(), first);
+    while rd.next_index() < to {
+        match rd.next() {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(HostError::Other(format!("{}: {e}", p.display()))),
+            None => return Err(HostError::Other(format!("{} ends before record {to}", p.display()))),
+        }
+    }
+    Ok(rd.offset())
+}
+
 /// Quotes PCR 0-9 and `pcr` in every bank with `nonce`; the AK as the agent ships it.
 pub(crate) fn quote_tpm(
     tpm: &mut dyn Tpm,
@@ -112,8 +149,9 @@ pub enum HostError {
 #[derive(Debug)]
 pub struct EvidenceView {
     pub header: EvidenceHeader,
-    /// Snapshot files to stream, in header order, with the length the header states.
-    pub files: Vec<(PathBuf, u64)>,
+    /// Snapshot files to stream, in header order: path, byte offset to start at (a
+    /// suffix), and the length the header states.
+    pub files: Vec<(PathBuf, u64, u64)>,
     pub live: Vec<u8>,
 }
 
@@ -133,7 +171,8 @@ pub trait HostOps: Send {
     fn measure(&mut self, path: &[u8], digest: &[u8], xattr: Option<&[u8]>) -> Result<bool, HostError>;
     /// Measures a buffer (ima-buf: a key into a keyring, critical data; kernel model only).
     fn measure_buffer(&mut self, name: &[u8], buf: &[u8]) -> Result<bool, HostError>;
-    /// The back end: `model`, `securityfs-snapshot` or `securityfs-legacy`.
+    /// The back end: `model`, `model-staging`, `securityfs-snapshot`, `securityfs-staging`
+    /// or `securityfs-legacy`.
     fn mode(&self) -> &'static str;
     fn metrics(&mut self) -> api::AgentMetrics;
     fn manifest(&self) -> Option<imasnap_store::Manifest>;
@@ -165,6 +204,18 @@ pub struct Host<K: HostKernel> {
     last_tick: Instant,
     carry: f64,
     metrics: api::AgentMetrics,
+    /// After EBUSY (another process holds the measurement files): no cut before this,
+    /// and the wait that follows the next EBUSY.
+    busy_until: Option<Instant>,
+    busy_backoff: Duration,
+}
+
+/// First and longest wait after the kernel answers EBUSY.
+const BUSY_FIRST: Duration = Duration::from_millis(250);
+const BUSY_MAX: Duration = Duration::from_secs(60);
+
+fn is_busy(e: &AgentError) -> bool {
+    matches!(e, AgentError::Kernel(imasnap_agent::KernelIfError::Busy(_)))
 }
 
 fn now_secs(t: Instant) -> f64 {
@@ -173,8 +224,25 @@ fn now_secs(t: Instant) -> f64 {
 
 impl<K: HostKernel> Host<K> {
     /// Starts the agent on `kernel` (recovery first).
+    /// On a staging kernel recovery may meet another process holding the measurement
+    /// files (EBUSY): it is retried with backoff for up to a minute, not fatal.
     pub fn start(kernel: K, cfg: AgentConfig, wcfg: WorkloadCfg) -> Result<Self, HostError> {
-        let (agent, rep) = Agent::start(kernel, cfg)?;
+        let mut agent = Agent::new(kernel, cfg)?;
+        let mut wait = BUSY_FIRST;
+        let t0 = Instant::now();
+        let mut busy = 0;
+        let rep = loop {
+            match agent.recover() {
+                Ok(rep) => break rep,
+                Err(e) if is_busy(&e) && t0.elapsed() < BUSY_MAX => {
+                    busy += 1;
+                    tracing::info!(error = %e, retry_in = ?wait, "recovery: the measurement files are busy");
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         tracing::info!(boot = %rep.boot, created = rep.created, retired = rep.retired.len(),
             pending = ?rep.pending, removed = rep.removed.len(), "agent recovered");
         Ok(Self {
@@ -184,7 +252,9 @@ impl<K: HostKernel> Host<K> {
             wcfg,
             last_tick: Instant::now(),
             carry: 0.0,
-            metrics: Default::default(),
+            metrics: api::AgentMetrics { kernel_busy: busy, ..Default::default() },
+            busy_until: None,
+            busy_backoff: BUSY_FIRST,
         })
     }
 
@@ -253,21 +323,22 @@ impl<K: HostKernel> HostOps for Host<K> {
         let dir = a.boot_dir().cloned().ok_or(AgentError::NotRecovered)?;
         let m = a.manifest().cloned().ok_or(AgentError::NotRecovered)?;
         let mut live = Vec::new();
-        a.kernel_mut()
-            .live_list()
-            .map_err(AgentError::from)?
-            .read_to_end(&mut live)
-            .map_err(|e| HostError::Other(format!("reading the live list: {e}")))?;
+        a.live_tail()?.read_to_end(&mut live).map_err(|e| HostError::Other(format!("reading the live list: {e}")))?;
         let same_boot = boot_hint.as_ref().is_none_or(|(rc, ba)| {
             *rc == m.boot.reset_count && ba.as_ref().is_none_or(|b| *b == m.boot.boot_aggregate_sha1)
         });
+        let live_records = count_records(&live)?;
+        let end = m.next_index + live_records;
+        // Suffix evidence: a verifier that holds state names its index, and only the
+        // records from there travel, whatever the back end.
         let from_index = match from {
             api::From::Latest => m.next_index,
-            api::From::Index(i) if same_boot => i.min(m.next_index),
+            api::From::Index(i) if same_boot => i.min(end),
             api::From::Index(_) => 0,
         };
         let mut snapshots = Vec::with_capacity(m.snapshots.len());
         let mut files = Vec::new();
+        let mut data_from = None;
         for s in &m.snapshots {
             let with_data = from != api::From::Latest && s.end_index() > from_index;
             let mut j = SnapshotJson {
@@ -284,12 +355,23 @@ impl<K: HostKernel> HostOps for Host<K> {
             if with_data {
                 let p = dir.path().join(&s.file);
                 let len = std::fs::metadata(&p).map_err(|e| HostError::Other(format!("{}: {e}", p.display())))?.len();
-                j.sha256 = Some(s.sha256.clone());
+                let off = if from_index > s.first_index {
+                    data_from = Some(from_index);
+                    file_offset(&p, s.first_index, from_index)?
+                } else {
+                    j.sha256 = Some(s.sha256.clone());
+                    0
+                };
                 j.pcrs_end = s.pcrs_end.clone();
-                j.bytes = Some(len);
-                files.push((p, len));
+                j.bytes = Some(len - off);
+                files.push((p, off, len - off));
             }
             snapshots.push(j);
+        }
+        if from_index > m.next_index {
+            data_from = Some(from_index);
+            let off = byte_offset(&live, m.next_index, from_index)?;
+            live.drain(..off);
         }
         let header = EvidenceHeader {
             format: api::FORMAT.into(),
@@ -303,9 +385,10 @@ impl<K: HostKernel> HostOps for Host<K> {
             snapshots,
             live_first_index: m.next_index,
             live_bytes: live.len() as u64,
+            data_from,
         };
         self.metrics.evidence_requests += 1;
-        self.metrics.evidence_bytes += files.iter().map(|f| f.1).sum::<u64>() + live.len() as u64;
+        self.metrics.evidence_bytes += files.iter().map(|f| f.2).sum::<u64>() + live.len() as u64;
         Ok(EvidenceView { header, files, live })
     }
 
@@ -349,11 +432,31 @@ impl<K: HostKernel> HostOps for Host<K> {
             self.carry -= n as f64;
             self.add(n)?;
         }
-        let t0 = Instant::now();
-        if let Some((t, e)) = self.agent().maybe_snapshot(now)? {
-            self.metrics.last_snapshot_seconds = now_secs(t0);
-            tracing::info!(trigger = ?t, seq = e.seq, first = e.first_index, count = e.count, "policy snapshot committed");
+        if self.busy_until.is_some_and(|t| now < t) {
+            return Ok(());
         }
+        let t0 = Instant::now();
+        match self.agent().maybe_snapshot(now) {
+            Ok(Some((t, e))) => {
+                self.metrics.last_snapshot_seconds = now_secs(t0);
+                tracing::info!(trigger = ?t, seq = e.seq, first = e.first_index, count = e.count, cut = e.cut.as_str(),
+                    "policy snapshot committed");
+            }
+            Ok(None) => {}
+            // Retried with exponential backoff (reset by the next success), counted.
+            Err(e) if is_busy(&e) => {
+                self.metrics.kernel_busy += 1;
+                self.busy_until = Some(now + self.busy_backoff);
+                tracing::info!(error = %e, retry_in = ?self.busy_backoff, "snapshot: the measurement files are busy");
+                self.busy_backoff = (self.busy_backoff * 2).min(BUSY_MAX);
+                return Ok(());
+            }
+            // Staging: the cut deleted records it had stored before, or nothing was new.
+            Err(AgentError::Aborted(why)) if why.contains("nothing new") => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.busy_until = None;
+        self.busy_backoff = BUSY_FIRST;
         Ok(())
     }
 
@@ -386,7 +489,11 @@ impl<K: HostKernel> HostOps for Host<K> {
     }
 
     fn mode(&self) -> &'static str {
-        self.agent_ref().kernel().mode()
+        match (self.agent_ref().kernel().mode(), self.agent_ref().interface()) {
+            ("model", imasnap_agent::Interface::Staging) => "model-staging",
+            ("securityfs-snapshot", imasnap_agent::Interface::Staging) => "securityfs-staging",
+            (m, _) => m,
+        }
     }
 
     fn metrics(&mut self) -> api::AgentMetrics {

@@ -48,7 +48,13 @@ pub struct LegacyHost<T: Tpm> {
     banks: Vec<HashAlgo>,
     pcr: u32,
     metrics: api::AgentMetrics,
+    /// (record index, byte offset) pairs in the copy, one every [`MARK_EVERY`] records or
+    /// more: a suffix request decodes from the nearest one instead of from record 0.
+    marks: Vec<(u64, u64)>,
 }
+
+/// Records between two offset marks of the copy at least.
+const MARK_EVERY: u64 = 1024;
 
 fn other(what: impl std::fmt::Display) -> HostError {
     HostError::Other(what.to_string())
@@ -118,11 +124,28 @@ impl<T: Tpm> LegacyHost<T> {
         let copy = OpenOptions::new().create(true).append(true).open(&copy_path).map_err(|e| io(&copy_path, e))?;
         let banks = fs.banks().map_err(other)?;
         let pcr = fs.measurement_pcr();
-        let mut h = Self { fs, copy_path, copy, offset, count, boot, banks, pcr, metrics: Default::default() };
+        let marks = vec![(0, 0), (count, offset)];
+        let mut h = Self { fs, copy_path, copy, offset, count, boot, banks, pcr, metrics: Default::default(), marks };
         let n = h.sync()?;
         tracing::info!(boot = %id, records = h.count, bytes = h.offset, copied_now = n,
             "legacy mode: copy of binary_runtime_measurements up to date");
         Ok(h)
+    }
+
+    /// Byte offset of record `to` in the copy (at most `count`), decoded from the nearest mark.
+    fn offset_of(&self, to: u64) -> Result<u64, HostError> {
+        let &(n, off) = self.marks.iter().rev().find(|&&(n, _)| n <= to).unwrap_or(&(0, 0));
+        let mut f = File::open(&self.copy_path).map_err(|e| io(&self.copy_path, e))?;
+        f.seek(SeekFrom::Start(off)).map_err(|e| io(&self.copy_path, e))?;
+        let mut rd = BinaryReader::starting_at(std::io::BufReader::new(f), imasnap_store::snapshot_format(), n);
+        while rd.next_index() < to {
+            match rd.next() {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(other(format!("{}: {e}", self.copy_path.display()))),
+                None => return Err(other(format!("{} ends before record {to}", self.copy_path.display()))),
+            }
+        }
+        Ok(off + rd.offset())
     }
 
     /// Records copied so far and the copy's length.
@@ -168,6 +191,9 @@ impl<T: Tpm> LegacyHost<T> {
             added += recs;
             self.count += recs;
             pending.drain(..len);
+        }
+        if self.marks.last().is_none_or(|&(n, _)| self.count >= n + MARK_EVERY) {
+            self.marks.push((self.count, self.offset));
         }
         if added > 0 {
             self.copy.sync_data().map_err(|e| io(&self.copy_path, e))?;
@@ -254,8 +280,8 @@ impl<T: Tpm + 'static> HostOps for LegacyHost<T> {
     fn evidence(
         &mut self,
         nonce: &[u8],
-        _from: api::From,
-        _boot_hint: Option<(u64, Option<String>)>,
+        from: api::From,
+        boot_hint: Option<(u64, Option<String>)>,
     ) -> Result<EvidenceView, HostError> {
         if nonce.is_empty() || nonce.len() > imasnap_tpm::MAX_NONCE {
             return Err(HostError::BadRequest(format!("nonce must be 1 to {} bytes", imasnap_tpm::MAX_NONCE)));
@@ -263,10 +289,18 @@ impl<T: Tpm + 'static> HostOps for LegacyHost<T> {
         // Quote first: the copy read afterwards can only run ahead of it (carried over).
         let (quote, ak) = quote_tpm(self.fs.tpm_mut(), &self.banks, self.pcr, nonce)?;
         self.sync()?;
-        // The whole copy, from record 0, as the live list: the kernel never trimmed, so
-        // there is no snapshot boundary for the engine to continue from. The verifier
-        // decodes (without hashing) the records before its checkpoint.
-        let len = self.offset;
+        // The copy as the live list, from record 0 for a verifier without state, else from
+        // its index on: the kernel never trimmed, but the wire carries only what is new.
+        let same_boot = boot_hint.as_ref().is_none_or(|(rc, ba)| {
+            *rc == self.boot.reset_count && ba.as_ref().is_none_or(|b| *b == self.boot.boot_aggregate_sha1)
+        });
+        let from_index = match from {
+            api::From::Index(i) if same_boot => i.min(self.count),
+            // No marker heads a legacy list: "latest" is the whole copy, as for a stranger.
+            _ => 0,
+        };
+        let off = if from_index > 0 { self.offset_of(from_index)? } else { 0 };
+        let len = self.offset - off;
         let header = EvidenceHeader {
             format: api::FORMAT.into(),
             banks: self.banks.clone(),
@@ -278,15 +312,16 @@ impl<T: Tpm + 'static> HostOps for LegacyHost<T> {
             quote,
             nonce: hex::encode(nonce),
             ak,
-            from: 0,
+            from: from_index,
             snapshots: Vec::new(),
             live_first_index: 0,
             live_bytes: len,
+            data_from: (from_index > 0).then_some(from_index),
         };
         self.metrics.evidence_requests += 1;
         self.metrics.evidence_bytes += len;
         // Streamed from the copy: exactly `len` bytes, even if it grows meanwhile.
-        Ok(EvidenceView { header, files: vec![(self.copy_path.clone(), len)], live: Vec::new() })
+        Ok(EvidenceView { header, files: vec![(self.copy_path.clone(), off, len)], live: Vec::new() })
     }
 
     fn snapshot(&mut self, _crash_at: Option<CrashPoint>) -> Result<Option<SnapshotEntry>, HostError> {

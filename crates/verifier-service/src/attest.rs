@@ -41,6 +41,7 @@ pub fn evidence<'a>(body: &'a [u8], p: &Parsed) -> Result<Evidence<'a>, Failure>
         snapshots,
         live: Input::Bytes(body.get(p.live.clone()).unwrap_or(&[])),
         live_first_index: h.live_first_index,
+        data_from: h.data_from,
     })
 }
 

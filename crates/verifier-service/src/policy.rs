@@ -53,6 +53,10 @@ pub fn for_each_record(body: &[u8], p: &Parsed, from: u64, to: u64, f: &mut dyn 
         }
     }
     segs.push((p.header.live_first_index, body.get(p.live.clone()).unwrap_or(&[])));
+    // Suffix evidence: the first segment with data starts at `data_from`.
+    if let (Some(d), Some(first)) = (p.header.data_from, segs.first_mut()) {
+        first.0 = d;
+    }
     for (first, bytes) in segs {
         if first >= to {
             break;

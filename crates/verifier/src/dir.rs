@@ -136,6 +136,7 @@ impl BundleDir {
             snapshots,
             live: Input::Reader(Box::new(BufReader::with_capacity(128 << 10, live))),
             live_first_index: self.index.live_first_index,
+            data_from: None,
         })
     }
 }

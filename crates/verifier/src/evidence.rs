@@ -73,4 +73,8 @@ pub struct Evidence<'a> {
     pub live: Input<'a>,
     /// Global index of the live list's first record, as the agent claims.
     pub live_first_index: u64,
+    /// Suffix evidence: the first segment that comes with data starts its data at this
+    /// index instead of at its first record (the verifier's checkpoint, so only records
+    /// after it travel). Incremental mode only; `None` means every segment is whole.
+    pub data_from: Option<u64>,
 }

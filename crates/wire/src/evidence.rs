@@ -123,6 +123,10 @@ pub struct EvidenceHeader {
     pub snapshots: Vec<SnapshotJson>,
     pub live_first_index: u64,
     pub live_bytes: u64,
+    /// Suffix evidence: the first segment sent with data starts at this record (the
+    /// verifier's checkpoint) instead of at its head. Absent: every segment is whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_from: Option<u64>,
 }
 
 impl EvidenceHeader {

@@ -59,13 +59,26 @@ pub(super) fn incremental(mut eng: Engine<'_>, mut segs: Vec<Seg<'_>>, prior: &S
     let live = k + 1 == n;
     let seg = &mut segs[k];
     eng.segment = seg.id;
-    let Some(mut rd) = seg.take_reader(eng.endian, seg.first_index) else {
+    // A suffix (data from the checkpoint on) cannot start after it.
+    if seg.data_first > c {
+        return Err(Failure::CheckpointNotInEvidence { checkpoint: c, seq: seg.seq() });
+    }
+    let partial = seg.data_first > seg.first_index;
+    let Some(mut rd) = seg.take_reader(eng.endian, seg.data_first) else {
         return Err(Failure::CheckpointNotInEvidence { checkpoint: c, seq: seg.seq() });
     };
-    let skip = c.saturating_sub(seg.first_index);
+    let skip = c.saturating_sub(seg.data_first);
     eng.start_at(state, c);
-    if skip == 0 {
+    if partial && skip == 0 {
+        // The suffix starts exactly at the checkpoint: record c is an ordinary record, and
+        // the segment's head (its boundary) lies in proven history.
+    } else if skip == 0 {
         let Some(first) = rd.next()? else {
+            // After a staging A/D cut the kernel's list may hold nothing new.
+            if live && prev.as_ref().is_some_and(|p| p.claim.cut == Cut::Stage) {
+                eng.arm()?;
+                return eng.finish(prior.history_verified);
+            }
             return Err(if live {
                 Failure::LogRolledBack { checkpoint: c, end: c }
             } else {
@@ -90,7 +103,7 @@ pub(super) fn incremental(mut eng: Engine<'_>, mut segs: Vec<Seg<'_>>, prior: &S
                     None => Failure::LogRolledBack { checkpoint: c, end: seg.first_index.saturating_add(rd.count) },
                 });
             };
-            if i == 0 {
+            if i == 0 && !partial {
                 if let Some(p) = &prev {
                     crossed_end_marker(&mut eng, p, seg.first_index, &rec)?;
                 }
@@ -104,7 +117,9 @@ pub(super) fn incremental(mut eng: Engine<'_>, mut segs: Vec<Seg<'_>>, prior: &S
         eng.report.snapshots_replayed += 1;
     }
     eng.drain(&mut rd)?;
-    prev = seg.claim.clone().map(|claim| Pending { claim, count: rd.count, digest: rd.digest(), read_all: true });
+    // A suffix was not read whole: its count and digest claims cannot be checked (its
+    // records after the checkpoint are proven by the replay all the same).
+    prev = seg.claim.clone().map(|claim| Pending { claim, count: rd.count, digest: rd.digest(), read_all: !partial });
 
     // 3. Everything after it, exactly as in full history.
     for (j, seg) in segs.iter_mut().enumerate().skip(k + 1) {

@@ -270,23 +270,35 @@ fn run(
             });
         }
     }
-    let Evidence { banks, pcr, endian, boot, snapshots, live, live_first_index } = ev;
+    let Evidence { banks, pcr, endian, boot, snapshots, live, live_first_index, data_from } = ev;
     let mut segs: Vec<Seg<'_>> = snapshots
         .into_iter()
         .map(|s| Seg {
             id: Segment::Snapshot(s.claim.seq),
             first_index: s.claim.first_index,
+            data_first: s.claim.first_index,
             claim: Some(s.claim),
             input: s.data,
             opened: None,
         })
         .collect();
-    segs.push(Seg { id: Segment::Live, claim: None, first_index: live_first_index, input: Some(live), opened: None });
+    segs.push(Seg {
+        id: Segment::Live,
+        claim: None,
+        first_index: live_first_index,
+        data_first: live_first_index,
+        input: Some(live),
+        opened: None,
+    });
+    if let Some(d) = data_from {
+        suffix(&mut segs, d, opts.mode)?;
+    }
 
     // Record 0, if supplied: boot identity and the manifest's boot claim. Peeked, not
     // consumed: the reader is kept for the replay.
     let mut record0: Option<[u8; 20]> = None;
-    if let Some(first) = segs.first_mut().filter(|s| s.first_index == 0) {
+    // Not in a suffix: its data starts later.
+    if let Some(first) = segs.first_mut().filter(|s| s.data_first == 0) {
         if let Some(mut rd) = first.take_reader(endian, 0) {
             record0 = rd.peek()?.and_then(|r| <[u8; 20]>::try_from(r.digest.as_slice()).ok());
             first.opened = Some(rd);
@@ -329,6 +341,28 @@ fn run(
             }
         }
     }
+}
+
+/// Marks the first segment with data as starting at record `from`. Only incremental mode
+/// resumes inside a segment; the index must lie inside it.
+fn suffix(segs: &mut [Seg<'_>], from: u64, mode: Mode) -> Result<(), Failure> {
+    let bad = |detail: String| Err(Failure::BadEvidence { detail });
+    if mode != Mode::Incremental {
+        return bad(format!("data from record {from} (a suffix) in {mode} mode"));
+    }
+    if from > MAX_INDEX {
+        return bad(format!("data_from {from} exceeds {MAX_INDEX}"));
+    }
+    let n = segs.len();
+    let Some((k, seg)) = segs.iter_mut().enumerate().find(|(_, s)| s.input.is_some()) else {
+        return bad("data_from without data".into());
+    };
+    let end = seg.claim.as_ref().map_or(u64::MAX, |c| c.end_index());
+    if from < seg.first_index || (k + 1 < n && from >= end) {
+        return bad(format!("data_from {from} is not inside {}", seg.id));
+    }
+    seg.data_first = from;
+    Ok(())
 }
 
 fn same_banks(a: &[HashAlgo], b: &[HashAlgo]) -> bool {

@@ -342,7 +342,7 @@ impl<'r> Engine<'r> {
     }
 
     /// Count, file digest and end PCR values of a segment read whole.
-    fn check_segment_claims(&self, p: &Pending) -> Result<(), Failure> {
+    pub(super) fn check_segment_claims(&self, p: &Pending) -> Result<(), Failure> {
         let seq = p.claim.seq;
         if p.read_all {
             if p.count != p.claim.count {

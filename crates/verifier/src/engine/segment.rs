@@ -83,6 +83,9 @@ pub(super) struct Seg<'a> {
     pub(super) id: Segment,
     pub(super) claim: Option<SnapshotClaim>,
     pub(super) first_index: u64,
+    /// Index of the first record in `input`: `first_index`, unless the agent sent only a
+    /// suffix of this segment.
+    pub(super) data_first: u64,
     pub(super) input: Option<Input<'a>>,
     pub(super) opened: Option<SegReader<'a>>,
 }

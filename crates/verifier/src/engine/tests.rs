@@ -128,6 +128,7 @@ fn run_live(log: &Log, q: &TrustedPcrs, mode: Mode, first: u64, live: &[u8]) -> 
         snapshots,
         live: Input::Bytes(live),
         live_first_index: first,
+        data_from: None,
     };
     verify(&Options::new(mode), ev, q, b"", None)
 }
@@ -216,6 +217,7 @@ fn unusable_evidence_shapes() {
                 }],
                 live: Input::Bytes(&live),
                 live_first_index: first,
+                data_from: None,
             };
             let o = verify(&Options::new(mode), ev, &q, b"", None);
             assert!(matches!(o.verdict.failure(), Some(Failure::BadEvidence { .. })), "{banks:?} {pcr} {first}");
@@ -266,6 +268,7 @@ fn fuzz_evidence_body_latest_segment_checks_the_end_marker_claim() {
             snapshots: vec![SnapshotEvidence { claim, data: None }],
             live: Input::Bytes(&live),
             live_first_index: 4,
+            data_from: None,
         };
         verify(&Options::new(Mode::LatestSegment), ev, &q, b"", None)
     };

@@ -246,6 +246,7 @@ impl Bundle {
                 .collect(),
             live: Input::Bytes(&self.live),
             live_first_index: self.live_first_index,
+            data_from: None,
         }
     }
 
