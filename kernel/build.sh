@@ -9,11 +9,14 @@
 # with the same inputs prints the cached bzImage at once.
 #
 # Usage (as root on Debian 12; missing build packages are apt-get installed):
-#   kernel/build.sh                    # build (or reuse) the kernel with the feature
-#   kernel/build.sh --without-feature  # CONFIG_IMA_LOG_SNAPSHOT=n (separate cache key)
+#   kernel/build.sh                    # build (or reuse) the kernel with both features:
+#                                      # CONFIG_IMA_LOG_SNAPSHOT and CONFIG_IMA_STAGING
+#   kernel/build.sh --without-feature  # CONFIG_IMA_LOG_SNAPSHOT=n (staging only; own key)
+#   kernel/build.sh --without-staging  # CONFIG_IMA_STAGING=n (snapshots only; own key)
 #   kernel/build.sh --without-feature --compile-only
+#   kernel/build.sh --without-staging --compile-only
 #                                      # only security/integrity/ (W=1), no bzImage: the
-#                                      # cheap CI check that the series builds with it off
+#                                      # cheap CI checks that each option builds alone
 #   kernel/build.sh --check            # checkpatch.pl --strict over the series, no build
 #   kernel/build.sh --debug            # the SMP debug kernel: config/imasnap.config plus
 #                                      # config/debug.config (PREEMPT, lockdep, PROVE_RCU,
@@ -33,7 +36,7 @@ JOBS=${JOBS:-2}
 VERBOSE=${VERBOSE:-0}
 SRC_PKG=linux-source-6.12
 RECIPE=2   # bump when the build steps below change what is produced
-FEATURE=on
+FEATURE=on      # on: both options; off: no snapshots; nostaging: no staging; none
 CHECK=0
 COMPILE_ONLY=0
 FLAVOUR=
@@ -43,11 +46,12 @@ die() { log "ERROR: $*"; exit 1; }
 
 for a in "$@"; do
     case "$a" in
-        --without-feature) FEATURE=off ;;
+        --without-feature) [ "$FEATURE" = nostaging ] && FEATURE=none || FEATURE=off ;;
+        --without-staging) [ "$FEATURE" = off ] && FEATURE=none || FEATURE=nostaging ;;
         --check) CHECK=1 ;;
         --compile-only) COMPILE_ONLY=1 ;;
         --debug) FLAVOUR=debug ;;
-        -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument $a" ;;
     esac
 done
@@ -214,9 +218,13 @@ mkdir -p "$OBJ"
 LOG=$OBJ/build.log
 : > "$LOG"
 frag=$(mktemp)
-if [ "$FEATURE" = off ]; then
-    grep -v '^CONFIG_IMA_LOG_SNAPSHOT=' "$FRAGMENT" > "$frag"
-    echo "# CONFIG_IMA_LOG_SNAPSHOT is not set" >> "$frag"
+if [ "$FEATURE" != on ]; then
+    grep -v '^CONFIG_IMA_LOG_SNAPSHOT=\|^CONFIG_IMA_STAGING=' "$FRAGMENT" > "$frag"
+    case "$FEATURE" in
+        off) printf '# CONFIG_IMA_LOG_SNAPSHOT is not set\nCONFIG_IMA_STAGING=y\n' ;;
+        nostaging) printf 'CONFIG_IMA_LOG_SNAPSHOT=y\n# CONFIG_IMA_STAGING is not set\n' ;;
+        none) printf '# CONFIG_IMA_LOG_SNAPSHOT is not set\n# CONFIG_IMA_STAGING is not set\n' ;;
+    esac >> "$frag"
 else
     cat "${FRAGMENTS[@]}" > "$frag"
 fi
@@ -227,9 +235,9 @@ quiet "$LOG" make -C "$TREE" O="$OBJ" olddefconfig
 for s in $(grep -o '^CONFIG_[A-Z0-9_]*=y' "$frag"); do
     grep -qx "$s" "$OBJ/.config" || die "config: $s did not stick (see $OBJ/.config)"
 done
-if [ "$FEATURE" = off ] && grep -q '^CONFIG_IMA_LOG_SNAPSHOT=y' "$OBJ/.config"; then
-    die "config: CONFIG_IMA_LOG_SNAPSHOT still set"
-fi
+for s in $(sed -n 's/^# \(CONFIG_[A-Z0-9_]*\) is not set$/\1/p' "$frag"); do
+    if grep -q "^$s=y" "$OBJ/.config"; then die "config: $s still set"; fi
+done
 rm -f "$frag"
 if [ "$COMPILE_ONLY" = 1 ]; then
     # Everything the series touches lives in security/integrity/: compiling that
@@ -237,6 +245,13 @@ if [ "$COMPILE_ONLY" = 1 ]; then
     log "compiling security/integrity/ with W=1, -j$JOBS (log: $LOG)"
     quiet "$LOG" make -C "$TREE" O="$OBJ" -j"$JOBS" W=1 security/integrity/
     if grep -E 'security/integrity/.*(warning|error):' "$LOG" >&2; then die "warnings in security/integrity/"; fi
+    # no link here: a call left to a function of the other option would only fail at
+    # vmlinux link time, so every ima_* symbol the objects use must be defined by them
+    # (or by the architecture: the kexec buffer hand-over)
+    missing=$(comm -23 <(nm -u "$OBJ"/security/integrity/ima/*.o | awk '$2 ~ /^ima_/ {print $2}' | sort -u) \
+                       <( { nm --defined-only "$OBJ"/security/integrity/ima/*.o "$OBJ"/security/integrity/*.o | awk '{print $3}'
+                            printf '%s\n' ima_get_kexec_buffer ima_free_kexec_buffer; } | sort -u))
+    [ -z "$missing" ] || die "security/integrity/ima/ uses undefined symbols: $missing"
     mkdir -p "$OUT"
     echo "feature=$FEATURE seconds=$(( $(date +%s) - START ))" > "$OUT/compiled"
     log "security/integrity/ compiles ($FEATURE) in $(( $(date +%s) - START ))s"

@@ -20,6 +20,10 @@
 #                      digests, read by one process) after 2 snapshots and after N
 #                      (e.g. 1000); figures only, QEMU_TIMEOUT=1200
 #   SMOKE_FLUSH=0      skip the ima_flush_htable boot
+#   SMOKE_MEM=N        instead of the checks: kernel memory (Slab + VmallocUsed after
+#                      drop_caches) for N measurements in batches of SMOKE_MEM_BATCH
+#                      (5000), once without trimming and once with "N" after every
+#                      batch (the agent's cadence); figures only, QEMU_TIMEOUT=3600
 #   QEMU_TIMEOUT=180   seconds before the guest is killed (each run)
 # Prints one PASS/FAIL line per check; exits non-zero if any check failed or the guest
 # did not finish.
@@ -114,6 +118,34 @@ if [ "$STAGE" = 1 ]; then
     (cd $O && tar -cf - .) | dd of=/dev/vda bs=1M seek=16 conv=notrunc 2>/dev/null
     sync
     echo "SMOKE-KEXEC-END"
+    poweroff -f
+fi
+
+# -------------------------------------------------- kernel memory (SMOKE_MEM) ---
+# Files on a ramfs, each read once and removed after its batch (only IMA's state
+# stays); with imasnap.trim the writer reads the list and deletes it with "N" after
+# every batch, as an agent that exports every 5,000 records would.
+M=$(sed -n 's/.*imasnap\.mem=\([0-9]*\).*/\1/p' /proc/cmdline)
+if [ -n "$M" ]; then
+    BATCH=$(sed -n 's/.*imasnap\.batch=\([0-9]*\).*/\1/p' /proc/cmdline)
+    TRIM=$(sed -n 's/.*imasnap\.trim=\([0-9]*\).*/\1/p' /proc/cmdline)
+    mkdir -p /m; mount -t ramfs ramfs /m
+    echo 'measure func=FILE_CHECK mask=MAY_READ fsmagic=0x858458f6' > $S/policy || fail "policy"
+    mem() { sync; echo 3 > /proc/sys/vm/drop_caches; awk '/^(Slab|VmallocUsed):/ {printf "%s %s ", $1, $2}' /proc/meminfo; }
+    m0=$(mem); t0=$(cut -d' ' -f1 /proc/uptime); i=0; trims=0
+    while [ $i -lt $M ]; do
+        mkdir /m/b; b=0
+        while [ $b -lt ${BATCH:-5000} ] && [ $i -lt $M ]; do echo "mem $i" > /m/b/$b; b=$((b + 1)); i=$((i + 1)); done
+        cat /m/b/* > /dev/null
+        rm -rf /m/b
+        if [ "$TRIM" = 1 ]; then
+            sh -c "exec 3<>$S/binary_runtime_measurements && n=\$(cat $S/runtime_measurements_count) && cat <&3 > /dev/null && echo \$n >&3" \
+                && trims=$((trims + 1)) || fail "trim after $i"
+        fi
+    done
+    m1=$(mem)
+    echo "SMOKE-MEM: files=$i trim=${TRIM:-0} trims=$trims in_memory=$(count) seconds=$(awk "BEGIN {print $(cut -d' ' -f1 /proc/uptime) - $t0}") before: $m0 after: $m1"
+    echo "SMOKE-END failed=$FAILED"
     poweroff -f
 fi
 
@@ -380,7 +412,7 @@ EOF
 chmod 755 "$WORK/root/init"
 # the kernel reached by kexec boots the same init (without /boot) with smoke.stage=1
 (cd "$WORK/root" && find . | cpio -o -H newc --quiet | gzip -1) > "$WORK/initrd1.gz"
-if [ -z "${SMOKE_BENCH:-}" ]; then
+if [ -z "${SMOKE_BENCH:-}${SMOKE_MEM:-}" ]; then
     mkdir -p "$WORK/root/boot"; cp "$BZ" "$WORK/root/boot/bzImage"; cp "$WORK/initrd1.gz" "$WORK/root/boot/"
 fi
 (cd "$WORK/root" && find . | cpio -o -H newc --quiet | gzip -1) > "$WORK/initrd.gz"
@@ -405,6 +437,27 @@ boot() {
     grep -a '^SMOKE-' "$WORK/console-$1.log" | tr -d '\r' || true
 }
 FAILED=0
+if [ -n "${SMOKE_MEM:-}" ]; then
+    for trim in 0 1; do
+        boot "mem$trim" "$SMOKE_APPEND imasnap.mem=$SMOKE_MEM imasnap.batch=${SMOKE_MEM_BATCH:-5000} imasnap.trim=$trim"
+        grep -aq '^SMOKE-END failed=0' "$WORK/console-mem$trim.log" || { tail -n 20 "$WORK/console-mem$trim.log" >&2; die "memory run $trim failed"; }
+    done
+    python3 - "$WORK/console-mem0.log" "$WORK/console-mem1.log" <<'PY'
+import re, sys
+def growth(f):
+    l = [l for l in open(f, errors='replace') if l.startswith('SMOKE-MEM:')][0]
+    b, a = l.split('before:')[1].split('after:')
+    kb = lambda t: dict((k.rstrip(':'), int(v)) for k, v in re.findall(r'(\w+:) (\d+)', t))
+    b, a = kb(b), kb(a)
+    return {k: a[k] - b[k] for k in b}, l.split(' before:')[0]
+(g0, l0), (g1, l1) = growth(sys.argv[1]), growth(sys.argv[2])
+t0, t1 = sum(g0.values()), sum(g1.values())
+for g, l, t in ((g0, l0, t0), (g1, l1, t1)):
+    print(f"{l}: Slab {g['Slab']:+,} kB, VmallocUsed {g['VmallocUsed']:+,} kB, total {t:+,} kB")
+print(f"SMOKE-MEM: saved {100 * (1 - t1 / t0):.1f}% ({t0:,} kB -> {t1:,} kB)")
+PY
+    exit 0
+fi
 boot main "$SMOKE_APPEND${SMOKE_BENCH:+ imasnap.bench=$SMOKE_BENCH}"
 cp "$WORK/console-main.log" "$WORK/console.log"
 mkdir -p "$WORK/out/kexec"

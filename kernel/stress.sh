@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# kernel/stress.sh - the snapshot series under concurrency, on the SMP debug kernel
-# (kernel/build.sh --debug: PREEMPT, lockdep + PROVE_RCU, DEBUG_ATOMIC_SLEEP, DEBUG_LIST,
-# KASAN, KUnit) in QEMU with 2 CPUs and swtpm.
+# kernel/stress.sh - the snapshot and staging series under concurrency, on the SMP debug
+# kernel (kernel/build.sh --debug: PREEMPT, lockdep + PROVE_RCU, DEBUG_ATOMIC_SLEEP,
+# DEBUG_LIST, KASAN, KUnit) in QEMU with 2 CPUs and swtpm.
 #
-# In each of two kernels (the second reached by kexec) these run at once for
+# Two scenarios (STRESS_SCENARIOS, default "snapshot staging"), each in two kernels
+# (the second reached by kexec). Scenario "snapshot": these run at once for
 # STRESS_SECONDS (default 35, so >= 60 s in all):
 #   - a writer measuring new files in a loop;
 #   - two slow readers, of binary_runtime_measurements and ascii_runtime_measurements_sha256,
@@ -19,6 +20,13 @@
 #   - every snapshot completed with "done", in order, then the final list, replay to the
 #     TPM's PCR 10 (sha1 and sha256), read from sysfs at the end: no record lost or twice;
 #   - each kept slow read of the binary list is a contiguous run of that stitched log.
+# Scenario "staging" (CONFIG_IMA_STAGING): the same writer and readers, and a stager
+# that alternates "A", read of the _staged file, "D" (one writer open) with a read of
+# binary_runtime_measurements and "N" = half its records plus one (EBUSY from the
+# readers retried); between the kernels: kexec -s -l, "A" (records staged), kexec -e.
+# Checks: dmesg as above; the next kernel's list starts with the staged records; every
+# export (staged reads, the first N records of each N read) of both kernels, in order,
+# then the final list replay to PCR 10; slow reads are contiguous runs of that log.
 #
 # Usage (as root): kernel/stress.sh [BZIMAGE]   default: kernel/build.sh --debug
 # Environment: STRESS_SECONDS, STRESS_OUT=DIR (keep the guest's files), QEMU_TIMEOUT (900),
@@ -43,7 +51,8 @@ if [ -z "$BZ" ]; then BZ=$("$HERE/build.sh" --debug); fi
 # shellcheck source=kernel/lib.sh
 . "$HERE/lib.sh"
 guest_need qemu-system-x86_64:qemu-system-x86 swtpm:swtpm swtpm_setup:swtpm-tools cpio:cpio kexec:kexec-tools python3:python3
-guest_workdir stress "${STRESS_OUT:-}"
+STRESS_OUT=${STRESS_OUT:-}
+guest_workdir stress ""
 
 # ------------------------------------------------------------------ guest ---
 R=$WORK/root
@@ -70,16 +79,17 @@ mount -t debugfs debugfs /sys/kernel/debug
 mount -t tmpfs tmpfs /tmp
 S=/sys/kernel/security/ima
 STAGE=$(sed -n 's/.*stress\.stage=\([0-9]*\).*/\1/p' /proc/cmdline); STAGE=${STAGE:-0}
-O=/tmp/out; mkdir -p $O/snaps $O/readers
-echo "STRESS: stage $STAGE, $(nproc) CPUs"
+MODE=$(sed -n 's/.*stress\.mode=\([a-z]*\).*/\1/p' /proc/cmdline); MODE=${MODE:-snapshot}
+O=/tmp/out; mkdir -p $O/snaps $O/readers $O/exports
+ST=$S/binary_runtime_measurements_staged
+echo "STRESS: $MODE, stage $STAGE, $(nproc) CPUs"
 disk() { for b in /sys/block/vd*; do [ "$(cat $b/serial 2>/dev/null)" = "$1" ] && echo /dev/${b##*/}; done; }
 OUT=$(disk stress-out); BOOT=$(disk stress-boot)
 [ -n "$OUT" ] && [ -n "$BOOT" ] || { echo "STRESS-FAIL: disks $(ls /sys/block)"; poweroff -f; }
-if [ "$STAGE" = 0 ]; then
-    printf '%s\n' 'dont_measure fsmagic=0x9fa0' 'dont_measure fsmagic=0x62656572' \
-        'dont_measure fsmagic=0x73636673' 'dont_measure fsmagic=0x64626720' \
-        'measure func=FILE_CHECK mask=MAY_READ fowner=4242' > $S/policy || echo "STRESS-FAIL: policy"
-fi
+# in both kernels: a policy is not carried across kexec
+printf '%s\n' 'dont_measure fsmagic=0x9fa0' 'dont_measure fsmagic=0x62656572' \
+    'dont_measure fsmagic=0x73636673' 'dont_measure fsmagic=0x64626720' \
+    'measure func=FILE_CHECK mask=MAY_READ fowner=4242' > $S/policy || echo "STRESS-FAIL: policy"
 
 # the writer: a new file measured per iteration
 writer() {
@@ -142,6 +152,34 @@ snapper() {
     done
     echo "opened=$k busy=$busy aborted=$aborted" > $O/snapper
 }
+# Staging: "A", read, "D" on one writer open of the _staged file, alternating with a
+# read of the list and "N" (half its records plus one) on one writer open. Each export
+# is kept only once its records were deleted. EBUSY (a reader holds a list) is
+# retried; ENOENT (nothing to stage or delete yet) is counted; anything else fails.
+stager() {
+    k=0; busy=0; staged=0; deleted=0; empty=0
+    while [ ! -e /tmp/stop ]; do
+        k=$((k + 1)); f=/tmp/x-$(printf '%s-%05d' $STAGE $k)
+        if [ $((k % 2)) = 1 ]; then
+            cmd="exec 3<>$ST && echo A >&3 && cat <&3 > $f-staged.bin && echo D >&3"
+        else
+            cmd="exec 3<>$S/binary_runtime_measurements && n=\$(( \$(cat $S/runtime_measurements_count) / 2 + 1 )) && cat <&3 > $f-n.bin && echo \$n > $f-n.count && echo \$n >&3"
+        fi
+        if err=$(sh -c "$cmd" 2>&1); then
+            mv $f-* $O/exports/
+            if [ $((k % 2)) = 1 ]; then staged=$((staged + 1)); else deleted=$((deleted + 1)); fi
+        else
+            rm -f $f-*
+            case "$err" in
+                *[Bb]usy*) busy=$((busy + 1)) ;;
+                *"No such file"*) empty=$((empty + 1)) ;;
+                *) echo "STRESS-FAIL: stager: $err" ;;
+            esac
+        fi
+        usleep 100000
+    done
+    echo "staged=$staged deleted=$deleted busy=$busy empty=$empty" > $O/stager
+}
 save() {
     cp $S/binary_runtime_measurements $O/live.bin 2>/dev/null
     dmesg > $O/dmesg-$STAGE.txt
@@ -152,13 +190,29 @@ save() {
 writer & W=$!
 reader binary_runtime_measurements 5 & R1=$!
 reader ascii_runtime_measurements_sha256 7 & R2=$!
-snapper & P=$!
+if [ "$MODE" = staging ]; then stager & P=$!; else snapper & P=$!; fi
 sleep $SECS
 touch /tmp/stop
 wait $W $R1 $R2 $P
-echo "STRESS: stage $STAGE: $(cat $O/writer-count) measured, $(cat $O/snapper), reads $(cat $O/reader-*-count | tr '\n' ' ')"
+echo "STRESS: $MODE stage $STAGE: $(cat $O/writer-count) measured, $(cat $O/snapper $O/stager 2>/dev/null), reads $(cat $O/reader-*-count | tr '\n' ' ')"
 
-if [ "$STAGE" = 0 ]; then
+if [ "$STAGE" = 0 ] && [ "$MODE" = staging ]; then
+    save
+    mkdir -p /tmp/boot; (cd /tmp/boot && tar -xf $BOOT)
+    kexec -s -l /tmp/boot/bzImage --initrd=/tmp/boot/initrd.gz \
+        --append="$(cat /proc/cmdline) stress.stage=1" || echo "STRESS-FAIL: kexec load"
+    # records staged at kexec: the next kernel must list them first
+    echo "staged at kexec" > /tmp/m/k; chown 4242 /tmp/m/k; cat /tmp/m/k > /dev/null
+    err=$(sh -c "echo A > $ST" 2>&1) || echo "STRESS-FAIL: A before kexec: $err"
+    dd if=$ST of=$OUT bs=1M seek=100 conv=notrunc 2>/dev/null
+    sync
+    echo "STRESS-KEXEC: staged $(wc -c < $ST) bytes"
+    for d in /sys/bus/virtio/drivers/virtio_blk/virtio*; do
+        [ -e "$d" ] && echo "${d##*/}" > /sys/bus/virtio/drivers/virtio_blk/unbind
+    done
+    kexec -e
+    echo "STRESS-FAIL: kexec -e returned"
+elif [ "$STAGE" = 0 ]; then
     # Saved before the load: from kexec_file_load on, the segment has half a page of
     # room for new records, and tar's reads would be measured.
     save
@@ -207,90 +261,149 @@ PY
 }
 
 # ------------------------------------------------------------------- boot ---
-for attempt in 1 2 3; do
-    rm -rf "$WORK/out" "$WORK/tpm"; rm -f "$WORK/out.img"
-    truncate -s 256M "$WORK/out.img"
-    [ -n "$SWTPM_PID" ] && { kill "$SWTPM_PID" 2>/dev/null || true; wait "$SWTPM_PID" 2>/dev/null || true; }
-    guest_swtpm
-    START=$(date +%s)
-    rc=0
-    timeout "$QEMU_TIMEOUT" qemu-system-x86_64 -machine q35 -accel tcg -cpu max -smp 2 -m 1024 \
-        -display none -monitor none -serial stdio -no-reboot \
-        -kernel "$BZ" -initrd "$WORK/initrd.gz" \
-        -append "console=ttyS0 panic=-1 ima_hash=sha256" \
-        -drive file="$WORK/out.img",format=raw,if=none,id=out -device virtio-blk-pci,drive=out,serial=stress-out \
-        -drive file="$WORK/boot.tar",format=raw,if=none,id=boot,readonly=on \
-        -device virtio-blk-pci,drive=boot,serial=stress-boot \
-        -chardev socket,id=chrtpm,path="$WORK/swtpm.sock" -tpmdev emulator,id=tpm0,chardev=chrtpm \
-        -device tpm-tis,tpmdev=tpm0 > "$WORK/console.log" 2>&1 || rc=$?
-    log "guest ran $(( $(date +%s) - START ))s (qemu exit $rc, attempt $attempt)"
-    grep -a '^STRESS' "$WORK/console.log" | tr -d '\r' || true
-    grep -a 'ima_snapshot' "$WORK/console.log" | tr -d '\r' | tail -n 5 || true
-    mkdir -p "$WORK/out/0" "$WORK/out/1"
-    dd if="$WORK/out.img" bs=1M count=128 2>/dev/null | tar -xf - -C "$WORK/out/0" 2>/dev/null || true
-    dd if="$WORK/out.img" bs=1M skip=128 2>/dev/null | tar -xf - -C "$WORK/out/1" 2>/dev/null || true
-    noise=0
-    for s in 0 1; do
-        f=$WORK/out/$s/dmesg-$s.txt
-        if [ -s "$f" ] && early_noise_only "$f"; then
-            noise=1
-            grep -E -m1 -A3 "$REPORTS" "$f" | sed "s/^/STRESS-INFO: kernel $s early boot: /" >&2
-        fi
-    done
-    [ "$noise" = 1 ] && [ "$attempt" -lt 3 ] || break
-    log "attempt $attempt: a debug report before IMA started (not the series' code); booting again"
-done
-
-# ------------------------------------------------------------------- check ---
 FAILED=0
 pass() { echo "STRESS-PASS: $*"; }
 fail() { echo "STRESS-FAIL: $*"; FAILED=1; }
 check() { local what=$1; shift; if "$@"; then pass "$what"; else fail "$what"; fi; }
 
-grep -aq '^STRESS-END' "$WORK/console.log" || { tail -n 40 "$WORK/console.log" >&2; fail "the guest reached the end"; }
-grep -aq '^STRESS-FAIL' "$WORK/console.log" && fail "the guest reported a failure"
-for s in 0 1; do
-    f=$WORK/out/$s/dmesg-$s.txt
-    check "kernel $s left its dmesg" test -s "$f"
-    if grep -Eq "$REPORTS" "$f" 2>/dev/null; then
-        grep -E -B2 -A12 "$REPORTS" "$f" | head -n 60 >&2
-        fail "kernel $s dmesg holds a debug report"
-    else
-        pass "kernel $s dmesg: no lockdep, RCU, KASAN, list-debug, BUG or WARNING report"
+# boot_scenario MODE: two kernels (the second by kexec), booted again (up to three
+# attempts) when a debug report precedes IMA's first message; results in WORK/out.
+boot_scenario() {
+    local attempt noise s f rc START
+    for attempt in 1 2 3; do
+        rm -rf "$WORK/out" "$WORK/tpm" "$WORK/swtpm.sock"; rm -f "$WORK/out.img"
+        truncate -s 256M "$WORK/out.img"
+        [ -n "$SWTPM_PID" ] && { kill "$SWTPM_PID" 2>/dev/null || true; wait "$SWTPM_PID" 2>/dev/null || true; }
+        guest_swtpm
+        START=$(date +%s)
+        rc=0
+        timeout "$QEMU_TIMEOUT" qemu-system-x86_64 -machine q35 -accel tcg -cpu max -smp 2 -m 1024 \
+            -display none -monitor none -serial stdio -no-reboot \
+            -kernel "$BZ" -initrd "$WORK/initrd.gz" \
+            -append "console=ttyS0 panic=-1 ima_hash=sha256 stress.mode=$1" \
+            -drive file="$WORK/out.img",format=raw,if=none,id=out -device virtio-blk-pci,drive=out,serial=stress-out \
+            -drive file="$WORK/boot.tar",format=raw,if=none,id=boot,readonly=on \
+            -device virtio-blk-pci,drive=boot,serial=stress-boot \
+            -chardev socket,id=chrtpm,path="$WORK/swtpm.sock" -tpmdev emulator,id=tpm0,chardev=chrtpm \
+            -device tpm-tis,tpmdev=tpm0 > "$WORK/console.log" 2>&1 || rc=$?
+        log "$1: guest ran $(( $(date +%s) - START ))s (qemu exit $rc, attempt $attempt)"
+        grep -a '^STRESS' "$WORK/console.log" | tr -d '\r' || true
+        grep -a 'ima_snapshot' "$WORK/console.log" | tr -d '\r' | tail -n 5 || true
+        mkdir -p "$WORK/out/0" "$WORK/out/1"
+        dd if="$WORK/out.img" bs=1M count=100 2>/dev/null | tar -xf - -C "$WORK/out/0" 2>/dev/null || true
+        dd if="$WORK/out.img" bs=1M skip=128 2>/dev/null | tar -xf - -C "$WORK/out/1" 2>/dev/null || true
+        noise=0
+        for s in 0 1; do
+            f=$WORK/out/$s/dmesg-$s.txt
+            if [ -s "$f" ] && early_noise_only "$f"; then
+                noise=1
+                grep -E -m1 -A3 "$REPORTS" "$f" | sed "s/^/STRESS-INFO: kernel $s early boot: /" >&2
+            fi
+        done
+        [ "$noise" = 1 ] && [ "$attempt" -lt 3 ] || break
+        log "attempt $attempt: a debug report before IMA started (not the series' code); booting again"
+    done
+    if [ -n "$STRESS_OUT" ]; then
+        mkdir -p "$STRESS_OUT/$1"; cp -a "$WORK/out/." "$STRESS_OUT/$1/"; cp "$WORK/console.log" "$STRESS_OUT/$1/"
     fi
-    check "kernel $s: lockdep was on" grep -q 'Lock dependency validator' "$f"
-    check "kernel $s: KASAN was on" grep -q 'KernelAddressSanitizer initialized' "$f"
-    check "kernel $s: lock debugging stayed on" sh -c "! grep -q 'Disabling lock debugging' '$f'"
-done
-check "KUnit suite ima_snapshot passed" sh -c "grep -Eq '[] ]ok [0-9]+ ima_snapshot\$' '$WORK/out/0/dmesg-0.txt' && ! grep -q 'not ok' '$WORK/out/0/dmesg-0.txt'"
-check "three snapshot opens between kexec load and execute: EBUSY" grep -aq '^STRESS-KEXEC: refused 3 of 3' "$WORK/console.log"
-for s in 0 1; do
-    n=$(ls "$WORK/out/$s/snaps" 2>/dev/null | wc -l)
-    a=$(sed -n 's/.*aborted=\([0-9]*\).*/\1/p' "$WORK/out/$s/snapper" 2>/dev/null)
-    b=$(sed -n 's/.*busy=\([0-9]*\).*/\1/p' "$WORK/out/$s/snapper" 2>/dev/null)
-    check "kernel $s: snapshots completed ($n), aborted (${a:-0}) and refused for a reader (${b:-0})" \
-        test "$n" -ge 1 -a "${a:-0}" -ge 1
-    check "kernel $s: the slow readers read (binary $(cat "$WORK/out/$s/reader-binary_runtime_measurements-count" 2>/dev/null), ascii $(cat "$WORK/out/$s/reader-ascii_runtime_measurements_sha256-count" 2>/dev/null))" \
-        test "$(cat "$WORK/out/$s/reader-binary_runtime_measurements-count" 2>/dev/null || echo 0)" -ge 1
-done
-# the stitched log: snapshots of kernel 0, then of kernel 1, then kernel 1's final list
-cat $(ls "$WORK"/out/0/snaps/*.bin "$WORK"/out/1/snaps/*.bin 2>/dev/null) "$WORK/out/1/live.bin" > "$WORK/stitched.bin"
-"$IMASNAP" log replay "$WORK/stitched.bin" --json > "$WORK/replay.json" 2> "$WORK/replay.err" || true
-for alg in sha1 sha256; do
-    want=$(cat "$WORK/out/1/pcr10-$alg" 2>/dev/null)
-    got=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["pcrs"]["10"][sys.argv[2]])' \
-          "$WORK/replay.json" "$alg" 2>/dev/null || echo "?")
-    check "stitched log ($(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["records"])' "$WORK/replay.json" 2>/dev/null) records) replays to the TPM's PCR 10 $alg" test "$got" = "$want"
-done
-python3 - "$WORK/stitched.bin" "$WORK"/out/*/readers/binary_runtime_measurements.* <<'PY' && pass "every kept slow read is a contiguous run of the stitched log" || fail "a slow read is not a contiguous run of the stitched log"
-import sys
+}
+
+# checks common to both scenarios: the guest finished, clean dmesg in both kernels,
+# WORK/stitched.bin replays to the final PCR 10, slow reads are runs of it
+common_checks() {
+    local m=$1 s f alg want got
+    grep -aq '^STRESS-END' "$WORK/console.log" || { tail -n 40 "$WORK/console.log" >&2; fail "$m: the guest reached the end"; }
+    grep -aq '^STRESS-FAIL' "$WORK/console.log" && fail "$m: the guest reported a failure"
+    for s in 0 1; do
+        f=$WORK/out/$s/dmesg-$s.txt
+        check "$m: kernel $s left its dmesg" test -s "$f"
+        if grep -Eq "$REPORTS" "$f" 2>/dev/null; then
+            grep -E -B2 -A12 "$REPORTS" "$f" | head -n 60 >&2
+            fail "$m: kernel $s dmesg holds a debug report"
+        else
+            pass "$m: kernel $s dmesg: no lockdep, RCU, KASAN, list-debug, BUG or WARNING report"
+        fi
+        check "$m: kernel $s: lockdep was on" grep -q 'Lock dependency validator' "$f"
+        check "$m: kernel $s: KASAN was on" grep -q 'KernelAddressSanitizer initialized' "$f"
+        check "$m: kernel $s: lock debugging stayed on" sh -c "! grep -q 'Disabling lock debugging' '$f'"
+        check "$m: kernel $s: the slow readers read (binary $(cat "$WORK/out/$s/reader-binary_runtime_measurements-count" 2>/dev/null), ascii $(cat "$WORK/out/$s/reader-ascii_runtime_measurements_sha256-count" 2>/dev/null))" \
+            test "$(cat "$WORK/out/$s/reader-binary_runtime_measurements-count" 2>/dev/null || echo 0)" -ge 1
+    done
+    "$IMASNAP" log replay "$WORK/stitched.bin" --json > "$WORK/replay.json" 2> "$WORK/replay.err" || true
+    for alg in sha1 sha256; do
+        want=$(cat "$WORK/out/1/pcr10-$alg" 2>/dev/null)
+        got=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["pcrs"]["10"][sys.argv[2]])' \
+              "$WORK/replay.json" "$alg" 2>/dev/null || echo "?")
+        check "$m: stitched log ($(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["records"])' "$WORK/replay.json" 2>/dev/null) records) replays to the TPM's PCR 10 $alg" test "$got" = "$want"
+    done
+    STRESS_MODE=$m python3 - "$WORK/stitched.bin" "$WORK"/out/*/readers/binary_runtime_measurements.* <<'PY' && pass "$m: every kept slow read is a contiguous run of the stitched log" || fail "$m: a slow read is not a contiguous run of the stitched log"
+import os, sys
 log = open(sys.argv[1], 'rb').read()
 for p in sys.argv[2:]:
     b = open(p, 'rb').read()
-    if not b or log.find(b) < 0:
+    # an empty read is a reader that came right after "A" or an "N" of the whole list
+    if (not b and os.environ.get('STRESS_MODE') != 'staging') or log.find(b) < 0:
         print(f"  {p}: {len(b)} bytes not found in the stitched log", file=sys.stderr)
         sys.exit(1)
 PY
-echo "STRESS-INFO: $(grep -ah '^STRESS: stage' "$WORK/console.log" | tr -d '\r' | tr '\n' ' ')"
+    echo "STRESS-INFO: $(grep -ah '^STRESS: ' "$WORK/console.log" | tr -d '\r' | tr '\n' ' ')"
+}
+
+for MODE in ${STRESS_SCENARIOS:-snapshot staging}; do
+    boot_scenario "$MODE"
+    if [ "$MODE" = snapshot ]; then
+        check "KUnit suite ima_snapshot passed" sh -c "grep -Eq '[] ]ok [0-9]+ ima_snapshot\$' '$WORK/out/0/dmesg-0.txt' && ! grep -q 'not ok' '$WORK/out/0/dmesg-0.txt'"
+        check "three snapshot opens between kexec load and execute: EBUSY" grep -aq '^STRESS-KEXEC: refused 3 of 3' "$WORK/console.log"
+        for s in 0 1; do
+            n=$(ls "$WORK/out/$s/snaps" 2>/dev/null | wc -l)
+            a=$(sed -n 's/.*aborted=\([0-9]*\).*/\1/p' "$WORK/out/$s/snapper" 2>/dev/null)
+            b=$(sed -n 's/.*busy=\([0-9]*\).*/\1/p' "$WORK/out/$s/snapper" 2>/dev/null)
+            check "kernel $s: snapshots completed ($n), aborted (${a:-0}) and refused for a reader (${b:-0})" \
+                test "$n" -ge 1 -a "${a:-0}" -ge 1
+        done
+        # the stitched log: snapshots of kernel 0, then of kernel 1, then kernel 1's final list
+        cat $(ls "$WORK"/out/0/snaps/*.bin "$WORK"/out/1/snaps/*.bin 2>/dev/null) "$WORK/out/1/live.bin" > "$WORK/stitched.bin"
+    else
+        for s in 0 1; do
+            st=$(sed -n 's/.*staged=\([0-9]*\).*/\1/p' "$WORK/out/$s/stager" 2>/dev/null)
+            dl=$(sed -n 's/.*deleted=\([0-9]*\).*/\1/p' "$WORK/out/$s/stager" 2>/dev/null)
+            check "staging: kernel $s: A/read/D rounds (${st:-0}) and N deletions (${dl:-0}) ($(cat "$WORK/out/$s/stager" 2>/dev/null))" \
+                test "${st:-0}" -ge 1 -a "${dl:-0}" -ge 1
+        done
+        # the stitched log: kernel 0's exports, kernel 1's, kernel 1's final list; an
+        # "N" export counts only its first N records
+        python3 - "$WORK" <<'PY' && pass "staging: kernel 1's records start with the records staged at kexec" || fail "staging: kernel 1's records start with the records staged at kexec"
+import glob, struct, sys
+w = sys.argv[1]
+def recs(b, stop_at_zero=False):
+    o, r = 0, []
+    while o + 28 <= len(b):
+        pcr, = struct.unpack_from('<I', b, o)
+        nl, = struct.unpack_from('<I', b, o + 24)
+        if stop_at_zero and pcr == 0 and nl == 0:
+            break
+        tl, = struct.unpack_from('<I', b, o + 28 + nl)
+        r.append(b[o:o + 32 + nl + tl])
+        o += 32 + nl + tl
+    return r
+def exports(s):
+    rs = []
+    for f in sorted(glob.glob(f'{w}/out/{s}/exports/*.bin')):
+        r = recs(open(f, 'rb').read())
+        if f.endswith('-n.bin'):
+            r = r[:int(open(f[:-4] + '.count').read())]
+        rs += r
+    return rs
+k1 = exports(1) + recs(open(f'{w}/out/1/live.bin', 'rb').read())
+open(f'{w}/stitched.bin', 'wb').write(b''.join(exports(0) + k1))
+with open(f'{w}/out.img', 'rb') as f:
+    f.seek(100 << 20)
+    staged = recs(f.read(28 << 20), stop_at_zero=True)
+print(f'STRESS-INFO: {len(staged)} records staged at kexec; kernel 1: {len(k1)} records exported or in memory')
+sys.exit(0 if staged and k1[:len(staged)] == staged else 1)
+PY
+    fi
+    common_checks "$MODE"
+done
 [ "$FAILED" = 0 ] || { log "FAILED"; exit 1; }
 log "all checks passed"

@@ -36,14 +36,15 @@ if [ "${SKIP_QEMU:-0}" != 1 ]; then
   echo "== real kernel: boot Debian's kernel in QEMU with swtpm, verify its fresh IMA log"
   scripts/real-kernel-smoke.sh
 
-  echo "== kernel/: checkpatch, build the patched kernel (cached by patch hash), compile security/integrity/ without CONFIG_IMA_LOG_SNAPSHOT, boot smoke"
+  echo "== kernel/: checkpatch, build the patched kernel with CONFIG_IMA_LOG_SNAPSHOT and CONFIG_IMA_STAGING (cached by patch hash), compile security/integrity/ with each option alone, boot smoke (snapshots, staging, kexec, ima_flush_htable)"
   kernel/build.sh --check
-  kernel/build.sh --without-feature --compile-only
+  kernel/build.sh --without-feature --compile-only   # staging only
+  kernel/build.sh --without-staging --compile-only   # snapshots only
   IMASNAP_KERNEL="$(kernel/build.sh)"
   export IMASNAP_KERNEL
   kernel/smoke.sh "$IMASNAP_KERNEL"
 
-  echo "== kernel/: the SMP debug kernel (lockdep, PROVE_RCU, KASAN, DEBUG_LIST; cached by patch hash): KUnit, smoke on 2 CPUs, 70 s stress with a kexec"
+  echo "== kernel/: the SMP debug kernel (lockdep, PROVE_RCU, KASAN, DEBUG_LIST; cached by patch hash): KUnit, smoke on 2 CPUs, stress (snapshot and staging scenarios, 70 s each, each with a kexec)"
   t0=$(date +%s)
   IMASNAP_DEBUG_KERNEL="$(kernel/build.sh --debug)"
   echo "debug kernel ready in $(( $(date +%s) - t0 )) s"
