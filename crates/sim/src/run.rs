@@ -34,6 +34,10 @@ pub struct SimOptions {
     pub kernel: Config,
     /// The agent's store.
     pub state_dir: PathBuf,
+    /// Cut with the RFC snapshot file (markers) or upstream staging (no marker), and the
+    /// staging flavour.
+    pub interface: imasnap_agent::InterfaceChoice,
+    pub staging: imasnap_agent::StagingFlavour,
 }
 
 /// What happened, for the summary and the tests.
@@ -88,33 +92,43 @@ impl<T: Tpm> Machine<T> {
         })
     }
 
-    /// One snapshot through the agent, or an aborted attempt.
-    pub fn snapshot(&mut self, abort: bool) -> Result<(), SimError> {
-        if abort {
+    /// One snapshot through the agent, or an aborted attempt (RFC only). Returns the
+    /// records the cut added to the log: the marker, or none for staging.
+    pub fn snapshot(&mut self, abort: bool) -> Result<u64, SimError> {
+        let rfc = self.agent.interface() == imasnap_agent::Interface::Snapshot;
+        if abort && rfc {
             let h = self.kernel().snapshot_open()?;
             self.kernel().snapshot_close(h);
             self.report.aborted_attempts += 1;
-            return Ok(());
+            return Ok(1);
         }
-        self.agent().snapshot_once()?;
-        self.report.snapshots += 1;
-        Ok(())
+        match self.agent().snapshot_once() {
+            Ok(_) => self.report.snapshots += 1,
+            // Staging: every record was stored already (only a violation run since).
+            Err(AgentError::Aborted(why)) if !rfc && why.contains("nothing new") => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(u64::from(rfc))
     }
 
-    /// Arms a crash, snapshots, and restarts the agent as a new process would.
-    pub fn snapshot_with_crash(&mut self, at: CrashPoint) -> Result<(), SimError> {
+    /// Arms a crash, snapshots, and restarts the agent as a new process would. Returns the
+    /// records the cut added (as [`Machine::snapshot`]).
+    pub fn snapshot_with_crash(&mut self, at: CrashPoint) -> Result<u64, SimError> {
+        let rfc = self.agent.interface() == imasnap_agent::Interface::Snapshot;
         self.agent().crash_at(at);
         match self.agent().snapshot_once() {
             Err(AgentError::Crashed(_)) => {}
             Err(e) => return Err(e.into()),
             Ok(_) => {
-                // Recovery-only points do not fire during a normal snapshot.
+                // Recovery-only points (and RFC-only steps on staging) do not fire here.
                 self.report.snapshots += 1;
                 self.agent().crash_at(at);
             }
         }
         self.report.crashes += 1;
-        self.restart_agent(Some(at))
+        self.restart_agent(Some(at))?;
+        // A marker is appended at open, whatever happened after.
+        Ok(u64::from(rfc))
     }
 
     /// The agent process dies (the kernel closes its descriptors) and starts again.
@@ -196,6 +210,8 @@ pub fn run_with_progress(
     check_fresh(&mut tpm, opts.kernel.pcr)?;
     let mut agent_cfg = AgentConfig::new(&opts.state_dir);
     agent_cfg.snapshot = Default::default();
+    agent_cfg.interface = opts.interface;
+    agent_cfg.staging = opts.staging;
     let mut m = Machine::boot(opts.kernel.clone(), tpm, agent_cfg)?;
     let mut appended = 1u64; // boot_aggregate
     let mut crash = opts.crash_at;
@@ -213,14 +229,13 @@ pub fn run_with_progress(
         if opts.snapshot_every > 0 && i.is_multiple_of(opts.snapshot_every) {
             attempts += 1;
             let abort = opts.abort_every.is_some_and(|n| n > 0 && attempts.is_multiple_of(n));
-            match crash {
+            appended += match crash {
                 Some(p) if !abort && i >= opts.records / 2 => {
-                    m.snapshot_with_crash(p)?;
                     crash = None;
+                    m.snapshot_with_crash(p)?
                 }
                 _ => m.snapshot(abort)?,
-            }
-            appended += 1; // the marker
+            };
         }
     }
     m.appended_base = appended;

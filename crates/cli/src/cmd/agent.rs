@@ -14,14 +14,19 @@ use std::time::Instant;
 pub enum AgentCmd {
     /// Run the agent service: snapshots by policy and on request, evidence over HTTPS (mTLS).
     Run(super::agent_service::RunArgs),
-    /// Take one snapshot now through the kernel's `snapshot` file (needs the RFC patch in kernel/).
+    /// Cut the kernel's list now: store its older records, then have the kernel free them.
     ///
-    /// Recovers the store first (a crash in an earlier run is settled by the recovery rule),
-    /// then moves every record before a fresh snapshot_aggregate marker into the next
-    /// snapshot file and tells the kernel `done`. Exit 0 on success, 2 when the kernel
-    /// refuses (EBUSY: another agent holds the file) or cannot snapshot.
+    /// Recovers the store first (a crash in an earlier run is settled), then cuts with the
+    /// kernel's interface: the RFC `snapshot` file (our kernel series: every record before
+    /// a fresh snapshot_aggregate marker, then `done`), or upstream staging
+    /// (CONFIG_IMA_STAGING, Linux 7.2: `trim` reads the list, stores it and writes `N`;
+    /// `stage` writes `A`, stores the staged records and writes `D`). `--interface auto`
+    /// prefers the snapshot file when both exist. Exit 0 on success, 2 when the kernel
+    /// refuses (EBUSY: another process holds the measurement files), has no such interface,
+    /// or nothing new was there to store.
     ///
     /// Example: imasnap agent snapshot --tpm device:/dev/tpmrm0 --state-dir /var/lib/imasnap --json
+    /// Example: imasnap agent snapshot --interface staging --staging stage --tpm device:/dev/tpmrm0
     Snapshot(HostArgs),
     /// Quote the TPM and write an evidence bundle for `imasnap verify`.
     ///
@@ -51,6 +56,12 @@ pub struct HostArgs {
     /// The measurement PCR (CONFIG_IMA_MEASURE_PCR_IDX).
     #[arg(long, default_value_t = 10)]
     pcr: u32,
+    /// The kernel interface to cut with [default: the config's, else auto].
+    #[arg(long, value_parser = ["auto", "snapshot", "staging", "legacy"])]
+    interface: Option<String>,
+    /// Staging flavour: trim (N) or stage (A/D) [default: the config's, else trim].
+    #[arg(long, value_parser = ["trim", "stage"])]
+    staging: Option<String>,
     /// Print the result as JSON (format "imasnap-agent-snapshot/1" or "imasnap-agent-bundle/1").
     #[arg(long)]
     json: bool,
@@ -81,6 +92,13 @@ fn start(h: &HostArgs) -> Result<(FsAgent, serde_json::Value)> {
     if let Some(d) = &h.state_dir {
         cfg.state_dir = d.clone();
     }
+    // The names are the config file's: one spelling for both.
+    if let Some(i) = &h.interface {
+        cfg.interface = serde_json::from_value(json!(i)).context("--interface")?;
+    }
+    if let Some(f) = &h.staging {
+        cfg.staging = serde_json::from_value(json!(f)).context("--staging")?;
+    }
     let tpm = imasnap_tpm::open_tpm(&h.tpm).with_context(|| format!("opening TPM {}", h.tpm))?;
     let kernel = SecurityFs::new(&h.ima_dir, tpm, h.pcr);
     let (agent, rep) = Agent::start(kernel, cfg).context("starting the agent (recovery)")?;
@@ -104,19 +122,26 @@ pub fn run(cmd: AgentCmd) -> Result<ExitCode> {
 
 fn snapshot(h: HostArgs) -> Result<ExitCode> {
     let (mut agent, recovery) = start(&h)?;
-    if !agent.kernel().can_snapshot() {
-        bail!("{}: no `snapshot` file; this kernel cannot trim its list (legacy read-only mode)", h.ima_dir.display());
+    if agent.interface() == imasnap_agent::Interface::Legacy {
+        bail!(
+            "{}: neither a `snapshot` file nor `_staged` files; this kernel cannot trim its list (legacy read-only mode)",
+            h.ima_dir.display()
+        );
     }
     let t0 = Instant::now();
     let e = agent.snapshot_once().context("snapshot")?;
     let secs = t0.elapsed().as_secs_f64();
     if h.json {
-        ui::print_json_doc("imasnap-agent-snapshot/1", json!({ "recovery": recovery, "snapshot": e, "seconds": secs }));
+        ui::print_json_doc(
+            "imasnap-agent-snapshot/1",
+            json!({ "recovery": recovery, "interface": agent.interface().as_str(), "snapshot": e, "seconds": secs }),
+        );
     } else {
         println!(
-            "snapshot {} ({}): records {}..{} ({}), sha256 {}, {:.1} ms",
+            "snapshot {} ({}, {} cut): records {}..{} ({}), sha256 {}, {:.1} ms",
             e.seq,
             e.file,
+            e.cut.as_str(),
             e.first_index,
             e.end_index(),
             e.count,

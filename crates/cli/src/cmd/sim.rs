@@ -20,6 +20,7 @@ pub enum SimCmd {
     /// about 14,000 records.
     ///
     /// Example: imasnap sim run --out /tmp/b --events 20000 --snapshot-every 5000 --crash-at after-done
+    /// Example: imasnap sim run --out /tmp/s --interface staging --staging stage
     Run(RunArgs),
 }
 
@@ -61,6 +62,13 @@ pub struct RunArgs {
     /// a new swtpm from scripts/swtpm.sh.
     #[arg(long, default_value = "soft")]
     tpm: String,
+    /// The kernel interface the agent cuts with: snapshot (the RFC file: a marker per cut)
+    /// or staging (upstream's A/D/N: no marker).
+    #[arg(long, default_value = "snapshot", value_parser = ["snapshot", "staging"])]
+    interface: String,
+    /// Staging flavour: trim (read, store, N) or stage (A, read, store, D).
+    #[arg(long, default_value = "trim", value_parser = ["trim", "stage"])]
+    staging: String,
     /// Agent store directory [default: DIR.state next to the bundle].
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
@@ -97,6 +105,8 @@ pub fn run(cmd: SimCmd) -> Result<ExitCode> {
         abort_every: a.abort_every,
         kernel,
         state_dir: state_dir.clone(),
+        interface: serde_json::from_value(json!(a.interface)).context("--interface")?,
+        staging: serde_json::from_value(json!(a.staging)).context("--staging")?,
     };
     let pb = ui::count_bar(a.events, "events", a.json);
     let tpm: Box<dyn Tpm> = if a.tpm.trim() == "soft" {
