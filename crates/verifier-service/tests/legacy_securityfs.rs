@@ -207,10 +207,16 @@ async fn legacy_kernel_attested_incrementally_from_the_agents_copy() {
 
     // Records appended between rounds are picked up; rounds replay only the new ones.
     let mut last = n0;
+    let history = std::fs::metadata(k.live()).unwrap().len();
     for (round, add) in [(2u64, 20u64), (3, 7), (4, 1)] {
         k.measure(add);
+        let sent = a.service.lock().unwrap().metrics().evidence_bytes;
         let r = vf.attest_now("legacy1").await.unwrap();
         verified(&r);
+        // Suffix evidence: only the records after the verifier's checkpoint travel, not
+        // the kernel's whole list (a legacy kernel never trims it).
+        let round_bytes = a.service.lock().unwrap().metrics().evidence_bytes - sent;
+        assert!(round_bytes <= add * 400, "round {round}: {round_bytes} bytes for {add} records ({history} of history)");
         assert_eq!(r.mode.as_deref(), Some("incremental"), "round {round}");
         assert_eq!(r.checkpoint, Some(last + add), "round {round}: {r:?}");
         assert_eq!(r.records_replayed, add, "round {round}: only the new records are replayed: {r:?}");
