@@ -216,7 +216,10 @@ async fn legacy_kernel_attested_incrementally_from_the_agents_copy() {
         // Suffix evidence: only the records after the verifier's checkpoint travel, not
         // the kernel's whole list (a legacy kernel never trims it).
         let round_bytes = a.service.lock().unwrap().metrics().evidence_bytes - sent;
-        assert!(round_bytes <= add * 400, "round {round}: {round_bytes} bytes for {add} records ({history} of history)");
+        assert!(
+            round_bytes <= add * 400,
+            "round {round}: {round_bytes} bytes for {add} records ({history} of history)"
+        );
         assert_eq!(r.mode.as_deref(), Some("incremental"), "round {round}");
         assert_eq!(r.checkpoint, Some(last + add), "round {round}: {r:?}");
         assert_eq!(r.records_replayed, add, "round {round}: only the new records are replayed: {r:?}");

@@ -98,6 +98,29 @@ fn a_suffix_inside_a_snapshot_file_verifies() {
 }
 
 #[test]
+fn segments_ending_before_the_checkpoint_may_be_left_out() {
+    let mut h = Host::busy(26);
+    h.measure(4);
+    let s1 = verified(&h.bundle(&nonce(11)).verify(Mode::Incremental, None));
+    h.measure(6);
+    h.snapshot();
+    h.measure(3);
+    let b = h.bundle(&nonce(12));
+    let mut sfx = suffix(&b, s1.checkpoint);
+    let before = sfx.snaps.len();
+    sfx.snaps.retain(|(c, _)| c.end_index() >= s1.checkpoint);
+    assert!(sfx.snaps.len() < before, "older segments left out");
+    let o = verify_suffix(&b, &sfx, Mode::Incremental, Some(&s1));
+    assert_eq!(verified(&o), verified(&b.verify(Mode::Incremental, Some(&s1))));
+    // Leaving out the segment that holds the checkpoint leaves a gap: refused.
+    let mut gap = suffix(&b, s1.checkpoint);
+    gap.snaps.retain(|(c, _)| c.first_index > s1.checkpoint);
+    gap.data_from = None;
+    let o = verify_suffix(&b, &gap, Mode::Incremental, Some(&s1));
+    assert!(!o.verdict.is_verified(), "a manifest starting after the checkpoint passed");
+}
+
+#[test]
 fn a_suffix_starting_after_the_checkpoint_is_refused() {
     let mut h = Host::busy(23);
     let s1 = verified(&h.bundle(&nonce(5)).verify(Mode::Incremental, None));

@@ -12,10 +12,21 @@ use imasnap_wire::Cut;
 
 /// Self-consistency of the manifest's ranges (pure claims; cheap, before any replay).
 pub(super) fn check_ranges(snaps: &[Seg<'_>], live_first_index: u64) -> Result<(), Failure> {
-    let mut expected = 0u64;
+    check_ranges_from(snaps, live_first_index, 1, 0)
+}
+
+/// [`check_ranges`] for a manifest that starts at segment `first_seq`, record `first_index`
+/// (incremental evidence may leave out the segments wholly before the checkpoint).
+pub(super) fn check_ranges_from(
+    snaps: &[Seg<'_>],
+    live_first_index: u64,
+    first_seq: u64,
+    first_index: u64,
+) -> Result<(), Failure> {
+    let mut expected = first_index;
     for (i, s) in snaps.iter().enumerate() {
         let Some(c) = &s.claim else { continue };
-        let want_seq = i as u64 + 1;
+        let want_seq = first_seq.saturating_add(i as u64);
         if c.seq != want_seq {
             return Err(Failure::ManifestSeqGap { position: i, expected: want_seq, found: c.seq });
         }

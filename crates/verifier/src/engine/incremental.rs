@@ -2,7 +2,7 @@
 //! (and snapshots) added since the last run, not the length of history.
 
 use super::classify::{classify, event_name, Kind};
-use super::full::{check_ranges, replay_segment};
+use super::full::{check_ranges_from, replay_segment};
 use super::replay::{check_end_marker_claim, Engine, Pending};
 use super::segment::Seg;
 use super::Mode;
@@ -18,8 +18,15 @@ use imasnap_wire::Cut;
 pub(super) fn incremental(mut eng: Engine<'_>, mut segs: Vec<Seg<'_>>, prior: &State) -> Result<State, Failure> {
     eng.report.mode = Some(Mode::Incremental);
     let n = segs.len();
-    check_ranges(&segs[..n - 1], segs[n - 1].first_index)?;
     let c = prior.checkpoint;
+    // The agent may leave out segments that end before the checkpoint: the ranges then
+    // start at the first one listed, which must not start after the checkpoint.
+    let (first_seq, first_index) = match segs.first().and_then(|s| s.claim.as_ref()) {
+        Some(cl) if cl.seq > 1 && cl.first_index <= c => (cl.seq, cl.first_index),
+        None if n == 1 && segs[0].first_index <= c => (1, segs[0].first_index),
+        _ => (1, 0),
+    };
+    check_ranges_from(&segs[..n - 1], segs[n - 1].first_index, first_seq, first_index)?;
     let mut state = PcrState::new(&eng.banks);
     for &bank in &eng.banks {
         if let Some(vals) = prior.pcrs.bank(bank) {
@@ -45,7 +52,8 @@ pub(super) fn incremental(mut eng: Engine<'_>, mut segs: Vec<Seg<'_>>, prior: &S
         // segs[k] opens with the end marker of snapshot k-1. Snapshots an earlier run
         // verified are not even opened, so the cost follows new snapshots, not history;
         // a snapshot first seen now has its end marker read and checked.
-        let seen_before = (k as u64) <= prior.verified_snapshots;
+        let seen_before =
+            seg.claim.as_ref().map_or(k as u64, |cl| cl.seq.saturating_sub(1)) <= prior.verified_snapshots;
         if let (Some(p), false) = (&prev, seen_before) {
             if let Some(rec) = seg.first_record_only(eng.endian, seg.first_index)? {
                 crossed_end_marker(&mut eng, p, seg.first_index, &rec)?;
