@@ -14,6 +14,8 @@ S=/sys/kernel/security/ima
 arg() { sed -n "s/.*imasnap\.$1=\([0-9a-zA-Z_]*\).*/\1/p" /proc/cmdline; }
 STAGE=$(arg stage); STAGE=${STAGE:-0}
 NONCE=$(arg nonce)
+# The agent's interface for recovery and the final bundle (imasnap.iface=staging).
+IFACE=$(arg iface); IFACE=${IFACE:-auto}
 echo "IMASNAP: stage $STAGE on $(uname -r)"
 fail() { echo "IMASNAP-FAIL: $*"; sync; poweroff -f; }
 # One ext4 disk: kexec images in /boot, the agent's store in /state, results in /out.
@@ -83,10 +85,34 @@ kexec_next() {
     kexec -e
     fail "kexec -e returned"
 }
+# cut TAG FLAVOUR: the agent cuts through upstream staging (trim: N; stage: A, D)
+cut() {
+    imasnap agent snapshot --state-dir /disk/state --tpm device:/dev/tpmrm0 --interface staging --staging $2 \
+        --json > /disk/out/cut-$1.json 2> /disk/out/cut-$1.err || fail "cut $1 $2: $(cat /disk/out/cut-$1.err)"
+    note "cut $1 $2 staged_bytes=$(wc -c < $S/binary_runtime_measurements_staged) $(count)"
+}
+# This shell holds a _staged file open for writing: the agent (another process) and a
+# plain reader both get EBUSY; closed, the reader reads again.
+writer_busy() {
+    exec 3>$S/binary_runtime_measurements_staged || fail "open staged for writing"
+    rc=0
+    imasnap agent snapshot --state-dir /disk/state --tpm device:/dev/tpmrm0 --interface staging \
+        > /disk/out/wbusy-$1.out 2> /disk/out/wbusy-$1.err || rc=$?
+    rd=0; cat $S/ascii_runtime_measurements > /dev/null 2> /disk/out/wbusy-$1.cat || rd=1
+    exec 3>&-
+    after=0; cat $S/ascii_runtime_measurements > /dev/null || after=1
+    note "writer_busy $1 rc=$rc ebusy=$(grep -c EBUSY /disk/out/wbusy-$1.err) reader=$rd \
+readerbusy=$(grep -ci busy /disk/out/wbusy-$1.cat) after=$after $(count)"
+}
+# Another process stages the list and leaves it staged.
+stage_only() {
+    echo A > $S/binary_runtime_measurements_staged || fail "write A"
+    note "stage_only $1 $(count)"
+}
 memory() { sync; echo 3 > /proc/sys/vm/drop_caches; note "memory $1 $(count) $(slab)"; }
 finish() {
     rm -rf /disk/out/bundle
-    imasnap agent bundle --state-dir /disk/state --tpm device:/dev/tpmrm0 --nonce "$NONCE" \
+    imasnap agent bundle --state-dir /disk/state --tpm device:/dev/tpmrm0 --interface "$IFACE" --nonce "$NONCE" \
         --out /disk/out/bundle --json > /disk/out/bundle.json 2> /disk/out/bundle.err \
         || fail "bundle: $(cat /disk/out/bundle.err)"
     note "finish $(count)"

@@ -3,8 +3,8 @@
 
 use crate::scenario::{file_content, Scenario, Step};
 use anyhow::{anyhow, bail, Result};
-use imasnap_agent::{attest, Agent, AgentConfig, AgentError, Evidence, KernelIfError};
-use imasnap_kernel_model::{Config, Kernel, KernelError};
+use imasnap_agent::{attest, Agent, AgentConfig, AgentError, Evidence, InterfaceChoice, KernelIfError, StagingFlavour};
+use imasnap_kernel_model::{Config, Kernel, KernelError, MeasFile};
 use imasnap_log::HashAlgo;
 use imasnap_tpm::SoftTpm;
 use sha2::{Digest, Sha256};
@@ -17,14 +17,25 @@ pub struct ModelRun {
     pub snapshots: u64,
     /// Snapshot opens refused between kexec load and execute.
     pub kexec_refusals: u64,
+    /// Staging cuts refused while another process held a `_staged` file for writing.
+    pub writer_refusals: u64,
 }
+
+/// A process other than the agent (the guest's shell).
+const SHELL: u32 = 77;
 
 /// Runs `sc` on the model with a SoftTpm carrying the guest's banks (sha1, sha256), stores
 /// snapshots under `state`, and writes the bundle to `out` with `nonce`.
 pub fn run(sc: &Scenario, state: &Path, out: &Path, nonce: &[u8]) -> Result<ModelRun> {
     let tpm = SoftTpm::with_banks(7, &[HashAlgo::Sha1, HashAlgo::Sha256])?;
     let cfg = Config::default();
-    let acfg = AgentConfig::new(state);
+    // A scenario with staging steps runs the agent on the staging interface throughout
+    // (the guest passes imasnap.iface=staging for recovery and the bundle).
+    let staging = sc.uses_staging();
+    let mut acfg = AgentConfig::new(state);
+    if staging {
+        acfg.interface = InterfaceChoice::Staging;
+    }
     let (mut agent, _) = Agent::start(Kernel::boot(cfg.clone(), tpm)?, acfg.clone())?;
     let mut r = ModelRun::default();
     for (k, stage) in sc.stages().iter().enumerate() {
@@ -75,6 +86,38 @@ pub fn run(sc: &Scenario, state: &Path, out: &Path, nonce: &[u8]) -> Result<Mode
                     agent = Agent::start(k2, acfg.clone())?.0;
                 }
                 Step::Memory => {}
+                // Each guest cut is a new agent process with its own flavour: so here.
+                Step::Trim | Step::Stage => {
+                    let flavour = if *step == Step::Trim { StagingFlavour::Trim } else { StagingFlavour::Stage };
+                    let c = AgentConfig { staging: flavour, ..acfg.clone() };
+                    agent = Agent::start(agent.into_kernel(), c)?.0;
+                    agent.snapshot_once()?;
+                    r.snapshots += 1;
+                }
+                Step::WriterBusy => {
+                    let fd = agent.kernel_mut().open(MeasFile::BINARY_STAGED, true, SHELL, true)?;
+                    // `imasnap agent snapshot`: a new process, whose recovery reads the lists.
+                    let mut a2 = Agent::new(agent.into_kernel(), acfg.clone())?;
+                    match a2.recover() {
+                        Err(AgentError::Kernel(KernelIfError::Busy(_))) => r.writer_refusals += 1,
+                        Ok(_) => bail!("writer_busy step: the agent read the list while a writer held it"),
+                        Err(e) => bail!("writer_busy step: the agent got {e} instead of EBUSY"),
+                    }
+                    let mut k = a2.into_kernel();
+                    // `cat ascii_runtime_measurements` (a third process) is refused too.
+                    if !matches!(k.open(MeasFile::ASCII, false, SHELL + 1, true), Err(KernelError::Busy(_))) {
+                        bail!("writer_busy step: a reader opened the list while a writer held it");
+                    }
+                    k.close(fd);
+                    agent = Agent::start(k, acfg.clone())?.0;
+                }
+                Step::StageOnly => {
+                    let k = agent.kernel_mut();
+                    let fd = k.open(MeasFile::BINARY_STAGED, true, SHELL, true)?;
+                    let w = k.write(&fd, b"A\n");
+                    k.close(fd);
+                    w?;
+                }
             }
         }
     }

@@ -20,6 +20,16 @@ pub enum Step {
     KexecBusy(u64),
     /// Note the kernel's slab use (figures only; nothing to compare).
     Memory,
+    /// Upstream staging: the agent cuts with `N` (read, store, trim).
+    Trim,
+    /// Upstream staging: the agent cuts with `A`, read, store, `D`.
+    Stage,
+    /// Another process holds a `_staged` file open for writing while the agent tries to
+    /// cut and a reader tries to read: both EBUSY.
+    WriterBusy,
+    /// Another process writes `A` and leaves the records staged (a kexec next carries
+    /// them ahead of the current list).
+    StageOnly,
 }
 
 impl Step {
@@ -36,7 +46,8 @@ pub struct Scenario {
 
 impl Scenario {
     /// One step per line: `measure N`, `snapshot`, `abort`, `busy`, `kexec`,
-    /// `kexec_busy N`, `memory`;
+    /// `kexec_busy N`, `memory`, and for upstream staging `trim`, `stage`, `writer_busy`,
+    /// `stage_only`;
     /// `#` starts a comment. `repeat K { ... }` is not needed: write the lines out.
     pub fn parse(text: &str) -> Result<Self> {
         let mut steps = Vec::new();
@@ -60,11 +71,20 @@ impl Scenario {
                     _ => bail!("line {}: kexec_busy takes a count from 1 to 100, not {n:?}", i + 1),
                 },
                 (Some("memory"), None, None) => Step::Memory,
+                (Some("trim"), None, None) => Step::Trim,
+                (Some("stage"), None, None) => Step::Stage,
+                (Some("writer_busy"), None, None) => Step::WriterBusy,
+                (Some("stage_only"), None, None) => Step::StageOnly,
                 _ => bail!("line {}: unknown step {line:?}", i + 1),
             };
             steps.push(step);
         }
         Ok(Self { steps })
+    }
+
+    /// Whether any step uses upstream staging (the agent then runs on that interface).
+    pub fn uses_staging(&self) -> bool {
+        self.steps.iter().any(|s| matches!(s, Step::Trim | Step::Stage | Step::WriterBusy | Step::StageOnly))
     }
 
     /// Steps grouped by boot: a kexec ends its stage.
@@ -97,6 +117,10 @@ impl Scenario {
                     Step::Kexec => format!("kexec_next {tag}"),
                     Step::KexecBusy(n) => format!("kexec_next {tag} {n}"),
                     Step::Memory => format!("memory {tag}"),
+                    Step::Trim => format!("cut {tag} trim"),
+                    Step::Stage => format!("cut {tag} stage"),
+                    Step::WriterBusy => format!("writer_busy {tag}"),
+                    Step::StageOnly => format!("stage_only {tag}"),
                 };
                 s.push_str(&format!("    {line}\n"));
             }
@@ -134,5 +158,11 @@ mod tests {
         assert!(Scenario::parse("measure -1").is_err());
         assert!(Scenario::parse("snapshot now").is_err());
         assert!(Scenario::parse("reboot").is_err());
+        let st = Scenario::parse("measure 2\ntrim\nstage\nwriter_busy\nstage_only\nkexec\n").unwrap();
+        let g = st.guest_script();
+        assert!(
+            g.contains("    cut s0x1 trim\n    cut s0x2 stage\n    writer_busy s0x3\n    stage_only s0x4\n"),
+            "{g}"
+        );
     }
 }

@@ -21,6 +21,8 @@ pub struct Structure {
     pub markers: Vec<(u64, u64)>,
     /// (first index, count) of each committed snapshot.
     pub snapshots: Vec<(u64, u64)>,
+    /// How each was cut: `marker`, `trim` or `stage`.
+    pub cuts: Vec<String>,
     /// Global index of the live list's head, and how many records it holds.
     pub live_first: u64,
     pub live_records: u64,
@@ -36,6 +38,7 @@ pub fn of_bundle(dir: &Path) -> Result<Structure> {
     let mut index;
     for e in &m.snapshots {
         s.snapshots.push((e.first_index, e.count));
+        s.cuts.push(e.cut.as_str().into());
         index = e.first_index;
         scan(&dir.join("snapshots").join(&e.file), &mut index, &mut s)?;
     }

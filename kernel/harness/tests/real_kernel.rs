@@ -165,3 +165,79 @@ fn model_structure_of_the_scenario() {
     let (code, v) = guest::verify(&imasnap, &work.path().join("b"), None, None).unwrap();
     assert_eq!(code, 0, "{v:#}");
 }
+
+/// Upstream staging (CONFIG_IMA_STAGING) with the agent in the guest: cuts by `N` and by
+/// `A`/`D`, a writer holding the files while the agent and a reader get EBUSY, and a
+/// kexec with records left staged (the next kernel lists them first).
+const STAGING: &str = "
+measure 300
+trim
+measure 200
+stage
+measure 100
+writer_busy
+trim
+measure 150
+stage_only
+measure 40
+kexec
+measure 120
+stage
+measure 80
+trim
+measure 30
+";
+
+#[test]
+fn model_structure_of_the_staging_scenario() {
+    let sc = Scenario::parse(STAGING).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let run = model::run(&sc, &work.path().join("state"), &work.path().join("b"), b"n").unwrap();
+    assert_eq!((run.writer_refusals, run.snapshots), (1, 5));
+    let s = structure::of_bundle(&work.path().join("b")).unwrap();
+    // trim keeps the last record read (300) in the list; stage empties it. stage_only
+    // leaves 600..751 staged; kexec lists them ahead of 751..791 and the new kernel's
+    // boot_aggregate (791); the next stage cut stores 600..912 at once.
+    assert_eq!(s.boot_aggregates, vec![0, 791]);
+    assert!(s.markers.is_empty());
+    assert_eq!(s.snapshots, vec![(0, 300), (300, 201), (501, 99), (600, 312), (912, 79)]);
+    assert_eq!(s.cuts, vec!["trim", "stage", "trim", "stage", "trim"]);
+    assert_eq!((s.live_first, s.live_records, s.records), (991, 31, 1022));
+    let imasnap = guest::imasnap_binary().unwrap();
+    let (code, v) = guest::verify(&imasnap, &work.path().join("b"), None, None).unwrap();
+    assert_eq!(code, 0, "{v:#}");
+}
+
+#[test]
+#[ignore = "boots a patched kernel in QEMU (scripts/test.sh runs it)"]
+fn real_kernel_staging_matches_the_model_and_verifies() {
+    let sc = Scenario::parse(STAGING).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let g = guest::run(&sc, &config("imasnap.iface=staging"), &work.path().join("guest")).unwrap();
+    let imasnap = guest::imasnap_binary().unwrap();
+    let bundle = g.out.join("bundle");
+    let trace = g.trace().unwrap();
+    let (code, v) = guest::verify(&imasnap, &bundle, Some(&g.enrolled_ak), Some(&g.nonce)).unwrap();
+    assert_eq!(code, 0, "guest bundle: {v:#}\ntrace:\n{}", trace.join("\n"));
+    assert_eq!(v["history_verified"], true);
+
+    // The writer held the files: the agent and a reader were refused, then readers read.
+    let wb = trace.iter().find(|l| l.starts_with("writer_busy ")).expect("writer_busy step traced");
+    assert!(!wb.contains("rc=0") && !wb.contains("ebusy=0"), "{wb}");
+    assert!(wb.contains("reader=1") && wb.contains("after=0"), "{wb}");
+
+    let m = work.path().join("model");
+    let run = model::run(&sc, &m.join("state"), &m.join("bundle"), b"model-nonce").unwrap();
+    assert_eq!(run.writer_refusals, 1);
+    let (gs, ms) = structures(&bundle, &v, &m.join("bundle"), "verified");
+    assert_eq!(gs, ms, "real kernel vs model:\n{gs:#?}\n{ms:#?}\ntrace:\n{}", trace.join("\n"));
+    assert_eq!(gs.boot_aggregates.len(), 2);
+
+    // A record changed inside a stored segment is rejected.
+    let t = work.path().join("tampered");
+    copy_dir(&bundle, &t);
+    let snap = t.join("snapshots/000002.snap");
+    flip_byte(&snap, 100);
+    let (code, v) = guest::verify(&imasnap, &t, Some(&g.enrolled_ak), Some(&g.nonce)).unwrap();
+    assert_eq!(code, 1, "tampered segment must fail: {v:#}");
+}
