@@ -5,7 +5,7 @@
 //!
 //!     cargo run --manifest-path fuzz/Cargo.toml --example gen_seeds
 
-use imasnap_agent::{AgentConfig, SnapshotKernel as _};
+use imasnap_agent::{AgentConfig, SnapshotKernel as _, StagingFlavour};
 use imasnap_agent_server::api;
 use imasnap_agent_server::host::{Host, HostOps, WorkloadCfg};
 use imasnap_kernel_model::{Config as KernelConfig, Kernel};
@@ -147,8 +147,12 @@ const NONCE: &[u8; 32] = b"imasnap-fuzz-evidence-nonce-0001";
 /// An agent on the kernel model with the soft TPM: `snaps` snapshots of `per` records
 /// each, then `per` more records in the live list.
 fn host(state: &Path, snaps: usize, per: u64) -> Host<Kernel<SoftTpm>> {
+    host_with(AgentConfig::new(state), snaps, per)
+}
+
+fn host_with(cfg: AgentConfig, snaps: usize, per: u64) -> Host<Kernel<SoftTpm>> {
     let k = Kernel::boot(KernelConfig::default(), SoftTpm::new(1)).unwrap();
-    let mut h = Host::start(k, AgentConfig::new(state), WorkloadCfg { seed: 3, ..WorkloadCfg::default() }).unwrap();
+    let mut h = Host::start(k, cfg, WorkloadCfg { seed: 3, ..WorkloadCfg::default() }).unwrap();
     for _ in 0..snaps {
         h.add_records(per).unwrap();
         h.snapshot(None).unwrap().unwrap();
@@ -161,10 +165,10 @@ fn host(state: &Path, snaps: usize, per: u64) -> Host<Kernel<SoftTpm>> {
 fn body(h: &mut Host<Kernel<SoftTpm>>, from: api::From) -> Vec<u8> {
     let v = h.evidence(NONCE, from, None).unwrap();
     let mut out = api::encode_prefix(&v.header).unwrap();
-    for (p, len) in &v.files {
+    for (p, off, len) in &v.files {
         let b = std::fs::read(p).unwrap();
-        assert_eq!(b.len() as u64, *len);
-        out.extend_from_slice(&b);
+        assert_eq!(b.len() as u64, off + len);
+        out.extend_from_slice(&b[*off as usize..]);
     }
     out.extend_from_slice(&v.live);
     out
@@ -184,6 +188,11 @@ fn agent_seeds(seeds: &Path, root: &Path) {
     write(&ev, "two-snapshots-full", &sel(0, &body(&mut two, api::From::Index(0))));
     write(&ev, "two-snapshots-from-4", &sel(0, &body(&mut two, api::From::Index(4))));
     write(&ev, "two-snapshots-latest-tofu", &sel(1, &body(&mut two, api::From::Latest)));
+    // Upstream staging: marker-less segments (trim names the next record, stage nothing).
+    for (name, flavour) in [("staging-trim-full", StagingFlavour::Trim), ("staging-stage-full", StagingFlavour::Stage)] {
+        let mut st = host_with(AgentConfig::staging(tmp.path().join(name), flavour), 2, 3);
+        write(&ev, name, &sel(0, &body(&mut st, api::From::Index(0))));
+    }
 
     // A bundle directory as `imasnap` writes it.
     let bm = seeds.join("bundle_manifest");
