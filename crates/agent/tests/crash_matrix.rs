@@ -21,7 +21,6 @@ use imasnap_tpm::{SoftTpm, Tpm};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 type K = Kernel<SoftTpm>;
 
@@ -499,16 +498,8 @@ fn run(seed: u64, designated: CrashPoint, base: &std::path::Path, fired: &mut BT
 
 #[test]
 fn crash_matrix() {
-    let runs: u64 = std::env::var("IMASNAP_CRASH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(100);
-    let base_seed: u64 = std::env::var("IMASNAP_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x1a5a);
-    let base: PathBuf = std::env::var_os("IMASNAP_CRASH_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        let shm = PathBuf::from("/dev/shm");
-        if shm.is_dir() {
-            shm
-        } else {
-            std::env::temp_dir()
-        }
-    });
+    let env = imasnap_test_support::crash::CrashEnv::read(0x1a5a);
+    let (runs, base_seed, base) = (env.runs, env.seed, env.dir);
     let t0 = std::time::Instant::now();
     let mut fired = BTreeMap::new();
     let mut total = Stats::default();

@@ -25,7 +25,6 @@ use imasnap_tpm::{SoftTpm, Tpm};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 type K = Kernel<SoftTpm>;
 const KEYLIME: u32 = 4242;
@@ -414,16 +413,8 @@ fn run(seed: u64, designated: usize, base: &std::path::Path, fired: &mut BTreeMa
 
 #[test]
 fn staging_crash_matrix() {
-    let runs: u64 = std::env::var("IMASNAP_CRASH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(100);
-    let base_seed: u64 = std::env::var("IMASNAP_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x57a6);
-    let base: PathBuf = std::env::var_os("IMASNAP_CRASH_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        let shm = PathBuf::from("/dev/shm");
-        if shm.is_dir() {
-            shm
-        } else {
-            std::env::temp_dir()
-        }
-    });
+    let env = imasnap_test_support::crash::CrashEnv::read(0x57a6);
+    let (runs, base_seed, base) = (env.runs, env.seed, env.dir);
     let t0 = std::time::Instant::now();
     let mut fired = BTreeMap::new();
     let mut total = Stats::default();

@@ -3,8 +3,10 @@
 //!
 //! - [`kernel`]: boot the kernel model on a software TPM and measure numbered files;
 //! - [`records`]: build, encode and parse IMA records;
-//! - [`swtpm`]: a private `swtpm` process per test.
+//! - [`swtpm`]: a private `swtpm` process per test;
+//! - [`crash`]: the crash matrices' settings.
 
+pub mod crash;
 pub mod kernel;
 pub mod records;
 pub mod swtpm;
