@@ -435,6 +435,14 @@ boot() {
         -device tpm-tis,tpmdev=tpm0 > "$WORK/console-$1.log" 2>&1 || rc=$?
     log "guest ($1) ran $(( $(date +%s) - start ))s (qemu exit $rc)"
     grep -a '^SMOKE-' "$WORK/console-$1.log" | tr -d '\r' || true
+    # the debug kernel runs the KUnit suites ima_snapshot and ima_staging at boot
+    if grep -aq '# Subtest: ima_' "$WORK/console-$1.log"; then
+        if grep -aqE 'not ok [0-9]+ ima_' "$WORK/console-$1.log"; then
+            echo "SMOKE-FAIL: KUnit ($1)"; FAILED=1
+        else
+            echo "SMOKE-PASS: KUnit suites $(tr -d '\r' < "$WORK/console-$1.log" | grep -aoE '[] ]ok [0-9]+ ima_[a-z]+$' | sed 's/.* //' | sort -u | tr '\n' ' ')passed ($1)"
+        fi
+    fi
 }
 FAILED=0
 if [ -n "${SMOKE_MEM:-}" ]; then

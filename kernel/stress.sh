@@ -16,7 +16,7 @@
 #
 # Checks on the host:
 #   - dmesg of both kernels holds no lockdep, RCU, KASAN, list-debug, BUG or WARNING report;
-#   - the KUnit suite ima_snapshot passed;
+#   - the KUnit suites ima_snapshot and ima_staging passed;
 #   - every snapshot completed with "done", in order, then the final list, replay to the
 #     TPM's PCR 10 (sha1 and sha256), read from sysfs at the end: no record lost or twice;
 #   - each kept slow read of the binary list is a contiguous run of that stitched log.
@@ -353,6 +353,7 @@ for MODE in ${STRESS_SCENARIOS:-snapshot staging}; do
     boot_scenario "$MODE"
     if [ "$MODE" = snapshot ]; then
         check "KUnit suite ima_snapshot passed" sh -c "grep -Eq '[] ]ok [0-9]+ ima_snapshot\$' '$WORK/out/0/dmesg-0.txt' && ! grep -q 'not ok' '$WORK/out/0/dmesg-0.txt'"
+        check "KUnit suite ima_staging passed" sh -c "grep -Eq '[] ]ok [0-9]+ ima_staging\$' '$WORK/out/0/dmesg-0.txt' && ! grep -q 'not ok' '$WORK/out/0/dmesg-0.txt'"
         check "three snapshot opens between kexec load and execute: EBUSY" grep -aq '^STRESS-KEXEC: refused 3 of 3' "$WORK/console.log"
         for s in 0 1; do
             n=$(ls "$WORK/out/$s/snaps" 2>/dev/null | wc -l)
