@@ -189,7 +189,8 @@ fn agent_seeds(seeds: &Path, root: &Path) {
     write(&ev, "two-snapshots-from-4", &sel(0, &body(&mut two, api::From::Index(4))));
     write(&ev, "two-snapshots-latest-tofu", &sel(1, &body(&mut two, api::From::Latest)));
     // Upstream staging: marker-less segments (trim names the next record, stage nothing).
-    for (name, flavour) in [("staging-trim-full", StagingFlavour::Trim), ("staging-stage-full", StagingFlavour::Stage)] {
+    for (name, flavour) in [("staging-trim-full", StagingFlavour::Trim), ("staging-stage-full", StagingFlavour::Stage)]
+    {
         let mut st = host_with(AgentConfig::staging(tmp.path().join(name), flavour), 2, 3);
         write(&ev, name, &sel(0, &body(&mut st, api::From::Index(0))));
     }

@@ -74,8 +74,12 @@ fn store_manifest(b: &[u8]) {
         assert_eq!(file, &s.file);
         assert_eq!((c.seq, c.first_index, c.count), (s.seq, s.first_index, s.count));
         assert_eq!(c.sha256.map(hex::encode).as_deref(), Some(s.sha256.as_str()));
-        let em = c.end_marker.as_ref().expect("end marker claim");
-        assert_eq!((em.attempt, hex::encode(em.sha1)), (s.end_marker.attempt, s.end_marker.sha1.clone()));
+        assert_eq!(c.cut, s.cut);
+        assert_eq!(
+            c.end_marker.as_ref().map(|m| (m.attempt, hex::encode(m.sha1))),
+            s.end_marker.as_ref().map(|m| (m.attempt, m.sha1.clone()))
+        );
+        assert_eq!(c.next_sha1.map(hex::encode), s.next_sha1.clone());
         assert_eq!(c.pcrs_end.len(), s.pcrs_end.len());
         for v in &c.pcrs_end {
             assert_eq!(s.pcrs_end.get(&v.algo()), Some(&v.to_hex()));

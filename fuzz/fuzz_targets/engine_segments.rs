@@ -26,6 +26,7 @@ use imasnap_verifier::{
     verify, BootClaim, EndMarkerClaim, Evidence, Input, Mode, Options, SnapshotClaim, SnapshotEvidence, State,
     TrustedPcrs,
 };
+use imasnap_wire::Cut;
 use libfuzzer_sys::arbitrary::{self, Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use sha2::Digest as _;
@@ -54,22 +55,68 @@ enum Op {
 
 #[derive(Arbitrary, Debug, Clone)]
 enum Tamper {
-    FlipBit { seg: u8, at: u16, bit: u8 },
-    Truncate { seg: u8, keep: u16 },
-    DropFile { seg: u8 },
-    Count { seg: u8, delta: i8 },
-    FirstIndex { seg: u8, delta: i8 },
-    Seq { seg: u8, seq: u8 },
-    Sha256 { seg: u8 },
-    EndMarker { seg: u8, attempt: i8, digest: bool },
-    PcrsEnd { seg: u8 },
-    LiveFirstIndex { delta: i8 },
-    QuoteValue { bank: u8, pcr: u8 },
-    DropQuoteValue { bank: u8, pcr: u8 },
-    Swap { a: u8, b: u8 },
+    FlipBit {
+        seg: u8,
+        at: u16,
+        bit: u8,
+    },
+    Truncate {
+        seg: u8,
+        keep: u16,
+    },
+    DropFile {
+        seg: u8,
+    },
+    Count {
+        seg: u8,
+        delta: i8,
+    },
+    FirstIndex {
+        seg: u8,
+        delta: i8,
+    },
+    Seq {
+        seg: u8,
+        seq: u8,
+    },
+    Sha256 {
+        seg: u8,
+    },
+    EndMarker {
+        seg: u8,
+        attempt: i8,
+        digest: bool,
+    },
+    PcrsEnd {
+        seg: u8,
+    },
+    LiveFirstIndex {
+        delta: i8,
+    },
+    QuoteValue {
+        bank: u8,
+        pcr: u8,
+    },
+    DropQuoteValue {
+        bank: u8,
+        pcr: u8,
+    },
+    Swap {
+        a: u8,
+        b: u8,
+    },
     BootResetCount,
     BootAggregate,
-    RemoveSnapshot { seg: u8 },
+    RemoveSnapshot {
+        seg: u8,
+    },
+    /// Claims a staging cut (no marker): `trim` naming the next record (right or wrong),
+    /// or `stage`.
+    Cut {
+        seg: u8,
+        trim: bool,
+        right: bool,
+    },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -245,7 +292,9 @@ fn segments(l: &Log, cuts: &[usize], upto: usize) -> (Vec<Seg>, u64) {
             first_index: start as u64,
             count: (c - start) as u64,
             sha256: Some(sha2::Sha256::digest(&data).into()),
+            cut: Cut::Marker,
             end_marker: Some(EndMarkerClaim { attempt: m.attempt, sha1: marker.digest.as_slice().try_into().unwrap() }),
+            next_sha1: None,
             pcrs_end,
         };
         segs.push(Seg { claim: Some(claim), data: Some(data) });
@@ -306,6 +355,7 @@ impl Case<'_> {
             snapshots,
             live: input(live[0].data.as_deref().unwrap_or(&[]), self.chunk),
             live_first_index: self.live_first_index,
+            data_from: None,
         }
     }
 }
@@ -420,6 +470,13 @@ fn tamper(t: &Tamper, segs: &mut Vec<Seg>, live_first: &mut u64, q: &mut Trusted
                 if let Some(v) = c.pcrs_end.first_mut() {
                     *v = v.algo().hash(&[v.as_bytes()]);
                 }
+            }
+        }
+        Tamper::Cut { seg, trim, right } => {
+            if let Some(c) = snap(segs, seg).and_then(|k| segs[k].claim.as_mut()) {
+                let next = c.end_marker.take().map(|m| m.sha1);
+                c.cut = if trim { Cut::Trim } else { Cut::Stage };
+                c.next_sha1 = if trim { next.map(|d| if right { d } else { [0x5a; 20] }) } else { None };
             }
         }
         Tamper::LiveFirstIndex { delta } => *live_first = live_first.wrapping_add_signed(delta as i64),
