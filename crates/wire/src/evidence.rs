@@ -246,6 +246,7 @@ mod tests {
             ],
             live_first_index: 4,
             live_bytes: 2,
+            data_from: None,
         }
     }
 
