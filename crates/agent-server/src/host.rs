@@ -331,8 +331,11 @@ impl<K: HostKernel> HostOps for Host<K> {
         let end = m.next_index + live_records;
         // Suffix evidence: a verifier that holds state names its index, and only the
         // records from there travel, whatever the back end.
+        // The newest checkpoint lets a latest-segment verifier start there on any back end.
+        let newest_cp = m.snapshots.iter().rev().find_map(|s| s.checkpoint.as_ref()).map(|c| c.index);
+        let latest_cp = from == api::From::Latest && newest_cp.is_some();
         let from_index = match from {
-            api::From::Latest => m.next_index,
+            api::From::Latest => newest_cp.map_or(m.next_index, |c| c.min(end)),
             api::From::Index(i) if same_boot => i.min(end),
             api::From::Index(_) => 0,
         };
@@ -343,8 +346,16 @@ impl<K: HostKernel> HostOps for Host<K> {
         // (the one ending exactly there names the boundary the next segment starts with),
         // so the header, too, stays the size of what is new.
         let resume = matches!(from, api::From::Index(_)) && from_index > 0;
+        let cp_keep: Vec<u64> =
+            m.snapshots.iter().rev().filter(|s| s.checkpoint.is_some()).take(2).map(|s| s.seq).collect();
         for s in m.snapshots.iter().filter(|s| !resume || s.end_index() >= from_index) {
-            let with_data = from != api::From::Latest && s.end_index() > from_index;
+            let with_data = (from != api::From::Latest || latest_cp) && s.end_index() > from_index;
+            // Latest: the newest checkpoint and the one before it (whose quote its
+            // qualifyingData chains to) are enough; otherwise every listed one travels.
+            let checkpoint = match from {
+                api::From::Latest => s.checkpoint.clone().filter(|_| cp_keep.contains(&s.seq)),
+                _ => s.checkpoint.clone(),
+            };
             let mut j = SnapshotJson {
                 seq: s.seq,
                 first_index: s.first_index,
@@ -354,6 +365,7 @@ impl<K: HostKernel> HostOps for Host<K> {
                 end_marker: s.end_marker.clone(),
                 next_sha1: s.next_sha1.clone(),
                 pcrs_end: Default::default(),
+                checkpoint,
                 bytes: None,
             };
             if with_data {

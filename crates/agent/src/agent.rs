@@ -30,6 +30,11 @@ pub enum CrashPoint {
     /// Renamed to `<seq>.snap`, directory not fsynced.
     AfterRename,
     AfterDirFsync,
+    /// The checkpoint's quote taken; nothing of it stored yet.
+    AfterQuote,
+    /// The checkpoint stored durably (RFC: in `pending.json`; staging: in the committed
+    /// manifest), nothing deleted yet.
+    AfterCheckpointStored,
     /// `done` written: the kernel has dropped the records.
     AfterDone,
     /// `.tmp-manifest.json` written, not renamed.
@@ -51,7 +56,7 @@ pub enum CrashPoint {
 }
 
 impl CrashPoint {
-    pub const ALL: [CrashPoint; 17] = [
+    pub const ALL: [CrashPoint; 19] = [
         Self::AfterOpen,
         Self::DuringPendingWrite,
         Self::AfterPendingWritten,
@@ -60,6 +65,8 @@ impl CrashPoint {
         Self::AfterFsync,
         Self::AfterRename,
         Self::AfterDirFsync,
+        Self::AfterQuote,
+        Self::AfterCheckpointStored,
         Self::AfterDone,
         Self::DuringManifestWrite,
         Self::AfterManifestCommit,
@@ -321,8 +328,13 @@ impl<K: SnapshotKernel> Agent<K> {
             (Ok(Some(m)), Ok(r)) => (m, r),
             _ => return self.abort(h, &dir, &manifest, None, format!("record {n} is not a well-formed marker")),
         };
-        let pending =
-            Pending { seq: manifest.next_seq(), first_index: manifest.next_index, count: n, marker: marker.1 };
+        let pending = Pending {
+            seq: manifest.next_seq(),
+            first_index: manifest.next_index,
+            count: n,
+            marker: marker.1,
+            checkpoint: None,
+        };
         let seq = pending.seq;
         if n == 0 {
             return self.abort(h, &dir, &manifest, None, "marker is the list head: nothing precedes it".into());
@@ -361,7 +373,24 @@ impl<K: SnapshotKernel> Agent<K> {
         }
         self.point(CrashPoint::AfterDirFsync)?;
 
-        // 5. done. On an error the list head tells whether the kernel truncated anyway.
+        // 5. the checkpoint, quoted with no kernel lock held, stored with the intent.
+        let mut pending = pending;
+        match self.take_checkpoint(&manifest, seq) {
+            Ok(Some(c)) => {
+                pending.checkpoint = Some(c);
+                let stored =
+                    dir.write_pending_tmp(&pending).and_then(|_| dir.install_pending()).and_then(|_| dir.sync());
+                if let Err(e) = stored {
+                    return self.abort(h, &dir, &manifest, Some(seq), e.to_string());
+                }
+                self.point(CrashPoint::AfterCheckpointStored)?;
+            }
+            Ok(None) => {}
+            Err(AgentError::Crashed(p)) => return Err(AgentError::Crashed(p)),
+            Err(e) => return self.abort(h, &dir, &manifest, Some(seq), e.to_string()),
+        }
+
+        // 6. done. On an error the list head tells whether the kernel truncated anyway.
         if let Err(e) = self.kernel.snapshot_done(&mut h) {
             match self.kernel.live_head() {
                 Ok(head) if pending.marker.matches(&head) => {}
@@ -376,7 +405,7 @@ impl<K: SnapshotKernel> Agent<K> {
         self.point(CrashPoint::AfterDone)?;
         self.kernel.snapshot_close(h);
 
-        // 6. commit the manifest entry; remove the intent. From here on failures leave
+        // 7. commit the manifest entry; remove the intent. From here on failures leave
         // pending.json for recovery: the records exist only in the renamed file now.
         self.needs_recovery = true;
         let entry = manifest.entry_for(&pending, &marker.0, info.sha256).map_err(AgentError::Inconsistent)?;

@@ -96,6 +96,12 @@ pub trait SnapshotKernel {
         Err(KernelIfError::Failed("this back end cannot read PCRs".into()))
     }
 
+    /// The TPM that quotes this kernel's PCRs, for checkpoints (docs/CHECKPOINTS.md).
+    /// `None`: no checkpoints on this back end.
+    fn quoting_tpm(&mut self) -> Option<&mut dyn imasnap_tpm::Tpm> {
+        None
+    }
+
     /// What this kernel offers. The default says the RFC snapshot interface.
     fn interface(&mut self) -> Interface {
         Interface::Snapshot
@@ -219,6 +225,9 @@ impl<K: SnapshotKernel + ?Sized> SnapshotKernel for &mut K {
     }
     fn interface(&mut self) -> Interface {
         (**self).interface()
+    }
+    fn quoting_tpm(&mut self) -> Option<&mut dyn imasnap_tpm::Tpm> {
+        (**self).quoting_tpm()
     }
     fn measurement_pcr_values(&mut self) -> Result<Vec<imasnap_log::PcrValue>, KernelIfError> {
         (**self).measurement_pcr_values()

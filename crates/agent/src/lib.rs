@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod bundle;
+pub mod checkpoint;
 pub mod kernel;
 #[cfg(feature = "kernel-model")]
 pub mod model;
@@ -19,5 +20,5 @@ pub mod staging;
 pub use agent::{Agent, AgentError, CrashPoint, RecoveryReport};
 pub use bundle::{attest, quote_json, AkKey, BundleIndex, BundleInfo, Evidence, QuoteFile, BUNDLE_FORMAT};
 pub use kernel::{Interface, KernelIfError, LiveStats, SnapshotKernel};
-pub use policy::{AgentConfig, InterfaceChoice, SnapshotPolicy, StagingFlavour, Trigger};
+pub use policy::{AgentConfig, Checkpoints, InterfaceChoice, SnapshotPolicy, StagingFlavour, Trigger};
 pub use securityfs::{SecurityFs, DEFAULT_IMA_DIR};

@@ -93,6 +93,10 @@ impl<T: Tpm> SnapshotKernel for Kernel<T> {
         Ok(Kernel::banks(self).to_vec())
     }
 
+    fn quoting_tpm(&mut self) -> Option<&mut dyn Tpm> {
+        Some(self.tpm_mut())
+    }
+
     fn measurement_pcr_values(&mut self) -> Result<Vec<imasnap_log::PcrValue>, KernelIfError> {
         let pcr = self.measurement_pcr();
         crate::kernel::read_measurement_pcr(self.tpm_mut(), pcr)

@@ -25,6 +25,21 @@ pub struct SnapshotPolicy {
     pub max_bytes: Option<u64>,
     /// Snapshot this often, if the list holds anything beyond its head.
     pub interval_secs: Option<u64>,
+    /// A quote-anchored checkpoint at every cut (docs/CHECKPOINTS.md): one TPM quote per
+    /// cut, ~50-100 ms on a hardware TPM. On by default.
+    #[serde(default)]
+    pub checkpoints: Checkpoints,
+}
+
+/// Whether cuts take checkpoints.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Checkpoints {
+    /// Quote at every cut, and store the checkpoint before anything is deleted; a cut
+    /// whose checkpoint fails is aborted (its records stay in the kernel).
+    #[default]
+    On,
+    Off,
 }
 
 impl SnapshotPolicy {
@@ -124,7 +139,15 @@ mod tests {
         .unwrap();
         assert_eq!(c.state_dir, PathBuf::from("/var/lib/imasnap"));
         assert_eq!(c.retention, Retention::Delete);
-        assert_eq!(c.snapshot, SnapshotPolicy { max_records: Some(5000), max_bytes: None, interval_secs: Some(3600) });
+        assert_eq!(
+            c.snapshot,
+            SnapshotPolicy {
+                max_records: Some(5000),
+                max_bytes: None,
+                interval_secs: Some(3600),
+                ..Default::default()
+            }
+        );
         let d = AgentConfig::from_toml("state_dir = \"/s\"\n").unwrap();
         assert_eq!(d.retention, Retention::Archive);
         assert_eq!(d.snapshot, SnapshotPolicy::default());
@@ -134,7 +157,12 @@ mod tests {
 
     #[test]
     fn triggers() {
-        let p = SnapshotPolicy { max_records: Some(100), max_bytes: Some(10_000), interval_secs: Some(60) };
+        let p = SnapshotPolicy {
+            max_records: Some(100),
+            max_bytes: Some(10_000),
+            interval_secs: Some(60),
+            ..Default::default()
+        };
         let s = |records, bytes| LiveStats { records, bytes };
         let t0 = Duration::ZERO;
         assert_eq!(p.due(s(10, 100), t0), None);

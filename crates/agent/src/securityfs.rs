@@ -204,6 +204,10 @@ impl<T: Tpm> SnapshotKernel for SecurityFs<T> {
         Ok(self.tpm.banks())
     }
 
+    fn quoting_tpm(&mut self) -> Option<&mut dyn Tpm> {
+        Some(&mut self.tpm)
+    }
+
     fn measurement_pcr_values(&mut self) -> Result<Vec<imasnap_log::PcrValue>, KernelIfError> {
         let pcr = self.measurement_pcr();
         crate::kernel::read_measurement_pcr(&mut self.tpm, pcr)

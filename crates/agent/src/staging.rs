@@ -341,6 +341,9 @@ impl<K: SnapshotKernel> Agent<K> {
         dir.sync()?;
         self.point(CrashPoint::AfterDirFsync)?;
         let pcrs_end = pcrs_after(m, &list.records[from..to])?;
+        // Quoted after the segment is durable and before the manifest names it; a
+        // failure leaves an uncommitted file that recovery removes.
+        let checkpoint = self.take_checkpoint(m, seq)?;
         let entry = SnapshotEntry {
             seq,
             file: snap_file_name(seq),
@@ -351,6 +354,7 @@ impl<K: SnapshotKernel> Agent<K> {
             end_marker: None,
             next_sha1,
             pcrs_end,
+            checkpoint,
         };
         let mut next = m.clone();
         next.snapshots.push(entry.clone());

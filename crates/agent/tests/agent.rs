@@ -59,7 +59,8 @@ fn snapshot_moves_records_to_disk_and_keeps_the_log_whole() {
 #[test]
 fn policy_triggers_snapshots() {
     let (_tmp, mut cfg, mut k) = setup();
-    cfg.snapshot = SnapshotPolicy { max_records: Some(50), max_bytes: None, interval_secs: Some(3600) };
+    cfg.snapshot =
+        SnapshotPolicy { max_records: Some(50), max_bytes: None, interval_secs: Some(3600), ..Default::default() };
     measure(&mut k, 0, 10);
     let (mut a, _) = Agent::start(k, cfg).unwrap();
     let now = Instant::now();

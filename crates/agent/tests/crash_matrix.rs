@@ -6,7 +6,9 @@
 //!   the kernel model ever appended in this cold boot, in order, none lost or duplicated;
 //! - it replays (SHA1 and SHA256) to the TPM's PCR 10, and each snapshot's `pcrs_end`
 //!   equals the replay at its end;
-//! - the manifest on disk equals the agent's, and no pending/tmp/stray file is left.
+//! - the manifest on disk equals the agent's, and no pending/tmp/stray file is left;
+//! - every segment has a checkpoint, signed over its chain's qualifyingData, whose
+//!   quoted PCR 10 equals the replay of the oracle up to its index.
 //!
 //! `IMASNAP_CRASH_RUNS` sets the run count (default 100), `IMASNAP_CRASH_SEED` the base
 //! seed, `IMASNAP_CRASH_DIR` where the stores live (default: /dev/shm if present).
@@ -79,7 +81,7 @@ struct Stats {
     decisions: BTreeMap<String, u64>,
 }
 
-const PROTOCOL_POINTS: [CrashPoint; 11] = [
+const PROTOCOL_POINTS: [CrashPoint; 13] = [
     CrashPoint::AfterOpen,
     CrashPoint::DuringPendingWrite,
     CrashPoint::AfterPendingWritten,
@@ -88,6 +90,8 @@ const PROTOCOL_POINTS: [CrashPoint; 11] = [
     CrashPoint::AfterFsync,
     CrashPoint::AfterRename,
     CrashPoint::AfterDirFsync,
+    CrashPoint::AfterQuote,
+    CrashPoint::AfterCheckpointStored,
     CrashPoint::AfterDone,
     CrashPoint::DuringManifestWrite,
     CrashPoint::AfterManifestCommit,
@@ -98,7 +102,8 @@ fn expected_decision(p: CrashPoint) -> Option<Decision> {
     use CrashPoint::*;
     match p {
         AfterOpen | DuringPendingWrite => None,
-        AfterPendingWritten | DuringTmpWrite | AfterTmpWrite | AfterFsync | AfterRename | AfterDirFsync => {
+        AfterPendingWritten | DuringTmpWrite | AfterTmpWrite | AfterFsync | AfterRename | AfterDirFsync
+        | AfterQuote | AfterCheckpointStored => {
             Some(Decision::Drop)
         }
         AfterDone | DuringManifestWrite => Some(Decision::Commit),
@@ -361,6 +366,10 @@ impl World {
             let tpm = a.kernel_mut().tpm_mut().pcr_read(b, &[10]).unwrap()[0];
             assert_eq!(rep.state().get(b, 10).unwrap(), &tpm, "seed {seed}: PCR 10 {b} vs TPM");
         }
+        // Every segment's checkpoint: signed over its chain, and equal to the true replay.
+        let ak = a.kernel_mut().tpm_mut().ak_public();
+        imasnap_test_support::checkpoints::check(&m, &self.oracle.recs, &ak, true)
+            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
         self.stats.checks += 1;
     }
 }

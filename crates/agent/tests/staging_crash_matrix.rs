@@ -30,13 +30,14 @@ type K = Kernel<SoftTpm>;
 const KEYLIME: u32 = 4242;
 
 /// The steps of a staging cut where a crash can land, in order.
-const CUT_POINTS: [CrashPoint; 9] = [
+const CUT_POINTS: [CrashPoint; 10] = [
     CrashPoint::AfterOpen,
     CrashPoint::DuringTmpWrite,
     CrashPoint::AfterTmpWrite,
     CrashPoint::AfterFsync,
     CrashPoint::AfterRename,
     CrashPoint::AfterDirFsync,
+    CrashPoint::AfterQuote,
     CrashPoint::DuringManifestWrite,
     CrashPoint::AfterManifestCommit,
     CrashPoint::AfterDone,
@@ -304,6 +305,9 @@ impl World {
             let tpm = a.kernel_mut().tpm_mut().pcr_read(b, &[10]).unwrap()[0];
             assert_eq!(rep.state().get(b, 10).unwrap(), &tpm, "seed {seed}: PCR 10 {b} vs TPM");
         }
+        let ak = a.kernel_mut().tpm_mut().ak_public();
+        imasnap_test_support::checkpoints::check(&m, &self.oracle.recs, &ak, true)
+            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
         self.stats.segments = self.stats.segments.max(m.snapshots.len() as u64);
         self.stats.checks += 1;
     }

@@ -88,6 +88,7 @@ fn commit(dir: &BootDir, manifest: &mut Manifest, log: &[Record], pos: usize, m:
         first_index: first as u64,
         count: (pos - first) as u64,
         marker: MarkerRef::from_record(&log[pos]).unwrap(),
+        checkpoint: None,
     };
     p.validate_against(manifest).unwrap();
     dir.write_pending_tmp(&p).unwrap();
@@ -207,7 +208,8 @@ fn live_list_must_continue_the_last_snapshot() {
 fn recovery_decisions() {
     let f = fixture(20, &[5]);
     let (_, m2) = marker(2, 99);
-    let p = Pending { seq: 2, first_index: 5, count: 6, marker: MarkerRef::from_record(&m2).unwrap() };
+    let p =
+        Pending { seq: 2, first_index: 5, count: 6, marker: MarkerRef::from_record(&m2).unwrap(), checkpoint: None };
     assert_eq!(decide(&f.manifest, &p, &m2), Decision::Commit);
     // Head still the previous marker: aborted.
     assert_eq!(decide(&f.manifest, &p, &f.log[5]), Decision::Drop);
@@ -216,15 +218,26 @@ fn recovery_decisions() {
     other.marker.attempt = 3;
     assert_eq!(decide(&f.manifest, &other, &m2), Decision::Drop);
     // A pending the manifest already holds.
-    let done =
-        Pending { seq: 1, first_index: 0, count: 5, marker: f.manifest.snapshots[0].end_marker.clone().unwrap() };
+    let done = Pending {
+        seq: 1,
+        first_index: 0,
+        count: 5,
+        marker: f.manifest.snapshots[0].end_marker.clone().unwrap(),
+        checkpoint: None,
+    };
     assert_eq!(decide(&f.manifest, &done, &f.log[5]), Decision::AlreadyCommitted);
 }
 
 #[test]
 fn leftovers_and_their_removal() {
     let f = fixture(20, &[5]);
-    let p = Pending { seq: 2, first_index: 5, count: 3, marker: MarkerRef::from_record(&marker(2, 1).1).unwrap() };
+    let p = Pending {
+        seq: 2,
+        first_index: 5,
+        count: 3,
+        marker: MarkerRef::from_record(&marker(2, 1).1).unwrap(),
+        checkpoint: None,
+    };
     f.dir.write_pending_tmp(&p).unwrap();
     f.dir.install_pending().unwrap();
     let mut t = f.dir.create_tentative(2).unwrap();

@@ -4,8 +4,10 @@
 //! - [`kernel`]: boot the kernel model on a software TPM and measure numbered files;
 //! - [`records`]: build, encode and parse IMA records;
 //! - [`swtpm`]: a private `swtpm` process per test;
-//! - [`crash`]: the crash matrices' settings.
+//! - [`crash`]: the crash matrices' settings;
+//! - [`checkpoints`]: proves every checkpoint in a manifest against the true log.
 
+pub mod checkpoints;
 pub mod crash;
 pub mod kernel;
 pub mod records;

@@ -5,6 +5,7 @@
 //! bundles through this one: the conversion needs both sides, and a cycle is not allowed.
 //! `imasnap-verifier` re-exports them where the engine always had them.
 
+use crate::checkpoint::CheckpointJson;
 use crate::evidence::{EvidenceHeader, SnapshotJson};
 use crate::manifest::{check_file_name, check_hex, BootInfo, Cut, Manifest, MarkerRef, SnapshotEntry};
 use crate::{Part, WireError};
@@ -34,6 +35,25 @@ pub struct SnapshotClaim {
     pub next_sha1: Option<[u8; 20]>,
     /// Measurement PCR after the snapshot's last record, per bank.
     pub pcrs_end: Vec<PcrValue>,
+    /// The checkpoint taken at this cut, if the agent took one.
+    pub checkpoint: Option<CheckpointClaim>,
+}
+
+/// A checkpoint's claims: the index, the quote (PCR values as hints) and the AK named.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointClaim {
+    pub index: u64,
+    pub quote: imasnap_tpm::Quote,
+    pub ak: imasnap_tpm::AkPublic,
+}
+
+impl CheckpointJson {
+    /// The checkpoint as claims: a well-formed quote structure and AK text.
+    pub fn claim(&self) -> Result<CheckpointClaim, String> {
+        crate::bundle::check_pcr_values(&self.quote.pcr_values).map_err(|e| format!("checkpoint quote: {e}"))?;
+        let ak = self.ak.public().map_err(|e| format!("checkpoint ak: {}", e.detail))?;
+        Ok(CheckpointClaim { index: self.index, quote: self.quote.clone(), ak })
+    }
 }
 
 impl SnapshotClaim {
@@ -86,11 +106,12 @@ struct Fields<'a> {
     end_marker: Option<&'a MarkerRef>,
     next_sha1: Option<&'a str>,
     pcrs_end: &'a BTreeMap<HashAlgo, String>,
+    checkpoint: Option<&'a CheckpointJson>,
 }
 
 /// The one conversion of a snapshot entry's claims, whichever format carried them.
 fn snapshot_claim(f: Fields<'_>) -> Result<SnapshotClaim, String> {
-    let Fields { seq, first_index, count, sha256, cut, end_marker, next_sha1, pcrs_end } = f;
+    let Fields { seq, first_index, count, sha256, cut, end_marker, next_sha1, pcrs_end, checkpoint } = f;
     let at = format!("snapshot {seq}");
     if cut != Cut::Marker && end_marker.is_some() {
         return Err(format!("{at}: a {} cut has no end_marker", cut.as_str()));
@@ -120,6 +141,7 @@ fn snapshot_claim(f: Fields<'_>) -> Result<SnapshotClaim, String> {
             })
             .transpose()?,
         pcrs_end: pcrs,
+        checkpoint: checkpoint.map(|c| c.claim().map_err(|e| format!("{at}: {e}"))).transpose()?,
     })
 }
 
@@ -136,6 +158,7 @@ impl SnapshotEntry {
             end_marker: self.end_marker.as_ref(),
             next_sha1: self.next_sha1.as_deref(),
             pcrs_end: &self.pcrs_end,
+            checkpoint: self.checkpoint.as_ref(),
         })
         .map_err(|e| Part::Manifest.err(e))
     }
@@ -153,6 +176,7 @@ impl SnapshotJson {
             end_marker: self.end_marker.as_ref(),
             next_sha1: self.next_sha1.as_deref(),
             pcrs_end: &self.pcrs_end,
+            checkpoint: self.checkpoint.as_ref(),
         })
         .map_err(|e| Part::Evidence.err(e))
     }
@@ -245,6 +269,7 @@ mod tests {
             next_sha1: None,
             pcrs_end: e.pcrs_end.clone(),
             bytes: Some(1),
+            checkpoint: None,
         };
         assert_eq!(j.claim().unwrap(), e.claim().unwrap());
         let bare = SnapshotJson { sha256: None, end_marker: None, pcrs_end: BTreeMap::new(), ..j.clone() };

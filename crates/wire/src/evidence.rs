@@ -72,6 +72,9 @@ pub struct SnapshotJson {
     pub next_sha1: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub pcrs_end: BTreeMap<HashAlgo, String>,
+    /// The cut's checkpoint, as in `manifest.json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<crate::checkpoint::CheckpointJson>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes: Option<u64>,
 }
@@ -231,6 +234,7 @@ mod tests {
                     next_sha1: None,
                     pcrs_end: BTreeMap::new(),
                     bytes: None,
+                    checkpoint: None,
                 },
                 SnapshotJson {
                     seq: 2,
@@ -242,6 +246,7 @@ mod tests {
                     next_sha1: None,
                     pcrs_end,
                     bytes: Some(3),
+                    checkpoint: None,
                 },
             ],
             live_first_index: 4,

@@ -22,13 +22,15 @@
 
 pub mod ak;
 pub mod bundle;
+pub mod checkpoint;
 pub mod claims;
 pub mod evidence;
 pub mod manifest;
 pub mod segment;
 
 pub use bundle::{BundleIndex, QuoteFile};
-pub use claims::{BootClaim, EndMarkerClaim, ManifestClaims, SnapshotClaim};
+pub use checkpoint::{qualifying_data, CheckpointJson};
+pub use claims::{BootClaim, CheckpointClaim, EndMarkerClaim, ManifestClaims, SnapshotClaim};
 pub use manifest::{BootInfo, Cut, Manifest, MarkerRef, Pending, SnapshotEntry};
 pub use segment::Segment;
 

@@ -2,6 +2,7 @@
 //! store is read back after crashes, so a torn or inconsistent file must be refused, not
 //! half-trusted. The same types are what a verifier reads in an evidence bundle.
 
+use crate::checkpoint::CheckpointJson;
 use crate::{json, Part, WireError, MAX_JSON};
 use imasnap_log::marker::Marker;
 use imasnap_log::{HashAlgo, Record};
@@ -101,6 +102,10 @@ pub struct SnapshotEntry {
     /// Measurement PCR after the last record, per bank (the end marker's values, or the
     /// agent's own replay for a cut without a marker).
     pub pcrs_end: BTreeMap<HashAlgo, String>,
+    /// The checkpoint taken at this cut (docs/CHECKPOINTS.md); absent when checkpoints
+    /// are off or the agent has no TPM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<CheckpointJson>,
 }
 
 impl SnapshotEntry {
@@ -300,6 +305,7 @@ impl Manifest {
             end_marker: Some(p.marker.clone()),
             next_sha1: None,
             pcrs_end,
+            checkpoint: p.checkpoint.clone(),
         })
     }
 }
@@ -313,6 +319,9 @@ pub struct Pending {
     /// Records before the marker (the marker's list position n).
     pub count: u64,
     pub marker: MarkerRef,
+    /// The cut's checkpoint, added (and fsynced) before `done`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<CheckpointJson>,
 }
 
 impl Pending {
@@ -378,6 +387,7 @@ mod tests {
             end_marker: Some(MarkerRef { attempt: 1, sha1: "44".repeat(20) }),
             next_sha1: None,
             pcrs_end: pcrs,
+            checkpoint: None,
         });
         m.next_index = 5;
         m
@@ -404,7 +414,13 @@ mod tests {
         let b = m.to_json_pretty();
         assert_eq!(Manifest::from_json(&b).unwrap(), m);
         assert_eq!(Manifest::from_json(&b).unwrap().to_json_pretty(), b);
-        let p = Pending { seq: 2, first_index: 5, count: 3, marker: MarkerRef { attempt: 2, sha1: "55".repeat(20) } };
+        let p = Pending {
+            seq: 2,
+            first_index: 5,
+            count: 3,
+            marker: MarkerRef { attempt: 2, sha1: "55".repeat(20) },
+            checkpoint: None,
+        };
         assert_eq!(Pending::from_json(&crate::pretty(&p)).unwrap(), p);
     }
 
@@ -467,13 +483,24 @@ mod tests {
     #[test]
     fn pending_must_follow_manifest() {
         let m = manifest();
-        let mut p =
-            Pending { seq: 2, first_index: 5, count: 3, marker: MarkerRef { attempt: 2, sha1: "55".repeat(20) } };
+        let mut p = Pending {
+            seq: 2,
+            first_index: 5,
+            count: 3,
+            marker: MarkerRef { attempt: 2, sha1: "55".repeat(20) },
+            checkpoint: None,
+        };
         p.validate_against(&m).unwrap();
         p.first_index = 4;
         assert!(p.validate_against(&m).is_err());
         // A pending that the manifest already holds must agree with it.
-        let mut done = Pending { seq: 1, first_index: 0, count: 5, marker: m.snapshots[0].end_marker.clone().unwrap() };
+        let mut done = Pending {
+            seq: 1,
+            first_index: 0,
+            count: 5,
+            marker: m.snapshots[0].end_marker.clone().unwrap(),
+            checkpoint: None,
+        };
         done.validate_against(&m).unwrap();
         done.count = 4;
         assert!(done.validate_against(&m).is_err());

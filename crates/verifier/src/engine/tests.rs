@@ -117,6 +117,7 @@ fn run_live(log: &Log, q: &TrustedPcrs, mode: Mode, first: u64, live: &[u8]) -> 
             next_sha1: None,
             end_marker: None,
             pcrs_end: vec![],
+            checkpoint: None,
         };
         vec![SnapshotEvidence { claim, data: None }]
     };
@@ -212,6 +213,7 @@ fn unusable_evidence_shapes() {
                         next_sha1: None,
                         end_marker: None,
                         pcrs_end: vec![],
+                        checkpoint: None,
                     },
                     data: None,
                 }],
@@ -259,6 +261,7 @@ fn fuzz_evidence_body_latest_segment_checks_the_end_marker_claim() {
             next_sha1: None,
             end_marker: Some(crate::evidence::EndMarkerClaim { attempt: 1, sha1 }),
             pcrs_end: vec![],
+            checkpoint: None,
         };
         let ev = Evidence {
             banks: BANKS.to_vec(),

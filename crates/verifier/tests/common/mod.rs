@@ -111,6 +111,7 @@ impl Host {
             end_marker: None,
             next_sha1: None,
             pcrs_end: Vec::new(),
+            checkpoint: None,
         };
         self.snaps.push(Snap { claim, bytes: Some(bytes) });
         self.head_index += count;
