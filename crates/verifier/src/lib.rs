@@ -23,7 +23,9 @@ pub mod quote;
 pub mod reason;
 pub mod state;
 
-pub use engine::{verify, Mode, Options, Outcome, Report, Restart, Verdict, VerdictKind};
+pub use engine::{
+    verify, verify_segmented, CheckpointUse, Mode, Options, Outcome, RangeRef, Report, Restart, Verdict, VerdictKind,
+};
 pub use evidence::{BootClaim, EndMarkerClaim, Evidence, Input, SnapshotClaim, SnapshotEvidence};
 pub use quote::{AttestedQuote, QuoteEvidence, TpmQuote, TrustedPcrs};
 pub use reason::{Failure, FailureKind, Segment};

@@ -14,12 +14,22 @@ pub trait QuoteEvidence {
     /// The host-supplied value of `bank` PCR `pcr` (unauthenticated: a candidate that
     /// [`AttestedQuote::check_pcrs`] must confirm).
     fn pcr_value_hint(&self, bank: HashAlgo, pcr: u32) -> Option<PcrValue>;
+
+    /// The AK the verifier trusts for this host, if the evidence is a TPM quote: the key
+    /// checkpoints must be signed with. `None`: checkpoints cannot be authenticated.
+    fn trusted_ak(&self) -> Option<&AkPublic> {
+        None
+    }
 }
 
 /// The authenticated content of a quote.
 pub trait AttestedQuote {
     /// TPM resetCount: changes on every cold boot, never on kexec.
     fn reset_count(&self) -> u64;
+    /// TPM clock (ms) when quoted, if known.
+    fn clock(&self) -> Option<u64> {
+        None
+    }
     /// Whether the signed selection covers `pcr` of `bank`.
     fn selects(&self, bank: HashAlgo, pcr: u32) -> bool;
     /// Confirms candidate values against the signed PCR digest (every selected PCR).
@@ -86,11 +96,11 @@ impl<'a> TpmQuote<'a> {
 }
 
 /// Same key material, however each was loaded (PEM or TPM2B_PUBLIC).
-fn same_key(a: &AkPublic, b: &AkPublic) -> bool {
+pub(crate) fn same_key(a: &AkPublic, b: &AkPublic) -> bool {
     a.kind() == b.kind() && a.to_pem() == b.to_pem() && !a.to_pem().is_empty()
 }
 
-fn quote_failure(e: QuoteError) -> Failure {
+pub(crate) fn quote_failure(e: QuoteError) -> Failure {
     match e {
         QuoteError::Malformed { .. } | QuoteError::UnsupportedAlgorithm { .. } => {
             Failure::QuoteMalformed { detail: e.to_string() }
@@ -130,11 +140,18 @@ impl QuoteEvidence for TpmQuote<'_> {
     fn pcr_value_hint(&self, bank: HashAlgo, pcr: u32) -> Option<PcrValue> {
         self.quote.pcr_value(bank, pcr)
     }
+
+    fn trusted_ak(&self) -> Option<&AkPublic> {
+        Some(self.trusted_ak)
+    }
 }
 
 impl AttestedQuote for VerifiedQuote {
     fn reset_count(&self) -> u64 {
         self.clock_info.reset_count as u64
+    }
+    fn clock(&self) -> Option<u64> {
+        Some(self.clock_info.clock)
     }
     fn selects(&self, bank: HashAlgo, pcr: u32) -> bool {
         self.selection.contains(bank, pcr)

@@ -136,6 +136,34 @@ pub enum Failure {
     /// Incremental: the log ends before records the verifier already proved.
     #[error("log ends at record {end}, before the verified checkpoint {checkpoint}: rolled back")]
     LogRolledBack { checkpoint: u64, end: u64 },
+
+    // ---- quote-anchored checkpoints (docs/CHECKPOINTS.md) ------------------------------
+    /// The AK a checkpoint names is not the trusted one.
+    #[error("checkpoint of segment {seq}: it names another AK ({detail})")]
+    CheckpointAkMismatch { seq: u64, detail: String },
+    /// The checkpoint's quote is malformed, not TPM-made or not signed by the trusted AK.
+    #[error("checkpoint of segment {seq}: {detail}")]
+    CheckpointBadSignature { seq: u64, detail: String },
+    /// The quote's qualifyingData is not this chain's for this position: a checkpoint
+    /// dropped, reordered, duplicated or taken from another chain.
+    #[error("checkpoint of segment {seq}: qualifyingData is not this chain's ({detail})")]
+    CheckpointChainMismatch { seq: u64, detail: String },
+    /// The checkpoint was quoted in another boot than the fresh quote.
+    #[error("checkpoint of segment {seq}: quoted at resetCount {reset_count}, the fresh quote at {quoted}")]
+    CheckpointOtherBoot { seq: u64, reset_count: u64, quoted: u64 },
+    /// The checkpoint's clock is later than the fresh quote's (or than the next checkpoint's).
+    #[error("checkpoint of segment {seq}: TPM clock {clock} is later than {later_than} ({what})")]
+    CheckpointClock { seq: u64, clock: u64, later_than: u64, what: String },
+    /// The quote's PCR values are not the ones it signed, or it lacks a needed PCR.
+    #[error("checkpoint of segment {seq}: {detail}")]
+    CheckpointPcrs { seq: u64, detail: String },
+    /// The checkpoint's index claim is impossible (before its segment's end, going back, too large).
+    #[error("checkpoint of segment {seq}: index {index} {detail}")]
+    CheckpointIndex { seq: u64, index: u64, detail: String },
+    /// The records before the checkpoint do not replay to its quoted values at its index
+    /// (an edited segment, or an index off by some records).
+    #[error("range [{from}, {index}) does not replay to the checkpoint of segment {seq} at record {index}{}", matched.map(|m| format!(" (it matches at {m})")).unwrap_or_default())]
+    CheckpointNotReached { seq: u64, from: u64, index: u64, matched: Option<u64> },
 }
 
 snake_case_enum! {
@@ -178,6 +206,14 @@ snake_case_enum! {
         SnapshotEndMismatch = "snapshot_end_mismatch",
         CheckpointNotInEvidence = "checkpoint_not_in_evidence",
         LogRolledBack = "log_rolled_back",
+        CheckpointAkMismatch = "checkpoint_ak_mismatch",
+        CheckpointBadSignature = "checkpoint_bad_signature",
+        CheckpointChainMismatch = "checkpoint_chain_mismatch",
+        CheckpointOtherBoot = "checkpoint_other_boot",
+        CheckpointClock = "checkpoint_clock",
+        CheckpointPcrs = "checkpoint_pcrs",
+        CheckpointIndex = "checkpoint_index",
+        CheckpointNotReached = "checkpoint_not_reached",
     }
 }
 
@@ -203,6 +239,7 @@ impl Failure {
             | SnapshotEndMismatch { index, .. } => Some(*index),
             QuoteNotReached { records, .. } => Some(*records),
             CheckpointNotInEvidence { checkpoint, .. } | LogRolledBack { checkpoint, .. } => Some(*checkpoint),
+            CheckpointIndex { index, .. } | CheckpointNotReached { index, .. } => Some(*index),
             _ => None,
         }
     }
@@ -247,6 +284,14 @@ impl Failure {
             SnapshotEndMismatch { .. } => FailureKind::SnapshotEndMismatch,
             CheckpointNotInEvidence { .. } => FailureKind::CheckpointNotInEvidence,
             LogRolledBack { .. } => FailureKind::LogRolledBack,
+            CheckpointAkMismatch { .. } => FailureKind::CheckpointAkMismatch,
+            CheckpointBadSignature { .. } => FailureKind::CheckpointBadSignature,
+            CheckpointChainMismatch { .. } => FailureKind::CheckpointChainMismatch,
+            CheckpointOtherBoot { .. } => FailureKind::CheckpointOtherBoot,
+            CheckpointClock { .. } => FailureKind::CheckpointClock,
+            CheckpointPcrs { .. } => FailureKind::CheckpointPcrs,
+            CheckpointIndex { .. } => FailureKind::CheckpointIndex,
+            CheckpointNotReached { .. } => FailureKind::CheckpointNotReached,
         }
     }
 }
@@ -306,6 +351,14 @@ mod tests {
             SnapshotEndMismatch { seq: 1, index: 1, bank: b, pcr: 1 },
             CheckpointNotInEvidence { checkpoint: 1, seq: 1 },
             LogRolledBack { checkpoint: 1, end: 0 },
+            CheckpointAkMismatch { seq: 1, detail: s() },
+            CheckpointBadSignature { seq: 1, detail: s() },
+            CheckpointChainMismatch { seq: 1, detail: s() },
+            CheckpointOtherBoot { seq: 1, reset_count: 1, quoted: 2 },
+            CheckpointClock { seq: 1, clock: 2, later_than: 1, what: s() },
+            CheckpointPcrs { seq: 1, detail: s() },
+            CheckpointIndex { seq: 1, index: 1, detail: s() },
+            CheckpointNotReached { seq: 1, from: 0, index: 1, matched: None },
         ]
     }
 

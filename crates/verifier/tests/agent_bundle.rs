@@ -114,7 +114,7 @@ fn staging_bundle(
 }
 
 #[test]
-fn staging_bundles_verify_in_full_history_and_not_as_latest_segment() {
+fn staging_bundles_verify_in_full_history_and_as_latest_segment_from_a_checkpoint() {
     use imasnap_agent::StagingFlavour::{Stage, Trim};
     // A stage cut may leave the kernel's list empty (tail 0): the quote then ends the last segment.
     for (flavour, tail) in [(Trim, 4), (Stage, 4), (Stage, 0)] {
@@ -127,10 +127,19 @@ fn staging_bundles_verify_in_full_history_and_not_as_latest_segment() {
             assert!(o.verdict.is_verified(), "{flavour:?} {mode:?}: {:?}", o.verdict);
             assert_eq!(o.state.unwrap().verified_snapshots, 4, "{flavour:?}");
         }
-        // No marker heads the list: the newest segment alone proves nothing (issue 13 adds
-        // checkpoints for that).
+        // No marker heads the list, but the newest checkpoint anchors the latest segment.
         let o = verify_dir(&out, &ak, &nonce, Mode::LatestSegment);
-        assert!(!o.verdict.is_verified(), "{flavour:?}: latest segment without a marker passed");
+        assert_eq!(o.verdict, imasnap_verifier::Verdict::Verified { history_verified: false }, "{flavour:?}");
+        assert_eq!(o.report.checkpoint_used.map(|c| c.seq), Some(4), "{flavour:?}");
+        // Without checkpoints the newest segment alone proves nothing.
+        let path = out.join("manifest.json");
+        let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        for s in m["snapshots"].as_array_mut().unwrap() {
+            s.as_object_mut().unwrap().remove("checkpoint");
+        }
+        std::fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+        let o = verify_dir(&out, &ak, &nonce, Mode::LatestSegment);
+        assert!(!o.verdict.is_verified(), "{flavour:?}: latest segment without a marker or checkpoint passed");
     }
 }
 

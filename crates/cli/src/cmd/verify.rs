@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use imasnap_tpm::AkPublic;
 use imasnap_verifier::dir::BundleDir;
-use imasnap_verifier::{verify, Evidence, Failure, Input, Mode, Options, Outcome, State, TpmQuote};
+use imasnap_verifier::{verify, verify_segmented, Evidence, Failure, Input, Mode, Options, Outcome, State, TpmQuote};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -22,7 +22,10 @@ const PROGRESS_MIN_BYTES: u64 = 8 << 20;
 /// Full history by default: every snapshot is replayed from record 0 and every marker is
 /// checked. With --from-state, only records after the saved checkpoint are replayed and
 /// verified snapshots are crossed by their end markers. --latest-only starts from the
-/// marker heading the live list (history not verified).
+/// newest checkpoint (any back end) or the marker heading the live list (history not
+/// verified). With checkpoints, full history is split into ranges between consecutive
+/// checkpoints that are verified in parallel (--jobs N); the verdict names the first
+/// failing range and record.
 ///
 /// Trust: the quote must be signed by an AK the caller trusts: --ak FILE (the host's
 /// enrolled key, from `imasnap tpm ak`), or the one saved with --from-state. The bundle's
@@ -45,9 +48,14 @@ pub struct VerifyArgs {
     /// Save the new state here (only when verified; a rejection never saves).
     #[arg(long, value_name = "FILE")]
     save_state: Option<PathBuf>,
-    /// Verify only the latest segment, from the marker heading the live list.
+    /// Verify only the latest segment: from the newest checkpoint when the bundle has
+    /// checkpoints (any back end), else from the marker heading the live list.
     #[arg(long, conflicts_with = "from_state")]
     latest_only: bool,
+    /// Full history in ranges between checkpoints, verified on N threads at once
+    /// [default: the number of CPUs]. Without checkpoints: one range.
+    #[arg(long, value_name = "N", conflicts_with_all = ["from_state", "latest_only"])]
+    jobs: Option<usize>,
     /// Trusted AK (the host's enrolled key): PEM file or hex TPM2B_PUBLIC (`imasnap tpm ak`).
     #[arg(long, value_name = "FILE")]
     ak: Option<PathBuf>,
@@ -157,12 +165,21 @@ pub fn run(a: VerifyArgs) -> Result<ExitCode> {
         Ok(e) => e,
         Err(f) => return finish(&a, None, Some(&f), &trust, 0.0),
     };
-    let (ev, pb) = with_progress(&bundle, ev, a.json);
     let q = TpmQuote { quote: &bundle.quote, trusted_ak: &ak, claimed_ak: bundle.shipped_ak.as_ref() };
     let t = Instant::now();
-    let out = verify(&Options::new(mode), ev, &q, &nonce, prior.as_ref());
+    let out = if mode == Mode::FullHistory {
+        // Ranges between checkpoints, each read on its own: the files are reopened per range.
+        drop(ev);
+        let jobs = a.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let make = || bundle.evidence().unwrap_or_else(|_| empty_evidence(&bundle));
+        verify_segmented(&Options::new(mode), &make, &q, &nonce, jobs)
+    } else {
+        let (ev, pb) = with_progress(&bundle, ev, a.json);
+        let out = verify(&Options::new(mode), ev, &q, &nonce, prior.as_ref());
+        pb.finish_and_clear();
+        out
+    };
     let secs = t.elapsed().as_secs_f64();
-    pb.finish_and_clear();
     if out.verdict.is_verified() {
         if let (Some(p), Some(st)) = (&a.save_state, &out.state) {
             let saved = SavedState { state: st.clone(), ak_pem: ak.to_pem(), ak_trust: Some(trust.origin.clone()) };
@@ -192,6 +209,20 @@ fn with_progress(b: &BundleDir, mut ev: Evidence<'static>, quiet: bool) -> (Evid
     }
     ev.live = wrap(std::mem::replace(&mut ev.live, Input::Bytes(&[])), &pb);
     (ev, pb)
+}
+
+/// Stands in if the bundle's files vanish between two reads: the engine then rejects it.
+fn empty_evidence(b: &BundleDir) -> Evidence<'static> {
+    Evidence {
+        banks: b.index.banks.clone(),
+        pcr: b.index.pcr,
+        endian: imasnap_log::Endian::Little,
+        boot: Some(b.manifest.boot.clone()),
+        snapshots: Vec::new(),
+        live: Input::Bytes(&[]),
+        live_first_index: b.index.live_first_index,
+        data_from: None,
+    }
 }
 
 /// Evidence that could not be read or does not decode is bad input (exit 2), like a
@@ -253,10 +284,23 @@ fn finish(
                     o.state.as_ref().map(|s| s.checkpoint).unwrap_or(0),
                     r.tail_records
                 );
+                if let Some(c) = r.checkpoint_used {
+                    println!("from the checkpoint of segment {} at record {}", c.seq, c.index);
+                }
+                if r.ranges > 0 {
+                    println!(
+                        "{} ranges between {} checkpoints, each verified on its own",
+                        r.ranges, r.checkpoints_checked
+                    );
+                }
                 println!("ak: {}; {:.1} ms", trust.text(), secs * 1000.0);
             }
             (Some(f), _) => {
                 println!("REJECTED ({}): {f}", f.kind());
+                if let Some(r) = out.and_then(|o| o.report.failed_range) {
+                    let to = r.to.map_or("the fresh quote".to_string(), |t| format!("record {t}"));
+                    println!("first failing range: record {} to {to}", r.from);
+                }
                 println!("ak: {}", trust.text());
             }
             (None, None) => {}

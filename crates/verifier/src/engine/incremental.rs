@@ -15,8 +15,19 @@ use imasnap_wire::Cut;
 /// Incremental: replay only from the saved checkpoint. Snapshots before it cost one
 /// decoded record each (their end marker); the one holding it is decoded, not hashed, up
 /// to the checkpoint.
-pub(super) fn incremental(mut eng: Engine<'_>, mut segs: Vec<Seg<'_>>, prior: &State) -> Result<State, Failure> {
-    eng.report.mode = Some(Mode::Incremental);
+pub(super) fn incremental(eng: Engine<'_>, segs: Vec<Seg<'_>>, prior: &State) -> Result<State, Failure> {
+    incremental_from(eng, segs, prior, Mode::Incremental)
+}
+
+/// [`incremental`] from `prior`, reported as `mode` (a checkpoint's state is not the
+/// verifier's own, so a latest-segment run from one says so).
+pub(super) fn incremental_from(
+    mut eng: Engine<'_>,
+    mut segs: Vec<Seg<'_>>,
+    prior: &State,
+    mode: Mode,
+) -> Result<State, Failure> {
+    eng.report.mode = Some(mode);
     let n = segs.len();
     let c = prior.checkpoint;
     // The agent may leave out segments that end before the checkpoint: the ranges then

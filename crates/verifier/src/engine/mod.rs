@@ -11,6 +11,7 @@
 //! recognises markers and boot_aggregates, `replay` is the engine every mode drives, and
 //! `full`, `latest` and `incremental` are the three modes.
 
+mod checkpoint;
 mod classify;
 mod full;
 mod incremental;
@@ -24,8 +25,9 @@ mod tests;
 use crate::evidence::Evidence;
 use crate::names::snake_case_enum;
 use crate::quote::QuoteEvidence;
-use crate::reason::{Failure, Segment};
+use crate::reason::Failure;
 use crate::state::State;
+pub use checkpoint::verify_segmented;
 use imasnap_log::replay::NUM_PCRS;
 use imasnap_log::HashAlgo;
 use replay::Engine;
@@ -138,6 +140,30 @@ pub struct Report {
     /// Global index after which the replay equals the quote (the new checkpoint).
     pub quote_matched_at: Option<u64>,
     pub reset_count: Option<u64>,
+    /// Latest segment from a checkpoint: the one verification started from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_used: Option<CheckpointUse>,
+    /// Checkpoints whose signature, chain and boot were checked.
+    pub checkpoints_checked: u64,
+    /// Full history in ranges between checkpoints: how many ranges were verified.
+    pub ranges: u64,
+    /// The first range that failed, `[from, to)` (`to` absent: up to the fresh quote).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_range: Option<RangeRef>,
+}
+
+/// A checkpoint by its segment and absolute index.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CheckpointUse {
+    pub seq: u64,
+    pub index: u64,
+}
+
+/// A range of records between two checkpoints.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RangeRef {
+    pub from: u64,
+    pub to: Option<u64>,
 }
 
 /// The engine's judgement.
@@ -252,14 +278,26 @@ fn validate(opts: &Options, ev: &Evidence<'_>) -> Result<(), Failure> {
     Ok(())
 }
 
-fn run(
+/// The evidence turned into facts and segments, before any mode runs.
+struct Prepared<'a> {
+    banks: Vec<HashAlgo>,
+    pcr: u32,
+    endian: imasnap_log::Endian,
+    boot: Option<imasnap_wire::BootClaim>,
+    segs: Vec<Seg<'a>>,
+    quoted: quoted::Quoted,
+    /// Record 0's SHA1 digest, when the evidence starts at record 0.
+    record0: Option<[u8; 20]>,
+}
+
+/// Checks the evidence's shape, authenticates the fresh quote, and lays out the segments.
+fn prepare<'a>(
     opts: &Options,
-    ev: Evidence<'_>,
+    ev: Evidence<'a>,
     quote: &dyn QuoteEvidence,
     nonce: &[u8],
-    prior: Option<&State>,
     report: &mut Report,
-) -> Result<State, Failure> {
+) -> Result<Prepared<'a>, Failure> {
     validate(opts, &ev)?;
     let quoted = quoted::authenticate(quote, nonce, &ev.banks, ev.pcr)?;
     report.reset_count = Some(quoted.reset_count);
@@ -271,27 +309,11 @@ fn run(
         }
     }
     let Evidence { banks, pcr, endian, boot, snapshots, live, live_first_index, data_from } = ev;
-    let mut segs: Vec<Seg<'_>> = snapshots
-        .into_iter()
-        .map(|s| Seg {
-            id: Segment::Snapshot(s.claim.seq),
-            first_index: s.claim.first_index,
-            data_first: s.claim.first_index,
-            claim: Some(s.claim),
-            input: s.data,
-            opened: None,
-        })
-        .collect();
-    segs.push(Seg {
-        id: Segment::Live,
-        claim: None,
-        first_index: live_first_index,
-        data_first: live_first_index,
-        input: Some(live),
-        opened: None,
-    });
+    let with_checkpoints = snapshots.iter().any(|s| s.claim.checkpoint.is_some());
+    let mut segs: Vec<Seg<'_>> = snapshots.into_iter().map(Seg::snapshot).collect();
+    segs.push(Seg::live(live, live_first_index));
     if let Some(d) = data_from {
-        suffix(&mut segs, d, opts.mode)?;
+        suffix(&mut segs, d, opts.mode, with_checkpoints)?;
     }
 
     // Record 0, if supplied: boot identity and the manifest's boot claim. Peeked, not
@@ -315,11 +337,28 @@ fn run(
             });
         }
     }
+    Ok(Prepared { banks, pcr, endian, boot, segs, quoted, record0 })
+}
 
+fn run(
+    opts: &Options,
+    ev: Evidence<'_>,
+    quote: &dyn QuoteEvidence,
+    nonce: &[u8],
+    prior: Option<&State>,
+    report: &mut Report,
+) -> Result<State, Failure> {
+    let Prepared { banks, pcr, endian, boot, segs, quoted, record0 } = prepare(opts, ev, quote, nonce, report)?;
     let eng = Engine::new(opts, banks, pcr, endian, quoted, report);
     match opts.mode {
         Mode::FullHistory => full::full(eng, segs),
-        Mode::LatestSegment => latest::latest(eng, segs),
+        Mode::LatestSegment => match (quote.trusted_ak(), &boot) {
+            // Checkpoints make the latest segment verifiable on every back end.
+            (Some(ak), Some(boot)) if segs.iter().any(|s| s.checkpoint().is_some()) => {
+                checkpoint::latest(eng, segs, boot, ak)
+            }
+            _ => latest::latest(eng, segs),
+        },
         Mode::Incremental => {
             let restart = match prior {
                 None => Some(Restart::NoState),
@@ -344,10 +383,11 @@ fn run(
 }
 
 /// Marks the first segment with data as starting at record `from`. Only incremental mode
-/// resumes inside a segment; the index must lie inside it.
-fn suffix(segs: &mut [Seg<'_>], from: u64, mode: Mode) -> Result<(), Failure> {
+/// and latest-segment from a checkpoint resume inside a segment; the index must lie inside it.
+fn suffix(segs: &mut [Seg<'_>], from: u64, mode: Mode, with_checkpoints: bool) -> Result<(), Failure> {
     let bad = |detail: String| Err(Failure::BadEvidence { detail });
-    if mode != Mode::Incremental {
+    // A latest-segment run from a checkpoint resumes inside a segment too.
+    if mode != Mode::Incremental && !(mode == Mode::LatestSegment && with_checkpoints) {
         return bad(format!("data from record {from} (a suffix) in {mode} mode"));
     }
     if from > MAX_INDEX {

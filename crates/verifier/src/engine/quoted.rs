@@ -8,8 +8,11 @@ use imasnap_log::replay::NUM_PCRS;
 use imasnap_log::{HashAlgo, PcrTarget, PcrValue};
 
 /// Authenticated quote content the replay is judged against.
+#[derive(Clone)]
 pub(super) struct Quoted {
     pub(super) reset_count: u64,
+    /// TPM clock when quoted (ms), when the quote states one.
+    pub(super) clock: Option<u64>,
     /// Proven value of every selected PCR, any bank.
     pub(super) values: Vec<(HashAlgo, [Option<PcrValue>; NUM_PCRS])>,
     pub(super) target: PcrTarget,
@@ -66,5 +69,5 @@ pub(super) fn authenticate(
             mask |= 1 << p;
         }
     }
-    Ok(Quoted { reset_count: aq.reset_count(), values, target, mask })
+    Ok(Quoted { reset_count: aq.reset_count(), clock: aq.clock(), values, target, mask })
 }

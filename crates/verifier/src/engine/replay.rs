@@ -40,6 +40,9 @@ pub(super) struct Engine<'r> {
     pub(super) last_attempt: Option<u64>,
     pub(super) boot_aggregate: Option<[u8; 20]>,
     pub(super) verified_snapshots: u64,
+    /// Stop reading at the match instead of counting the tail (a range that ends at a
+    /// checkpoint: the records after it belong to the next range).
+    pub(super) stop_at_match: bool,
     pub(super) report: &'r mut Report,
 }
 
@@ -72,6 +75,7 @@ impl<'r> Engine<'r> {
             last_attempt: None,
             boot_aggregate: None,
             verified_snapshots: 0,
+            stop_at_match: false,
             report,
         }
     }
@@ -376,6 +380,9 @@ impl<'r> Engine<'r> {
                 Some(rec) => self.on_record(rec)?,
                 None => return self.flush(),
             }
+        }
+        if self.stop_at_match {
+            return Ok(());
         }
         while rd.next()?.is_some() {
             self.report.tail_records += 1;

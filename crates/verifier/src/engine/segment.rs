@@ -91,8 +91,28 @@ pub(super) struct Seg<'a> {
 }
 
 impl<'a> Seg<'a> {
+    pub(super) fn snapshot(s: crate::evidence::SnapshotEvidence<'a>) -> Self {
+        Seg {
+            id: Segment::Snapshot(s.claim.seq),
+            first_index: s.claim.first_index,
+            data_first: s.claim.first_index,
+            claim: Some(s.claim),
+            input: s.data,
+            opened: None,
+        }
+    }
+    pub(super) fn live(input: Input<'a>, first_index: u64) -> Self {
+        Seg { id: Segment::Live, claim: None, first_index, data_first: first_index, input: Some(input), opened: None }
+    }
     pub(super) fn seq(&self) -> u64 {
         self.claim.as_ref().map_or(0, |c| c.seq)
+    }
+    pub(super) fn checkpoint(&self) -> Option<&imasnap_wire::CheckpointClaim> {
+        self.claim.as_ref().and_then(|c| c.checkpoint.as_ref())
+    }
+    /// Claimed end (one past the last record); the live list has none.
+    pub(super) fn end_index(&self) -> u64 {
+        self.claim.as_ref().map_or(u64::MAX, |c| c.end_index())
     }
     /// Only the first record (a skipped snapshot's head), read with the fewest bytes: in
     /// place for a byte slice, in small growing reads from a reader. Nothing is hashed, so

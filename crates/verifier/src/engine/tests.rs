@@ -233,7 +233,7 @@ fn empty_and_headless_live_lists() {
     let q = l.quote(&(0..=11).collect::<Vec<_>>());
     for mode in [Mode::FullHistory, Mode::LatestSegment] {
         let o = run_live(&l, &q, mode, 0, &[]);
-        assert_eq!(o.verdict.failure(), Some(&Failure::EmptySegment { segment: Segment::Live }));
+        assert_eq!(o.verdict.failure(), Some(&Failure::EmptySegment { segment: crate::reason::Segment::Live }));
     }
     let live = l.bytes(1..l.recs.len());
     let o = run_live(&l, &q, Mode::FullHistory, 0, &live);

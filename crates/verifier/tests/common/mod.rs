@@ -12,6 +12,7 @@ use imasnap_verifier::{
     verify, BootClaim, EndMarkerClaim, Evidence, Failure, Input, Mode, Options, Outcome, SnapshotClaim,
     SnapshotEvidence, State, TpmQuote,
 };
+use imasnap_wire::CheckpointClaim;
 use sha2::Digest as _;
 
 pub const BANKS: [HashAlgo; 2] = [HashAlgo::Sha1, HashAlgo::Sha256];
@@ -119,6 +120,59 @@ impl Host {
         let snaps = &mut self.snaps;
         let n = snaps.len();
         fill_end_claims(&mut snaps[n - 1].claim, &records(&live)[0]);
+    }
+
+    /// The boot's record 0 (SHA1 template digest).
+    pub fn boot_aggregate(&mut self) -> [u8; 20] {
+        let first = match self.snaps.first() {
+            Some(s) => records(s.bytes.as_ref().unwrap())[0].clone(),
+            None => records(&self.live())[0].clone(),
+        };
+        first.digest.try_into().unwrap()
+    }
+
+    /// The qualifyingData the agent uses for the checkpoint of the newest snapshot.
+    pub fn checkpoint_qd(&mut self) -> [u8; 32] {
+        let n = self.snaps.len();
+        let seq = self.snaps[n - 1].claim.seq;
+        let prev =
+            self.snaps[..n - 1].iter().rev().find_map(|s| s.claim.checkpoint.as_ref()).map(|c| c.quote.attest.clone());
+        let (rc, ba) = (self.reset_count(), self.boot_aggregate());
+        imasnap_wire::qualifying_data(rc, &ba, seq, prev.as_deref())
+    }
+
+    /// Records the boot has so far (stored + live).
+    pub fn total_records(&mut self) -> u64 {
+        self.head_index + records(&self.live()).len() as u64
+    }
+
+    /// The agent's checkpoint for the newest snapshot, quoted now over `qd`.
+    pub fn checkpoint_with(&mut self, qd: &[u8]) -> CheckpointClaim {
+        let index = self.total_records();
+        let quote = self.quote(qd);
+        CheckpointClaim { index, quote, ak: self.ak() }
+    }
+
+    /// Takes the newest snapshot's checkpoint, as the agent does at the cut.
+    pub fn checkpoint(&mut self) {
+        let qd = self.checkpoint_qd();
+        let c = self.checkpoint_with(&qd);
+        let n = self.snaps.len();
+        self.snaps[n - 1].claim.checkpoint = Some(c);
+    }
+
+    /// Like [`Host::busy`], with a checkpoint at every cut (a few records after it, as
+    /// when measurements land between the cut and the quote).
+    pub fn busy_with_checkpoints(seed: u64) -> Self {
+        let mut h = Self::boot(seed);
+        for (i, n) in [40usize, 30, 20, 25, 35].into_iter().enumerate() {
+            h.measure(n);
+            h.snapshot();
+            h.measure(i % 3);
+            h.checkpoint();
+        }
+        h.measure(10);
+        h
     }
 
     /// An aborted attempt: open, close without `done`. The marker stays in the list.
@@ -258,6 +312,18 @@ impl Bundle {
 
     pub fn verify(&self, mode: Mode, prior: Option<&State>) -> Outcome {
         self.verify_with(&Options::new(mode), prior)
+    }
+
+    /// Full history in ranges between checkpoints, on `jobs` threads.
+    pub fn verify_segmented(&self, jobs: usize) -> Outcome {
+        let q = TpmQuote { quote: &self.quote, trusted_ak: &self.trusted_ak, claimed_ak: self.claimed_ak.as_ref() };
+        let make = || self.evidence();
+        imasnap_verifier::verify_segmented(&Options::new(Mode::FullHistory), &make, &q, &self.nonce, jobs)
+    }
+
+    /// The signed attest bytes of snapshot `i`'s checkpoint (0-based), for editing.
+    pub fn cp_attest_mut(&mut self, i: usize) -> &mut Vec<u8> {
+        &mut self.snaps[i].claim.checkpoint.as_mut().unwrap().quote.attest
     }
 
     pub fn snap_records(&self, i: usize) -> Vec<Record> {
