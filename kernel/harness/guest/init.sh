@@ -109,6 +109,19 @@ stage_only() {
     echo A > $S/binary_runtime_measurements_staged || fail "write A"
     note "stage_only $1 $(count)"
 }
+# require IFACE: the scenario uses this interface (one option of the series may be off,
+# kernel/README.md); without its file the guest stops before the first step and the
+# host reports which option is missing instead of a failure inside a step
+require() {
+    case $1 in
+        snapshot) f=$S/snapshot ;;
+        staging) f=$S/binary_runtime_measurements_staged ;;
+        *) fail "require: unknown interface $1" ;;
+    esac
+    [ -e "$f" ] && return 0
+    echo "IMASNAP-UNSUPPORTED: $1 ($f absent)"
+    sync; umount /disk; poweroff -f
+}
 memory() { sync; echo 3 > /proc/sys/vm/drop_caches; note "memory $1 $(count) $(slab)"; }
 finish() {
     rm -rf /disk/out/bundle

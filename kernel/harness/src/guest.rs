@@ -44,6 +44,47 @@ impl GuestRun {
     }
 }
 
+/// The kernel lacks an interface the scenario uses (`Scenario::interfaces`): it was
+/// built with that option off (`kernel/build.sh --without-feature` has no `snapshot`
+/// file, `--without-staging` no `_staged` files). The guest checks before the first
+/// step, so this is reported at once instead of as a failure inside a step or a
+/// structure that differs from the model's. Tests fail with it rather than skip: a
+/// test run against the wrong kernel must not pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsupported {
+    /// `snapshot` or `staging`.
+    pub interface: String,
+    /// What the guest found missing (`<file> absent`).
+    pub detail: String,
+}
+
+impl std::fmt::Display for Unsupported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let option = match self.interface.as_str() {
+            "snapshot" => "CONFIG_IMA_LOG_SNAPSHOT (not kernel/build.sh --without-feature)",
+            "staging" => "CONFIG_IMA_STAGING (not kernel/build.sh --without-staging)",
+            _ => "an option this kernel was built without",
+        };
+        write!(
+            f,
+            "the kernel has no {} interface ({}): this scenario needs a kernel built with {option}",
+            self.interface, self.detail
+        )
+    }
+}
+
+impl std::error::Error for Unsupported {}
+
+/// The guest's `IMASNAP-UNSUPPORTED:` line, if it stopped for a missing interface.
+fn unsupported(console: &str) -> Option<Unsupported> {
+    let line = console.lines().find_map(|l| l.trim_end_matches('\r').strip_prefix("IMASNAP-UNSUPPORTED: "))?;
+    let (interface, detail) = line.split_once(' ').unwrap_or((line, ""));
+    Some(Unsupported {
+        interface: interface.to_owned(),
+        detail: detail.trim().trim_start_matches('(').trim_end_matches(')').to_owned(),
+    })
+}
+
 /// Repository root (kernel/harness/../..).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repository root")
@@ -264,6 +305,9 @@ pub fn run(sc: &Scenario, cfg: &GuestConfig, work: &Path) -> Result<GuestRun> {
     };
     let seconds = t0.elapsed().as_secs_f64();
     let console_text = String::from_utf8_lossy(&std::fs::read(&console).unwrap_or_default()).into_owned();
+    if let Some(u) = unsupported(&console_text) {
+        return Err(u.into());
+    }
     if !status.success() || !console_text.contains("IMASNAP-DONE") {
         bail!("guest did not finish (qemu {status}); console tail:\n{}", tail(&console));
     }
@@ -309,4 +353,21 @@ pub fn verify(imasnap: &Path, dir: &Path, ak: Option<&Path>, nonce: Option<&[u8]
     let v = serde_json::from_slice(&out.stdout)
         .with_context(|| format!("imasnap verify output: {}", String::from_utf8_lossy(&out.stderr)))?;
     Ok((out.status.code().unwrap_or(-1), v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsupported_line_names_the_option() {
+        let c = "Run /init as init process\r\nIMASNAP: stage 0 on 6.12.117\r\n\
+                 IMASNAP-UNSUPPORTED: staging (/sys/kernel/security/ima/binary_runtime_measurements_staged absent)\r\n";
+        let u = unsupported(c).unwrap();
+        assert_eq!(u.interface, "staging");
+        let msg = anyhow::Error::from(u.clone()).to_string();
+        assert!(msg.contains("no staging interface") && msg.contains("CONFIG_IMA_STAGING"), "{msg}");
+        assert!(msg.contains("(/sys/kernel/security/ima/binary_runtime_measurements_staged absent)"), "{msg}");
+        assert!(unsupported("IMASNAP-DONE\n").is_none());
+    }
 }

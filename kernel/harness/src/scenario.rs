@@ -87,6 +87,24 @@ impl Scenario {
         self.steps.iter().any(|s| matches!(s, Step::Trim | Step::Stage | Step::WriterBusy | Step::StageOnly))
     }
 
+    /// Whether any step uses the RFC `snapshot` file.
+    pub fn uses_snapshots(&self) -> bool {
+        self.steps.iter().any(|s| matches!(s, Step::Snapshot | Step::Abort | Step::Busy | Step::KexecBusy(_)))
+    }
+
+    /// The kernel interfaces the scenario needs: `snapshot` (CONFIG_IMA_LOG_SNAPSHOT),
+    /// `staging` (CONFIG_IMA_STAGING). The guest checks them before the first step.
+    pub fn interfaces(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.uses_snapshots() {
+            v.push("snapshot");
+        }
+        if self.uses_staging() {
+            v.push("staging");
+        }
+        v
+    }
+
     /// Steps grouped by boot: a kexec ends its stage.
     pub fn stages(&self) -> Vec<&[Step]> {
         let mut out = Vec::new();
@@ -129,6 +147,11 @@ impl Scenario {
             }
             s.push_str("}\n");
         }
+        // A kernel built without an interface the steps use stops before the first step
+        // (IMASNAP-UNSUPPORTED), rather than failing somewhere inside (guest::run).
+        for i in self.interfaces() {
+            s.push_str(&format!("require {i}\n"));
+        }
         s.push_str("stage_$STAGE\nfail \"no stage $STAGE\"\n");
         s
     }
@@ -154,6 +177,7 @@ mod tests {
         let g = s.guest_script();
         assert!(g.contains("stage_0() {\n    measure 3 s0x0\n    snapshot s0x1\n    kexec_next s0x2\n}"), "{g}");
         assert!(g.contains("stage_1() {\n    busy s1x0\n    abort s1x1\n    finish\n}"), "{g}");
+        assert!(g.ends_with("}\nrequire snapshot\nstage_$STAGE\nfail \"no stage $STAGE\"\n"), "{g}");
         assert!(Scenario::parse("measure 0").is_err());
         assert!(Scenario::parse("measure -1").is_err());
         assert!(Scenario::parse("snapshot now").is_err());
@@ -164,5 +188,8 @@ mod tests {
             g.contains("    cut s0x1 trim\n    cut s0x2 stage\n    writer_busy s0x3\n    stage_only s0x4\n"),
             "{g}"
         );
+        assert!(g.contains("}\nrequire staging\nstage_$STAGE\n") && !g.contains("require snapshot"), "{g}");
+        assert_eq!(Scenario::parse("measure 2\nkexec_busy 1\ntrim\n").unwrap().interfaces(), ["snapshot", "staging"]);
+        assert!(Scenario::parse("measure 2\nkexec\nmemory\n").unwrap().interfaces().is_empty());
     }
 }
