@@ -123,7 +123,10 @@ pub fn imasnap_binary() -> Result<PathBuf> {
             .args(["build", "--release", "-p", "imasnap", "--features", "tpm2"])
             .current_dir(repo_root()),
     )?;
-    Ok(repo_root().join("target/release/imasnap"))
+    // where that cargo put it: $CARGO_TARGET_DIR (relative to the root it ran in) or target/
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| repo_root().join("target"), |d| repo_root().join(d));
+    Ok(target.join("release/imasnap"))
 }
 
 fn run_ok(c: &mut Command) -> Result<String> {
