@@ -144,6 +144,8 @@ pub struct Agent<K: SnapshotKernel> {
     /// Absolute index of the kernel list's head (staging's first staged record, if any).
     /// Below `next_index` while stored records await deletion; RFC cuts keep it equal.
     live_base: u64,
+    /// What checkpoints cost this process so far.
+    pub(crate) checkpoint_stats: crate::checkpoint::CheckpointStats,
 }
 
 /// The interface `choice` picks on `kernel`: `auto` prefers the RFC snapshot file (its
@@ -166,6 +168,7 @@ impl<K: SnapshotKernel> Agent<K> {
         Ok(Self {
             interface,
             live_base: 0,
+            checkpoint_stats: Default::default(),
             kernel,
             store,
             cfg,

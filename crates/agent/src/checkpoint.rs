@@ -18,6 +18,17 @@ use std::io::Read;
 /// Quotes taken per checkpoint before giving up (each retry re-reads the list).
 pub const CHECKPOINT_ATTEMPTS: u32 = 3;
 
+/// Checkpoints taken by this agent process and the time they took (quote, list read and
+/// search; the kernel's list lock is never held meanwhile).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CheckpointStats {
+    pub taken: u64,
+    /// Quotes taken, retries included.
+    pub quotes: u64,
+    pub total_ns: u64,
+    pub max_ns: u64,
+}
+
 /// The checkpoint chain's previous link and the replay start the search can use.
 struct Start {
     prev_attest: Option<Vec<u8>>,
@@ -68,6 +79,24 @@ impl<K: SnapshotKernel> Agent<K> {
         if !self.checkpoints_on() {
             return Ok(None);
         }
+        let t = std::time::Instant::now();
+        let r = self.quote_and_locate(m, seq);
+        let ns = t.elapsed().as_nanos() as u64;
+        if matches!(r, Ok(Some(_))) {
+            let s = &mut self.checkpoint_stats;
+            s.taken += 1;
+            s.total_ns += ns;
+            s.max_ns = s.max_ns.max(ns);
+        }
+        r
+    }
+
+    /// What checkpoints cost this agent process so far.
+    pub fn checkpoint_stats(&self) -> CheckpointStats {
+        self.checkpoint_stats
+    }
+
+    fn quote_and_locate(&mut self, m: &Manifest, seq: u64) -> Result<Option<CheckpointJson>, AgentError> {
         let fail = |why: String| AgentError::Aborted(format!("checkpoint: {why}"));
         let base = self.live_base();
         let start = known_state(m, base).map_err(fail)?;
@@ -86,6 +115,7 @@ impl<K: SnapshotKernel> Agent<K> {
             let tpm = self.kernel_mut().quoting_tpm().ok_or_else(|| fail("no TPM".into()))?;
             let quote = tpm.quote(&qd, &sel).map_err(|e| fail(format!("quote: {e}")))?;
             let ak = AkJson::from_public(&tpm.ak_public());
+            self.checkpoint_stats.quotes += 1;
             self.point(CrashPoint::AfterQuote)?;
             let want: Vec<PcrValue> = m.banks.iter().filter_map(|&b| quote.pcr_value(b, m.pcr)).collect();
             if want.len() != m.banks.len() {
@@ -115,18 +145,17 @@ impl<K: SnapshotKernel> Agent<K> {
         rp.set_target(&target);
         let list = self.kernel_list()?;
         let mut rd = BinaryReader::starting_at(list, imasnap_store::snapshot_format(), self.live_base());
-        let mut i = self.live_base();
+        let skip = start.index.saturating_sub(self.live_base());
         let mut batch = Vec::with_capacity(1024);
-        for rec in rd.by_ref() {
+        for (i, rec) in rd.by_ref().enumerate() {
             let rec = rec.map_err(|e| AgentError::Inconsistent(format!("kernel list: {e}")))?;
-            if i >= start.index {
+            if i as u64 >= skip {
                 batch.push(rec);
                 if batch.len() == batch.capacity() {
                     rp.push_batch(&batch).map_err(|e| AgentError::Inconsistent(format!("replay: {e}")))?;
                     batch.clear();
                 }
             }
-            i += 1;
         }
         rp.push_batch(&batch).map_err(|e| AgentError::Inconsistent(format!("replay: {e}")))?;
         Ok(rp.finish().matched_after)

@@ -102,10 +102,14 @@ fn expected_decision(p: CrashPoint) -> Option<Decision> {
     use CrashPoint::*;
     match p {
         AfterOpen | DuringPendingWrite => None,
-        AfterPendingWritten | DuringTmpWrite | AfterTmpWrite | AfterFsync | AfterRename | AfterDirFsync
-        | AfterQuote | AfterCheckpointStored => {
-            Some(Decision::Drop)
-        }
+        AfterPendingWritten
+        | DuringTmpWrite
+        | AfterTmpWrite
+        | AfterFsync
+        | AfterRename
+        | AfterDirFsync
+        | AfterQuote
+        | AfterCheckpointStored => Some(Decision::Drop),
         AfterDone | DuringManifestWrite => Some(Decision::Commit),
         AfterManifestCommit => Some(Decision::AlreadyCommitted),
         AbortAfterClose => Some(Decision::Drop),

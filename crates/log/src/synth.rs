@@ -54,6 +54,7 @@ pub struct Synth {
     buf: Arc<Template>,
     ngv2: Arc<Template>,
     platform: [[u8; 32]; 10],
+    ima_ng_only: bool,
 }
 
 impl Synth {
@@ -74,7 +75,15 @@ impl Synth {
             sig: builtin("ima-sig"),
             buf: builtin("ima-buf"),
             ngv2: builtin("ima-ngv2"),
+            ima_ng_only: false,
         }
+    }
+
+    /// Only `ima-ng` records (violations included): a plain file-measurement log, whose
+    /// records name no signature, so `evmctl` does not look for the files on disk.
+    pub fn ima_ng_only(mut self) -> Self {
+        self.ima_ng_only = true;
+        self
     }
 
     /// PCR 0-9 of the simulated firmware, per bank: the boot_aggregate is computed over
@@ -114,7 +123,10 @@ impl Iterator for Synth {
             ));
         }
         let roll = self.rng.below(1000);
-        let rec = if roll < 5 {
+        let rec = if self.ima_ng_only && roll >= 5 {
+            let p = self.path();
+            build(&self.ng, &[&d_ng("sha256", &digest), &n_ng(&p)], bank, 10, false, e)
+        } else if roll < 5 {
             // Violation: digest fields zeroed, template digest zero.
             let p = self.path();
             build(&self.ng, &[&d_ng("sha256", &[0; 32]), &n_ng(&p)], bank, 10, true, e)

@@ -38,6 +38,8 @@ pub struct SimOptions {
     /// staging flavour.
     pub interface: imasnap_agent::InterfaceChoice,
     pub staging: imasnap_agent::StagingFlavour,
+    /// A quote-anchored checkpoint at every cut (on unless turned off).
+    pub checkpoints: imasnap_agent::Checkpoints,
 }
 
 /// What happened, for the summary and the tests.
@@ -52,6 +54,8 @@ pub struct SimReport {
     pub live_records: u64,
     pub live_bytes: u64,
     pub max_pause_ns: u64,
+    /// Checkpoints taken at the cuts and what they cost (no kernel lock held).
+    pub checkpoints: imasnap_agent::checkpoint::CheckpointStats,
 }
 
 /// The simulated host: a kernel model on some TPM, with its agent.
@@ -173,6 +177,7 @@ impl<T: Tpm> Machine<T> {
         r.live_bytes = k.list_bytes();
         r.max_pause_ns = k.max_pause().as_nanos() as u64;
         r.records_appended = self.appended_base;
+        r.checkpoints = self.agent().checkpoint_stats();
         r
     }
 }
@@ -209,7 +214,7 @@ pub fn run_with_progress(
     let mut tpm = tpm;
     check_fresh(&mut tpm, opts.kernel.pcr)?;
     let mut agent_cfg = AgentConfig::new(&opts.state_dir);
-    agent_cfg.snapshot = Default::default();
+    agent_cfg.snapshot = imasnap_agent::SnapshotPolicy { checkpoints: opts.checkpoints, ..Default::default() };
     agent_cfg.interface = opts.interface;
     agent_cfg.staging = opts.staging;
     let mut m = Machine::boot(opts.kernel.clone(), tpm, agent_cfg)?;

@@ -96,6 +96,9 @@ pub enum LogCmd {
         /// Seed of the generator (same seed, same log).
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Write only `ima-ng` records (and violations): no `ima-sig`, `ima-buf` or `ima-ngv2`.
+        #[arg(long)]
+        ima_ng_only: bool,
         /// Output directory (created if missing).
         #[arg(short = 'o', long = "out", value_name = "DIR", default_value = ".")]
         dir: PathBuf,
@@ -166,7 +169,7 @@ pub fn run(cmd: LogCmd) -> Result<ExitCode> {
         LogCmd::Convert { input, to, bank, out } => convert(&input, to, bank, out.as_deref()),
         LogCmd::Replay { input, banks, padded_sha1, json } => replay(&input, &banks, padded_sha1, json),
         LogCmd::Verify { input, pcrs, ignore_violations, json } => verify(&input, &pcrs, ignore_violations, json),
-        LogCmd::Synth { records, seed, dir } => synth(records, seed, &dir),
+        LogCmd::Synth { records, seed, ima_ng_only, dir } => synth(records, seed, ima_ng_only, &dir),
     }
 }
 
@@ -340,12 +343,15 @@ fn verify(input: &Input, pcr_args: &[String], ignore_violations: bool, json: boo
     Ok(ExitCode::from(if verdict.is_ok() { ui::EXIT_OK } else { ui::EXIT_FAIL }))
 }
 
-fn synth(records: u64, seed: u64, dir: &Path) -> Result<ExitCode> {
+fn synth(records: u64, seed: u64, ima_ng_only: bool, dir: &Path) -> Result<ExitCode> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join("binary_runtime_measurements");
     let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
     let mut gen = imasnap_log::synth::Synth::new(seed, HashAlgo::Sha1);
+    if ima_ng_only {
+        gen = gen.ima_ng_only();
+    }
     let banks = [HashAlgo::Sha1, HashAlgo::Sha256];
     let mut start = imasnap_log::PcrState::new(&banks);
     for a in banks {

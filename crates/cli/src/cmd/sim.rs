@@ -69,6 +69,11 @@ pub struct RunArgs {
     /// Staging flavour: trim (read, store, N) or stage (A, read, store, D).
     #[arg(long, default_value = "trim", value_parser = ["trim", "stage"])]
     staging: String,
+    /// Cut without quote-anchored checkpoints. By default every cut stores a TPM quote
+    /// whose PCRs equal the replay up to a known record (docs/CHECKPOINTS.md), so
+    /// `verify --latest-only` works on staging hosts too and `verify --jobs` splits history.
+    #[arg(long)]
+    no_checkpoints: bool,
     /// Agent store directory [default: DIR.state next to the bundle].
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
@@ -107,6 +112,7 @@ pub fn run(cmd: SimCmd) -> Result<ExitCode> {
         state_dir: state_dir.clone(),
         interface: serde_json::from_value(json!(a.interface)).context("--interface")?,
         staging: serde_json::from_value(json!(a.staging)).context("--staging")?,
+        checkpoints: if a.no_checkpoints { imasnap_agent::Checkpoints::Off } else { imasnap_agent::Checkpoints::On },
     };
     let pb = ui::count_bar(a.events, "events", a.json);
     let tpm: Box<dyn Tpm> = if a.tpm.trim() == "soft" {
@@ -132,6 +138,16 @@ pub fn run(cmd: SimCmd) -> Result<ExitCode> {
             rep.live_bytes,
             rep.max_pause_ns as f64 / 1000.0
         );
+        let c = &rep.checkpoints;
+        if c.taken > 0 {
+            println!(
+                "checkpoints: {} ({} quotes), {:.2} ms each on average, {:.2} ms at most; no kernel lock held",
+                c.taken,
+                c.quotes,
+                c.total_ns as f64 / c.taken as f64 / 1e6,
+                c.max_ns as f64 / 1e6
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
