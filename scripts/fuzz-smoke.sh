@@ -19,8 +19,8 @@ cd "$root"
 if [ "$#" -gt 0 ]; then
     targets=("$@")
 else
-    # 8 targets x 20 s: under three minutes of fuzzing after the build.
-    targets=(binary_log ascii_log kexec_buffer evidence_body bundle_manifest tpm_wire policy_json engine_segments)
+    # 9 targets x 20 s: about three minutes of fuzzing after the build.
+    targets=(binary_log ascii_log kexec_buffer evidence_body bundle_manifest tpm_wire policy_json engine_segments engine_checkpoints)
 fi
 
 if ! cargo fuzz --version >/dev/null 2>&1; then

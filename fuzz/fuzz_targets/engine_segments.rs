@@ -296,6 +296,7 @@ fn segments(l: &Log, cuts: &[usize], upto: usize) -> (Vec<Seg>, u64) {
             end_marker: Some(EndMarkerClaim { attempt: m.attempt, sha1: marker.digest.as_slice().try_into().unwrap() }),
             next_sha1: None,
             pcrs_end,
+            checkpoint: None,
         };
         segs.push(Seg { claim: Some(claim), data: Some(data) });
         start = c;

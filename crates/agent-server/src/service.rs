@@ -468,18 +468,22 @@ pub fn open_host(cfg: &AgentServiceConfig) -> anyhow::Result<Box<dyn HostOps>> {
 /// interface (`interface` in agent.toml, `auto` by default): the RFC `snapshot` file
 /// (`securityfs-snapshot`), upstream staging (`securityfs-staging`), or neither: legacy
 /// read-only mode with the agent's own copy (`securityfs-legacy`).
-pub fn open_securityfs<T: Tpm + 'static>(cfg: &AgentServiceConfig, tpm: T) -> anyhow::Result<Box<dyn HostOps>> {
-    let mut fs = SecurityFs::new(&cfg.ima_dir, tpm, cfg.pcr);
-    let interface = match cfg.interface {
+///
+/// A forced interface the kernel lacks is an error at start that names the missing file
+/// (the service and `imasnap agent snapshot` both go through [`resolve_interface`]).
+/// The interface `choice` names on this kernel; an error naming the missing file when a
+/// forced one is absent.
+pub fn resolve_interface<T: Tpm>(fs: &mut SecurityFs<T>, choice: InterfaceChoice) -> anyhow::Result<Interface> {
+    let interface = match choice {
         InterfaceChoice::Auto => fs.interface(),
         InterfaceChoice::Snapshot => Interface::Snapshot,
         InterfaceChoice::Staging => Interface::Staging,
         InterfaceChoice::Legacy => Interface::Legacy,
     };
-    let dir = cfg.ima_dir.display();
+    let dir = fs.dir().display();
     match interface {
         Interface::Snapshot if !fs.can_snapshot() => {
-            anyhow::bail!("interface = \"snapshot\": {dir}/snapshot does not exist")
+            anyhow::bail!("interface = \"snapshot\": {dir}/snapshot does not exist (CONFIG_IMA_LOG_SNAPSHOT)")
         }
         Interface::Staging if !fs.can_stage() => {
             anyhow::bail!(
@@ -487,6 +491,15 @@ pub fn open_securityfs<T: Tpm + 'static>(cfg: &AgentServiceConfig, tpm: T) -> an
                 imasnap_agent::securityfs::STAGED_FILE
             )
         }
+        i => Ok(i),
+    }
+}
+
+pub fn open_securityfs<T: Tpm + 'static>(cfg: &AgentServiceConfig, tpm: T) -> anyhow::Result<Box<dyn HostOps>> {
+    let mut fs = SecurityFs::new(&cfg.ima_dir, tpm, cfg.pcr);
+    let interface = resolve_interface(&mut fs, cfg.interface)?;
+    let dir = cfg.ima_dir.display();
+    match interface {
         Interface::Legacy => {
             tracing::info!(mode = "securityfs-legacy", ima_dir = %dir,
                 "agent back end: legacy read-only mode (own copy of the list, no trimming)");

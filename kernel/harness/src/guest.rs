@@ -343,8 +343,19 @@ fn random_nonce() -> Result<Vec<u8>> {
 /// `imasnap verify DIR --json` (with --ak and --nonce when given; without an AK, the
 /// bundle's own is trusted with --trust-bundle-ak): exit code and report.
 pub fn verify(imasnap: &Path, dir: &Path, ak: Option<&Path>, nonce: Option<&[u8]>) -> Result<(i32, serde_json::Value)> {
+    verify_with(imasnap, dir, ak, nonce, &[])
+}
+
+/// [`verify`] with more arguments (`--latest-only`, `--jobs 2`).
+pub fn verify_with(
+    imasnap: &Path,
+    dir: &Path,
+    ak: Option<&Path>,
+    nonce: Option<&[u8]>,
+    extra: &[&str],
+) -> Result<(i32, serde_json::Value)> {
     let mut c = Command::new(imasnap);
-    c.arg("verify").arg(dir).arg("--json");
+    c.arg("verify").arg(dir).arg("--json").args(extra);
     match ak {
         Some(ak) => c.arg("--ak").arg(ak),
         None => c.arg("--trust-bundle-ak"),

@@ -100,7 +100,8 @@ fn start(h: &HostArgs) -> Result<(FsAgent, serde_json::Value)> {
         cfg.staging = serde_json::from_value(json!(f)).context("--staging")?;
     }
     let tpm = imasnap_tpm::open_tpm(&h.tpm).with_context(|| format!("opening TPM {}", h.tpm))?;
-    let kernel = SecurityFs::new(&h.ima_dir, tpm, h.pcr);
+    let mut kernel = SecurityFs::new(&h.ima_dir, tpm, h.pcr);
+    imasnap_agent_server::service::resolve_interface(&mut kernel, cfg.interface)?;
     let (agent, rep) = Agent::start(kernel, cfg).context("starting the agent (recovery)")?;
     let rep = json!({
         "boot": rep.boot.to_string(),
