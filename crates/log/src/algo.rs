@@ -81,6 +81,16 @@ impl HashAlgo {
     /// is the replay hot path, and the generic [`Hasher`] enum costs copies of its largest state.
     #[inline]
     pub fn hash(self, parts: &[&[u8]]) -> PcrValue {
+        match (self, parts) {
+            // Template digests: one part, hashed block by block without the streaming buffer.
+            (Self::Sha1, [data]) => sha1_oneshot(data),
+            (Self::Sha256, [data]) => sha256_oneshot(data),
+            _ => self.hash_generic(parts),
+        }
+    }
+
+    #[inline]
+    fn hash_generic(self, parts: &[&[u8]]) -> PcrValue {
         fn run<D: sha1::Digest>(algo: HashAlgo, parts: &[&[u8]]) -> PcrValue {
             let mut h = D::new();
             for p in parts {
@@ -104,7 +114,97 @@ impl HashAlgo {
     #[inline]
     pub fn extend(self, pcr: &mut PcrValue, data: &[u8]) {
         debug_assert_eq!(pcr.algo, self);
-        *pcr = self.hash(&[pcr.as_bytes(), data]);
+        match (self, pcr.algo, data.len()) {
+            // The replay hot path: the message has a fixed length, so the padded blocks are
+            // built here and compressed directly, without the streaming buffer.
+            (Self::Sha1, Self::Sha1, 20) => sha1_extend(&mut pcr.bytes, data),
+            (Self::Sha256, Self::Sha256, 32) => sha256_extend(&mut pcr.bytes, data),
+            _ => *pcr = self.hash(&[pcr.as_bytes(), data]),
+        }
+    }
+}
+
+const SHA1_IV: [u32; 5] = [0x6745_2301, 0xefcd_ab89, 0x98ba_dcfe, 0x1032_5476, 0xc3d2_e1f0];
+const SHA256_IV: [u32; 8] =
+    [0x6a09_e667, 0xbb67_ae85, 0x3c6e_f372, 0xa54f_f53a, 0x510e_527f, 0x9b05_688c, 0x1f83_d9ab, 0x5be0_cd19];
+
+type Block = sha1::digest::generic_array::GenericArray<u8, sha1::digest::consts::U64>;
+
+/// The last block(s) of a Merkle-Damgard message: `tail` (under 64 bytes), 0x80, zeros and
+/// the big-endian bit length of the whole message. Returns the blocks and how many are used.
+#[inline]
+fn md_tail(tail: &[u8], total: usize) -> ([Block; 2], usize) {
+    let mut b = [Block::default(); 2];
+    let n = tail.len().min(63);
+    b[0][..n].copy_from_slice(&tail[..n]);
+    b[0][n] = 0x80;
+    let used = if n < 56 { 1 } else { 2 };
+    b[used - 1][56..].copy_from_slice(&((total as u64) * 8).to_be_bytes());
+    (b, used)
+}
+
+/// SHA1 of one buffer: its whole blocks compressed in place, then the padded tail.
+fn sha1_oneshot(data: &[u8]) -> PcrValue {
+    let mut st = SHA1_IV;
+    let blocks = data.chunks_exact(64);
+    let tail = blocks.remainder();
+    for b in blocks {
+        sha1::compress(&mut st, std::slice::from_ref(Block::from_slice(b)));
+    }
+    let (last, used) = md_tail(tail, data.len());
+    sha1::compress(&mut st, &last[..used]);
+    let mut v = PcrValue::zero(HashAlgo::Sha1);
+    for (o, w) in v.bytes.chunks_exact_mut(4).zip(st) {
+        o.copy_from_slice(&w.to_be_bytes());
+    }
+    v
+}
+
+/// SHA256 of one buffer, as [`sha1_oneshot`].
+fn sha256_oneshot(data: &[u8]) -> PcrValue {
+    let mut st = SHA256_IV;
+    let blocks = data.chunks_exact(64);
+    let tail = blocks.remainder();
+    for b in blocks {
+        sha2::compress256(&mut st, std::slice::from_ref(Block::from_slice(b)));
+    }
+    let (last, used) = md_tail(tail, data.len());
+    sha2::compress256(&mut st, &last[..used]);
+    let mut v = PcrValue::zero(HashAlgo::Sha256);
+    for (o, w) in v.bytes.chunks_exact_mut(4).zip(st) {
+        o.copy_from_slice(&w.to_be_bytes());
+    }
+    v
+}
+
+/// `pcr[..20] = SHA1(pcr[..20] || data)` for 20-byte `data`: one padded block.
+#[inline]
+fn sha1_extend(pcr: &mut [u8; MAX_DIGEST], data: &[u8]) {
+    let mut block = sha1::digest::generic_array::GenericArray::default();
+    block[..20].copy_from_slice(&pcr[..20]);
+    block[20..40].copy_from_slice(data);
+    block[40] = 0x80;
+    block[56..64].copy_from_slice(&(40u64 * 8).to_be_bytes());
+    let mut st = SHA1_IV;
+    sha1::compress(&mut st, std::slice::from_ref(&block));
+    for (o, w) in pcr.chunks_exact_mut(4).zip(st) {
+        o.copy_from_slice(&w.to_be_bytes());
+    }
+}
+
+/// `pcr[..32] = SHA256(pcr[..32] || data)` for 32-byte `data`: the message block and a
+/// constant padding block.
+#[inline]
+fn sha256_extend(pcr: &mut [u8; MAX_DIGEST], data: &[u8]) {
+    let mut blocks = [sha2::digest::generic_array::GenericArray::default(); 2];
+    blocks[0][..32].copy_from_slice(&pcr[..32]);
+    blocks[0][32..].copy_from_slice(data);
+    blocks[1][0] = 0x80;
+    blocks[1][56..].copy_from_slice(&(64u64 * 8).to_be_bytes());
+    let mut st = SHA256_IV;
+    sha2::compress256(&mut st, &blocks);
+    for (o, w) in pcr.chunks_exact_mut(4).zip(st) {
+        o.copy_from_slice(&w.to_be_bytes());
     }
 }
 
@@ -218,11 +318,14 @@ impl PcrValue {
     }
 }
 
-// Compare only the meaningful bytes: the tail past the digest size is always zero.
+// Every constructor zeroes the tail past the digest size, so comparing whole arrays equals
+// comparing the meaningful bytes, and compiles to a few vector compares (no memcmp call).
 impl PartialEq for PcrValue {
     #[inline]
     fn eq(&self, o: &Self) -> bool {
-        self.algo == o.algo && self.as_bytes() == o.as_bytes()
+        let word = |c: &[u8]| u64::from_ne_bytes(c.try_into().unwrap_or_default());
+        let diff = self.bytes.chunks_exact(8).zip(o.bytes.chunks_exact(8)).fold(0, |d, (a, b)| d | (word(a) ^ word(b)));
+        self.algo == o.algo && diff == 0
     }
 }
 
@@ -258,6 +361,33 @@ mod tests {
         let mut s = PcrValue::zero(HashAlgo::Sha1);
         HashAlgo::Sha1.extend(&mut s, &[0xff; 20]);
         assert_eq!(s.to_hex(), "bac37b84f007d0238af95af707cac8d61254870e");
+    }
+
+    /// The one-buffer paths equal the streaming hashers at every length around the block
+    /// and padding boundaries.
+    #[test]
+    fn oneshot_equals_streaming() {
+        let data: Vec<u8> = (0..300u32).map(|i| (i * 7 + 3) as u8).collect();
+        for algo in HashAlgo::ALL {
+            for n in 0..data.len() {
+                assert_eq!(algo.hash(&[&data[..n]]), algo.hash_generic(&[&data[..n]]), "{algo} len {n}");
+            }
+        }
+    }
+
+    /// The fixed-length extend paths equal the generic `H(old || new)`.
+    #[test]
+    fn fast_extend_equals_generic_hash() {
+        for algo in HashAlgo::ALL {
+            let mut p = PcrValue::zero(algo);
+            for i in 0..50u8 {
+                let data: Vec<u8> = (0..algo.size() as u8).map(|b| b.wrapping_mul(31).wrapping_add(i)).collect();
+                let want = algo.hash_generic(&[p.as_bytes(), &data]);
+                algo.extend(&mut p, &data);
+                assert_eq!(p, want, "{algo} step {i}");
+                assert!(p.bytes[algo.size()..].iter().all(|&b| b == 0), "tail stays zero");
+            }
+        }
     }
 
     #[test]

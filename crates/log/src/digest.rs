@@ -3,7 +3,7 @@
 use crate::algo::{HashAlgo, PcrValue};
 use crate::codec::{Endian, Record};
 use crate::error::Reason;
-use crate::template::IMA_NAME_HASH_LEN;
+use crate::template::{Template, IMA_NAME_HASH_LEN};
 
 /// How non-SHA1 banks were extended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -18,8 +18,18 @@ pub enum ExtendMode {
 /// Template digest of `rec` in bank `algo`: the hash over the template data as stored,
 /// except for the legacy `ima` template, `H(d || name zero-padded to 256 bytes)`.
 pub fn template_hash(algo: HashAlgo, rec: &Record, endian: Endian) -> Result<PcrValue, Reason> {
-    let data = &rec.template_data;
-    if !rec.template.is_legacy_ima() {
+    template_hash_data(algo, &rec.template, &rec.template_data, endian)
+}
+
+/// [`template_hash`] over template data that is not in a [`Record`] (e.g. borrowed from the
+/// read buffer).
+pub fn template_hash_data(
+    algo: HashAlgo,
+    template: &Template,
+    data: &[u8],
+    endian: Endian,
+) -> Result<PcrValue, Reason> {
+    if !template.is_legacy_ima() {
         return Ok(algo.hash(&[data]));
     }
     let bad = |d: &str| Reason::Unhashable("ima".into(), d.into());

@@ -3,7 +3,7 @@
 //! cannot force a large allocation.
 
 use crate::ascii;
-use crate::codec::{BinaryFormat, Endian, Record};
+use crate::codec::{BinaryFormat, Endian, RawRecord, Record};
 use crate::error::{Error, Location, Reason, Result};
 use crate::template::TemplateCache;
 use std::io::{BufRead, BufReader, Read};
@@ -126,6 +126,43 @@ impl<R: Read> BinaryReader<R> {
 }
 
 impl<R: Read> BinaryReader<R> {
+    /// Hands up to `max` records to `visit` as they lie in the read buffer, without copying
+    /// them; `visit` returns `false` to stop after the record it was given. Returns how many
+    /// records were visited: fewer than `max` without a stop means the end of the input.
+    /// Errors are those of [`BinaryReader::read_into`] (record index and byte offset).
+    pub fn visit_raw(&mut self, max: usize, mut visit: impl FnMut(&RawRecord<'_>) -> bool) -> Result<usize> {
+        let mut n = 0;
+        if self.failed {
+            return Ok(0);
+        }
+        while n < max {
+            let avail = &self.buf[self.start..self.end];
+            match self.fmt.parse(avail, &mut self.cache) {
+                Ok(Some(raw)) => {
+                    self.start += raw.len;
+                    self.offset += raw.len as u64;
+                    self.index += 1;
+                    n += 1;
+                    if !visit(&raw) {
+                        break;
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err((rel, reason)) => return Err(self.err(rel, reason)),
+            }
+            if self.eof {
+                if self.start == self.end {
+                    break;
+                }
+                let (rel, reason) = self.fmt.truncation(&self.buf[self.start..self.end]);
+                return Err(self.err(rel, reason));
+            }
+            self.fill().map_err(|e| self.err(0, Reason::Io(e.to_string())))?;
+        }
+        Ok(n)
+    }
+
     /// Reads the next record as an owned value, reusing the buffers of `reuse` if given.
     pub fn read_owned(&mut self, reuse: Option<Record>) -> Result<Option<Record>> {
         let mut slot = reuse;

@@ -3,8 +3,9 @@
 
 use crate::algo::{HashAlgo, PcrValue};
 use crate::codec::{Endian, Record};
-use crate::digest::{template_hash, violation_value, ExtendMode};
-use crate::error::{Error, Result};
+use crate::digest::{template_hash_data, violation_value, ExtendMode};
+use crate::error::{Error, Reason, Result};
+use crate::template::Template;
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 
@@ -102,16 +103,138 @@ impl ReplayOptions {
     }
 }
 
-/// Per-record values to extend, computed independently of the chain.
+/// Where a record's computed digests sit in [`Computed::digests`].
+#[derive(Clone, Copy, Debug)]
+struct Layout {
+    /// Offset of bank i's template digest (the native extend value).
+    bank_off: [usize; 5],
+    /// Offset of the SHA1 template digest (padded-SHA1 extends): the SHA1 bank's own, or an
+    /// extra 20 bytes after the banks when padded mode is on without a SHA1 bank.
+    sha1_off: usize,
+    /// SHA1 digest stored apart from the banks.
+    extra_sha1: bool,
+    /// Bytes per record.
+    stride: usize,
+}
+
+impl Layout {
+    fn new(opts: &ReplayOptions) -> Self {
+        let mut bank_off = [0; 5];
+        let mut off = 0;
+        let mut sha1 = None;
+        for (o, a) in bank_off.iter_mut().zip(&opts.banks) {
+            *o = off;
+            if *a == HashAlgo::Sha1 {
+                sha1 = Some(off);
+            }
+            off += a.size();
+        }
+        let padded = opts.modes.contains(&ExtendMode::PaddedSha1);
+        let (sha1_off, extra_sha1) = match sha1 {
+            Some(o) => (o, false),
+            None if padded => (off, true),
+            None => (0, false),
+        };
+        let stride = off + if extra_sha1 { 20 } else { 0 };
+        Self { bank_off, sha1_off, extra_sha1, stride: stride.max(1) }
+    }
+}
+
+/// Copies a digest into its place in a batch; the common sizes with fixed-length copies
+/// (inlined moves rather than a `memcpy` call per record).
+#[inline]
+fn copy_digest(dst: Option<&mut [u8]>, src: &[u8]) {
+    match (dst, src.len()) {
+        (Some(d), 20) if d.len() == 20 => d.copy_from_slice(&src[..20]),
+        (Some(d), 32) if d.len() == 32 => d.copy_from_slice(&src[..32]),
+        (Some(d), _) if d.len() == src.len() => d.copy_from_slice(src),
+        _ => {}
+    }
+}
+
+/// Per-record facts that do not depend on the chain.
 #[derive(Clone, Copy)]
-struct Extends {
-    pcr: u32,
+struct Meta {
+    pcr: u8,
     violation: bool,
     digest_mismatch: bool,
-    /// Native (5.8+) extend value per bank.
-    native: [PcrValue; 5],
-    /// SHA1 template digest, for padded-SHA1 mode.
-    sha1: [u8; 20],
+}
+
+/// The template digests of a batch, computed independently of the chains: one [`Meta`]
+/// and `stride` bytes of digests per record, flat (no per-record allocation).
+#[derive(Clone, Default)]
+struct Computed {
+    meta: Vec<Meta>,
+    digests: Vec<u8>,
+}
+
+impl Computed {
+    fn clear(&mut self) {
+        self.meta.clear();
+        self.digests.clear();
+    }
+    fn len(&self) -> usize {
+        self.meta.len()
+    }
+
+    /// Appends one record: every bank's template digest, compared with the stored one.
+    fn push(
+        &mut self,
+        opts: &ReplayOptions,
+        lay: &Layout,
+        pcr: u32,
+        digest: &[u8],
+        template: &Template,
+        data: &[u8],
+    ) -> std::result::Result<(), Reason> {
+        if pcr as usize >= NUM_PCRS {
+            return Err(Reason::PcrIndex(pcr as u64));
+        }
+        let violation = digest.iter().all(|&b| b == 0);
+        let start = self.digests.len();
+        self.digests.resize(start + lay.stride, 0);
+        if !violation {
+            if let Err(r) = self.hash_into(opts, lay, start, digest, template, data).map(|m| {
+                self.meta.push(Meta { pcr: pcr as u8, violation, digest_mismatch: m });
+            }) {
+                self.digests.truncate(start);
+                return Err(r);
+            }
+        } else {
+            self.meta.push(Meta { pcr: pcr as u8, violation, digest_mismatch: false });
+        }
+        Ok(())
+    }
+
+    /// Fills the record at `start`; returns whether the stored digest mismatches.
+    fn hash_into(
+        &mut self,
+        opts: &ReplayOptions,
+        lay: &Layout,
+        start: usize,
+        digest: &[u8],
+        template: &Template,
+        data: &[u8],
+    ) -> std::result::Result<bool, Reason> {
+        let out = &mut self.digests[start..];
+        let mut mismatch = None;
+        for (a, &off) in opts.banks.iter().zip(&lay.bank_off) {
+            let h = template_hash_data(*a, template, data, opts.endian)?;
+            copy_digest(out.get_mut(off..off + a.size()), h.as_bytes());
+            if *a == opts.log_bank {
+                mismatch = Some(h.as_bytes() != digest);
+            }
+        }
+        let mismatch = match mismatch {
+            Some(m) => m,
+            None => template_hash_data(opts.log_bank, template, data, opts.endian)?.as_bytes() != digest,
+        };
+        if lay.extra_sha1 {
+            let h = template_hash_data(HashAlgo::Sha1, template, data, opts.endian)?;
+            copy_digest(out.get_mut(lay.sha1_off..lay.sha1_off + 20), h.as_bytes());
+        }
+        Ok(mismatch)
+    }
 }
 
 /// Outcome of a replay.
@@ -150,48 +273,88 @@ struct Chain {
     touched: u32,
     /// Target values, when this bank is targeted.
     want: Option<[Option<PcrValue>; NUM_PCRS]>,
-    /// Touched PCRs whose value differs from the target.
+    /// Bit i: PCR i is touched and differs from the target.
     bad: u32,
     /// Per record of the current batch: did every touched PCR match afterwards?
     ok: Vec<bool>,
+    /// Offset of this chain's input in a record's digests, and its length.
+    input_off: usize,
+    input_len: usize,
+    /// What a violation extends.
+    violation: PcrValue,
 }
 
 impl Chain {
-    fn value_for(&self, e: &Extends) -> PcrValue {
-        match (e.violation, self.mode) {
-            (true, m) => violation_value(self.algo, m),
-            (false, ExtendMode::Native) => e.native[self.bank],
-            (false, ExtendMode::PaddedSha1) => PcrValue::from_slice(self.algo, &e.sha1),
+    fn new(mode: ExtendMode, bank: usize, algo: HashAlgo, state: &PcrState, lay: &Layout) -> Self {
+        let (input_off, input_len) = match mode {
+            ExtendMode::Native => (lay.bank_off.get(bank).copied().unwrap_or(0), algo.size()),
+            ExtendMode::PaddedSha1 => (lay.sha1_off, 20),
+        };
+        Chain {
+            mode,
+            bank,
+            algo,
+            values: state.bank(algo).copied().unwrap_or([PcrValue::zero(algo); NUM_PCRS]),
+            touched: state.touched,
+            want: None,
+            bad: 0,
+            ok: Vec::new(),
+            input_off,
+            input_len,
+            violation: violation_value(algo, mode),
         }
     }
 
-    fn run(&mut self, batch: &[Extends]) {
+    fn run(&mut self, batch: &Computed, stride: usize) {
         self.ok.clear();
-        for e in batch {
-            let p = e.pcr as usize;
-            let first = self.touched & (1 << p) == 0;
+        let size = self.algo.size();
+        // Padded mode: the SHA1 digest, zero-padded to the bank size (a longer bank only).
+        let mut padded = [0u8; crate::algo::MAX_DIGEST];
+        for (m, d) in batch.meta.iter().zip(batch.digests.chunks_exact(stride)) {
+            let p = m.pcr as usize;
+            let input: &[u8] = if m.violation {
+                self.violation.as_bytes()
+            } else {
+                let src = d.get(self.input_off..self.input_off + self.input_len).unwrap_or_default();
+                if self.input_len == size {
+                    src
+                } else {
+                    padded[..src.len()].copy_from_slice(src);
+                    &padded[..size]
+                }
+            };
+            // `Computed::push` refused PCR indices past the bank.
+            let Some(v) = self.values.get_mut(p) else { continue };
+            self.algo.extend(v, input);
             self.touched |= 1 << p;
-            let before = self.values[p];
-            let v = self.value_for(e);
-            self.algo.extend(&mut self.values[p], v.as_bytes());
             if let Some(want) = &self.want {
-                let was_bad = !first && want[p] != Some(before);
-                let is_bad = want[p] != Some(self.values[p]);
-                match (was_bad, is_bad) {
-                    (false, true) => self.bad += 1,
-                    (true, false) => self.bad -= 1,
-                    _ => {}
+                if want[p].as_ref() == Some(v) {
+                    self.bad &= !(1 << p);
+                } else {
+                    self.bad |= 1 << p;
                 }
                 self.ok.push(self.bad == 0);
             }
         }
+    }
+
+    /// Takes the replay state of `o`, a chain that computes the same values.
+    fn copy_state(&mut self, o: &Chain) {
+        self.values = o.values;
+        self.touched = o.touched;
+        self.bad = o.bad;
+        self.ok.clone_from(&o.ok);
     }
 }
 
 /// Replays records into PCR state.
 pub struct Replayer {
     opts: ReplayOptions,
+    layout: Layout,
     chains: Vec<Chain>,
+    /// `(a, b)`: chain a computes exactly what chain b does (SHA1 bank, padded-SHA1 mode, is
+    /// the native SHA1 chain), so it takes b's state instead of hashing again.
+    aliases: Vec<(usize, usize)>,
     next_index: u64,
     records: u64,
     violations: u64,
@@ -201,8 +364,7 @@ pub struct Replayer {
     targeted: bool,
     matched_after: Option<u64>,
     matched_modes: Vec<(HashAlgo, ExtendMode)>,
-    scratch: Vec<std::result::Result<Extends, crate::error::Reason>>,
-    extends: Vec<Extends>,
+    scratch: Vec<(Computed, Option<Reason>)>,
 }
 
 impl Replayer {
@@ -215,25 +377,27 @@ impl Replayer {
     /// `next_index`. Every mode starts from the same state; banks missing from it start at zero.
     pub fn resume(opts: ReplayOptions, state: PcrState, next_index: u64) -> Self {
         assert!(opts.banks.len() <= 5 && !opts.modes.is_empty() && opts.modes.len() <= 2);
+        let layout = Layout::new(&opts);
         let mut chains = Vec::new();
         for &mode in &opts.modes {
             for (bank, &algo) in opts.banks.iter().enumerate() {
-                let values = state.bank(algo).copied().unwrap_or([PcrValue::zero(algo); NUM_PCRS]);
-                chains.push(Chain {
-                    mode,
-                    bank,
-                    algo,
-                    values,
-                    touched: state.touched,
-                    want: None,
-                    bad: 0,
-                    ok: Vec::new(),
-                });
+                chains.push(Chain::new(mode, bank, algo, &state, &layout));
+            }
+        }
+        let mut aliases = Vec::new();
+        for (a, c) in chains.iter().enumerate() {
+            if c.mode == ExtendMode::PaddedSha1 && c.algo == HashAlgo::Sha1 {
+                let same = |o: &Chain| o.mode == ExtendMode::Native && o.bank == c.bank;
+                if let Some(b) = chains.iter().position(same) {
+                    aliases.push((a, b));
+                }
             }
         }
         Self {
             opts,
+            layout,
             chains,
+            aliases,
             next_index,
             records: 0,
             violations: 0,
@@ -244,7 +408,6 @@ impl Replayer {
             matched_after: None,
             matched_modes: Vec::new(),
             scratch: Vec::new(),
-            extends: Vec::new(),
         }
     }
 
@@ -286,8 +449,9 @@ impl Replayer {
             });
             if let Some(w) = &c.want {
                 self.targeted = true;
-                c.bad =
-                    (0..NUM_PCRS).filter(|&p| c.touched & (1 << p) != 0 && w[p] != Some(c.values[p])).count() as u32;
+                c.bad = (0..NUM_PCRS)
+                    .filter(|&p| c.touched & (1 << p) != 0 && w[p] != Some(c.values[p]))
+                    .fold(0, |m, p| m | 1 << p);
             }
         }
         if self.chains[0].touched != 0 {
@@ -323,62 +487,37 @@ impl Replayer {
         true
     }
 
-    fn compute(opts: &ReplayOptions, rec: &Record) -> std::result::Result<Extends, crate::error::Reason> {
-        let zero = PcrValue::zero(HashAlgo::Sha1);
-        let mut e = Extends {
-            pcr: rec.pcr,
-            violation: rec.is_violation(),
-            digest_mismatch: false,
-            native: [zero; 5],
-            sha1: [0; 20],
-        };
-        if rec.pcr as usize >= NUM_PCRS {
-            return Err(crate::error::Reason::PcrIndex(rec.pcr as u64));
+    /// Extends the chains with a computed batch, then counts and matches.
+    fn apply(&mut self, batch: &Computed, parallel: bool) {
+        let stride = self.layout.stride;
+        let run: Vec<bool> = (0..self.chains.len()).map(|ci| !self.aliases.iter().any(|&(a, _)| a == ci)).collect();
+        let parallel = parallel && batch.len() >= 64 && run.iter().filter(|r| **r).count() > 1;
+        if parallel {
+            self.chains.par_iter_mut().zip(&run).filter(|(_, r)| **r).for_each(|(c, _)| c.run(batch, stride));
+        } else {
+            self.chains.iter_mut().zip(&run).filter(|(_, r)| **r).for_each(|(c, _)| c.run(batch, stride));
         }
-        if e.violation {
-            return Ok(e);
-        }
-        let padded = opts.modes.contains(&ExtendMode::PaddedSha1);
-        let mut have_sha1 = false;
-        let mut logd = None;
-        for (bi, a) in opts.banks.iter().enumerate() {
-            let h = template_hash(*a, rec, opts.endian)?;
-            if *a == HashAlgo::Sha1 {
-                e.sha1.copy_from_slice(h.as_bytes());
-                have_sha1 = true;
+        for &(a, b) in &self.aliases {
+            if let Some(src) = self.chains.get(b).cloned() {
+                if let Some(dst) = self.chains.get_mut(a) {
+                    dst.copy_state(&src);
+                }
             }
-            if *a == opts.log_bank {
-                logd = Some(h);
-            }
-            e.native[bi] = h;
         }
-        let logd = match logd {
-            Some(d) => d,
-            None => template_hash(opts.log_bank, rec, opts.endian)?,
-        };
-        e.digest_mismatch = logd.as_bytes() != rec.digest.as_slice();
-        if padded && !have_sha1 {
-            e.sha1.copy_from_slice(template_hash(HashAlgo::Sha1, rec, opts.endian)?.as_bytes());
-        }
-        Ok(e)
+        self.account(batch);
     }
 
-    /// Extends every chain with a batch of computed records, chains in parallel.
-    fn apply(&mut self, batch: &[Extends]) {
-        let parallel = self.opts.parallel && batch.len() >= 64 && self.chains.len() > 1;
-        if parallel {
-            self.chains.par_iter_mut().for_each(|c| c.run(batch));
-        } else {
-            self.chains.iter_mut().for_each(|c| c.run(batch));
-        }
+    /// Counts violations and mismatches of a batch the chains have extended, and looks for
+    /// the first record after which the targets match.
+    fn account(&mut self, batch: &Computed) {
         let start = self.next_index;
-        for (i, e) in batch.iter().enumerate() {
+        for (i, m) in batch.meta.iter().enumerate() {
             let idx = start + i as u64;
-            if e.violation {
+            if m.violation {
                 self.violations += 1;
                 self.first_violation.get_or_insert(idx);
             }
-            if e.digest_mismatch {
+            if m.digest_mismatch {
                 self.mismatch_count += 1;
                 if self.mismatches.len() < MAX_REPORTED_MISMATCHES {
                     self.mismatches.push(idx);
@@ -388,10 +527,13 @@ impl Replayer {
         if self.targeted && self.matched_after.is_none() {
             for i in 0..batch.len() {
                 let mut ok = [false; 10];
+                let mut any = false;
                 for (o, c) in ok.iter_mut().zip(&self.chains) {
                     *o = c.ok.get(i).copied().unwrap_or(false);
+                    any |= *o;
                 }
-                if self.check_match(|ci| ok[ci], start + i as u64 + 1) {
+                // No chain matches: no bank can (the common case, checked cheaply).
+                if any && self.check_match(|ci| ok[ci], start + i as u64 + 1) {
                     break;
                 }
             }
@@ -400,39 +542,48 @@ impl Replayer {
         self.records += batch.len() as u64;
     }
 
+    /// Computes `recs` into `out` until the first that cannot be replayed.
+    fn compute(opts: &ReplayOptions, lay: &Layout, recs: &[Record], out: &mut (Computed, Option<Reason>)) {
+        out.0.clear();
+        out.1 = None;
+        for r in recs {
+            if let Err(e) = out.0.push(opts, lay, r.pcr, &r.digest, &r.template, &r.template_data) {
+                out.1 = Some(e);
+                return;
+            }
+        }
+    }
+
     /// Replays one record.
     pub fn push(&mut self, rec: &Record) -> Result<()> {
-        let e = Self::compute(&self.opts, rec).map_err(|r| Error::new(self.next_index, 0, r))?;
-        self.apply(&[e]);
-        Ok(())
+        self.push_batch(std::slice::from_ref(rec))
     }
 
     /// Replays a batch, hashing template digests in parallel.
     pub fn push_batch(&mut self, recs: &[Record]) -> Result<()> {
         let mut scratch = std::mem::take(&mut self.scratch);
-        let opts = &self.opts;
-        if opts.parallel && recs.len() >= 64 {
-            recs.par_iter().map(|r| Self::compute(opts, r)).collect_into_vec(&mut scratch);
+        let (opts, lay) = (&self.opts, &self.layout);
+        let parallel = opts.parallel && recs.len() >= 64;
+        let parts = if parallel { rayon::current_num_threads().clamp(1, 64) } else { 1 };
+        let per = recs.len().div_ceil(parts).max(1);
+        let chunks: Vec<&[Record]> = recs.chunks(per).collect();
+        scratch.resize_with(chunks.len().max(scratch.len()), Default::default);
+        let work = &mut scratch[..chunks.len()];
+        if parallel {
+            work.par_iter_mut().zip(&chunks).for_each(|(w, c)| Self::compute(opts, lay, c, w));
         } else {
-            scratch.clear();
-            scratch.extend(recs.iter().map(|r| Self::compute(opts, r)));
+            work.iter_mut().zip(&chunks).for_each(|(w, c)| Self::compute(opts, lay, c, w));
         }
-        let mut extends = std::mem::take(&mut self.extends);
-        extends.clear();
         let mut out = Ok(());
-        for e in &scratch {
-            match e {
-                Ok(e) => extends.push(*e),
-                Err(r) => {
-                    out = Err(Error::new(self.next_index + extends.len() as u64, 0, r.clone()));
-                    break;
-                }
+        for (c, err) in work.iter() {
+            self.apply(c, self.opts.parallel);
+            // Records before a bad one still count: the error names the first unreplayable index.
+            if let Some(r) = err {
+                out = Err(Error::new(self.next_index, 0, r.clone()));
+                break;
             }
         }
-        // Records before a bad one still count: the error names the first unreplayable index.
-        self.apply(&extends);
         self.scratch = scratch;
-        self.extends = extends;
         out
     }
 
@@ -452,9 +603,91 @@ impl Replayer {
     }
 }
 
-/// Replays a whole stream in batches of `batch` records. A second thread decodes the next
-/// batch while this one hashes and extends; memory is bounded by three batches.
+/// Replays a whole stream in batches of `batch` records, on two threads. A binary log is
+/// hashed where it lies in the read buffer: the reading thread decodes the next batch and
+/// computes every template digest, while this thread extends the chains with the previous
+/// batch and matches it. Memory is bounded by two batches.
 pub fn replay_stream<R: std::io::Read + Send>(
+    reader: &mut crate::reader::LogReader<R>,
+    replayer: &mut Replayer,
+    batch: usize,
+    progress: impl FnMut(u64),
+) -> Result<()> {
+    match reader {
+        crate::reader::LogReader::Binary(r) => replay_binary(r, replayer, batch.max(1), progress),
+        _ => replay_records(reader, replayer, batch.max(1), progress),
+    }
+}
+
+/// A batch travelling between the two threads of [`replay_binary`].
+#[derive(Default)]
+struct Work {
+    computed: Computed,
+    /// Why the batch ended early: the records before it are in `computed`.
+    err: Option<Error>,
+}
+
+fn replay_binary<R: std::io::Read + Send>(
+    reader: &mut crate::reader::BinaryReader<R>,
+    rp: &mut Replayer,
+    batch: usize,
+    mut progress: impl FnMut(u64),
+) -> Result<()> {
+    use std::sync::mpsc::sync_channel;
+    let (opts, lay) = (rp.opts.clone(), rp.layout);
+    let (full_tx, full_rx) = sync_channel::<Work>(2);
+    let (empty_tx, empty_rx) = sync_channel::<Work>(2);
+    for _ in 0..2 {
+        // Cannot fail: `empty_rx` is alive and the channel holds two.
+        let _ = empty_tx.send(Work::default());
+    }
+    std::thread::scope(|sc| {
+        sc.spawn(move || {
+            while let Ok(mut w) = empty_rx.recv() {
+                w.computed.clear();
+                let first = reader.next_index();
+                let mut bad = None;
+                let res = reader.visit_raw(batch, |raw| {
+                    match w.computed.push(&opts, &lay, raw.pcr, raw.digest, &raw.template, raw.data) {
+                        Ok(()) => true,
+                        Err(r) => {
+                            bad = Some(r);
+                            false
+                        }
+                    }
+                });
+                let n = w.computed.len();
+                w.err = match (res, bad) {
+                    (Err(e), _) => Some(e),
+                    (Ok(_), Some(r)) => Some(Error::new(first + n as u64, 0, r)),
+                    (Ok(_), None) => None,
+                };
+                let last = w.err.is_some() || n < batch;
+                if full_tx.send(w).is_err() || last {
+                    return;
+                }
+            }
+        });
+        let mut result = Ok(());
+        while let Ok(mut w) = full_rx.recv() {
+            rp.apply(&w.computed, false);
+            progress(rp.next_index());
+            if let Some(e) = w.err.take() {
+                result = Err(e);
+                break;
+            }
+            // The reader may already have finished; its last batch is still queued.
+            let _ = empty_tx.send(w);
+        }
+        drop(empty_tx);
+        drop(full_rx);
+        result
+    })
+}
+
+/// [`replay_stream`] for readers that produce owned records (ASCII): a second thread
+/// decodes the next batch while this one hashes and extends.
+fn replay_records<R: std::io::Read + Send>(
     reader: &mut crate::reader::LogReader<R>,
     replayer: &mut Replayer,
     batch: usize,

@@ -13,7 +13,7 @@ use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-const BATCH: usize = 1024;
+const BATCH: usize = 4096;
 
 #[derive(Subcommand)]
 pub enum LogCmd {
