@@ -44,26 +44,25 @@ best() { # args...
     best_e=$(python3 -c "print(min($best_e,$e))")
     best_w=$(python3 -c "print(min($best_w,$w))")
   done
-  LAST_JSON=$out
-  echo "$best_e $best_w"
+  local n
+  n=$(python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["report"]["quote_matched_at"])' <<<"$out")
+  echo "$best_e $best_w $n"
 }
-
-records() { python3 -c 'import json,sys; d=json.load(sys.stdin); r=d["report"]; print(r["quote_matched_at"])' <<<"$LAST_JSON"; }
 
 small=$(bundle small "$EVENTS_SMALL" "$EVERY")
 big=$(bundle big "$EVENTS_BIG" "$EVERY")
 cps() { python3 -c 'import json,sys; m=json.load(open(sys.argv[1]+"/manifest.json")); print(sum(1 for s in m["snapshots"] if "checkpoint" in s))' "$1"; }
 
 echo "== latest segment from the newest checkpoint (best of $RUNS)"
-read -r se sw < <(best "$small" --latest-only); sn=$(records)
-read -r be bw < <(best "$big" --latest-only); bn=$(records)
+read -r se sw sn < <(best "$small" --latest-only)
+read -r be bw bn < <(best "$big" --latest-only)
 printf '%-10s %9s records %5s checkpoints  engine %.3f ms  command %.1f ms\n' small "$sn" "$(cps "$small")" "$(python3 -c "print($se*1e3)")" "$(python3 -c "print($sw*1e3)")"
 printf '%-10s %9s records %5s checkpoints  engine %.3f ms  command %.1f ms\n' big "$bn" "$(cps "$big")" "$(python3 -c "print($be*1e3)")" "$(python3 -c "print($bw*1e3)")"
 python3 -c "print(f'ratio big/small: engine {$be/$se:.2f}x, command {$bw/$sw:.2f}x')"
 
 echo "== full history in ranges between checkpoints (best of $RUNS)"
-read -r j1 _ < <(best "$big" --jobs 1); n=$(records)
-read -r j2 _ < <(best "$big" --jobs 2)
+read -r j1 _ n < <(best "$big" --jobs 1)
+read -r j2 _ _ < <(best "$big" --jobs 2)
 python3 -c "n=$n; print(f'{n} records: --jobs 1 {$j1:.3f} s ({n/$j1/1e6:.2f}M rec/s), --jobs 2 {$j2:.3f} s ({n/$j2/1e6:.2f}M rec/s), speed-up {$j1/$j2:.2f}x')"
 
 echo "== checkpoint cost per cut"
