@@ -75,11 +75,13 @@ fn latest_from_checkpoint(imasnap: &Path, bundle: &Path, g: &guest::GuestRun) {
     let m: serde_json::Value = serde_json::from_slice(&std::fs::read(bundle.join("manifest.json")).unwrap()).unwrap();
     let cps = m["snapshots"].as_array().unwrap().iter().filter(|s| s.get("checkpoint").is_some()).count();
     assert_eq!(cps, m["snapshots"].as_array().unwrap().len(), "a checkpoint at every cut: {m:#}");
-    let (code, v) = guest::verify_with(imasnap, bundle, Some(&g.enrolled_ak), Some(&g.nonce), &["--latest-only"]).unwrap();
+    let (code, v) =
+        guest::verify_with(imasnap, bundle, Some(&g.enrolled_ak), Some(&g.nonce), &["--latest-only"]).unwrap();
     assert_eq!(code, 0, "latest segment from a checkpoint: {v:#}");
     assert_eq!(v["history_verified"], false);
     assert!(v["report"]["checkpoint_used"]["index"].as_u64().is_some(), "{v:#}");
-    let (code, v) = guest::verify_with(imasnap, bundle, Some(&g.enrolled_ak), Some(&g.nonce), &["--jobs", "2"]).unwrap();
+    let (code, v) =
+        guest::verify_with(imasnap, bundle, Some(&g.enrolled_ak), Some(&g.nonce), &["--jobs", "2"]).unwrap();
     assert_eq!(code, 0, "ranges between checkpoints: {v:#}");
     assert_eq!(v["report"]["ranges"].as_u64(), Some(cps as u64 + 1), "{v:#}");
 }
