@@ -83,13 +83,7 @@ fn f01_checkpoint_from_another_boot_with_its_own_chain() {
 
 /// The same machine rebuilt after a cold boot, with the checkpoints of a busy host.
 fn honest_after(mut h: Host) -> (Host, Bundle) {
-    for (i, n) in [40usize, 30, 20, 25, 35].into_iter().enumerate() {
-        h.measure(n);
-        h.snapshot();
-        h.measure(i % 3);
-        h.checkpoint();
-    }
-    h.measure(10);
+    h.busy_checkpointed_history();
     let b = h.bundle(&nonce(1));
     (h, b)
 }

@@ -165,14 +165,19 @@ impl Host {
     /// when measurements land between the cut and the quote).
     pub fn busy_with_checkpoints(seed: u64) -> Self {
         let mut h = Self::boot(seed);
-        for (i, n) in [40usize, 30, 20, 25, 35].into_iter().enumerate() {
-            h.measure(n);
-            h.snapshot();
-            h.measure(i % 3);
-            h.checkpoint();
-        }
-        h.measure(10);
+        h.busy_checkpointed_history();
         h
+    }
+
+    /// The workload of [`Host::busy_with_checkpoints`] on this (fresh) boot.
+    pub fn busy_checkpointed_history(&mut self) {
+        for (i, n) in [40usize, 30, 20, 25, 35].into_iter().enumerate() {
+            self.measure(n);
+            self.snapshot();
+            self.measure(i % 3);
+            self.checkpoint();
+        }
+        self.measure(10);
     }
 
     /// An aborted attempt: open, close without `done`. The marker stays in the list.
