@@ -23,10 +23,15 @@ struct Env {
 
 impl Env {
     async fn new(late_join: LateJoin) -> Self {
+        Self::with(late_join, "").await
+    }
+
+    /// `agent_toml`: more agent.toml lines (e.g. the staging interface).
+    async fn with(late_join: LateJoin, agent_toml: &str) -> Self {
         let d = tempfile::tempdir().unwrap();
         let dir = d.path().to_path_buf();
         let pki = write_dev_pki(&dir.join("pki"), &["localhost"]).unwrap();
-        let acfg = common::agent_cfg(&dir, &pki.agent, "test_endpoints = true");
+        let acfg = common::agent_cfg(&dir, &pki.agent, &format!("test_endpoints = true\n{agent_toml}"));
         let a = common::start_agent(&acfg).await;
         let v = start_verifier(&dir, &pki).await;
         let spec = HostSpec { late_join, ..common::tofu_host("h1", &a.addr.to_string()) };
@@ -133,6 +138,32 @@ async fn late_join_by_marker_is_recorded() {
     assert_eq!(st.history_verified, Some(false));
     assert!(st.accepted_marker.is_some(), "{st:?}");
     env.add(10);
+    env.snapshot();
+    env.add(3);
+    let r2 = env.round().await;
+    verified(&r2);
+    assert_eq!(r2.mode.as_deref(), Some("incremental"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_join_on_a_staging_host_starts_at_the_newest_checkpoint() {
+    // Staging cuts leave no marker: the verifier that joins late starts at the newest
+    // quote-anchored checkpoint, over the network, and replays only what follows it.
+    let env = Env::with(LateJoin::MarkerTofu, "interface = \"staging\"").await;
+    let mode = env.agent.service.lock().unwrap().mode();
+    assert_eq!(mode, "model-staging");
+    env.add(40);
+    env.snapshot();
+    env.add(30);
+    env.snapshot();
+    env.add(10);
+    let r = env.round().await;
+    verified(&r);
+    assert_eq!(r.mode.as_deref(), Some("latest_segment"), "{r:?}");
+    assert!(r.records_replayed > 0 && r.records_replayed <= 10, "only the records after the checkpoint: {r:?}");
+    let st = env.v().host_status("h1").unwrap();
+    assert_eq!(st.history_verified, Some(false));
+    env.add(5);
     env.snapshot();
     env.add(3);
     let r2 = env.round().await;
