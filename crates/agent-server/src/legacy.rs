@@ -613,6 +613,7 @@ mod tests {
     use super::*;
     use imasnap_log::entry::{build, builtin, d_ng, n_ng};
     use imasnap_log::PcrValue;
+    use imasnap_test_support::records::{encode, file_record};
     use imasnap_tpm::SoftTpm;
 
     const FIXTURE: &str =
@@ -732,16 +733,7 @@ mod tests {
         let ima = d.path().join("ima");
         std::fs::create_dir_all(&ima).unwrap();
         let live = ima.join("binary_runtime_measurements");
-        let head = build(
-            &builtin("ima-ng"),
-            &[&d_ng("sha256", &[7; 32]), &n_ng(b"boot_aggregate")],
-            HashAlgo::Sha1,
-            10,
-            false,
-            Endian::Little,
-        );
-        let mut hb = Vec::new();
-        head.encode(Endian::Little, &mut hb);
+        let hb = encode(&[file_record(b"boot_aggregate", &[7; 32], 10)]);
         std::fs::write(&live, &hb).unwrap();
         let mut tpm = SoftTpm::new(3);
         extend(&mut tpm, &hb);
