@@ -2,13 +2,16 @@
 # Figures for quote-anchored checkpoints (docs/PERFORMANCE.md "Checkpoints"):
 #
 #  1. latest-segment verification after a short history and after ~1M records, the same
-#     cut spacing in both (so the records after the newest checkpoint are alike);
+#     cut spacing in both (so the records after the newest checkpoint are alike), on each
+#     back end: RFC snapshots and staging (kernel model), legacy (checkpoints on the
+#     agent's copy of a never-trimmed list, examples/legacy_bundle.rs);
 #  2. full history of the ~1M-record bundle in ranges between checkpoints, --jobs 1 vs 2;
 #  3. what a checkpoint costs per cut on swtpm (and on the in-process soft TPM), and the
 #     kernel model's longest list-lock hold with checkpoints on and off.
 #
 # Usage: scripts/bench-checkpoints.sh [WORKDIR]   (default /tmp/imasnap-bench-cp)
-# Env: EVENTS_SMALL (14500), EVENTS_BIG (1430500), EVERY (10000 events per cut), RUNS (5).
+# Env: EVENTS_SMALL (14500), EVENTS_BIG (1430500), EVERY (10000 events per cut), RUNS (5);
+#      legacy: LEGACY_SMALL (10000 records), LEGACY_BIG (1000000), LEGACY_EVERY (7000).
 # Needs: a release build with --features tpm2 (built here), swtpm for part 3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,16 +52,37 @@ best() { # args...
   echo "$best_e $best_w $n"
 }
 
-small=$(bundle small "$EVENTS_SMALL" "$EVERY")
-big=$(bundle big "$EVENTS_BIG" "$EVERY")
+# A stock kernel's host: the agent's copy with a checkpoint every $3 records.
+legacy_bundle() { # name records every
+  local d=$W/$1
+  if [ ! -f "$d/bundle.json" ]; then
+    rm -rf "$d"
+    cargo run --release -q -p imasnap-agent-server --features sim --example legacy_bundle -- "$d" "$2" "$3" >/dev/null
+  fi
+  echo "$d"
+}
 cps() { python3 -c 'import json,sys; m=json.load(open(sys.argv[1]+"/manifest.json")); print(sum(1 for s in m["snapshots"] if "checkpoint" in s))' "$1"; }
 
-echo "== latest segment from the newest checkpoint (best of $RUNS)"
-read -r se sw sn < <(best "$small" --latest-only)
-read -r be bw bn < <(best "$big" --latest-only)
-printf '%-10s %9s records %5s checkpoints  engine %.3f ms  command %.1f ms\n' small "$sn" "$(cps "$small")" "$(python3 -c "print($se*1e3)")" "$(python3 -c "print($sw*1e3)")"
-printf '%-10s %9s records %5s checkpoints  engine %.3f ms  command %.1f ms\n' big "$bn" "$(cps "$big")" "$(python3 -c "print($be*1e3)")" "$(python3 -c "print($bw*1e3)")"
-python3 -c "print(f'ratio big/small: engine {$be/$se:.2f}x, command {$bw/$sw:.2f}x')"
+latest() { # back-end small-bundle big-bundle
+  local se sw sn be bw bn
+  read -r se sw sn < <(best "$2" --latest-only)
+  read -r be bw bn < <(best "$3" --latest-only)
+  for row in "small $sn $2 $se $sw" "big $bn $3 $be $bw"; do
+    set -- "$1" $row
+    printf '%-8s %-6s %9s records %5s checkpoints  engine %.3f ms  command %.1f ms\n' "$1" "$2" "$3" "$(cps "$4")" \
+      "$(python3 -c "print($5*1e3)")" "$(python3 -c "print($6*1e3)")"
+  done
+  python3 -c "print(f'{\"$1\":8} ratio big/small: engine {$be/$se:.2f}x, command {$bw/$sw:.2f}x')"
+}
+
+small=$(bundle small "$EVENTS_SMALL" "$EVERY")
+big=$(bundle big "$EVENTS_BIG" "$EVERY")
+echo "== latest segment from the newest checkpoint, per back end (best of $RUNS)"
+latest rfc "$small" "$big"
+latest staging "$(bundle staging-small "$EVENTS_SMALL" "$EVERY" --interface staging)" \
+  "$(bundle staging-big "$EVENTS_BIG" "$EVERY" --interface staging)"
+latest legacy "$(legacy_bundle legacy-small "${LEGACY_SMALL:-10000}" "${LEGACY_EVERY:-7000}")" \
+  "$(legacy_bundle legacy-big "${LEGACY_BIG:-1000000}" "${LEGACY_EVERY:-7000}")"
 
 echo "== full history in ranges between checkpoints (best of $RUNS)"
 read -r j1 _ n < <(best "$big" --jobs 1)

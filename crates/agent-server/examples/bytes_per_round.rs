@@ -95,7 +95,9 @@ fn legacy(history: u64) -> Result<Row, String> {
     let live = ima.join("binary_runtime_measurements");
     std::fs::write(&live, k.binary_measurements(HashAlgo::Sha1)).map_err(|e| e.to_string())?;
     let fs = imasnap_agent::SecurityFs::new(&ima, SoftTpm::new(2), 10);
-    let mut h = LegacyHost::open(fs, &d.path().join("state"), Retention::Delete).map_err(|e| e.to_string())?;
+    let mut cfg = imasnap_agent::AgentConfig::new(d.path().join("state"));
+    cfg.retention = Retention::Delete;
+    let mut h = LegacyHost::open(fs, &cfg).map_err(|e| e.to_string())?;
     let first = h.evidence(b"round one", api::From::Index(0), None).map_err(|e| e.to_string())?;
     let first_round = wire_bytes(&first);
     let checkpoint = h.copied().0;

@@ -102,9 +102,12 @@ pub(crate) fn byte_offset(b: &[u8], first: u64, to: u64) -> Result<usize, HostEr
     Ok(rd.offset() as usize)
 }
 
-/// Byte offset of record `to` in the stored segment file `p` whose first record is `first`.
-pub(crate) fn file_offset(p: &std::path::Path, first: u64, to: u64) -> Result<u64, HostError> {
-    let f = std::fs::File::open(p).map_err(|e| HostError::Other(format!("{}: {e}", p.display())))?;
+/// Byte offset in file `p` of record `to`, decoding from byte `start`, where record
+/// `first` begins (a stored segment file, or a range of the legacy copy).
+pub(crate) fn file_offset(p: &std::path::Path, start: u64, first: u64, to: u64) -> Result<u64, HostError> {
+    use std::io::Seek;
+    let mut f = std::fs::File::open(p).map_err(|e| HostError::Other(format!("{}: {e}", p.display())))?;
+    f.seek(std::io::SeekFrom::Start(start)).map_err(|e| HostError::Other(format!("{}: {e}", p.display())))?;
     let mut rd = BinaryReader::starting_at(std::io::BufReader::new(f), imasnap_store::snapshot_format(), first);
     while rd.next_index() < to {
         match rd.next() {
@@ -113,7 +116,7 @@ pub(crate) fn file_offset(p: &std::path::Path, first: u64, to: u64) -> Result<u6
             None => return Err(HostError::Other(format!("{} ends before record {to}", p.display()))),
         }
     }
-    Ok(rd.offset())
+    Ok(start + rd.offset())
 }
 
 /// Quotes PCR 0-9 and `pcr` in every bank with `nonce`; the AK as the agent ships it.
@@ -128,6 +131,88 @@ pub(crate) fn quote_tpm(
     let sel = PcrSelection::uniform(banks, &pcrs)?;
     let q = tpm.quote(nonce, &sel)?;
     Ok((q, AkJson::from_public(&tpm.ak_public())))
+}
+
+/// A segment's bytes: file, byte offset of its first record, length.
+pub(crate) type SegmentBytes = (PathBuf, u64, u64);
+
+/// The segments an evidence request sends, whatever stores them.
+pub(crate) struct SegmentView {
+    /// The first record sent: the verifier's index, the newest checkpoint (latest), or
+    /// the live list's head.
+    pub from_index: u64,
+    pub snapshots: Vec<SnapshotJson>,
+    /// What to stream, in header order.
+    pub files: Vec<SegmentBytes>,
+    pub data_from: Option<u64>,
+}
+
+/// Header entries and data ranges for the segments of `m`, for a request `from` of a
+/// verifier on this boot (`same_boot`) or not, when the list ends at record `end`.
+/// `locate` gives a segment's bytes: a file, the byte offset of its first record and
+/// its length (a whole snapshot file, or a range of the legacy back end's copy).
+pub(crate) fn segment_view(
+    m: &imasnap_store::Manifest,
+    from: api::From,
+    same_boot: bool,
+    end: u64,
+    locate: &dyn Fn(&SnapshotEntry) -> Result<SegmentBytes, HostError>,
+) -> Result<SegmentView, HostError> {
+    // Suffix evidence: a verifier that holds state names its index, and only the
+    // records from there travel, whatever the back end.
+    // The newest checkpoint lets a latest-segment verifier start there on any back end.
+    let newest_cp = m.snapshots.iter().rev().find_map(|s| s.checkpoint.as_ref()).map(|c| c.index);
+    let latest_cp = from == api::From::Latest && newest_cp.is_some();
+    let from_index = match from {
+        api::From::Latest => newest_cp.map_or(m.next_index, |c| c.min(end)),
+        api::From::Index(i) if same_boot => i.min(end),
+        api::From::Index(_) => 0,
+    };
+    let mut snapshots = Vec::with_capacity(m.snapshots.len());
+    let mut files = Vec::new();
+    let mut data_from = None;
+    // A verifier with state needs no entry for segments that end before its index
+    // (the one ending exactly there names the boundary the next segment starts with),
+    // so the header, too, stays the size of what is new.
+    let resume = matches!(from, api::From::Index(_)) && from_index > 0;
+    let cp_keep: Vec<u64> =
+        m.snapshots.iter().rev().filter(|s| s.checkpoint.is_some()).take(2).map(|s| s.seq).collect();
+    for s in m.snapshots.iter().filter(|s| !resume || s.end_index() >= from_index) {
+        let with_data = (from != api::From::Latest || latest_cp) && s.end_index() > from_index;
+        // Latest: the newest checkpoint and the one before it (whose quote its
+        // qualifyingData chains to) are enough; otherwise every listed one travels.
+        let checkpoint = match from {
+            api::From::Latest => s.checkpoint.clone().filter(|_| cp_keep.contains(&s.seq)),
+            _ => s.checkpoint.clone(),
+        };
+        let mut j = SnapshotJson {
+            seq: s.seq,
+            first_index: s.first_index,
+            count: s.count,
+            sha256: None,
+            cut: s.cut,
+            end_marker: s.end_marker.clone(),
+            next_sha1: s.next_sha1.clone(),
+            pcrs_end: Default::default(),
+            checkpoint,
+            bytes: None,
+        };
+        if with_data {
+            let (p, start, len) = locate(s)?;
+            let off = if from_index > s.first_index {
+                data_from = Some(from_index);
+                file_offset(&p, start, s.first_index, from_index)? - start
+            } else {
+                j.sha256 = Some(s.sha256.clone());
+                0
+            };
+            j.pcrs_end = s.pcrs_end.clone();
+            j.bytes = Some(len - off);
+            files.push((p, start + off, len - off));
+        }
+        snapshots.push(j);
+    }
+    Ok(SegmentView { from_index, snapshots, files, data_from })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -329,61 +414,12 @@ impl<K: HostKernel> HostOps for Host<K> {
         });
         let live_records = count_records(&live)?;
         let end = m.next_index + live_records;
-        // Suffix evidence: a verifier that holds state names its index, and only the
-        // records from there travel, whatever the back end.
-        // The newest checkpoint lets a latest-segment verifier start there on any back end.
-        let newest_cp = m.snapshots.iter().rev().find_map(|s| s.checkpoint.as_ref()).map(|c| c.index);
-        let latest_cp = from == api::From::Latest && newest_cp.is_some();
-        let from_index = match from {
-            api::From::Latest => newest_cp.map_or(m.next_index, |c| c.min(end)),
-            api::From::Index(i) if same_boot => i.min(end),
-            api::From::Index(_) => 0,
-        };
-        let mut snapshots = Vec::with_capacity(m.snapshots.len());
-        let mut files = Vec::new();
-        let mut data_from = None;
-        // A verifier with state needs no entry for segments that end before its index
-        // (the one ending exactly there names the boundary the next segment starts with),
-        // so the header, too, stays the size of what is new.
-        let resume = matches!(from, api::From::Index(_)) && from_index > 0;
-        let cp_keep: Vec<u64> =
-            m.snapshots.iter().rev().filter(|s| s.checkpoint.is_some()).take(2).map(|s| s.seq).collect();
-        for s in m.snapshots.iter().filter(|s| !resume || s.end_index() >= from_index) {
-            let with_data = (from != api::From::Latest || latest_cp) && s.end_index() > from_index;
-            // Latest: the newest checkpoint and the one before it (whose quote its
-            // qualifyingData chains to) are enough; otherwise every listed one travels.
-            let checkpoint = match from {
-                api::From::Latest => s.checkpoint.clone().filter(|_| cp_keep.contains(&s.seq)),
-                _ => s.checkpoint.clone(),
-            };
-            let mut j = SnapshotJson {
-                seq: s.seq,
-                first_index: s.first_index,
-                count: s.count,
-                sha256: None,
-                cut: s.cut,
-                end_marker: s.end_marker.clone(),
-                next_sha1: s.next_sha1.clone(),
-                pcrs_end: Default::default(),
-                checkpoint,
-                bytes: None,
-            };
-            if with_data {
-                let p = dir.path().join(&s.file);
-                let len = std::fs::metadata(&p).map_err(|e| HostError::Other(format!("{}: {e}", p.display())))?.len();
-                let off = if from_index > s.first_index {
-                    data_from = Some(from_index);
-                    file_offset(&p, s.first_index, from_index)?
-                } else {
-                    j.sha256 = Some(s.sha256.clone());
-                    0
-                };
-                j.pcrs_end = s.pcrs_end.clone();
-                j.bytes = Some(len - off);
-                files.push((p, off, len - off));
-            }
-            snapshots.push(j);
-        }
+        let seg = segment_view(&m, from, same_boot, end, &|s| {
+            let p = dir.path().join(&s.file);
+            let len = std::fs::metadata(&p).map_err(|e| HostError::Other(format!("{}: {e}", p.display())))?.len();
+            Ok((p, 0, len))
+        })?;
+        let (from_index, snapshots, files, mut data_from) = (seg.from_index, seg.snapshots, seg.files, seg.data_from);
         if from_index > m.next_index {
             data_from = Some(from_index);
             let off = byte_offset(&live, m.next_index, from_index)?;

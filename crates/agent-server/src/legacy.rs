@@ -17,13 +17,25 @@
 //! `…corrupt-<unix seconds>` with an error in the log, and the copy starts over from the
 //! kernel. A partial record at the end (a crash mid-append) is cut off.
 //!
-//! Snapshots are refused ([`HostError::Conflict`], HTTP 409) with the reason.
+//! Checkpoints (docs/CHECKPOINTS.md) are taken on the copy by the agent's snapshot
+//! policy: quote, copy what is new, find the index in the copy where the replay equals
+//! the quote. They are kept in `checkpoints.json` beside the copy (a manifest whose
+//! segments are the copy's ranges between checkpoints, cut `stage`), so evidence
+//! describes the copy the way a staging host describes its segments and a verifier can
+//! start at the newest checkpoint or check the ranges in parallel. Nothing is trimmed:
+//! a snapshot request (HTTP POST) takes a checkpoint, and is refused (409) when
+//! checkpoints are off.
 
 use crate::api::{self, BootJson, EvidenceHeader};
-use crate::host::{quote_tpm, EvidenceView, HostError, HostOps};
-use imasnap_agent::{CrashPoint, SecurityFs, SnapshotKernel};
+use crate::host::{quote_tpm, segment_view, EvidenceView, HostError, HostOps};
+use imasnap_agent::checkpoint::{quote_and_locate, CheckpointSource};
+use imasnap_agent::{
+    write_bundle_from, AgentConfig, AgentError, BundleInfo, Checkpoints, CrashPoint, Evidence, LiveStats, SecurityFs,
+    SnapshotKernel, SnapshotPolicy,
+};
 use imasnap_log::{BinaryReader, Endian, HashAlgo, Reason};
-use imasnap_store::{BootId, BootInfo, Retention, SnapshotEntry};
+use imasnap_store::manifest::Cut;
+use imasnap_store::{fsio, BootId, BootInfo, Manifest, Retention, SnapshotEntry};
 use imasnap_tpm::Tpm;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -33,6 +45,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 /// The copy's file name inside its boot directory.
 pub const COPY_FILE: &str = "binary_runtime_measurements";
 const BOOT_FILE: &str = "boot.json";
+/// The checkpoints taken on the copy: a manifest of its ranges between them.
+pub const CHECKPOINTS_FILE: &str = "checkpoints.json";
 const CHUNK: usize = 1 << 20;
 
 /// A legacy (read-only) kernel served from the agent's own copy of its list.
@@ -51,6 +65,12 @@ pub struct LegacyHost<T: Tpm> {
     /// (record index, byte offset) pairs in the copy, one every [`MARK_EVERY`] records or
     /// more: a suffix request decodes from the nearest one instead of from record 0.
     marks: Vec<(u64, u64)>,
+    /// The copy's ranges between checkpoints (`next_index`: the newest checkpoint's index).
+    checkpoints: Manifest,
+    /// Byte offset in the copy where each of those ranges ends.
+    seg_ends: Vec<u64>,
+    policy: SnapshotPolicy,
+    last_checkpoint: Instant,
 }
 
 /// Records between two offset marks of the copy at least.
@@ -90,7 +110,9 @@ fn unix_secs() -> u64 {
 
 impl<T: Tpm> LegacyHost<T> {
     /// Opens (or starts) the copy for the kernel's current boot and catches up with it.
-    pub fn open(mut fs: SecurityFs<T>, state_dir: &Path, retention: Retention) -> Result<Self, HostError> {
+    /// Checkpoints follow `cfg.snapshot` (its triggers and its `checkpoints` switch).
+    pub fn open(mut fs: SecurityFs<T>, cfg: &AgentConfig) -> Result<Self, HostError> {
+        let (state_dir, retention) = (cfg.state_dir.as_path(), cfg.retention);
         let live = fs.dir().join("binary_runtime_measurements");
         if !live.exists() {
             return Err(other(format!("{} does not exist: not an IMA securityfs directory", live.display())));
@@ -125,7 +147,23 @@ impl<T: Tpm> LegacyHost<T> {
         let banks = fs.banks().map_err(other)?;
         let pcr = fs.measurement_pcr();
         let marks = vec![(0, 0), (count, offset)];
-        let mut h = Self { fs, copy_path, copy, offset, count, boot, banks, pcr, metrics: Default::default(), marks };
+        let (checkpoints, seg_ends) = load_checkpoints(&dir, &copy_path, &boot, &banks, pcr, count)?;
+        let mut h = Self {
+            fs,
+            copy_path,
+            copy,
+            offset,
+            count,
+            boot,
+            banks,
+            pcr,
+            metrics: Default::default(),
+            marks,
+            checkpoints,
+            seg_ends,
+            policy: cfg.snapshot.clone(),
+            last_checkpoint: Instant::now(),
+        };
         let n = h.sync()?;
         tracing::info!(boot = %id, records = h.count, bytes = h.offset, copied_now = n,
             "legacy mode: copy of binary_runtime_measurements up to date");
@@ -155,6 +193,95 @@ impl<T: Tpm> LegacyHost<T> {
 
     pub fn copy_path(&self) -> &Path {
         &self.copy_path
+    }
+
+    /// The checkpoints taken on the copy, as a manifest of its ranges between them.
+    pub fn checkpoints(&self) -> &Manifest {
+        &self.checkpoints
+    }
+
+    /// Byte range in the copy of the range between checkpoints `seq - 1` and `seq`.
+    fn seg_range(&self, seq: u64) -> (u64, u64) {
+        let k = seq.saturating_sub(1) as usize;
+        let start = if k == 0 { 0 } else { self.seg_ends.get(k - 1).copied().unwrap_or(0) };
+        (start, self.seg_ends.get(k).copied().unwrap_or(start))
+    }
+
+    /// Byte offset where the range after the newest checkpoint starts.
+    fn tail_start(&self) -> u64 {
+        self.seg_ends.last().copied().unwrap_or(0)
+    }
+
+    /// Writes an evidence bundle from the copy (caught up first): its ranges between
+    /// checkpoints as segments, then the rest as the live list. Take the quote first.
+    pub fn write_bundle(&mut self, out: &Path, ev: &Evidence<'_>) -> Result<BundleInfo, HostError> {
+        self.sync()?;
+        let copy = self.copy_path.clone();
+        let range = move |start: u64, end: u64| -> Result<Box<dyn Read>, AgentError> {
+            let mut f = File::open(&copy).map_err(|e| AgentError::Inconsistent(format!("{}: {e}", copy.display())))?;
+            f.seek(SeekFrom::Start(start)).map_err(|e| AgentError::Inconsistent(format!("{}: {e}", copy.display())))?;
+            Ok(Box::new(f.take(end.saturating_sub(start))))
+        };
+        let mut seg = |s: &SnapshotEntry| {
+            let (start, end) = self.seg_range(s.seq);
+            range(start, end)
+        };
+        let mut live = range(self.tail_start(), self.offset)?;
+        Ok(write_bundle_from(out, &self.checkpoints, &mut seg, &mut live, ev)?)
+    }
+
+    /// Copies what is new and takes a checkpoint on the copy; `None` when the quote
+    /// covers nothing after the previous checkpoint. Stored durably before it returns.
+    pub fn checkpoint_now(&mut self) -> Result<Option<SnapshotEntry>, HostError> {
+        if self.policy.checkpoints == Checkpoints::Off {
+            return Err(HostError::Conflict(format!(
+                "securityfs-legacy mode: {} has no snapshot file, the kernel cannot trim its list, \
+                 and checkpoints are off ([snapshot] checkpoints = \"off\")",
+                self.fs.dir().display()
+            )));
+        }
+        self.sync()?;
+        let m = self.checkpoints.clone();
+        if self.count <= m.next_index {
+            return Ok(None);
+        }
+        let seq = m.next_seq();
+        let cp = quote_and_locate(self, &m, seq, 0)?;
+        if cp.index <= m.next_index {
+            return Ok(None);
+        }
+        let start = self.tail_start();
+        let end = self.offset_of(cp.index)?;
+        let mut f = File::open(&self.copy_path).map_err(|e| io(&self.copy_path, e))?;
+        f.seek(SeekFrom::Start(start)).map_err(|e| io(&self.copy_path, e))?;
+        let mut r = fsio::HashingReader::new(f.take(end - start));
+        std::io::copy(&mut r, &mut std::io::sink()).map_err(|e| io(&self.copy_path, e))?;
+        let pcrs_end = m.banks.iter().filter_map(|&b| cp.quote.pcr_value(b, m.pcr).map(|v| (b, v.to_hex()))).collect();
+        let e = SnapshotEntry {
+            seq,
+            file: COPY_FILE.into(),
+            first_index: m.next_index,
+            count: cp.index - m.next_index,
+            sha256: r.finish_hex(),
+            cut: Cut::Stage,
+            end_marker: None,
+            next_sha1: None,
+            pcrs_end,
+            checkpoint: Some(cp),
+        };
+        let mut next = m;
+        next.snapshots.push(e.clone());
+        next.next_index = e.end_index();
+        let dir = self.copy_path.parent().unwrap_or(Path::new("."));
+        let tmp = dir.join(format!(".tmp-{CHECKPOINTS_FILE}"));
+        fsio::write_synced(&tmp, &next.to_json_pretty()).map_err(other)?;
+        fsio::rename(&tmp, &dir.join(CHECKPOINTS_FILE)).map_err(other)?;
+        fsio::fsync_dir(dir).map_err(other)?;
+        self.checkpoints = next;
+        self.seg_ends.push(end);
+        self.last_checkpoint = Instant::now();
+        tracing::info!(seq, index = e.end_index(), records = e.count, "legacy mode: checkpoint on the copy");
+        Ok(Some(e))
     }
 
     pub fn securityfs(&mut self) -> &mut SecurityFs<T> {
@@ -200,6 +327,90 @@ impl<T: Tpm> LegacyHost<T> {
             tracing::debug!(added, records = self.count, bytes = self.offset, "legacy copy appended");
         }
         Ok(added)
+    }
+}
+
+/// `checkpoints.json` of the copy in `dir`, checked against this boot and the copy's
+/// `count` records, with the byte offset where each range ends. One that does not fit
+/// is moved aside (with an error in the log) and checkpoints start over: they are only
+/// a verifier's shortcut, the copy itself is the evidence.
+fn load_checkpoints(
+    dir: &Path,
+    copy: &Path,
+    boot: &BootInfo,
+    banks: &[HashAlgo],
+    pcr: u32,
+    count: u64,
+) -> Result<(Manifest, Vec<u64>), HostError> {
+    let fresh = || Manifest::new(boot.clone(), banks.to_vec(), pcr);
+    let p = dir.join(CHECKPOINTS_FILE);
+    let Some(b) = fsio::read_small(&p, 64 << 20).map_err(other)? else {
+        return Ok((fresh(), Vec::new()));
+    };
+    let checked = Manifest::from_json(&b).map_err(|e| e.to_string()).and_then(|m| {
+        if m.boot != *boot || m.banks != banks || m.pcr != pcr {
+            return Err("another boot, bank set or PCR".to_string());
+        }
+        let mut at = 0;
+        for (k, s) in m.snapshots.iter().enumerate() {
+            if s.seq != k as u64 + 1 || s.first_index != at || s.count == 0 || s.checkpoint.is_none() {
+                return Err(format!("entry {} is not the range after record {at} with a checkpoint", k + 1));
+            }
+            at = s.end_index();
+        }
+        if at != m.next_index || at > count {
+            return Err(format!("ends at record {at}, the copy holds {count}"));
+        }
+        let ends: Vec<u64> = m.snapshots.iter().map(|s| s.end_index()).collect();
+        let offs = offsets_at(copy, &ends)?;
+        Ok((m, offs))
+    });
+    match checked {
+        Ok(x) => Ok(x),
+        Err(why) => {
+            let aside = p.with_file_name(format!("{CHECKPOINTS_FILE}.corrupt-{}", unix_secs()));
+            tracing::error!(file = %p.display(), reason = %why, moved_to = %aside.display(),
+                "legacy checkpoints do not fit the copy: moved aside, starting over");
+            std::fs::rename(&p, &aside).map_err(|e| io(&p, e))?;
+            sync_dir(dir)?;
+            Ok((fresh(), Vec::new()))
+        }
+    }
+}
+
+/// Byte offsets in the copy of the records at `indices` (ascending), in one pass.
+fn offsets_at(copy: &Path, indices: &[u64]) -> Result<Vec<u64>, String> {
+    let f = File::open(copy).map_err(|e| format!("{}: {e}", copy.display()))?;
+    let mut rd = BinaryReader::new(std::io::BufReader::new(f), imasnap_store::snapshot_format());
+    let mut out = Vec::with_capacity(indices.len());
+    let mut slot = None;
+    for &i in indices {
+        while rd.next_index() < i {
+            match rd.read_into(&mut slot) {
+                Ok(Some(_)) => {}
+                Ok(None) => return Err(format!("{} ends before record {i}", copy.display())),
+                Err(e) => return Err(format!("{}: {e}", copy.display())),
+            }
+        }
+        out.push(rd.offset());
+    }
+    Ok(out)
+}
+
+/// Checkpoints on the copy: the kernel's TPM quotes, the copy (caught up after the
+/// quote, so it holds every record the quote covers) is searched.
+impl<T: Tpm> CheckpointSource for LegacyHost<T> {
+    fn quoting_tpm(&mut self) -> Option<&mut dyn Tpm> {
+        self.fs.quoting_tpm()
+    }
+
+    fn list_from(&mut self, from: u64) -> Result<(Box<dyn Read + '_>, u64), AgentError> {
+        let fail = |e: HostError| AgentError::Inconsistent(format!("legacy copy: {e}"));
+        self.sync().map_err(fail)?;
+        let off = self.offset_of(from).map_err(fail)?;
+        let mut f = File::open(&self.copy_path).map_err(|e| fail(io(&self.copy_path, e)))?;
+        f.seek(SeekFrom::Start(off)).map_err(|e| fail(io(&self.copy_path, e)))?;
+        Ok((Box::new(std::io::BufReader::new(f.take(self.offset - off))), from))
     }
 }
 
@@ -294,13 +505,23 @@ impl<T: Tpm + 'static> HostOps for LegacyHost<T> {
         let same_boot = boot_hint.as_ref().is_none_or(|(rc, ba)| {
             *rc == self.boot.reset_count && ba.as_ref().is_none_or(|b| *b == self.boot.boot_aggregate_sha1)
         });
-        let from_index = match from {
-            api::From::Index(i) if same_boot => i.min(self.count),
-            // No marker heads a legacy list: "latest" is the whole copy, as for a stranger.
-            _ => 0,
+        // The copy's ranges between checkpoints go as segments (data from the newest
+        // checkpoint for a latest request), then the range after the newest one.
+        let m = &self.checkpoints;
+        let seg = segment_view(m, from, same_boot, self.count, &|s| {
+            let (start, end) = self.seg_range(s.seq);
+            Ok((self.copy_path.clone(), start, end - start))
+        })?;
+        let mut files = seg.files;
+        let mut data_from = seg.data_from;
+        let off = if seg.from_index > m.next_index {
+            data_from = Some(seg.from_index);
+            self.offset_of(seg.from_index)?
+        } else {
+            self.tail_start()
         };
-        let off = if from_index > 0 { self.offset_of(from_index)? } else { 0 };
         let len = self.offset - off;
+        files.push((self.copy_path.clone(), off, len));
         let header = EvidenceHeader {
             format: api::FORMAT.into(),
             banks: self.banks.clone(),
@@ -312,28 +533,42 @@ impl<T: Tpm + 'static> HostOps for LegacyHost<T> {
             quote,
             nonce: hex::encode(nonce),
             ak,
-            from: from_index,
-            snapshots: Vec::new(),
-            live_first_index: 0,
+            from: seg.from_index,
+            snapshots: seg.snapshots,
+            live_first_index: m.next_index,
             live_bytes: len,
-            data_from: (from_index > 0).then_some(from_index),
+            data_from,
         };
+        let sent: u64 = files.iter().map(|f| f.2).sum();
         self.metrics.evidence_requests += 1;
-        self.metrics.evidence_bytes += len;
-        // Streamed from the copy: exactly `len` bytes, even if it grows meanwhile.
-        Ok(EvidenceView { header, files: vec![(self.copy_path.clone(), off, len)], live: Vec::new() })
+        self.metrics.evidence_bytes += sent;
+        // Streamed from the copy: exactly the stated ranges, even if it grows meanwhile.
+        Ok(EvidenceView { header, files, live: Vec::new() })
     }
 
+    /// Nothing is trimmed: a checkpoint on the copy is what a cut means here.
     fn snapshot(&mut self, _crash_at: Option<CrashPoint>) -> Result<Option<SnapshotEntry>, HostError> {
-        Err(HostError::Conflict(format!(
-            "securityfs-legacy mode: {} has no snapshot file, the kernel cannot trim its list \
-             (read-only; the agent keeps its own copy instead)",
-            self.fs.dir().display()
-        )))
+        match self.checkpoint_now()? {
+            Some(e) => Ok(Some(e)),
+            None => Err(HostError::Conflict("nothing measured since the last checkpoint".into())),
+        }
     }
 
-    fn tick(&mut self, _now: Instant) -> Result<(), HostError> {
-        self.sync().map(|_| ())
+    /// Keeps the copy current, and takes a checkpoint when the snapshot policy is due.
+    fn tick(&mut self, now: Instant) -> Result<(), HostError> {
+        self.sync()?;
+        if self.policy.checkpoints == Checkpoints::Off {
+            return Ok(());
+        }
+        let stats =
+            LiveStats { records: self.count - self.checkpoints.next_index, bytes: self.offset - self.tail_start() };
+        if let Some(t) = self.policy.due(stats, now.saturating_duration_since(self.last_checkpoint)) {
+            if let Some(e) = self.checkpoint_now()? {
+                tracing::info!(trigger = ?t, seq = e.seq, index = e.end_index(), "policy checkpoint on the legacy copy");
+            }
+            self.last_checkpoint = now;
+        }
+        Ok(())
     }
 
     fn add_records(&mut self, _n: u64) -> Result<u64, HostError> {
@@ -358,11 +593,14 @@ impl<T: Tpm + 'static> HostOps for LegacyHost<T> {
         m.live_bytes = self.offset;
         m.reset_count = self.boot.reset_count;
         m.bytes_on_disk = std::fs::metadata(&self.copy_path).map(|x| x.len()).unwrap_or(0);
+        m.snapshots = self.checkpoints.snapshots.len() as u64;
+        m.next_index = self.checkpoints.next_index;
         m
     }
 
+    /// The copy's ranges between checkpoints (their `file` is the copy itself).
     fn manifest(&self) -> Option<imasnap_store::Manifest> {
-        None
+        Some(self.checkpoints.clone())
     }
 
     fn snapshot_file(&self, _seq: u64) -> Option<(PathBuf, SnapshotEntry)> {
@@ -374,6 +612,7 @@ impl<T: Tpm + 'static> HostOps for LegacyHost<T> {
 mod tests {
     use super::*;
     use imasnap_log::entry::{build, builtin, d_ng, n_ng};
+    use imasnap_log::PcrValue;
     use imasnap_tpm::SoftTpm;
 
     const FIXTURE: &str =
@@ -394,6 +633,13 @@ mod tests {
         out
     }
 
+    fn config(state: &Path, checkpoints: Checkpoints) -> AgentConfig {
+        let mut c = AgentConfig::new(state);
+        c.retention = Retention::Archive;
+        c.snapshot.checkpoints = checkpoints;
+        c
+    }
+
     fn append(p: &Path, b: &[u8]) {
         OpenOptions::new().append(true).open(p).unwrap().write_all(b).unwrap();
     }
@@ -407,7 +653,8 @@ mod tests {
         std::fs::copy(FIXTURE, &live).unwrap();
         let state = d.path().join("state");
         let fs = SecurityFs::new(&ima, SoftTpm::new(1), 10);
-        let mut h = LegacyHost::open(fs, &state, Retention::Archive).unwrap();
+        let cfg = config(&state, Checkpoints::Off);
+        let mut h = LegacyHost::open(fs, &cfg).unwrap();
         let (n0, b0) = h.copied();
         assert!(n0 > 1);
         assert_eq!(std::fs::read(h.copy_path()).unwrap(), std::fs::read(&live).unwrap());
@@ -423,7 +670,7 @@ mod tests {
         assert_eq!(h.sync().unwrap(), 1);
         assert_eq!(std::fs::read(h.copy_path()).unwrap(), std::fs::read(&live).unwrap());
         let e = h.snapshot(None).unwrap_err();
-        assert!(matches!(e, HostError::Conflict(_)) && e.to_string().contains("cannot trim"), "{e}");
+        assert!(matches!(e, HostError::Conflict(_)) && e.to_string().contains("checkpoints are off"), "{e}");
         assert_eq!(h.mode(), "securityfs-legacy");
         assert!(h.add_records(1).is_err());
 
@@ -432,7 +679,7 @@ mod tests {
         drop(h);
         append(&copy, &rec(3)[..10]);
         let fs = SecurityFs::new(&ima, SoftTpm::new(1), 10);
-        let h = LegacyHost::open(fs, &state, Retention::Archive).unwrap();
+        let h = LegacyHost::open(fs, &cfg).unwrap();
         assert_eq!(h.copied(), (n0 + 2, b0 + (r1.len() + r2.len()) as u64));
         assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&live).unwrap());
 
@@ -443,7 +690,7 @@ mod tests {
         b[n - 5] ^= 1;
         std::fs::write(&copy, &b).unwrap();
         let fs = SecurityFs::new(&ima, SoftTpm::new(1), 10);
-        let h = LegacyHost::open(fs, &state, Retention::Archive).unwrap();
+        let h = LegacyHost::open(fs, &cfg).unwrap();
         assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&live).unwrap());
         let aside: Vec<_> = std::fs::read_dir(copy.parent().unwrap())
             .unwrap()
@@ -457,9 +704,108 @@ mod tests {
         let mut tpm = SoftTpm::new(1);
         tpm.reset();
         let fs = SecurityFs::new(&ima, tpm, 10);
-        let h = LegacyHost::open(fs, &state, Retention::Archive).unwrap();
+        let h = LegacyHost::open(fs, &cfg).unwrap();
         assert_ne!(h.copy_path(), copy);
         assert!(!copy.exists());
         assert_eq!(std::fs::read_dir(state.join("archive")).unwrap().count(), 1);
+    }
+
+    /// A kernel's list: append the record, extend PCR 10 with its template digest per bank.
+    fn measure(h: &mut LegacyHost<SoftTpm>, live: &Path, b: &[u8]) {
+        append(live, b);
+        extend(h.securityfs().tpm_mut(), b);
+    }
+
+    fn extend(tpm: &mut SoftTpm, b: &[u8]) {
+        let r = BinaryReader::new(b, imasnap_store::snapshot_format()).next().unwrap().unwrap();
+        let vals: Vec<_> = tpm
+            .banks()
+            .into_iter()
+            .map(|a| imasnap_log::digest::template_hash(a, &r, Endian::Little).unwrap())
+            .collect();
+        tpm.pcr_extend(10, &vals).unwrap();
+    }
+
+    #[test]
+    fn checkpoints_on_the_copy_survive_a_restart_and_anchor_latest_evidence() {
+        let d = tempfile::tempdir().unwrap();
+        let ima = d.path().join("ima");
+        std::fs::create_dir_all(&ima).unwrap();
+        let live = ima.join("binary_runtime_measurements");
+        let head = build(
+            &builtin("ima-ng"),
+            &[&d_ng("sha256", &[7; 32]), &n_ng(b"boot_aggregate")],
+            HashAlgo::Sha1,
+            10,
+            false,
+            Endian::Little,
+        );
+        let mut hb = Vec::new();
+        head.encode(Endian::Little, &mut hb);
+        std::fs::write(&live, &hb).unwrap();
+        let mut tpm = SoftTpm::new(3);
+        extend(&mut tpm, &hb);
+        let state = d.path().join("state");
+        let cfg = config(&state, Checkpoints::On);
+        let mut h = LegacyHost::open(SecurityFs::new(&ima, tpm, 10), &cfg).unwrap();
+        for i in 1..=20 {
+            measure(&mut h, &live, &rec(i));
+        }
+        let e = h.checkpoint_now().unwrap().unwrap();
+        assert_eq!((e.seq, e.first_index, e.count, e.cut), (1, 0, 21, Cut::Stage));
+        assert_eq!(e.checkpoint.as_ref().unwrap().index, 21);
+        // Records the copy has not seen yet, measured before the quote, are found too.
+        for i in 21..=30 {
+            measure(&mut h, &live, &rec(i));
+        }
+        let e2 = h.checkpoint_now().unwrap().unwrap();
+        assert_eq!((e2.seq, e2.first_index, e2.count), (2, 21, 10));
+        assert!(h.checkpoint_now().unwrap().is_none(), "nothing new: no checkpoint");
+        measure(&mut h, &live, &rec(31));
+
+        // Latest evidence: data from the newest checkpoint (record 31) on, both listed.
+        let v = h.evidence(b"n", api::From::Latest, None).unwrap();
+        assert_eq!((v.header.from, v.header.live_first_index, v.header.live_bytes), (31, 31, rec(31).len() as u64));
+        assert_eq!(v.header.snapshots.len(), 2);
+        assert!(v.header.snapshots.iter().all(|s| s.checkpoint.is_some() && s.bytes.is_none()));
+        // A verifier without state gets everything, the ranges with their sha256.
+        let v = h.evidence(b"n", api::From::Index(0), None).unwrap();
+        let whole = std::fs::read(&live).unwrap();
+        let mut sent = Vec::new();
+        for (p, off, len) in &v.files {
+            let b = std::fs::read(p).unwrap();
+            sent.extend_from_slice(&b[*off as usize..(*off + *len) as usize]);
+        }
+        assert_eq!(sent, whole);
+        assert_eq!(v.header.snapshots[1].sha256.as_deref(), Some(e2.sha256.as_str()));
+
+        // Restart: the checkpoints are kept; a checkpoints.json that does not fit the
+        // copy is moved aside and they start over.
+        let tpm = std::mem::replace(h.securityfs().tpm_mut(), SoftTpm::new(9));
+        drop(h);
+        let mut h = LegacyHost::open(SecurityFs::new(&ima, tpm, 10), &cfg).unwrap();
+        assert_eq!(h.checkpoints().snapshots.len(), 2);
+        let cp = h.copy_path().with_file_name(CHECKPOINTS_FILE);
+        let mut m = h.checkpoints().clone();
+        m.snapshots[1].count += 100;
+        m.next_index += 100;
+        std::fs::write(&cp, m.to_json_pretty()).unwrap();
+        let tpm = std::mem::replace(h.securityfs().tpm_mut(), SoftTpm::new(9));
+        drop(h);
+        let mut h = LegacyHost::open(SecurityFs::new(&ima, tpm, 10), &cfg).unwrap();
+        assert!(h.checkpoints().snapshots.is_empty());
+        assert!(!cp.exists());
+        let e = h.checkpoint_now().unwrap().unwrap();
+        assert_eq!((e.seq, e.first_index, e.count), (1, 0, 32));
+
+        // A TPM that does not hold the list's PCR 10: no checkpoint, nothing stored.
+        measure(&mut h, &live, &rec(32));
+        h.securityfs()
+            .tpm_mut()
+            .pcr_extend(10, &[PcrValue::ones(HashAlgo::Sha1), PcrValue::ones(HashAlgo::Sha256)])
+            .unwrap();
+        let e = h.checkpoint_now().unwrap_err();
+        assert!(e.to_string().contains("no prefix of the list"), "{e}");
+        assert_eq!(h.checkpoints().snapshots.len(), 1);
     }
 }

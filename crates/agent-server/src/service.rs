@@ -503,7 +503,7 @@ pub fn open_securityfs<T: Tpm + 'static>(cfg: &AgentServiceConfig, tpm: T) -> an
         Interface::Legacy => {
             tracing::info!(mode = "securityfs-legacy", ima_dir = %dir,
                 "agent back end: legacy read-only mode (own copy of the list, no trimming)");
-            Ok(Box::new(LegacyHost::open(fs, &cfg.state_dir, cfg.retention)?))
+            Ok(Box::new(LegacyHost::open(fs, &cfg.agent_config())?))
         }
         i => {
             let mut acfg = cfg.agent_config();

@@ -75,61 +75,85 @@ pub fn attest(
     Ok((quote_json(&q, nonce), ak))
 }
 
+/// Opens the bytes of one segment of a manifest.
+pub type SegmentOpener<'a> =
+    dyn FnMut(&imasnap_store::SnapshotEntry) -> Result<Box<dyn std::io::Read>, AgentError> + 'a;
+
+/// Writes a bundle into `out` (created; must not exist or be empty) from a manifest, a
+/// reader for each of its segments and the live list that follows them. Segments are
+/// re-hashed while copied and must match the manifest's sha256, and the live list must
+/// continue the manifest, so the bundle is consistent when this returns. The snapshot
+/// agent and the legacy back end (whose segments are ranges of its copy) both use it.
+pub fn write_bundle_from(
+    out: &Path,
+    manifest: &imasnap_store::Manifest,
+    segment: &mut SegmentOpener<'_>,
+    live: &mut dyn std::io::Read,
+    ev: &Evidence<'_>,
+) -> Result<BundleInfo, AgentError> {
+    let mut m = manifest.clone();
+    if out.exists() && io("list", out, std::fs::read_dir(out))?.next().is_some() {
+        return Err(AgentError::Store(StoreError::Exists(out.to_path_buf())));
+    }
+    let snaps = out.join("snapshots");
+    io("create directory", &snaps, std::fs::create_dir_all(&snaps))?;
+    for s in &mut m.snapshots {
+        // One file per segment, named by the store's rule, whatever holds it here.
+        let name = imasnap_store::manifest::snap_file_name(s.seq);
+        let dst = snaps.join(&name);
+        let mut r = HashingReader::new(BufReader::new(segment(s)?));
+        let mut w = io("create", &dst, File::create(&dst))?;
+        io("copy", &dst, std::io::copy(&mut r, &mut w))?;
+        let got = r.finish_hex();
+        if got != s.sha256 {
+            return Err(AgentError::Inconsistent(format!(
+                "segment {} ({}): sha256 {got} does not match the manifest's {}",
+                s.seq, s.file, s.sha256
+            )));
+        }
+        s.file = name;
+    }
+    write_file(&out.join("manifest.json"), &m.to_json_pretty())?;
+
+    let live_path = out.join("live.bin");
+    let mut w = io("create", &live_path, File::create(&live_path))?;
+    let live_bytes = io("copy", &live_path, std::io::copy(live, &mut w))?;
+    io("write", &live_path, w.flush())?;
+    drop(w);
+    let f = io("open", &live_path, File::open(&live_path))?;
+    match BinaryReader::new(BufReader::new(f), imasnap_store::snapshot_format()).next() {
+        Some(Ok(head)) => m
+            .check_boundary(m.next_index, &head)
+            .map_err(|why| AgentError::Inconsistent(format!("live list: {why}")))?,
+        Some(Err(e)) => return Err(AgentError::Inconsistent(format!("live list: {e}"))),
+        // After a staging A/D cut (or a legacy checkpoint) the list may hold nothing yet.
+        None if m.snapshots.last().is_some_and(|s| s.cut == imasnap_store::manifest::Cut::Stage) => {}
+        None => return Err(AgentError::Inconsistent("live list is empty".into())),
+    }
+
+    write_file(&out.join("quote.json"), &ev.quote.to_json_pretty())?;
+    match ev.ak {
+        AkKey::Tpm2bPublic(b) => write_file(&out.join("ak.pub"), format!("{}\n", hex::encode(b)).as_bytes())?,
+        AkKey::Pem(p) => write_file(&out.join("ak.pem"), p.as_bytes())?,
+    }
+    let index = BundleIndex::new(m.banks.clone(), m.pcr, m.next_index, ev.nonce);
+    write_file(&out.join("bundle.json"), &index.to_json_pretty())?;
+    Ok(BundleInfo { dir: out.to_path_buf(), index, snapshots: m.snapshots.len(), live_bytes })
+}
+
 impl<K: SnapshotKernel> Agent<K> {
-    /// Writes the evidence bundle into `out` (created; must not exist or be empty).
-    /// Snapshot files are re-hashed while copied, and the live list must continue the
-    /// manifest, so the bundle is consistent when this returns.
+    /// Writes the evidence bundle into `out` ([`write_bundle_from`] over the store's
+    /// snapshot files and the kernel's live list).
     pub fn write_bundle(&mut self, out: &Path, ev: &Evidence<'_>) -> Result<BundleInfo, AgentError> {
         let (dir, m) = match (self.boot_dir(), self.manifest()) {
             (Some(d), Some(m)) => (d.clone(), m.clone()),
             _ => return Err(AgentError::NotRecovered),
         };
-        if out.exists() && io("list", out, std::fs::read_dir(out))?.next().is_some() {
-            return Err(AgentError::Store(StoreError::Exists(out.to_path_buf())));
-        }
-        let snaps = out.join("snapshots");
-        io("create directory", &snaps, std::fs::create_dir_all(&snaps))?;
-        for s in &m.snapshots {
+        let mut open = |s: &imasnap_store::SnapshotEntry| -> Result<Box<dyn std::io::Read>, AgentError> {
             let src = dir.path().join(&s.file);
-            let dst = snaps.join(&s.file);
-            let mut r = HashingReader::new(BufReader::new(io("open", &src, File::open(&src))?));
-            let mut w = io("create", &dst, File::create(&dst))?;
-            io("copy", &src, std::io::copy(&mut r, &mut w))?;
-            let got = r.finish_hex();
-            if got != s.sha256 {
-                return Err(AgentError::Inconsistent(format!(
-                    "{}: sha256 {got} does not match the manifest's {}",
-                    src.display(),
-                    s.sha256
-                )));
-            }
-        }
-        write_file(&out.join("manifest.json"), &m.to_json_pretty())?;
-
-        let live_path = out.join("live.bin");
+            Ok(Box::new(io("open", &src, File::open(&src))?))
+        };
         let mut live = self.live_tail()?;
-        let mut w = io("create", &live_path, File::create(&live_path))?;
-        let live_bytes = io("copy", &live_path, std::io::copy(&mut live, &mut w))?;
-        io("write", &live_path, w.flush())?;
-        drop(w);
-        let f = io("open", &live_path, File::open(&live_path))?;
-        match BinaryReader::new(BufReader::new(f), imasnap_store::snapshot_format()).next() {
-            Some(Ok(head)) => m
-                .check_boundary(m.next_index, &head)
-                .map_err(|why| AgentError::Inconsistent(format!("live list: {why}")))?,
-            Some(Err(e)) => return Err(AgentError::Inconsistent(format!("live list: {e}"))),
-            // After a staging A/D cut the kernel's list may hold nothing yet.
-            None if m.snapshots.last().is_some_and(|s| s.cut == imasnap_store::manifest::Cut::Stage) => {}
-            None => return Err(AgentError::Inconsistent("live list is empty".into())),
-        }
-
-        write_file(&out.join("quote.json"), &ev.quote.to_json_pretty())?;
-        match ev.ak {
-            AkKey::Tpm2bPublic(b) => write_file(&out.join("ak.pub"), format!("{}\n", hex::encode(b)).as_bytes())?,
-            AkKey::Pem(p) => write_file(&out.join("ak.pem"), p.as_bytes())?,
-        }
-        let index = BundleIndex::new(m.banks.clone(), m.pcr, m.next_index, ev.nonce);
-        write_file(&out.join("bundle.json"), &index.to_json_pretty())?;
-        Ok(BundleInfo { dir: out.to_path_buf(), index, snapshots: m.snapshots.len(), live_bytes })
+        write_bundle_from(out, &m, &mut open, &mut live, ev)
     }
 }

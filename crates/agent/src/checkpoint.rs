@@ -66,6 +66,127 @@ fn known_state(m: &Manifest, live_base: u64) -> Result<Start, String> {
     Ok(Start { prev_attest, index: live_base, state })
 }
 
+/// Where a checkpoint comes from: the TPM that quotes and the list the quote is located
+/// in. The agent uses the kernel's list; the legacy back end its own copy of it.
+pub trait CheckpointSource {
+    /// The TPM that extends the measurement PCR.
+    fn quoting_tpm(&mut self) -> Option<&mut dyn imasnap_tpm::Tpm>;
+    /// Called after every quote (the agent's crash point and counters).
+    fn quoted(&mut self) -> Result<(), AgentError> {
+        Ok(())
+    }
+    /// The list, read after the quote, from a record at or before `from`; and the
+    /// absolute index of its first record.
+    fn list_from(&mut self, from: u64) -> Result<(Box<dyn Read + '_>, u64), AgentError>;
+}
+
+/// The checkpoint for segment `seq` about to be added to `m`, whose list (in `src`)
+/// starts at `live_base`: quote, read the list, find the index; up to
+/// [`CHECKPOINT_ATTEMPTS`] quotes, then [`AgentError::Aborted`].
+pub fn quote_and_locate(
+    src: &mut dyn CheckpointSource,
+    m: &Manifest,
+    seq: u64,
+    live_base: u64,
+) -> Result<CheckpointJson, AgentError> {
+    let fail = |why: String| AgentError::Aborted(format!("checkpoint: {why}"));
+    let start = known_state(m, live_base).map_err(fail)?;
+    let boot_aggregate = hex::decode(&m.boot.boot_aggregate_sha1)
+        .ok()
+        .and_then(|v| <[u8; 20]>::try_from(v.as_slice()).ok())
+        .ok_or_else(|| fail("the manifest's boot_aggregate_sha1 is not 20 bytes of hex".into()))?;
+    let qd = qualifying_data(m.boot.reset_count, &boot_aggregate, seq, start.prev_attest.as_deref());
+    let mut pcrs: Vec<u32> = (0..10).collect();
+    if m.pcr >= 10 {
+        pcrs.push(m.pcr);
+    }
+    let sel = imasnap_tpm::PcrSelection::uniform(&m.banks, &pcrs).map_err(|e| fail(e.to_string()))?;
+    let mut last = String::new();
+    for _ in 0..CHECKPOINT_ATTEMPTS {
+        let tpm = src.quoting_tpm().ok_or_else(|| fail("no TPM".into()))?;
+        let quote = tpm.quote(&qd, &sel).map_err(|e| fail(format!("quote: {e}")))?;
+        let ak = AkJson::from_public(&tpm.ak_public());
+        src.quoted()?;
+        let want: Vec<PcrValue> = m.banks.iter().filter_map(|&b| quote.pcr_value(b, m.pcr)).collect();
+        if want.len() != m.banks.len() {
+            return Err(fail("the quote lacks a bank's measurement PCR".into()));
+        }
+        let (list, first) = src.list_from(start.index)?;
+        match find_index(m, &start, &want, list, first)? {
+            Some(index) => return Ok(CheckpointJson { index, quote, ak }),
+            None => last = format!("no prefix of the list from record {} replays to the quote", start.index),
+        }
+    }
+    Err(fail(format!("{last} after {CHECKPOINT_ATTEMPTS} quotes")))
+}
+
+/// The index after which the replay from `start` equals `want` (bank order of `m`);
+/// `list` holds the records from absolute index `first` (at most `start.index`) on.
+fn find_index(
+    m: &Manifest,
+    start: &Start,
+    want: &[PcrValue],
+    list: impl Read,
+    first: u64,
+) -> Result<Option<u64>, AgentError> {
+    let p = m.pcr as usize;
+    if want.iter().all(|v| start.state.get(v.algo(), p) == Some(v)) {
+        return Ok(Some(start.index));
+    }
+    let mut target = PcrTarget::default();
+    for v in want {
+        target.values.entry(v.algo()).or_default().insert(p, *v);
+    }
+    let mut opts = ReplayOptions::new(&m.banks);
+    opts.parallel = false;
+    let mut rp = Replayer::resume(opts, start.state.clone(), start.index);
+    rp.set_target(&target);
+    let mut rd = BinaryReader::starting_at(list, imasnap_store::snapshot_format(), first);
+    let skip = start.index.saturating_sub(first);
+    let mut batch = Vec::with_capacity(1024);
+    for (i, rec) in rd.by_ref().enumerate() {
+        let rec = rec.map_err(|e| AgentError::Inconsistent(format!("list: {e}")))?;
+        if i as u64 >= skip {
+            batch.push(rec);
+            if batch.len() == batch.capacity() {
+                rp.push_batch(&batch).map_err(|e| AgentError::Inconsistent(format!("replay: {e}")))?;
+                batch.clear();
+            }
+        }
+    }
+    rp.push_batch(&batch).map_err(|e| AgentError::Inconsistent(format!("replay: {e}")))?;
+    Ok(rp.finish().matched_after)
+}
+
+impl<K: SnapshotKernel> CheckpointSource for Agent<K> {
+    fn quoting_tpm(&mut self) -> Option<&mut dyn imasnap_tpm::Tpm> {
+        self.kernel_mut().quoting_tpm()
+    }
+
+    fn quoted(&mut self) -> Result<(), AgentError> {
+        self.checkpoint_stats.quotes += 1;
+        self.point(CrashPoint::AfterQuote)
+    }
+
+    /// The kernel's list from `live_base`: the staged records (staging), then the current list.
+    fn list_from(&mut self, _from: u64) -> Result<(Box<dyn Read + '_>, u64), AgentError> {
+        let mut b = Vec::new();
+        if self.interface() == Interface::Staging {
+            match self.kernel_mut().staged_list() {
+                Ok(mut r) => {
+                    r.read_to_end(&mut b)
+                        .map_err(|e| AgentError::Kernel(KernelIfError::Failed(format!("staged list: {e}"))))?;
+                }
+                Err(KernelIfError::Busy(e)) => return Err(KernelIfError::Busy(e).into()),
+                Err(_) => {}
+            }
+        }
+        let base = self.live_base();
+        let live = self.kernel_mut().live_list()?;
+        Ok((Box::new(std::io::Cursor::new(b).chain(live)), base))
+    }
+}
+
 impl<K: SnapshotKernel> Agent<K> {
     /// Whether cuts take checkpoints on this agent.
     pub(crate) fn checkpoints_on(&mut self) -> bool {
@@ -80,101 +201,20 @@ impl<K: SnapshotKernel> Agent<K> {
             return Ok(None);
         }
         let t = std::time::Instant::now();
-        let r = self.quote_and_locate(m, seq);
+        let base = self.live_base();
+        let r = quote_and_locate(self, m, seq, base);
         let ns = t.elapsed().as_nanos() as u64;
-        if matches!(r, Ok(Some(_))) {
+        if r.is_ok() {
             let s = &mut self.checkpoint_stats;
             s.taken += 1;
             s.total_ns += ns;
             s.max_ns = s.max_ns.max(ns);
         }
-        r
+        r.map(Some)
     }
 
     /// What checkpoints cost this agent process so far.
     pub fn checkpoint_stats(&self) -> CheckpointStats {
         self.checkpoint_stats
-    }
-
-    fn quote_and_locate(&mut self, m: &Manifest, seq: u64) -> Result<Option<CheckpointJson>, AgentError> {
-        let fail = |why: String| AgentError::Aborted(format!("checkpoint: {why}"));
-        let base = self.live_base();
-        let start = known_state(m, base).map_err(fail)?;
-        let boot_aggregate = hex::decode(&m.boot.boot_aggregate_sha1)
-            .ok()
-            .and_then(|v| <[u8; 20]>::try_from(v.as_slice()).ok())
-            .ok_or_else(|| fail("the manifest's boot_aggregate_sha1 is not 20 bytes of hex".into()))?;
-        let qd = qualifying_data(m.boot.reset_count, &boot_aggregate, seq, start.prev_attest.as_deref());
-        let mut pcrs: Vec<u32> = (0..10).collect();
-        if m.pcr >= 10 {
-            pcrs.push(m.pcr);
-        }
-        let sel = imasnap_tpm::PcrSelection::uniform(&m.banks, &pcrs).map_err(|e| fail(e.to_string()))?;
-        let mut last = String::new();
-        for _ in 0..CHECKPOINT_ATTEMPTS {
-            let tpm = self.kernel_mut().quoting_tpm().ok_or_else(|| fail("no TPM".into()))?;
-            let quote = tpm.quote(&qd, &sel).map_err(|e| fail(format!("quote: {e}")))?;
-            let ak = AkJson::from_public(&tpm.ak_public());
-            self.checkpoint_stats.quotes += 1;
-            self.point(CrashPoint::AfterQuote)?;
-            let want: Vec<PcrValue> = m.banks.iter().filter_map(|&b| quote.pcr_value(b, m.pcr)).collect();
-            if want.len() != m.banks.len() {
-                return Err(fail("the quote lacks a bank's measurement PCR".into()));
-            }
-            match self.find_index(m, &start, &want)? {
-                Some(index) => return Ok(Some(CheckpointJson { index, quote, ak })),
-                None => last = format!("no prefix of the list from record {} replays to the quote", start.index),
-            }
-        }
-        Err(fail(format!("{last} after {CHECKPOINT_ATTEMPTS} quotes")))
-    }
-
-    /// The index after which the replay from `start` equals `want` (bank order of `m`).
-    fn find_index(&mut self, m: &Manifest, start: &Start, want: &[PcrValue]) -> Result<Option<u64>, AgentError> {
-        let p = m.pcr as usize;
-        if want.iter().all(|v| start.state.get(v.algo(), p) == Some(v)) {
-            return Ok(Some(start.index));
-        }
-        let mut target = PcrTarget::default();
-        for v in want {
-            target.values.entry(v.algo()).or_default().insert(p, *v);
-        }
-        let mut opts = ReplayOptions::new(&m.banks);
-        opts.parallel = false;
-        let mut rp = Replayer::resume(opts, start.state.clone(), start.index);
-        rp.set_target(&target);
-        let list = self.kernel_list()?;
-        let mut rd = BinaryReader::starting_at(list, imasnap_store::snapshot_format(), self.live_base());
-        let skip = start.index.saturating_sub(self.live_base());
-        let mut batch = Vec::with_capacity(1024);
-        for (i, rec) in rd.by_ref().enumerate() {
-            let rec = rec.map_err(|e| AgentError::Inconsistent(format!("kernel list: {e}")))?;
-            if i as u64 >= skip {
-                batch.push(rec);
-                if batch.len() == batch.capacity() {
-                    rp.push_batch(&batch).map_err(|e| AgentError::Inconsistent(format!("replay: {e}")))?;
-                    batch.clear();
-                }
-            }
-        }
-        rp.push_batch(&batch).map_err(|e| AgentError::Inconsistent(format!("replay: {e}")))?;
-        Ok(rp.finish().matched_after)
-    }
-
-    /// The kernel's list from `live_base`: the staged records (staging), then the current list.
-    fn kernel_list(&mut self) -> Result<std::io::Chain<std::io::Cursor<Vec<u8>>, K::Live>, AgentError> {
-        let mut b = Vec::new();
-        if self.interface() == Interface::Staging {
-            match self.kernel_mut().staged_list() {
-                Ok(mut r) => {
-                    r.read_to_end(&mut b)
-                        .map_err(|e| AgentError::Kernel(KernelIfError::Failed(format!("staged list: {e}"))))?;
-                }
-                Err(KernelIfError::Busy(e)) => return Err(KernelIfError::Busy(e).into()),
-                Err(_) => {}
-            }
-        }
-        let live = self.kernel_mut().live_list()?;
-        Ok(std::io::Cursor::new(b).chain(live))
     }
 }

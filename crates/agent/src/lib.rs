@@ -18,7 +18,9 @@ pub mod securityfs;
 pub mod staging;
 
 pub use agent::{Agent, AgentError, CrashPoint, RecoveryReport};
-pub use bundle::{attest, quote_json, AkKey, BundleIndex, BundleInfo, Evidence, QuoteFile, BUNDLE_FORMAT};
+pub use bundle::{
+    attest, quote_json, write_bundle_from, AkKey, BundleIndex, BundleInfo, Evidence, QuoteFile, BUNDLE_FORMAT,
+};
 pub use kernel::{Interface, KernelIfError, LiveStats, SnapshotKernel};
 pub use policy::{AgentConfig, Checkpoints, InterfaceChoice, SnapshotPolicy, StagingFlavour, Trigger};
 pub use securityfs::{SecurityFs, DEFAULT_IMA_DIR};

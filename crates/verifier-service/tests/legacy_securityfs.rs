@@ -12,7 +12,6 @@
 
 use imasnap_agent_server::config::{AgentServiceConfig, Backend};
 use imasnap_agent_server::devpki::{write_dev_pki, DevPkiFiles};
-use imasnap_agent_server::host::HostError;
 use imasnap_agent_server::service as agent;
 use imasnap_log::digest::template_hash;
 use imasnap_log::{Endian, HashAlgo, PcrValue, Record};
@@ -233,11 +232,42 @@ async fn legacy_kernel_attested_incrementally_from_the_agents_copy() {
     };
     assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(k.live()).unwrap());
 
-    // No trimming: a snapshot request is refused with the reason (409).
+    // No trimming: a snapshot request takes a checkpoint on the copy (a quote whose PCR
+    // 10 is the replay up to its index), stored beside the copy.
+    k.measure(3);
+    let (s, e) = agent_get(&pki, &a.addr.to_string(), hyper::Method::POST, "/v1/snapshots").await;
+    assert_eq!(s, 200, "{e}");
+    assert_eq!(e["snapshot"]["checkpoint"]["index"], last + 3, "{e}");
+    assert_eq!(e["snapshot"]["cut"], "stage", "{e}");
+    last += 3;
+    // Nothing new since: refused with the reason.
     let (s, e) = agent_get(&pki, &a.addr.to_string(), hyper::Method::POST, "/v1/snapshots").await;
     assert_eq!(s, 409, "{e}");
-    assert!(e.to_string().contains("cannot trim"), "{e}");
-    assert!(matches!(a.service.lock().unwrap().snapshot(None), Err(HostError::Conflict(_))));
+    assert!(e.to_string().contains("nothing measured since the last checkpoint"), "{e}");
+    k.measure(4);
+    let (s, _) = agent_get(&pki, &a.addr.to_string(), hyper::Method::POST, "/v1/snapshots").await;
+    assert_eq!(s, 200);
+    last += 4;
+    assert!(copy.with_file_name("checkpoints.json").exists());
+    // The verifier that holds state carries on incrementally across the checkpoints.
+    k.measure(2);
+    let r = vf.attest_now("legacy1").await.unwrap();
+    verified(&r);
+    assert_eq!(r.mode.as_deref(), Some("incremental"));
+    assert_eq!(r.records_replayed, 9, "{r:?}");
+    last += 2;
+    // A verifier that joins late starts at the newest checkpoint: only the records
+    // after it are replayed, and history is not claimed.
+    let mut late = common::tofu_host("legacy-late", &a.addr.to_string());
+    late.late_join = imasnap_verifier_service::model::LateJoin::MarkerTofu;
+    vf.add_host(late).await.unwrap();
+    let r = vf.attest_now("legacy-late").await.unwrap();
+    verified(&r);
+    assert_eq!(r.mode.as_deref(), Some("latest_segment"), "{r:?}");
+    assert_eq!(r.records_replayed, 2, "{r:?}");
+    assert_eq!(r.checkpoint, Some(last), "{r:?}");
+    assert_eq!(vf.host_status("legacy-late").unwrap().history_verified, Some(false));
+    vf.remove_host("legacy-late").await.unwrap();
 
     // Tampering: new records reach the agent's copy (its periodic tick), then a byte of the
     // copy is changed in a record the verifier has not proven yet: rejected.
