@@ -354,3 +354,15 @@ fn stock_kernel_legacy_latest_from_checkpoint() {
     assert_eq!(ends, cps, "segments end at the checkpoints: {m:#}");
     latest_from_checkpoint(&imasnap, &bundle, &g);
 }
+
+/// The legacy scenario on the patched kernel stops before its first step: with the
+/// `snapshot` file there, `auto` would not pick legacy and the test would test RFC cuts.
+#[test]
+#[ignore = "boots a patched kernel in QEMU (scripts/test.sh runs it)"]
+fn legacy_scenario_refused_on_the_patched_kernel() {
+    let work = tempfile::tempdir().unwrap();
+    let err = guest::run(&Scenario::parse(STOCK_LEGACY).unwrap(), &config(""), &work.path().join("guest")).unwrap_err();
+    let u = err.downcast_ref::<guest::Unsupported>().unwrap_or_else(|| panic!("not Unsupported: {err:#}"));
+    assert_eq!(u.interface, "legacy");
+    assert!(u.detail.ends_with("/ima/snapshot present"), "{u}");
+}
