@@ -341,6 +341,7 @@ fn stock_kernel_legacy_latest_from_checkpoint() {
         cps.push(cp["index"].as_u64().unwrap_or_else(|| panic!("no checkpoint index in {}: {doc:#}", p.display())));
     }
     assert!(cps[0] > 200 && cps[1] >= cps[0] + 100, "checkpoint indices {cps:?}");
+    eprintln!("legacy checkpoints at records {cps:?}, kernel list lengths {l:?}");
 
     // The bundle: the copy's ranges between the checkpoints, each ending at one.
     let bundle = g.out.join("bundle");
