@@ -21,6 +21,15 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# The stock kernel the harness boots (guest::stock_kernel): the metapackage can be
+# installed while its kernel's /boot image is gone (a trimmed image); reinstall it then.
+kver=$(dpkg-query -W -f='${Depends}' linux-image-amd64 | sed -n 's/^ *linux-image-\([^ ,]*\).*/\1/p')
+if [ -n "$kver" ] && { [ ! -r "/boot/vmlinuz-$kver" ] || [ ! -r "/lib/modules/$kver/modules.dep" ]; }; then
+  echo "install-deps: /boot/vmlinuz-$kver missing: apt-get install --reinstall linux-image-$kver"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends --reinstall "linux-image-$kver" >/dev/null
+fi
 command -v cargo >/dev/null || { echo "install-deps: cargo not found (rustup toolchain expected)" >&2; exit 1; }
 # test.sh runs clippy; rustup's minimal profile leaves it out.
 cargo clippy --version >/dev/null 2>&1 || rustup component add clippy

@@ -72,7 +72,9 @@ set +e
 cargo test --release --workspace $IMASNAP_FEATURES 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 if [ "${SKIP_QEMU:-0}" != 1 ]; then
-  echo "== the patched kernel in QEMU: agent in the guest, model vs kernel (ignored tests)"
+  # --ignored includes the stock-kernel tests: Debian's 6.1 (linux-image-amd64, no build),
+  # the agent in legacy mode with checkpoints on its copy.
+  echo "== the patched kernel in QEMU: agent in the guest, model vs kernel; Debian's stock kernel: legacy checkpoints (ignored tests)"
   cargo test --release -p imasnap-kernel-harness -- --ignored 2>&1 | tee -a "$log"
   [ "${PIPESTATUS[0]}" = 0 ] || rc=1
   echo "== each option alone in QEMU: the staging scenario on the staging-only kernel, the RFC scenarios on the snapshot-only kernel"

@@ -68,6 +68,7 @@ fn main() -> Result<()> {
             cmdline: cmdline.into(),
             memory_mb: 1024,
             timeout: Duration::from_secs(3600),
+            modules: None,
         })
     };
     let work = tempfile::tempdir()?;

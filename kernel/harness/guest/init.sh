@@ -1,6 +1,7 @@
 #!/bin/busybox sh
-# imasnap guest /init for the patched kernel (kernel/harness). The harness appends the
-# scenario: one shell function per stage, `stage_0`, `stage_1`, ... (a kexec ends a stage).
+# imasnap guest /init for the patched kernel, or with imasnap.stock=1 for Debian's stock
+# kernel (kernel/harness). The harness appends the scenario: one shell function per
+# stage, `stage_0`, `stage_1`, ... (a kexec ends a stage).
 /bin/busybox --install -s /bin
 export PATH=/bin:/sbin
 export LD_LIBRARY_PATH=/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu
@@ -16,8 +17,13 @@ STAGE=$(arg stage); STAGE=${STAGE:-0}
 NONCE=$(arg nonce)
 # The agent's interface for recovery and the final bundle (imasnap.iface=staging).
 IFACE=$(arg iface); IFACE=${IFACE:-auto}
+# Stock kernel: disk drivers are modules, the built-in tcb policy measures (no policy write).
+STOCK=$(arg stock); STOCK=${STOCK:-0}
 echo "IMASNAP: stage $STAGE on $(uname -r)"
 fail() { echo "IMASNAP-FAIL: $*"; sync; poweroff -f; }
+if [ "$STOCK" = 1 ]; then
+    for m in $(cat /modules/order); do insmod /modules/$m.ko || fail "insmod $m"; done
+fi
 # One ext4 disk: kexec images in /boot, the agent's store in /state, results in /out.
 DISK=; i=0
 while [ $i -lt 100 ] && [ -z "$DISK" ]; do
@@ -29,8 +35,15 @@ done
 [ -n "$DISK" ] || fail "disk not found: $(ls /sys/block)"
 mount -t ext4 /dev/$DISK /disk || fail "mount ext4"
 mkdir -p /disk/out /disk/state
-# Only files owned by uid 4242 are measured: the workload, nothing the agent touches.
-echo "measure func=FILE_CHECK mask=MAY_READ fowner=4242" > $S/policy || fail "policy write"
+# The workload's directory. tcb measures root's reads on the disk and nothing on tmpfs,
+# so on the stock kernel the workload (and, unavoidably, the agent's store) is measured.
+W=/w
+if [ "$STOCK" = 1 ]; then
+    W=/disk/w; mkdir -p $W
+else
+    # Only files owned by uid 4242 are measured: the workload, nothing the agent touches.
+    echo "measure func=FILE_CHECK mask=MAY_READ fowner=4242" > $S/policy || fail "policy write"
+fi
 T=/disk/out/trace.txt
 note() { echo "$*" >> $T; echo "IMASNAP: $*"; }
 count() { echo "list=$(cat $S/runtime_measurements_count) removed=$(cat $S/snapshot_removed 2>/dev/null)"; }
@@ -38,12 +51,12 @@ count() { echo "list=$(cat $S/runtime_measurements_count) removed=$(cat $S/snaps
 slab() { sed -n 's/^\(Slab\|SUnreclaim\|SReclaimable\|VmallocUsed\): *\([0-9]*\) kB/\1=\2/p' /proc/meminfo | tr '\n' ' '; }
 # measure N TAG: N new files owned by 4242, each read once (N FILE_CHECK records)
 measure() {
-    mkdir -p /w/$2; j=0
-    while [ $j -lt $1 ]; do echo "$2 $j" > /w/$2/$j; j=$((j+1)); done
-    chown -R 4242 /w/$2
-    cat /w/$2/* > /dev/null || fail "read workload $2"
+    mkdir -p $W/$2; j=0
+    while [ $j -lt $1 ]; do echo "$2 $j" > $W/$2/$j; j=$((j+1)); done
+    chown -R 4242 $W/$2
+    cat $W/$2/* > /dev/null || fail "read workload $2"
     # The files go again: their inodes would otherwise dominate the slab figures.
-    rm -rf /w/$2
+    rm -rf $W/$2
     note "measure $1 $2 $(count)"
 }
 snapshot() {
@@ -111,11 +124,19 @@ stage_only() {
 }
 # require IFACE: the scenario uses this interface (one option of the series may be off,
 # kernel/README.md); without its file the guest stops before the first step and the
-# host reports which option is missing instead of a failure inside a step
+# host reports which option is missing instead of a failure inside a step. `legacy`
+# needs both files absent: with either, `auto` would not pick legacy.
 require() {
     case $1 in
         snapshot) f=$S/snapshot ;;
         staging) f=$S/binary_runtime_measurements_staged ;;
+        legacy)
+            for f in $S/snapshot $S/binary_runtime_measurements_staged; do
+                [ -e "$f" ] || continue
+                echo "IMASNAP-UNSUPPORTED: legacy ($f present)"
+                sync; umount /disk; poweroff -f
+            done
+            return 0 ;;
         *) fail "require: unknown interface $1" ;;
     esac
     [ -e "$f" ] && return 0

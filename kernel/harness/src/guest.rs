@@ -19,6 +19,130 @@ pub struct GuestConfig {
     pub cmdline: String,
     pub memory_mb: u32,
     pub timeout: Duration,
+    /// A stock kernel's module directory ([`stock_kernel`]): the initramfs then carries
+    /// the disk's modules and the guest boots in stock mode ([`STOCK_CMDLINE`]). `None`
+    /// for the patched kernel, which has them built in.
+    pub modules: Option<PathBuf>,
+}
+
+/// Debian's stock kernel (package linux-image-amd64): 6.1, with neither the RFC
+/// `snapshot` file nor the `_staged` files, so the agent works in legacy mode.
+#[derive(Clone, Debug)]
+pub struct StockKernel {
+    /// e.g. `6.1.0-57-amd64`.
+    pub release: String,
+    pub vmlinuz: PathBuf,
+    /// /lib/modules/<release>.
+    pub modules: PathBuf,
+}
+
+/// What the stock-kernel guest boots with. `imasnap.stock=1`: init.sh loads the modules
+/// and writes no policy (the stock kernel has CONFIG_IMA_WRITE_POLICY off). The built-in
+/// tcb policy measures what root reads from the ext4 disk, so the workload lives there.
+pub const STOCK_CMDLINE: &str = "imasnap.stock=1 ima_policy=tcb ima_template=ima-ng ima_hash=sha256";
+
+/// The modules the stock kernel needs for the disk (virtio-blk on PCI, ext4); their
+/// dependencies come from modules.dep.
+const STOCK_MODULES: [&str; 4] = ["virtio_pci", "virtio_blk", "crc32c_generic", "ext4"];
+
+/// The kernel the installed linux-image-amd64 metapackage depends on, with its modules.
+pub fn stock_kernel() -> Result<StockKernel> {
+    let deps = run_ok(Command::new("dpkg-query").args(["-W", "-f=${Depends}", "linux-image-amd64"]))
+        .context("linux-image-amd64 is not installed (apt-get install linux-image-amd64)")?;
+    let release = deps
+        .split(',')
+        .find_map(|d| d.trim().strip_prefix("linux-image-"))
+        .and_then(|d| d.split_whitespace().next())
+        .ok_or_else(|| anyhow!("no linux-image-<release> in linux-image-amd64's Depends: {deps:?}"))?
+        .to_owned();
+    let k = StockKernel {
+        vmlinuz: PathBuf::from(format!("/boot/vmlinuz-{release}")),
+        modules: PathBuf::from(format!("/lib/modules/{release}")),
+        release,
+    };
+    if !k.vmlinuz.is_file() || !k.modules.join("modules.dep").is_file() {
+        bail!(
+            "{} or {}/modules.dep missing (apt-get install linux-image-amd64)",
+            k.vmlinuz.display(),
+            k.modules.display()
+        );
+    }
+    Ok(k)
+}
+
+/// `names` and their dependencies from `moddir`/modules.dep, in load order (each after
+/// what it depends on; modules.dep lists a module's last dependency first to load).
+/// Built-in modules (modules.builtin) need nothing.
+fn module_load_order(moddir: &Path, names: &[&str]) -> Result<Vec<String>> {
+    let dep = std::fs::read_to_string(moddir.join("modules.dep")).context("modules.dep")?;
+    let builtin = std::fs::read_to_string(moddir.join("modules.builtin")).unwrap_or_default();
+    let name_of = |p: &str| p.rsplit('/').next().unwrap_or(p).split(".ko").next().unwrap_or(p).to_owned();
+    let table: std::collections::HashMap<String, (String, Vec<String>)> = dep
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(p, d)| (name_of(p), (p.to_owned(), d.split_whitespace().map(str::to_owned).collect())))
+        .collect();
+    fn visit(
+        n: &str,
+        table: &std::collections::HashMap<String, (String, Vec<String>)>,
+        builtin: &str,
+        name_of: &dyn Fn(&str) -> String,
+        out: &mut Vec<String>,
+    ) -> Result<()> {
+        let Some((path, deps)) = table.get(n) else {
+            if builtin.lines().any(|l| name_of(l) == n) {
+                return Ok(());
+            }
+            bail!("module {n} is neither in modules.dep nor built in");
+        };
+        if out.contains(path) {
+            return Ok(());
+        }
+        for d in deps.iter().rev() {
+            visit(&name_of(d), table, builtin, name_of, out)?;
+        }
+        if !out.contains(path) {
+            out.push(path.clone());
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    for n in names {
+        visit(n, &table, &builtin, &name_of, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// The stock kernel's disk modules into the initramfs's /modules (decompressed: busybox
+/// insmod takes plain .ko), with /modules/order for init.sh.
+fn add_modules(root: &Path, moddir: &Path) -> Result<()> {
+    let dir = root.join("modules");
+    std::fs::create_dir_all(&dir)?;
+    let mut order = String::new();
+    for p in module_load_order(moddir, &STOCK_MODULES)? {
+        let src = moddir.join(&p);
+        let base = p.rsplit('/').next().unwrap_or(&p).split(".ko").next().unwrap_or(&p).to_owned();
+        let dst = dir.join(format!("{base}.ko"));
+        let tool = match p.rsplit_once(".ko").map(|x| x.1) {
+            Some("") => None,
+            Some(".xz") => Some("xz"),
+            Some(".zst") => Some("zstd"),
+            Some(".gz") => Some("gzip"),
+            _ => bail!("module {p}: unknown compression"),
+        };
+        match tool {
+            None => {
+                std::fs::copy(&src, &dst).with_context(|| format!("copying {}", src.display()))?;
+            }
+            Some(t) => {
+                sh(&format!("{t} -dc {} > {}", q(&src), q(&dst)))?;
+            }
+        }
+        order.push_str(&base);
+        order.push('\n');
+    }
+    std::fs::write(dir.join("order"), order)?;
+    Ok(())
 }
 
 /// What a finished guest left behind, on the host.
@@ -60,6 +184,15 @@ pub struct Unsupported {
 
 impl std::fmt::Display for Unsupported {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.interface == "legacy" {
+            // The one requirement met by a file's absence: a patched kernel is the wrong one.
+            return write!(
+                f,
+                "the kernel is not a legacy one ({}): this scenario needs a kernel without \
+                 CONFIG_IMA_LOG_SNAPSHOT and CONFIG_IMA_STAGING (guest::stock_kernel)",
+                self.detail
+            );
+        }
         let option = match self.interface.as_str() {
             "snapshot" => "CONFIG_IMA_LOG_SNAPSHOT (not kernel/build.sh --without-feature)",
             "staging" => "CONFIG_IMA_STAGING (not kernel/build.sh --without-staging)",
@@ -146,7 +279,7 @@ fn q(p: &Path) -> String {
 }
 
 /// initramfs: busybox, imasnap and kexec with their libraries, and /init.
-fn build_initramfs(work: &Path, sc: &Scenario, imasnap: &Path) -> Result<PathBuf> {
+fn build_initramfs(work: &Path, sc: &Scenario, imasnap: &Path, modules: Option<&Path>) -> Result<PathBuf> {
     let root = work.join("initramfs");
     for d in ["bin", "sbin", "dev", "proc", "sys", "disk", "w"] {
         std::fs::create_dir_all(root.join(d))?;
@@ -163,6 +296,9 @@ fn build_initramfs(work: &Path, sc: &Scenario, imasnap: &Path) -> Result<PathBuf
         root = q(&root),
         imasnap = q(imasnap),
     ))?;
+    if let Some(m) = modules {
+        add_modules(&root, m)?;
+    }
     let init = format!("{INIT}\n# scenario\n{}", sc.guest_script());
     let ip = root.join("init");
     std::fs::write(&ip, init)?;
@@ -240,7 +376,7 @@ fn free_port() -> Result<u16> {
 /// Boots the kernel with `sc` as the guest's work and reads the results back.
 pub fn run(sc: &Scenario, cfg: &GuestConfig, work: &Path) -> Result<GuestRun> {
     std::fs::create_dir_all(work)?;
-    let initrd = build_initramfs(work, sc, &cfg.imasnap)?;
+    let initrd = build_initramfs(work, sc, &cfg.imasnap, cfg.modules.as_deref())?;
     // The disk: kexec images in /boot; the agent's store and the results land here too.
     let dd = work.join("disk");
     std::fs::create_dir_all(dd.join("boot"))?;
@@ -271,8 +407,9 @@ pub fn run(sc: &Scenario, cfg: &GuestConfig, work: &Path) -> Result<GuestRun> {
         std::thread::sleep(Duration::from_millis(50));
     }
     let console = work.join("console.log");
+    let stock = if cfg.modules.is_some() { STOCK_CMDLINE } else { "" };
     let append =
-        format!("console=ttyS0 panic=-1 imasnap.stage=0 imasnap.nonce={} {}", hex::encode(&nonce), cfg.cmdline);
+        format!("console=ttyS0 panic=-1 imasnap.stage=0 imasnap.nonce={} {stock} {}", hex::encode(&nonce), cfg.cmdline);
     let t0 = Instant::now();
     let mut qemu = Command::new("qemu-system-x86_64")
         .args(["-machine", "q35", "-accel", "tcg", "-cpu", "max", "-smp", "1", "-display", "none"])
@@ -383,5 +520,35 @@ mod tests {
         assert!(msg.contains("no staging interface") && msg.contains("CONFIG_IMA_STAGING"), "{msg}");
         assert!(msg.contains("(/sys/kernel/security/ima/binary_runtime_measurements_staged absent)"), "{msg}");
         assert!(unsupported("IMASNAP-DONE\n").is_none());
+        let l = unsupported("IMASNAP-UNSUPPORTED: legacy (/sys/kernel/security/ima/snapshot present)\n").unwrap();
+        let msg = anyhow::Error::from(l).to_string();
+        assert!(msg.contains("not a legacy one (/sys/kernel/security/ima/snapshot present)"), "{msg}");
+    }
+
+    #[test]
+    fn stock_modules_load_after_their_dependencies() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join("modules.dep"),
+            "kernel/fs/ext4/ext4.ko.xz: kernel/lib/crc16.ko.xz kernel/fs/mbcache.ko.xz kernel/fs/jbd2/jbd2.ko.xz\n\
+             kernel/fs/jbd2/jbd2.ko.xz:\nkernel/fs/mbcache.ko.xz:\nkernel/lib/crc16.ko.xz:\n\
+             kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio_ring.ko\n\
+             kernel/drivers/virtio/virtio_ring.ko:\n",
+        )
+        .unwrap();
+        std::fs::write(d.path().join("modules.builtin"), "kernel/crypto/crc32c_generic.ko\n").unwrap();
+        let o = module_load_order(d.path(), &["virtio_blk", "crc32c_generic", "ext4"]).unwrap();
+        assert_eq!(
+            o,
+            [
+                "kernel/drivers/virtio/virtio_ring.ko",
+                "kernel/drivers/block/virtio_blk.ko",
+                "kernel/fs/jbd2/jbd2.ko.xz",
+                "kernel/fs/mbcache.ko.xz",
+                "kernel/lib/crc16.ko.xz",
+                "kernel/fs/ext4/ext4.ko.xz"
+            ]
+        );
+        assert!(module_load_order(d.path(), &["nosuch"]).is_err());
     }
 }

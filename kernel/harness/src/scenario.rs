@@ -42,6 +42,10 @@ impl Step {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Scenario {
     pub steps: Vec<Step>,
+    /// The line `legacy`: for a kernel with neither interface (Debian's stock kernel),
+    /// where `snapshot` is the agent's legacy checkpoint (it copies, never trims). Only
+    /// `measure`, `snapshot` and `memory` steps: the others need the kernel's files.
+    pub legacy: bool,
 }
 
 impl Scenario {
@@ -49,11 +53,17 @@ impl Scenario {
     /// `kexec_busy N`, `memory`, and for upstream staging `trim`, `stage`, `writer_busy`,
     /// `stage_only`;
     /// `#` starts a comment. `repeat K { ... }` is not needed: write the lines out.
+    /// A line `legacy` makes it a legacy scenario ([`Scenario::legacy`]).
     pub fn parse(text: &str) -> Result<Self> {
         let mut steps = Vec::new();
+        let mut legacy = false;
         for (i, line) in text.lines().enumerate() {
             let line = line.split('#').next().unwrap_or_default().trim();
             if line.is_empty() {
+                continue;
+            }
+            if line == "legacy" {
+                legacy = true;
                 continue;
             }
             let mut w = line.split_whitespace();
@@ -77,9 +87,15 @@ impl Scenario {
                 (Some("stage_only"), None, None) => Step::StageOnly,
                 _ => bail!("line {}: unknown step {line:?}", i + 1),
             };
+            if legacy && !matches!(step, Step::Measure(_) | Step::Snapshot | Step::Memory) {
+                bail!("line {}: {line:?} in a legacy scenario (only measure, snapshot, memory)", i + 1);
+            }
             steps.push(step);
         }
-        Ok(Self { steps })
+        if legacy && steps.iter().any(|s| !matches!(s, Step::Measure(_) | Step::Snapshot | Step::Memory)) {
+            bail!("a legacy scenario has only measure, snapshot and memory steps");
+        }
+        Ok(Self { steps, legacy })
     }
 
     /// Whether any step uses upstream staging (the agent then runs on that interface).
@@ -93,8 +109,12 @@ impl Scenario {
     }
 
     /// The kernel interfaces the scenario needs: `snapshot` (CONFIG_IMA_LOG_SNAPSHOT),
-    /// `staging` (CONFIG_IMA_STAGING). The guest checks them before the first step.
+    /// `staging` (CONFIG_IMA_STAGING), or `legacy` (neither). The guest checks them
+    /// before the first step.
     pub fn interfaces(&self) -> Vec<&'static str> {
+        if self.legacy {
+            return vec!["legacy"];
+        }
         let mut v = Vec::new();
         if self.uses_snapshots() {
             v.push("snapshot");
@@ -191,5 +211,11 @@ mod tests {
         assert!(g.contains("}\nrequire staging\nstage_$STAGE\n") && !g.contains("require snapshot"), "{g}");
         assert_eq!(Scenario::parse("measure 2\nkexec_busy 1\ntrim\n").unwrap().interfaces(), ["snapshot", "staging"]);
         assert!(Scenario::parse("measure 2\nkexec\nmemory\n").unwrap().interfaces().is_empty());
+        let l = Scenario::parse("legacy\nmeasure 2\nsnapshot\nmemory\n").unwrap();
+        assert!(l.legacy && l.steps.len() == 3);
+        assert_eq!(l.interfaces(), ["legacy"]);
+        assert!(l.guest_script().contains("}\nrequire legacy\nstage_$STAGE\n"));
+        assert!(Scenario::parse("legacy\nmeasure 2\nabort\n").is_err());
+        assert!(Scenario::parse("measure 2\ntrim\nlegacy\n").is_err());
     }
 }

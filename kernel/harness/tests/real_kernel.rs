@@ -32,6 +32,7 @@ fn config(cmdline: &str) -> GuestConfig {
         cmdline: cmdline.into(),
         memory_mb: 512,
         timeout: Duration::from_secs(600),
+        modules: None,
     }
 }
 
@@ -262,4 +263,107 @@ fn real_kernel_staging_matches_the_model_and_verifies() {
     flip_byte(&snap, 150);
     let (code, v) = guest::verify(&imasnap, &t, Some(&g.enrolled_ak), Some(&g.nonce)).unwrap();
     assert_eq!(code, 1, "tampered segment must fail: {v:#}");
+}
+
+/// Debian's stock 6.1 kernel (neither interface): the agent keeps its own copy of the
+/// list and never trims the kernel's. Each `snapshot` copies the new records and takes a
+/// checkpoint on the copy; the bundle lists the copy's ranges between checkpoints.
+const STOCK_LEGACY: &str = "
+legacy
+measure 200
+snapshot
+measure 100
+snapshot
+measure 50
+";
+
+/// Boots the stock kernel with `sc`; checks it is 6.1 and the bundle verifies with full
+/// history against the enrolled AK and the nonce.
+fn stock_run(sc: &str, work: &Path) -> (guest::GuestRun, serde_json::Value) {
+    let k = guest::stock_kernel().expect("stock kernel (apt-get install linux-image-amd64)");
+    let cfg = GuestConfig {
+        kernel: k.vmlinuz.clone(),
+        imasnap: guest::imasnap_binary().expect("imasnap binary"),
+        cmdline: String::new(),
+        memory_mb: 512,
+        timeout: Duration::from_secs(600),
+        modules: Some(k.modules.clone()),
+    };
+    let g = guest::run(&Scenario::parse(sc).unwrap(), &cfg, work).unwrap();
+    eprintln!("stock kernel {}: guest ran {:.1} s", k.release, g.seconds);
+    assert!(k.release.starts_with("6.1."), "linux-image-amd64 is {}, not 6.1", k.release);
+    assert!(g.console.contains(&format!("IMASNAP: stage 0 on {}", k.release)), "uname -r in the guest:\n{}", g.console);
+    let trace = g.trace().unwrap().join("\n");
+    let (code, v) =
+        guest::verify(&guest::imasnap_binary().unwrap(), &g.out.join("bundle"), Some(&g.enrolled_ak), Some(&g.nonce))
+            .unwrap();
+    assert_eq!(code, 0, "guest bundle: {v:#}\ntrace:\n{trace}");
+    assert_eq!(v["verdict"], "verified");
+    assert_eq!(v["history_verified"], true);
+    (g, v)
+}
+
+/// The kernel list's length after each step (`list=N` in the trace).
+fn list_lengths(g: &guest::GuestRun) -> Vec<u64> {
+    let t = g.trace().unwrap();
+    t.iter().filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("list=")?.parse().ok())).collect()
+}
+
+/// The legacy bundle alone (no checkpoints): the agent copies the whole list at the end.
+#[test]
+#[ignore = "boots Debian's stock kernel in QEMU (scripts/test.sh runs it)"]
+fn stock_kernel_legacy_bundle_verifies() {
+    let work = tempfile::tempdir().unwrap();
+    let (g, _) = stock_run("legacy\nmeasure 200\nmeasure 50\n", &work.path().join("guest"));
+    // tcb measured the workload on the disk: boot_aggregate + 200, then 50 more.
+    let l = list_lengths(&g);
+    assert!(l[0] > 200 && l[1] >= l[0] + 50, "{l:?}");
+}
+
+#[test]
+#[ignore = "boots Debian's stock kernel in QEMU (scripts/test.sh runs it)"]
+fn stock_kernel_legacy_latest_from_checkpoint() {
+    let work = tempfile::tempdir().unwrap();
+    let (g, _) = stock_run(STOCK_LEGACY, &work.path().join("guest"));
+    let imasnap = guest::imasnap_binary().unwrap();
+    // Never trimmed: the kernel's list only grows.
+    let l = list_lengths(&g);
+    assert!(l.windows(2).all(|w| w[1] >= w[0]) && l[0] > 200, "{l:?}");
+
+    // Each `snapshot` step: a legacy checkpoint on the agent's copy, further on each time.
+    let mut cps = Vec::new();
+    for tag in ["s0x1", "s0x3"] {
+        let p = g.out.join(format!("snap-{tag}.json"));
+        let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        assert_eq!(doc["format"], "imasnap-agent-snapshot/1", "{doc:#}");
+        assert_eq!(doc["interface"], "legacy", "{doc:#}");
+        let cp = doc.get("checkpoint").filter(|c| !c.is_null()).unwrap_or(&doc["snapshot"]["checkpoint"]);
+        cps.push(cp["index"].as_u64().unwrap_or_else(|| panic!("no checkpoint index in {}: {doc:#}", p.display())));
+    }
+    assert!(cps[0] > 200 && cps[1] >= cps[0] + 100, "checkpoint indices {cps:?}");
+    eprintln!("legacy checkpoints at records {cps:?}, kernel list lengths {l:?}");
+
+    // The bundle: the copy's ranges between the checkpoints, each ending at one.
+    let bundle = g.out.join("bundle");
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(bundle.join("manifest.json")).unwrap()).unwrap();
+    let ends: Vec<u64> = m["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["first_index"].as_u64().unwrap() + s["count"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ends, cps, "segments end at the checkpoints: {m:#}");
+    latest_from_checkpoint(&imasnap, &bundle, &g);
+}
+
+/// The legacy scenario on the patched kernel stops before its first step: with the
+/// `snapshot` file there, `auto` would not pick legacy and the test would test RFC cuts.
+#[test]
+#[ignore = "boots a patched kernel in QEMU (scripts/test.sh runs it)"]
+fn legacy_scenario_refused_on_the_patched_kernel() {
+    let work = tempfile::tempdir().unwrap();
+    let err = guest::run(&Scenario::parse(STOCK_LEGACY).unwrap(), &config(""), &work.path().join("guest")).unwrap_err();
+    let u = err.downcast_ref::<guest::Unsupported>().unwrap_or_else(|| panic!("not Unsupported: {err:#}"));
+    assert_eq!(u.interface, "legacy");
+    assert!(u.detail.ends_with("/ima/snapshot present"), "{u}");
 }
