@@ -40,7 +40,7 @@ use imasnap_tpm::Tpm;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The copy's file name inside its boot directory.
 pub const COPY_FILE: &str = "binary_runtime_measurements";
@@ -71,7 +71,14 @@ pub struct LegacyHost<T: Tpm> {
     seg_ends: Vec<u64>,
     policy: SnapshotPolicy,
     last_checkpoint: Instant,
+    /// After a failed policy checkpoint: no new try before this, and the next wait.
+    retry_at: Option<Instant>,
+    retry_wait: Duration,
 }
+
+/// First and longest wait after a policy checkpoint failed.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(300);
 
 /// Records between two offset marks of the copy at least.
 const MARK_EVERY: u64 = 1024;
@@ -163,6 +170,8 @@ impl<T: Tpm> LegacyHost<T> {
             seg_ends,
             policy: cfg.snapshot.clone(),
             last_checkpoint: Instant::now(),
+            retry_at: None,
+            retry_wait: RETRY_FIRST,
         };
         let n = h.sync()?;
         tracing::info!(boot = %id, records = h.count, bytes = h.offset, copied_now = n,
@@ -562,11 +571,25 @@ impl<T: Tpm + 'static> HostOps for LegacyHost<T> {
         }
         let stats =
             LiveStats { records: self.count - self.checkpoints.next_index, bytes: self.offset - self.tail_start() };
+        if self.retry_at.is_some_and(|t| now < t) {
+            return Ok(());
+        }
         if let Some(t) = self.policy.due(stats, now.saturating_duration_since(self.last_checkpoint)) {
-            if let Some(e) = self.checkpoint_now()? {
-                tracing::info!(trigger = ?t, seq = e.seq, index = e.end_index(), "policy checkpoint on the legacy copy");
+            match self.checkpoint_now() {
+                Ok(e) => {
+                    if let Some(e) = e {
+                        tracing::info!(trigger = ?t, seq = e.seq, index = e.end_index(), "policy checkpoint on the legacy copy");
+                    }
+                    self.last_checkpoint = now;
+                    (self.retry_at, self.retry_wait) = (None, RETRY_FIRST);
+                }
+                // A TPM that keeps failing is not asked three quotes every tick.
+                Err(e) => {
+                    self.retry_at = Some(now + self.retry_wait);
+                    self.retry_wait = (self.retry_wait * 2).min(RETRY_MAX);
+                    return Err(e);
+                }
             }
-            self.last_checkpoint = now;
         }
         Ok(())
     }
@@ -738,7 +761,8 @@ mod tests {
         let mut tpm = SoftTpm::new(3);
         extend(&mut tpm, &hb);
         let state = d.path().join("state");
-        let cfg = config(&state, Checkpoints::On);
+        let mut cfg = config(&state, Checkpoints::On);
+        cfg.snapshot.max_records = Some(5);
         let mut h = LegacyHost::open(SecurityFs::new(&ima, tpm, 10), &cfg).unwrap();
         for i in 1..=20 {
             measure(&mut h, &live, &rec(i));
@@ -790,14 +814,31 @@ mod tests {
         let e = h.checkpoint_now().unwrap().unwrap();
         assert_eq!((e.seq, e.first_index, e.count), (1, 0, 32));
 
+        // By policy (max_records = 5): a tick past it takes one.
+        for i in 32..40 {
+            measure(&mut h, &live, &rec(i));
+        }
+        h.tick(Instant::now()).unwrap();
+        assert_eq!(h.checkpoints().snapshots.len(), 2);
+        assert_eq!(h.checkpoints().next_index, 40);
+
         // A TPM that does not hold the list's PCR 10: no checkpoint, nothing stored.
-        measure(&mut h, &live, &rec(32));
+        measure(&mut h, &live, &rec(40));
         h.securityfs()
             .tpm_mut()
             .pcr_extend(10, &[PcrValue::ones(HashAlgo::Sha1), PcrValue::ones(HashAlgo::Sha256)])
             .unwrap();
         let e = h.checkpoint_now().unwrap_err();
         assert!(e.to_string().contains("no prefix of the list"), "{e}");
-        assert_eq!(h.checkpoints().snapshots.len(), 1);
+        assert_eq!(h.checkpoints().snapshots.len(), 2);
+        // The policy's try fails too, and the next tick waits instead of quoting again.
+        for i in 41..47 {
+            measure(&mut h, &live, &rec(i));
+        }
+        let stored = || std::fs::read_to_string(&cp).map(|t| t.len()).unwrap_or(0);
+        let before = stored();
+        assert!(h.tick(Instant::now()).is_err());
+        h.tick(Instant::now()).unwrap();
+        assert_eq!((h.checkpoints().snapshots.len(), stored()), (2, before));
     }
 }
