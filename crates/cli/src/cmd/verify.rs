@@ -174,7 +174,14 @@ pub fn run(a: VerifyArgs) -> Result<ExitCode> {
         let make = || bundle.evidence().unwrap_or_else(|_| empty_evidence(&bundle));
         verify_segmented(&Options::new(mode), &make, &q, &nonce, jobs)
     } else {
-        let (ev, pb) = with_progress(&bundle, ev, a.json);
+        // Latest: segments wholly before the newest checkpoint are never read.
+        let skip_to = match mode {
+            Mode::LatestSegment => {
+                bundle.manifest.snapshots.iter().filter_map(|(_, c)| c.checkpoint.as_ref()).map(|c| c.index).max()
+            }
+            _ => None,
+        };
+        let (ev, pb) = with_progress(&bundle, ev, a.json, skip_to.unwrap_or(0));
         let out = verify(&Options::new(mode), ev, &q, &nonce, prior.as_ref());
         pb.finish_and_clear();
         out
@@ -194,10 +201,22 @@ pub fn run(a: VerifyArgs) -> Result<ExitCode> {
 
 /// Wraps the evidence readers in one byte progress bar over the files' total size (the
 /// engine streams them; crossed snapshots are never read, so the bar may end early).
-fn with_progress(b: &BundleDir, mut ev: Evidence<'static>, quiet: bool) -> (Evidence<'static>, indicatif::ProgressBar) {
+/// Segments that end at or before record `skip_to` are not counted (nor looked at: a
+/// latest run's cost must not grow with history).
+fn with_progress(
+    b: &BundleDir,
+    mut ev: Evidence<'static>,
+    quiet: bool,
+    skip_to: u64,
+) -> (Evidence<'static>, indicatif::ProgressBar) {
     let size = |p: PathBuf| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     let total: u64 = size(b.dir.join("live.bin"))
-        + b.manifest.snapshots.iter().map(|(f, _)| size(b.dir.join("snapshots").join(f))).sum::<u64>();
+        + b.manifest
+            .snapshots
+            .iter()
+            .filter(|(_, c)| c.end_index() > skip_to)
+            .map(|(f, _)| size(b.dir.join("snapshots").join(f)))
+            .sum::<u64>();
     let pb = ui::bytes_bar(total, quiet || total < PROGRESS_MIN_BYTES);
     pb.set_message("verifying");
     let wrap = |i: Input<'static>, pb: &indicatif::ProgressBar| match i {
