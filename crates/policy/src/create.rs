@@ -249,10 +249,18 @@ impl Creator {
         })
     }
 
-    /// Adds the digest of a file as the host would measure it (`path` absolute, as in
-    /// the log). An excluded path is skipped (`Ok(false)`); so is one JSON cannot carry,
+    /// Adds the digest of a file as the host would measure it (`path` absolute). The name
+    /// is the one IMA logs: the kernel stores a space in a path as `_` (so does Keylime's
+    /// tree walk). An excluded path is skipped (`Ok(false)`); so is one JSON cannot carry,
     /// with a note.
     pub fn add_file(&mut self, path: &[u8], digest: &[u8]) -> Result<bool, CreateError> {
+        let logged: Vec<u8>;
+        let path = if path.contains(&b' ') {
+            logged = path.iter().map(|&b| if b == b' ' { b'_' } else { b }).collect();
+            &logged[..]
+        } else {
+            path
+        };
         if self.is_excluded(path) {
             self.stats.excluded += 1;
             return Ok(false);
@@ -411,6 +419,7 @@ mod tests {
         c.add_excludes(&["/var/"]).unwrap();
         assert!(c.add_file(b"/usr/lib/x.so", &[1; 32]).unwrap());
         assert!(c.add_file(b"/usr/lib/x.so", &[1; 32]).unwrap(), "duplicates are merged");
+        assert!(c.add_file(b"/etc/name with space", &[5; 32]).unwrap());
         assert!(!c.add_file(b"/var/log/y", &[2; 32]).unwrap());
         assert!(!c.add_file(b"/bad\xff", &[3; 32]).unwrap());
         assert!(!c.add_file(b"/md5", &[4; 16]).unwrap());
@@ -418,7 +427,8 @@ mod tests {
         let j = p.to_keylime_json();
         assert_eq!(j["digests"]["/etc/keep"], serde_json::json!(["ab".repeat(32)]));
         assert_eq!(j["digests"]["/usr/lib/x.so"], serde_json::json!(["01".repeat(32)]));
-        assert_eq!((s.files, s.excluded, s.unusable, s.notes.len()), (2, 1, 2, 2));
+        assert!(j["digests"]["/etc/name_with_space"].is_array(), "named as IMA logs it");
+        assert_eq!((s.files, s.excluded, s.unusable, s.notes.len()), (3, 1, 2, 2));
         assert!(s.notes[0].contains("not UTF-8"), "{:?}", s.notes);
     }
 
