@@ -17,7 +17,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-/// Build a Keylime runtime policy (JSON, version 1) from logs and directory trees.
+/// Build a Keylime runtime policy (JSON, version 1) from logs and directory trees
 ///
 /// The equivalent of Keylime's `keylime_create_policy` / `keylime-policy create runtime`.
 /// Sources, any number of each, merged:
@@ -41,11 +41,9 @@ use std::process::ExitCode;
 ///
 /// Examples:
 ///
-///   imasnap policy create --log /sys/kernel/security/ima/binary_runtime_measurements --keyrings -o policy.json
-///
-///   imasnap policy create --log /var/lib/imasnap --rootfs /mnt/image --exclude '/tmp/' -o policy.json
-///
-///   imasnap policy create --rootfs / --skip-path /home --base old.json --exclude-list excludes.txt > policy.json
+///   imasnap policy create --log binary_runtime_measurements --keyrings -o p.json
+///   imasnap policy create --log /var/lib/imasnap --rootfs /mnt/image -o p.json
+///   imasnap policy create --rootfs / --skip-path /home --base old.json -e excl.txt
 #[derive(Args)]
 #[command(verbatim_doc_comment)]
 pub struct CreateArgs {
