@@ -157,3 +157,62 @@ fn keylime_loads_policies_from_a_tree_a_bundle_and_a_base() {
     let (accepted, v) = keylime(&py, &bad, None);
     assert!(!accepted, "Keylime accepted a prefixed digest: {v}");
 }
+
+#[test]
+fn keylime_processes_the_stitched_log_of_a_bundle_against_its_policy() {
+    let Some(py) = keylime_python() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = tmp.path().join("bundle");
+    let o = imasnap(["sim", "run", "-o", bundle.to_str().unwrap(), "--events", "300", "--snapshot-every", "40"]);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let m: serde_json::Value = serde_json::from_slice(&read(&bundle.join("manifest.json"))).unwrap();
+    assert!(m["snapshots"].as_array().unwrap().len() >= 3);
+    // The whole boot as Keylime reads it: the segments in order, then the live list, in
+    // ASCII. Each segment starts where the previous one ended, so they concatenate.
+    let mut bin = Vec::new();
+    for s in m["snapshots"].as_array().unwrap() {
+        bin.extend(read(&bundle.join("snapshots").join(s["file"].as_str().unwrap())));
+    }
+    bin.extend(read(&bundle.join("live.bin")));
+    let all = tmp.path().join("binary_runtime_measurements");
+    std::fs::write(&all, &bin).unwrap();
+    let o = imasnap(["log", "show", all.to_str().unwrap()]);
+    assert_eq!(code(&o), 0);
+    let ascii = tmp.path().join("ascii_runtime_measurements");
+    std::fs::write(&ascii, &o.stdout).unwrap();
+    let q: serde_json::Value = serde_json::from_slice(&read(&bundle.join("quote.json"))).unwrap();
+    let pcr = q["pcr_values"].as_array().unwrap().iter().find(|v| v["pcr"] == 10 && v["bank"] == "sha1").unwrap()
+        ["value"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Keylime judges the snapshot_aggregate markers as ima-buf records: a Keylime operator
+    // excludes them (imasnap verify proves them).
+    let pol = tmp.path().join("p.json");
+    create(&pol, &["--log", bundle.to_str().unwrap(), "--keyrings", "--ima-buf", "--exclude", "^snapshot_aggregate$"]);
+    let (_, v) = keylime(&py, &pol, Some((&ascii, &pcr)));
+    assert_eq!(v["measurement_list"]["running_hash"], pcr.as_str(), "Keylime's replay reaches the quoted PCR 10");
+    // Keylime's only objections are the workload's violations (its `tomtou` events).
+    let ids = |v: &serde_json::Value| -> Vec<String> {
+        v["measurement_list"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let violations = read(&ascii)
+        .split(|&b| b == b'\n')
+        .filter(|l| l.starts_with(b"10 0000000000000000000000000000000000000000 "))
+        .count();
+    assert!(violations > 0);
+    assert_eq!(ids(&v), vec!["ima.validation.tomtou".to_string(); violations], "{v}");
+    // One changed digest adds Keylime's runtime_policy_hash failure.
+    let mut p: serde_json::Value = serde_json::from_slice(&read(&pol)).unwrap();
+    let path = p["digests"].as_object().unwrap().keys().find(|k| k.starts_with('/')).unwrap().clone();
+    let d = p["digests"][&path][0].as_str().unwrap().to_string();
+    p["digests"][&path][0] = flip_hex(&d).into();
+    std::fs::write(&pol, serde_json::to_vec(&p).unwrap()).unwrap();
+    let (_, v) = keylime(&py, &pol, Some((&ascii, &pcr)));
+    assert!(ids(&v).iter().any(|i| i == "ima.validation.ima-ng.runtime_policy_hash"), "{v}");
+}
