@@ -160,10 +160,13 @@ impl Creator {
         if name.len() > MAX_PATH {
             return Err(format!("name of {} bytes is longer than {MAX_PATH}", name.len()));
         }
-        // Keylime's schema: `^[0-9a-f]{40,128}$`, so sha1 and up; md5 (legacy `ima` on
-        // very old kernels) has no place in it.
-        if !(20..=64).contains(&digest.len()) {
-            return Err(format!("a {}-byte digest is not allowed by Keylime's schema (40 to 128 hex)", digest.len()));
+        // Keylime's schema takes 40 to 128 hex digits, so sha1 and up (md5, from legacy
+        // `ima` on very old kernels, has no place); the loader, only known digest sizes.
+        if !matches!(digest.len(), 20 | 28 | 32 | 48 | 64) {
+            return Err(format!(
+                "a {}-byte digest is not a size Keylime's schema and the loader accept (20, 28, 32, 48 or 64)",
+                digest.len()
+            ));
         }
         let map: &mut DigestMap = match section {
             Section::Digests => &mut self.data.digests,
