@@ -1,4 +1,5 @@
-//! `imasnap policy …`: judge a measurement log against a runtime policy.
+//! `imasnap policy …`: judge a measurement log against a runtime policy, convert one, create
+//! one (`policy_create.rs`).
 
 use super::policy_source::{for_each_record, is_marker, LogOpts};
 use crate::ui;
@@ -8,9 +9,9 @@ use imasnap_policy::{model, Allowed, KeyRing, Options, Policy};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 pub use super::policy_create::CreateArgs;
-use std::process::ExitCode;
 
 #[derive(Subcommand)]
 pub enum PolicyCmd {
