@@ -10,6 +10,7 @@ pkgs=(
   pkg-config clang                           # tss-esapi / bindings
   kexec-tools flex bison libelf-dev libssl-dev build-essential  # kernel/: patched kernel + kexec in the guest
   openssl hyperfine bc
+  python3-venv python3-gpg                   # Keylime from PyPI in a venv (scripts/keylime-venv.sh); it imports gpg
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -62,7 +62,11 @@ if [ "${SKIP_QEMU:-0}" != 1 ]; then
   echo "debug kernel steps took $(( $(date +%s) - t0 )) s"
 fi
 
-echo "== cargo test (with swtpm: tests that need a real TPM 2.0 fail if it is missing)"
+echo "== Keylime from PyPI in a venv (cached by requirements hash): its own code loads the policies imasnap makes"
+IMASNAP_KEYLIME_PYTHON="$(scripts/keylime-venv.sh)"
+export IMASNAP_KEYLIME_PYTHON
+
+echo "== cargo test (with swtpm and Keylime: tests that need a real TPM 2.0 or Keylime fail if it is missing)"
 swtpm_dir="$(mktemp -d)"
 trap 'scripts/swtpm.sh stop "$swtpm_dir/state" || true; rm -rf "$swtpm_dir"' EXIT
 IMASNAP_SWTPM="$(scripts/swtpm.sh start "$swtpm_dir/state" "${IMASNAP_SWTPM_PORT:-23210}")"

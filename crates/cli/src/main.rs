@@ -27,7 +27,7 @@ enum Command {
     /// Simulate a host: the kernel model and the agent under a synthetic workload.
     #[command(subcommand)]
     Sim(cmd::sim::SimCmd),
-    /// Check a log against a runtime policy (Keylime JSON or flat allowlist, ima-sig keys).
+    /// Runtime policies (Keylime JSON or flat allowlist, ima-sig keys): check a log, convert, create.
     #[command(subcommand)]
     Policy(cmd::policy::PolicyCmd),
     Verify(cmd::verify::VerifyArgs),

@@ -20,6 +20,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod create;
 pub mod keys;
 pub mod model;
 pub mod sig;

@@ -53,6 +53,20 @@ proptest! {
     }
 
     #[test]
+    fn created_policies_always_load(recs in proptest::collection::vec((0..TEMPLATES.len(), proptest::collection::vec(any::<u8>(), 0..200)), 0..8), name in proptest::collection::vec(any::<u8>(), 0..40), digest in proptest::collection::vec(any::<u8>(), 0..70)) {
+        // Whatever goes in, what comes out is a policy this crate reads back.
+        let opts = create::CreateOptions { keyrings: true, ima_buf: true, ..Default::default() };
+        let mut c = create::Creator::new(opts);
+        for (i, (t, data)) in recs.into_iter().enumerate() {
+            let template = Arc::new(imasnap_log::template::Template::parse(TEMPLATES[t]).unwrap());
+            let rec = Record { pcr: 10, digest: vec![1; 20], template, template_data: data };
+            let _ = c.add_record(i as u64, &rec, Endian::Little);
+        }
+        let _ = c.add_file(&name, &digest);
+        c.finish(None).unwrap();
+    }
+
+    #[test]
     fn random_signature_field(sig in proptest::collection::vec(any::<u8>(), 0..300), keyid in any::<bool>(), digest in proptest::collection::vec(any::<u8>(), 0..70)) {
         let mut sig = sig;
         if keyid && sig.len() >= 9 {

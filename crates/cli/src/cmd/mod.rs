@@ -8,6 +8,8 @@ pub mod daemon;
 pub mod demo;
 pub mod log;
 pub mod policy;
+mod policy_create;
+mod policy_source;
 #[cfg(feature = "agent")]
 pub mod sim;
 pub mod tpm;

@@ -1,14 +1,17 @@
-//! `imasnap policy …`: judge a measurement log against a runtime policy.
+//! `imasnap policy …`: judge a measurement log against a runtime policy, convert one, create
+//! one (`policy_create.rs`).
 
+use super::policy_source::{for_each_record, is_marker, LogOpts};
 use crate::ui;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use imasnap_log::{reader, BinaryFormat, Endian, Format, HashAlgo, Record};
 use imasnap_policy::{model, Allowed, KeyRing, Options, Policy};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+pub use super::policy_create::CreateArgs;
 
 #[derive(Subcommand)]
 pub enum PolicyCmd {
@@ -44,21 +47,16 @@ pub enum PolicyCmd {
         #[command(flatten)]
         policy: PolicyInput,
     },
+    Create(CreateArgs),
 }
 
 #[derive(Args)]
 pub struct LogInput {
-    /// Log file (`-` for stdin), binary or ASCII.
+    /// Log file (`-` for stdin), binary or ASCII; or a snapshot bundle, boot or state
+    /// directory (the whole boot's log: every stored segment, then the live list).
     log: PathBuf,
-    /// Input format.
-    #[arg(long, default_value = "auto")]
-    format: Format,
-    /// Bank of the template digests in the file (default: from the file name, else sha1).
-    #[arg(long = "input-bank")]
-    input_bank: Option<HashAlgo>,
-    /// Integers are big-endian (a big-endian host without ima_canonical_fmt).
-    #[arg(long)]
-    big_endian: bool,
+    #[command(flatten)]
+    opts: LogOpts,
 }
 
 #[derive(Args)]
@@ -113,27 +111,20 @@ pub fn run(cmd: PolicyCmd) -> Result<ExitCode> {
             println!("{text}");
             Ok(ExitCode::SUCCESS)
         }
+        PolicyCmd::Create(a) => super::policy_create::run(&a),
     }
 }
 
 fn check(input: &LogInput, policy: Policy, json_out: bool) -> Result<ExitCode> {
-    let bank = match input.input_bank {
-        Some(b) => b,
-        None => BinaryFormat::bank_from_file_name(&input.log.to_string_lossy()).map_err(anyhow::Error::msg)?,
-    };
-    let mut fmt = BinaryFormat::new(bank);
-    let endian = if input.big_endian { Endian::Big } else { Endian::Little };
-    fmt.endian = endian;
-    let src: Box<dyn std::io::Read> =
-        if input.log == Path::new("-") { Box::new(std::io::stdin()) } else { Box::new(ui::open_regular(&input.log)?) };
-    let mut r = reader::open(src, input.format, fmt)?;
-    let mut slot: Option<Record> = None;
     let mut learned = KeyRing::new();
-    let mut index = 0u64;
     let mut allowed: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut failures = Vec::new();
-    while let Some(rec) = r.read_into(&mut slot).with_context(|| format!("reading {}", input.log.display()))? {
-        match policy.check_with(index, rec, endian, Some(&mut learned)) {
+    let index = for_each_record(&input.log, &input.opts, &mut |i, rec, endian| {
+        if is_marker(rec, endian) {
+            *allowed.entry("snapshot-marker").or_default() += 1;
+            return Ok(());
+        }
+        match policy.check_with(i, rec, endian, Some(&mut learned)) {
             Ok(a) => *allowed.entry(allowed_name(&a)).or_default() += 1,
             Err(f) => {
                 if !json_out {
@@ -142,8 +133,8 @@ fn check(input: &LogInput, policy: Policy, json_out: bool) -> Result<ExitCode> {
                 failures.push(f);
             }
         }
-        index += 1;
-    }
+        Ok(())
+    })?;
     if index == 0 {
         // As for `imasnap log`: an empty file is not an IMA log.
         anyhow::bail!("{}: empty log: no records (an IMA log starts with its boot_aggregate)", input.log.display());
