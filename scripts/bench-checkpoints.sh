@@ -8,7 +8,8 @@
 #     kernel model's longest list-lock hold with checkpoints on and off.
 #
 # Usage: scripts/bench-checkpoints.sh [WORKDIR]   (default /tmp/imasnap-bench-cp)
-# Env: EVENTS_SMALL (14500), EVENTS_BIG (1430500), EVERY (10000 events per cut), RUNS (5).
+# Env: EVENTS_SMALL (14500), EVENTS_BIG (1430500), EVERY (10000 events per cut), RUNS (5),
+#      PARTS (which parts to run: "latest ranges cost" by default; e.g. PARTS=ranges).
 # Needs: a release build with --features tpm2 (built here), swtpm for part 3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,8 @@ EVENTS_SMALL=${EVENTS_SMALL:-14500}
 EVENTS_BIG=${EVENTS_BIG:-1430500}
 EVERY=${EVERY:-10000}
 RUNS=${RUNS:-5}
+PARTS=${PARTS:-latest ranges cost}
+part() { [[ " $PARTS " == *" $1 "* ]]; }
 cargo build --release -q -p imasnap --features tpm2
 B=${CARGO_TARGET_DIR:-target}/release/imasnap
 mkdir -p "$W"
@@ -49,22 +52,28 @@ best() { # args...
   echo "$best_e $best_w $n"
 }
 
-small=$(bundle small "$EVENTS_SMALL" "$EVERY")
 big=$(bundle big "$EVENTS_BIG" "$EVERY")
 cps() { python3 -c 'import json,sys; m=json.load(open(sys.argv[1]+"/manifest.json")); print(sum(1 for s in m["snapshots"] if "checkpoint" in s))' "$1"; }
 
+if part latest; then
+small=$(bundle small "$EVENTS_SMALL" "$EVERY")
 echo "== latest segment from the newest checkpoint (best of $RUNS)"
 read -r se sw sn < <(best "$small" --latest-only)
 read -r be bw bn < <(best "$big" --latest-only)
 printf '%-10s %9s records %5s checkpoints  engine %.3f ms  command %.1f ms\n' small "$sn" "$(cps "$small")" "$(python3 -c "print($se*1e3)")" "$(python3 -c "print($sw*1e3)")"
 printf '%-10s %9s records %5s checkpoints  engine %.3f ms  command %.1f ms\n' big "$bn" "$(cps "$big")" "$(python3 -c "print($be*1e3)")" "$(python3 -c "print($bw*1e3)")"
 python3 -c "print(f'ratio big/small: engine {$be/$se:.2f}x, command {$bw/$sw:.2f}x')"
+fi
 
-echo "== full history in ranges between checkpoints (best of $RUNS)"
+if part ranges; then
+echo "== full history in ranges between checkpoints (best of $RUNS, load $(cut -d' ' -f1-3 /proc/loadavg))"
 read -r j1 _ n < <(best "$big" --jobs 1)
 read -r j2 _ _ < <(best "$big" --jobs 2)
 python3 -c "n=$n; print(f'{n} records: --jobs 1 {$j1:.3f} s ({n/$j1/1e6:.2f}M rec/s), --jobs 2 {$j2:.3f} s ({n/$j2/1e6:.2f}M rec/s), speed-up {$j1/$j2:.2f}x')"
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+fi
 
+part cost || exit 0
 echo "== checkpoint cost per cut"
 for spec in soft swtpm; do
   d=$W/cost-$spec
