@@ -10,7 +10,8 @@
 #     kernel model's longest list-lock hold with checkpoints on and off.
 #
 # Usage: scripts/bench-checkpoints.sh [WORKDIR]   (default /tmp/imasnap-bench-cp)
-# Env: EVENTS_SMALL (14500), EVENTS_BIG (1430500), EVERY (10000 events per cut), RUNS (5);
+# Env: EVENTS_SMALL (14500), EVENTS_BIG (1430500), EVERY (10000 events per cut), RUNS (5),
+#      PARTS (which parts to run: "latest ranges cost" by default; e.g. PARTS=ranges);
 #      legacy: LEGACY_SMALL (10000 records), LEGACY_BIG (1000000), LEGACY_EVERY (7000).
 # Needs: a release build with --features tpm2 (built here), swtpm for part 3.
 set -euo pipefail
@@ -20,6 +21,8 @@ EVENTS_SMALL=${EVENTS_SMALL:-14500}
 EVENTS_BIG=${EVENTS_BIG:-1430500}
 EVERY=${EVERY:-10000}
 RUNS=${RUNS:-5}
+PARTS=${PARTS:-latest ranges cost}
+part() { [[ " $PARTS " == *" $1 "* ]]; }
 cargo build --release -q -p imasnap --features tpm2
 B=${CARGO_TARGET_DIR:-target}/release/imasnap
 mkdir -p "$W"
@@ -75,20 +78,26 @@ latest() { # back-end small-bundle big-bundle
   python3 -c "print(f'{\"$1\":8} ratio big/small: engine {$be/$se:.2f}x, command {$bw/$sw:.2f}x')"
 }
 
-small=$(bundle small "$EVENTS_SMALL" "$EVERY")
 big=$(bundle big "$EVENTS_BIG" "$EVERY")
+if part latest; then
+small=$(bundle small "$EVENTS_SMALL" "$EVERY")
 echo "== latest segment from the newest checkpoint, per back end (best of $RUNS)"
 latest rfc "$small" "$big"
 latest staging "$(bundle staging-small "$EVENTS_SMALL" "$EVERY" --interface staging)" \
   "$(bundle staging-big "$EVENTS_BIG" "$EVERY" --interface staging)"
 latest legacy "$(legacy_bundle legacy-small "${LEGACY_SMALL:-10000}" "${LEGACY_EVERY:-7000}")" \
   "$(legacy_bundle legacy-big "${LEGACY_BIG:-1000000}" "${LEGACY_EVERY:-7000}")"
+fi
 
-echo "== full history in ranges between checkpoints (best of $RUNS)"
+if part ranges; then
+echo "== full history in ranges between checkpoints (best of $RUNS, load $(cut -d' ' -f1-3 /proc/loadavg))"
 read -r j1 _ n < <(best "$big" --jobs 1)
 read -r j2 _ _ < <(best "$big" --jobs 2)
 python3 -c "n=$n; print(f'{n} records: --jobs 1 {$j1:.3f} s ({n/$j1/1e6:.2f}M rec/s), --jobs 2 {$j2:.3f} s ({n/$j2/1e6:.2f}M rec/s), speed-up {$j1/$j2:.2f}x')"
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+fi
 
+part cost || exit 0
 echo "== checkpoint cost per cut"
 for spec in soft swtpm; do
   d=$W/cost-$spec

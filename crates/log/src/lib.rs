@@ -24,5 +24,5 @@ pub use codec::{BinaryFormat, Endian, Record};
 pub use digest::ExtendMode;
 pub use error::{Error, Location, Reason};
 pub use reader::{AsciiReader, BinaryReader, Format, LogReader};
-pub use replay::{PcrState, PcrTarget, ReplayOptions, ReplayReport, Replayer};
+pub use replay::{Applied, PcrState, PcrTarget, ReplayOptions, ReplayReport, Replayer};
 pub use template::{Field, FieldId, ImaSignature, Template};

@@ -144,11 +144,14 @@ impl Layout {
 /// (inlined moves rather than a `memcpy` call per record).
 #[inline]
 fn copy_digest(dst: Option<&mut [u8]>, src: &[u8]) {
-    match (dst, src.len()) {
-        (Some(d), 20) if d.len() == 20 => d.copy_from_slice(&src[..20]),
-        (Some(d), 32) if d.len() == 32 => d.copy_from_slice(&src[..32]),
-        (Some(d), _) if d.len() == src.len() => d.copy_from_slice(src),
-        _ => {}
+    let Some(d) = dst else { return };
+    // Array conversions give the copy a length the compiler knows (no `memcpy` call).
+    if let (Ok(d), Ok(s)) = (<&mut [u8; 20]>::try_from(&mut *d), <&[u8; 20]>::try_from(src)) {
+        *d = *s;
+    } else if let (Ok(d), Ok(s)) = (<&mut [u8; 32]>::try_from(&mut *d), <&[u8; 32]>::try_from(src)) {
+        *d = *s;
+    } else if d.len() == src.len() {
+        d.copy_from_slice(src);
     }
 }
 
@@ -306,11 +309,16 @@ impl Chain {
     }
 
     fn run(&mut self, batch: &Computed, stride: usize) {
+        self.run_on(&batch.meta, &batch.digests, stride);
+    }
+
+    /// [`Chain::run`] over records given as their metas and digests (a prefix of a batch).
+    fn run_on(&mut self, meta: &[Meta], digests: &[u8], stride: usize) {
         self.ok.clear();
         let size = self.algo.size();
         // Padded mode: the SHA1 digest, zero-padded to the bank size (a longer bank only).
         let mut padded = [0u8; crate::algo::MAX_DIGEST];
-        for (m, d) in batch.meta.iter().zip(batch.digests.chunks_exact(stride)) {
+        for (m, d) in meta.iter().zip(digests.chunks_exact(stride)) {
             let p = m.pcr as usize;
             let input: &[u8] = if m.violation {
                 self.violation.as_bytes()
@@ -365,6 +373,28 @@ pub struct Replayer {
     matched_after: Option<u64>,
     matched_modes: Vec<(HashAlgo, ExtendMode)>,
     scratch: Vec<(Computed, Option<Reason>)>,
+    /// Records hashed by [`Replayer::queue`], waiting for [`Replayer::apply_queued`].
+    queue: Computed,
+    /// Records queued, counting those after one that could not be hashed.
+    queued: usize,
+    /// Why the first record that could not be hashed was refused (the queue ends there).
+    queue_err: Option<Reason>,
+}
+
+/// What [`Replayer::apply_queued`] did with one batch.
+#[derive(Clone, Debug)]
+pub struct Applied {
+    /// Global index of the batch's first record.
+    pub start: u64,
+    /// One past the last record extended (the batch, or up to the first record that could
+    /// not be replayed), before any stop at the match.
+    pub end: u64,
+    /// First record of the batch whose stored template digest differs from the recomputed one.
+    pub first_mismatch: Option<u64>,
+    /// The first record that could not be replayed (its index), as [`Replayer::push_batch`] reports it.
+    pub error: Option<Error>,
+    /// As [`ReplayReport::matched_after`], so far.
+    pub matched_after: Option<u64>,
 }
 
 impl Replayer {
@@ -408,6 +438,9 @@ impl Replayer {
             matched_after: None,
             matched_modes: Vec::new(),
             scratch: Vec::new(),
+            queue: Computed::default(),
+            queued: 0,
+            queue_err: None,
         }
     }
 
@@ -497,6 +530,12 @@ impl Replayer {
         } else {
             self.chains.iter_mut().zip(&run).filter(|(_, r)| **r).for_each(|(c, _)| c.run(batch, stride));
         }
+        self.copy_aliases();
+        self.account(batch);
+    }
+
+    /// Chains that compute what another does take its state.
+    fn copy_aliases(&mut self) {
         for &(a, b) in &self.aliases {
             if let Some(src) = self.chains.get(b).cloned() {
                 if let Some(dst) = self.chains.get_mut(a) {
@@ -504,7 +543,6 @@ impl Replayer {
                 }
             }
         }
-        self.account(batch);
     }
 
     /// Counts violations and mismatches of a batch the chains have extended, and looks for
@@ -552,6 +590,68 @@ impl Replayer {
                 return;
             }
         }
+    }
+
+    /// Hashes one record's template digests now, from wherever its bytes lie (e.g. a
+    /// reader's buffer, [`crate::BinaryReader::visit_raw`]), and queues it for
+    /// [`Replayer::apply_queued`]: no copy of the record is kept. As in
+    /// [`Replayer::push_batch`], the batch ends at the first record that cannot be
+    /// replayed; later ones are only counted.
+    #[inline]
+    pub fn queue(&mut self, pcr: u32, digest: &[u8], template: &Template, data: &[u8]) {
+        self.queued += 1;
+        if self.queue_err.is_some() {
+            return;
+        }
+        if let Err(r) = self.queue.push(&self.opts, &self.layout, pcr, digest, template, data) {
+            self.queue_err = Some(r);
+        }
+    }
+
+    /// Records queued since the last [`Replayer::apply_queued`].
+    pub fn queued(&self) -> usize {
+        self.queued
+    }
+
+    /// Drops the queued records.
+    pub fn discard_queued(&mut self) {
+        self.queue.clear();
+        self.queued = 0;
+        self.queue_err = None;
+    }
+
+    /// Extends the chains with the queued records (on this thread) and empties the queue.
+    /// With `stop_at_match`, a batch in which the targets are matched leaves the state
+    /// exactly at the match (`next_index` = the match), from the digests already computed.
+    pub fn apply_queued(&mut self, stop_at_match: bool) -> Applied {
+        let q = std::mem::take(&mut self.queue);
+        let start = self.next_index;
+        let saved = (stop_at_match && self.targeted).then(|| self.chains.clone());
+        self.apply(&q, false);
+        let end = self.next_index;
+        let first_mismatch = q.meta.iter().position(|m| m.digest_mismatch).map(|i| start + i as u64);
+        let error = self.queue_err.take().map(|r| Error::new(end, 0, r));
+        if let (Some(m), Some(chains)) = (self.matched_after, saved) {
+            if m < end {
+                // Back to the batch's start, then forward to the match.
+                let n = (m.saturating_sub(start) as usize).min(q.len());
+                let stride = self.layout.stride;
+                self.chains = chains;
+                let meta = q.meta.get(..n).unwrap_or_default();
+                let digests = q.digests.get(..n * stride).unwrap_or_default();
+                for (ci, c) in self.chains.iter_mut().enumerate() {
+                    if !self.aliases.iter().any(|&(a, _)| a == ci) {
+                        c.run_on(meta, digests, stride);
+                    }
+                }
+                self.copy_aliases();
+                self.next_index = start + n as u64;
+            }
+        }
+        self.queue = q;
+        self.queue.clear();
+        self.queued = 0;
+        Applied { start, end, first_mismatch, error, matched_after: self.matched_after }
     }
 
     /// Replays one record.

@@ -35,6 +35,14 @@ fn honest(seed: u64) -> (Host, Bundle) {
 }
 
 fn full(b: &Bundle) -> Failure {
+    // Records hashed in place on one thread (each range of `verify --jobs`) give the same
+    // verdict and report as batches of records hashed in parallel, wherever a batch ends.
+    for batch in [1, 7, 4096] {
+        let o = |parallel| b.verify_with(&Options { batch, parallel, ..Options::new(Mode::FullHistory) }, None);
+        let (par, one) = (o(true), o(false));
+        assert_eq!(format!("{:?}", one.verdict), format!("{:?}", par.verdict), "batch {batch}");
+        assert_eq!(format!("{:?}", one.report), format!("{:?}", par.report), "batch {batch}");
+    }
     failure(&b.verify(Mode::FullHistory, None))
 }
 

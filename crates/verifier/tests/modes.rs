@@ -169,10 +169,13 @@ fn quote_lag_across_a_snapshot_and_small_batches() {
     h.measure(50);
     let b = h.bundle_with_quote(&n, q);
     for batch in [1, 2, 7, 64, 4096] {
-        let opts = Options { batch, ..Options::new(Mode::FullHistory) };
-        let o = b.verify_with(&opts, None);
-        verified(&o);
-        assert_eq!(o.report.tail_records, 54, "batch {batch}");
+        // Hashed in parallel per batch, and in place on one thread (the ranges' path).
+        for parallel in [true, false] {
+            let opts = Options { batch, parallel, ..Options::new(Mode::FullHistory) };
+            let o = b.verify_with(&opts, None);
+            verified(&o);
+            assert_eq!(o.report.tail_records, 54, "batch {batch}, parallel {parallel}");
+        }
     }
 }
 

@@ -55,8 +55,70 @@ fn links<'c>(segs: &'c [Seg<'_>]) -> Vec<Link<'c>> {
     segs.iter().filter_map(|s| Some(Link { seq: s.seq(), seg_end: s.end_index(), claim: s.checkpoint()? })).collect()
 }
 
+/// Checks the signature of checkpoint `i` of the chain over the qualifyingData this
+/// verifier recomputes for its place, and reads its PCR values.
+fn authenticate(
+    chain: &[Link<'_>],
+    i: usize,
+    boot: &BootClaim,
+    trusted: &AkPublic,
+    banks: &[imasnap_log::HashAlgo],
+    pcr: u32,
+) -> Result<Quoted, Failure> {
+    let Some(l) = chain.get(i) else {
+        return Err(Failure::BadEvidence { detail: format!("no checkpoint {i}") });
+    };
+    let (seq, c) = (l.seq, l.claim);
+    let prev = i.checked_sub(1).and_then(|j| chain.get(j)).map(|p| p.claim.quote.attest.as_slice());
+    let qd = qualifying_data(boot.reset_count, &boot.boot_aggregate_sha1, seq, prev);
+    let tq = TpmQuote { quote: &c.quote, trusted_ak: trusted, claimed_ak: None };
+    quoted::authenticate(&tq, &qd, banks, pcr).map_err(|f| match f {
+        Failure::QuoteNonceMismatch { found, .. } => Failure::CheckpointChainMismatch {
+            seq,
+            detail: format!("the quote names {found}, not segment {seq} after its predecessor in this boot"),
+        },
+        Failure::QuotePcrDigestMismatch { detail } => Failure::CheckpointPcrs { seq, detail },
+        Failure::QuoteSelectionMissing { bank, pcr } => {
+            Failure::CheckpointPcrs { seq, detail: format!("{bank} PCR {pcr} is not quoted") }
+        }
+        other => Failure::CheckpointBadSignature { seq, detail: other.to_string() },
+    })
+}
+
+/// [`authenticate`] for every checkpoint of the chain, on up to `jobs` threads. Pure: the
+/// checks in chain order then take each result in turn, so the first failure reported is
+/// the same as when each signature is checked only once the checks before it passed.
+fn authenticate_all(
+    chain: &[Link<'_>],
+    boot: &BootClaim,
+    trusted: &AkPublic,
+    banks: &[imasnap_log::HashAlgo],
+    pcr: u32,
+    jobs: usize,
+) -> Vec<Option<Result<Quoted, Failure>>> {
+    let n = chain.len();
+    let mut out: Vec<Option<Result<Quoted, Failure>>> = (0..n).map(|_| None).collect();
+    let jobs = jobs.clamp(1, 256).min(n);
+    if jobs < 2 {
+        return out;
+    }
+    let per = n.div_ceil(jobs).max(1);
+    std::thread::scope(|s| {
+        for (k, part) in out.chunks_mut(per).enumerate() {
+            s.spawn(move || {
+                for (j, slot) in part.iter_mut().enumerate() {
+                    *slot = Some(authenticate(chain, k * per + j, boot, trusted, banks, pcr));
+                }
+            });
+        }
+    });
+    out
+}
+
 /// Accepts the checkpoints of the chain (only the newest when `only_newest`: the others
-/// then only supply the previous quote its qualifyingData names). In chain order.
+/// then only supply the previous quote its qualifyingData names). In chain order. With
+/// `jobs` > 1 (and not `only_newest`), the signatures are checked on that many threads first.
+#[allow(clippy::too_many_arguments)]
 fn accept(
     chain: &[Link<'_>],
     boot: &BootClaim,
@@ -65,9 +127,11 @@ fn accept(
     banks: &[imasnap_log::HashAlgo],
     pcr: u32,
     only_newest: bool,
+    jobs: usize,
 ) -> Result<Vec<Accepted>, Failure> {
     let mut out: Vec<Accepted> = Vec::new();
     let n = chain.len();
+    let mut pre = if only_newest { Vec::new() } else { authenticate_all(chain, boot, trusted, banks, pcr, jobs) };
     for (i, l) in chain.iter().enumerate() {
         if only_newest && i + 1 < n {
             continue;
@@ -92,20 +156,10 @@ fn accept(
                 detail: format!("{} key, not the trusted one", c.ak.kind()),
             });
         }
-        let prev = i.checked_sub(1).and_then(|j| chain.get(j)).map(|p| p.claim.quote.attest.as_slice());
-        let qd = qualifying_data(boot.reset_count, &boot.boot_aggregate_sha1, seq, prev);
-        let tq = TpmQuote { quote: &c.quote, trusted_ak: trusted, claimed_ak: None };
-        let q = quoted::authenticate(&tq, &qd, banks, pcr).map_err(|f| match f {
-            Failure::QuoteNonceMismatch { found, .. } => Failure::CheckpointChainMismatch {
-                seq,
-                detail: format!("the quote names {found}, not segment {seq} after its predecessor in this boot"),
-            },
-            Failure::QuotePcrDigestMismatch { detail } => Failure::CheckpointPcrs { seq, detail },
-            Failure::QuoteSelectionMissing { bank, pcr } => {
-                Failure::CheckpointPcrs { seq, detail: format!("{bank} PCR {pcr} is not quoted") }
-            }
-            other => Failure::CheckpointBadSignature { seq, detail: other.to_string() },
-        })?;
+        let q = match pre.get_mut(i).and_then(Option::take) {
+            Some(r) => r?,
+            None => authenticate(chain, i, boot, trusted, banks, pcr)?,
+        };
         if q.reset_count != fresh.reset_count {
             return Err(Failure::CheckpointOtherBoot { seq, reset_count: q.reset_count, quoted: fresh.reset_count });
         }
@@ -156,7 +210,7 @@ fn start_state(a: &Accepted, banks: &[imasnap_log::HashAlgo], pcr: u32, segs: &[
 /// fresh quote. History before it is not verified.
 pub(super) fn latest(eng: Engine<'_>, segs: Vec<Seg<'_>>, boot: &BootClaim, ak: &AkPublic) -> Result<State, Failure> {
     let chain = links(&segs);
-    let acc = accept(&chain, boot, ak, &eng.quoted, &eng.banks, eng.pcr, true)?;
+    let acc = accept(&chain, boot, ak, &eng.quoted, &eng.banks, eng.pcr, true, 1)?;
     let Some(newest) = acc.last() else {
         return Err(Failure::BadEvidence { detail: "no checkpoint".into() });
     };
@@ -178,7 +232,7 @@ pub fn verify_segmented<'a>(
     jobs: usize,
 ) -> Outcome {
     let mut report = Report::default();
-    let plan = match plan(opts, make(), quote, nonce, &mut report) {
+    let plan = match plan(opts, make(), quote, nonce, &mut report, jobs) {
         Ok(Some(p)) => p,
         Ok(None) => {
             let o = Options { mode: Mode::FullHistory, ..opts.clone() };
@@ -289,6 +343,7 @@ fn plan(
     quote: &dyn QuoteEvidence,
     nonce: &[u8],
     report: &mut Report,
+    jobs: usize,
 ) -> Result<Option<Plan>, Failure> {
     let o = Options { mode: Mode::FullHistory, ..opts.clone() };
     let p = prepare(&o, ev, quote, nonce, report)?;
@@ -299,7 +354,7 @@ fn plan(
     if chain.is_empty() {
         return Ok(None);
     }
-    let mut accepted = accept(&chain, boot, ak, &p.quoted, &p.banks, p.pcr, false)?;
+    let mut accepted = accept(&chain, boot, ak, &p.quoted, &p.banks, p.pcr, false, jobs)?;
     // Two checkpoints at one index bound an empty range: keep the first.
     accepted.dedup_by_key(|a| a.index);
     Ok(Some(Plan { accepted, fresh: p.quoted }))

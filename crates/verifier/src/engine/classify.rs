@@ -4,7 +4,7 @@
 use crate::reason::{Failure, Segment};
 use imasnap_log::marker::{Marker, EVENT_NAME as MARKER_NAME};
 use imasnap_log::template::{Field, FieldId};
-use imasnap_log::{Endian, HashAlgo, Record};
+use imasnap_log::{Endian, HashAlgo, Record, Template};
 
 pub(super) enum Kind {
     Ordinary,
@@ -14,18 +14,33 @@ pub(super) enum Kind {
 
 /// The event name (`n`/`n-ng` without NUL), without allocating.
 pub(super) fn event_name(rec: &Record, endian: Endian) -> Result<Option<&[u8]>, imasnap_log::Reason> {
-    let Some(pos) = rec.template.fields().iter().position(|f| matches!(f, FieldId::N | FieldId::NNg)) else {
+    event_name_in(&rec.template, &rec.template_data, endian)
+}
+
+/// [`event_name`] of template data that is not in a [`Record`] (e.g. in a read buffer).
+pub(super) fn event_name_in<'d>(
+    template: &Template,
+    data: &'d [u8],
+    endian: Endian,
+) -> Result<Option<&'d [u8]>, imasnap_log::Reason> {
+    let Some(pos) = template.fields().iter().position(|f| matches!(f, FieldId::N | FieldId::NNg)) else {
         return Ok(None);
     };
     let mut i = 0;
     let mut out = None;
-    rec.template.walk(&rec.template_data, endian, |f| {
+    template.walk(data, endian, |f| {
         if i == pos {
             out = Some(f);
         }
         i += 1;
     })?;
     Ok(out.map(|n| n.strip_suffix(&[0]).unwrap_or(n)))
+}
+
+/// Whether a record whose event name is `name` can only be ordinary: [`classify`] would
+/// return [`Kind::Ordinary`] without looking further (not a boot_aggregate, not a marker).
+pub(super) fn is_ordinary_name(name: Option<&[u8]>) -> bool {
+    !matches!(name, Some(n) if n == b"boot_aggregate" || n == MARKER_NAME.as_bytes())
 }
 
 /// Recognises markers (strictly: a record named snapshot_aggregate is never ordinary)

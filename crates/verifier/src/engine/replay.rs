@@ -2,7 +2,7 @@
 //! markers, boot_aggregates and manifest claims at their positions, and stops at the
 //! first point where the replay equals the quote.
 
-use super::classify::{classify, Kind};
+use super::classify::{classify, event_name_in, is_ordinary_name, Kind};
 use super::quoted::Quoted;
 use super::segment::SegReader;
 use super::{Options, Report, PLATFORM_PCRS};
@@ -31,7 +31,12 @@ pub(super) struct Engine<'r> {
     pub(super) batch_size: usize,
     pub(super) quoted: Quoted,
     pub(super) replayer: Replayer,
+    /// Records of the pending batch, when they are hashed in parallel at the flush. On one
+    /// thread (`in_place`), they are hashed as they are read and queued in the replayer.
     pub(super) batch: Vec<Record>,
+    /// Hash each record where it lies in the reader's buffer, on this thread, instead of
+    /// batching owned copies for a parallel hash (ranges already run in parallel).
+    pub(super) in_place: bool,
     /// Global index of the next record to enter the batch.
     pub(super) next: u64,
     pub(super) segment: Segment,
@@ -68,6 +73,7 @@ impl<'r> Engine<'r> {
             quoted,
             replayer,
             batch: Vec::new(),
+            in_place: !opts.parallel,
             next: 0,
             segment: Segment::Live,
             armed: false,
@@ -90,9 +96,21 @@ impl<'r> Engine<'r> {
         self.matched.is_some()
     }
 
+    /// Records waiting in the pending batch.
+    fn pending(&self) -> usize {
+        if self.in_place {
+            self.replayer.queued()
+        } else {
+            self.batch.len()
+        }
+    }
+
     /// Replays the pending batch. Afterwards the replayer's state is exact at `self.next`,
     /// or the quote has matched somewhere in the batch.
     pub(super) fn flush(&mut self) -> Result<(), Failure> {
+        if self.in_place {
+            return self.flush_queued();
+        }
         if self.batch.is_empty() || self.done() {
             self.batch.clear();
             return Ok(());
@@ -150,6 +168,79 @@ impl<'r> Engine<'r> {
         Ok(())
     }
 
+    /// [`Engine::flush`] of records hashed as they were read: the same verdicts, counts
+    /// and match point as the batch of owned records.
+    fn flush_queued(&mut self) -> Result<(), Failure> {
+        let count = self.replayer.queued();
+        if count == 0 || self.done() {
+            self.replayer.discard_queued();
+            return Ok(());
+        }
+        let a = self.replayer.apply_queued(true);
+        let matched = if self.armed { a.matched_after } else { None };
+        let cut = matched.unwrap_or(u64::MAX);
+        // The earliest problem before the match wins; records after it are carried over.
+        let mut fail: Option<(u64, Failure)> = None;
+        if let Some(i) = a.first_mismatch {
+            if i < cut {
+                fail = Some((i, Failure::TemplateDigestMismatch { index: i }));
+            }
+        }
+        if let Some(e) = a.error {
+            let i = e.at.record;
+            if i < cut && fail.as_ref().is_none_or(|(j, _)| i < *j) {
+                fail = Some((
+                    i,
+                    Failure::Malformed { segment: self.segment, index: i, offset: e.at.offset, reason: e.reason },
+                ));
+            }
+        }
+        if let Some((_, f)) = fail {
+            return Err(f);
+        }
+        if let Some(m) = matched {
+            // The replayer stopped exactly at the match.
+            let state = self.replayer.state();
+            self.report.records_replayed += m.saturating_sub(a.start);
+            self.report.tail_records += a.end.saturating_sub(m);
+            self.report.quote_matched_at = Some(m);
+            self.matched = Some((m, state));
+            // As after a batch of owned records: nothing is replayed past the match.
+            self.replayer = Replayer::resume(self.ropts.clone(), PcrState::new(&self.banks), 0);
+        } else {
+            self.report.records_replayed += count as u64;
+        }
+        Ok(())
+    }
+
+    /// Reads ordinary records straight into the pending batch, hashing each where it lies
+    /// in the reader's buffer, until the batch is full, the segment ends or a record needs
+    /// the record-by-record path (a marker, a boot_aggregate, an unquoted PCR: returned).
+    fn read_batch(&mut self, rd: &mut SegReader<'_>) -> Result<Step, Failure> {
+        let room = self.batch_size.saturating_sub(self.replayer.queued()).max(1);
+        let (mask, endian) = (self.quoted.mask, self.endian);
+        let replayer = &mut self.replayer;
+        let next = &mut self.next;
+        let mut special = None;
+        let visited = rd.visit(room, |raw| {
+            let ordinary = mask & (1u32 << raw.pcr.min(31)) != 0
+                && matches!(event_name_in(&raw.template, raw.data, endian), Ok(n) if is_ordinary_name(n));
+            if ordinary {
+                replayer.queue(raw.pcr, raw.digest, &raw.template, raw.data);
+                *next += 1;
+                true
+            } else {
+                special = Some(raw.to_record());
+                false
+            }
+        })?;
+        Ok(match special {
+            Some(rec) => Step::Special(rec),
+            None if visited < room => Step::End,
+            None => Step::Full,
+        })
+    }
+
     /// From here on, the replay is compared with the quote after every record.
     pub(super) fn arm(&mut self) -> Result<(), Failure> {
         self.flush()?;
@@ -170,9 +261,13 @@ impl<'r> Engine<'r> {
     }
 
     pub(super) fn push(&mut self, rec: Record) -> Result<(), Failure> {
-        self.batch.push(rec);
+        if self.in_place {
+            self.replayer.queue(rec.pcr, &rec.digest, &rec.template, &rec.template_data);
+        } else {
+            self.batch.push(rec);
+        }
         self.next += 1;
-        if self.batch.len() >= self.batch_size {
+        if self.pending() >= self.batch_size {
             self.flush()?;
         }
         Ok(())
@@ -376,6 +471,14 @@ impl<'r> Engine<'r> {
     /// Replays the rest of a segment; stops at the quote match, then counts the tail.
     pub(super) fn drain(&mut self, rd: &mut SegReader<'_>) -> Result<(), Failure> {
         while !self.done() {
+            if self.in_place && rd.peeked.is_none() {
+                match self.read_batch(rd)? {
+                    Step::Full => self.flush()?,
+                    Step::Special(rec) => self.on_record(rec)?,
+                    Step::End => return self.flush(),
+                }
+                continue;
+            }
             match rd.next()? {
                 Some(rec) => self.on_record(rec)?,
                 None => return self.flush(),
@@ -384,9 +487,7 @@ impl<'r> Engine<'r> {
         if self.stop_at_match {
             return Ok(());
         }
-        while rd.next()?.is_some() {
-            self.report.tail_records += 1;
-        }
+        self.report.tail_records += rd.skip_rest()?;
         Ok(())
     }
 
@@ -409,6 +510,16 @@ impl<'r> Engine<'r> {
             history_verified,
         })
     }
+}
+
+/// Where [`Engine::read_batch`] stopped.
+enum Step {
+    /// The batch is full.
+    Full,
+    /// This record goes the record-by-record path.
+    Special(Record),
+    /// The segment has no more records.
+    End,
 }
 
 pub(super) fn check_end_marker_claim(claim: &SnapshotClaim, idx: u64, rec: &Record, m: &Marker) -> Result<(), Failure> {

@@ -58,6 +58,31 @@ impl<'a> SegReader<'a> {
         }
     }
 
+    /// Hands up to `max` records to `visit` where they lie in the read buffer (see
+    /// [`BinaryReader::visit_raw`]); returns how many it was given. Errors as [`SegReader::read`].
+    pub(super) fn visit(
+        &mut self,
+        max: usize,
+        visit: impl FnMut(&imasnap_log::codec::RawRecord<'_>) -> bool,
+    ) -> Result<usize, Failure> {
+        match self.rd.visit_raw(max, visit) {
+            Ok(n) => {
+                self.count += n as u64;
+                Ok(n)
+            }
+            Err(e) => {
+                Err(Failure::Malformed { segment: self.id, index: e.at.record, offset: e.at.offset, reason: e.reason })
+            }
+        }
+    }
+
+    /// Reads the rest of the segment without keeping it; returns how many records it held.
+    pub(super) fn skip_rest(&mut self) -> Result<u64, Failure> {
+        let peeked = u64::from(self.peeked.take().is_some());
+        // Without a stop, one call reads to the end of the input.
+        Ok(peeked + self.visit(usize::MAX, |_| true)? as u64)
+    }
+
     pub(super) fn next(&mut self) -> Result<Option<Record>, Failure> {
         match self.peeked.take() {
             Some(r) => Ok(Some(r)),
