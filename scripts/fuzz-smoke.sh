@@ -34,6 +34,8 @@ if [ -n "${FUZZ_TOOLCHAIN:-}" ]; then
 else
     export RUSTC_BOOTSTRAP=1
 fi
+# glibc's per-thread destructor record of a thread still exiting is not a leak (fuzz/lsan.supp).
+export LSAN_OPTIONS="${LSAN_OPTIONS:-suppressions=$root/fuzz/lsan.supp}"
 # Two cores: keep the build modest unless the caller chose otherwise.
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
 
