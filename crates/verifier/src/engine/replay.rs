@@ -105,6 +105,25 @@ impl<'r> Engine<'r> {
         }
     }
 
+    /// The earliest problem of a replayed batch before the match at `cut` (a template
+    /// digest mismatch or an undecodable record); records after it are carried over.
+    fn first_failure(&self, mismatch: Option<u64>, error: Option<imasnap_log::Error>, cut: u64) -> Result<(), Failure> {
+        let mut fail: Option<(u64, Failure)> = None;
+        if let Some(i) = mismatch.filter(|&i| i < cut) {
+            fail = Some((i, Failure::TemplateDigestMismatch { index: i }));
+        }
+        if let Some(e) = error {
+            let i = e.at.record;
+            if i < cut && fail.as_ref().is_none_or(|(j, _)| i < *j) {
+                fail = Some((
+                    i,
+                    Failure::Malformed { segment: self.segment, index: i, offset: e.at.offset, reason: e.reason },
+                ));
+            }
+        }
+        fail.map_or(Ok(()), |(_, f)| Err(f))
+    }
+
     /// Replays the pending batch. Afterwards the replayer's state is exact at `self.next`,
     /// or the quote has matched somewhere in the batch.
     pub(super) fn flush(&mut self) -> Result<(), Failure> {
@@ -123,25 +142,7 @@ impl<'r> Engine<'r> {
         let rep = r.finish();
         let matched = if self.armed { rep.matched_after } else { None };
         let cut = matched.unwrap_or(u64::MAX);
-        // The earliest problem before the match wins; records after it are carried over.
-        let mut fail: Option<(u64, Failure)> = None;
-        if let Some(&i) = rep.template_digest_mismatches.first() {
-            if i < cut {
-                fail = Some((i, Failure::TemplateDigestMismatch { index: i }));
-            }
-        }
-        if let Err(e) = pushed {
-            let i = e.at.record;
-            if i < cut && fail.as_ref().is_none_or(|(j, _)| i < *j) {
-                fail = Some((
-                    i,
-                    Failure::Malformed { segment: self.segment, index: i, offset: e.at.offset, reason: e.reason },
-                ));
-            }
-        }
-        if let Some((_, f)) = fail {
-            return Err(f);
-        }
+        self.first_failure(rep.template_digest_mismatches.first().copied(), pushed.err(), cut)?;
         let end_state = rep.state().clone();
         if let Some(m) = matched {
             let n = m.saturating_sub(start) as usize;
@@ -179,25 +180,7 @@ impl<'r> Engine<'r> {
         let a = self.replayer.apply_queued(true);
         let matched = if self.armed { a.matched_after } else { None };
         let cut = matched.unwrap_or(u64::MAX);
-        // The earliest problem before the match wins; records after it are carried over.
-        let mut fail: Option<(u64, Failure)> = None;
-        if let Some(i) = a.first_mismatch {
-            if i < cut {
-                fail = Some((i, Failure::TemplateDigestMismatch { index: i }));
-            }
-        }
-        if let Some(e) = a.error {
-            let i = e.at.record;
-            if i < cut && fail.as_ref().is_none_or(|(j, _)| i < *j) {
-                fail = Some((
-                    i,
-                    Failure::Malformed { segment: self.segment, index: i, offset: e.at.offset, reason: e.reason },
-                ));
-            }
-        }
-        if let Some((_, f)) = fail {
-            return Err(f);
-        }
+        self.first_failure(a.first_mismatch, a.error, cut)?;
         if let Some(m) = matched {
             // The replayer stopped exactly at the match.
             let state = self.replayer.state();
