@@ -111,3 +111,30 @@ pub fn sigpipe(ignore: bool) {
     #[cfg(not(unix))]
     let _ = ignore;
 }
+
+/// Unix seconds as UTC (year, month, day, hour, minute, second), by H. Hinnant's
+/// civil-from-days algorithm (no date library for two timestamps).
+pub fn utc_civil(secs: i64) -> (i64, i64, i64, i64, i64, i64) {
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d, rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod civil_tests {
+    #[test]
+    fn utc_civil_known_dates() {
+        assert_eq!(super::utc_civil(0), (1970, 1, 1, 0, 0, 0));
+        // A leap day, and a second before midnight.
+        assert_eq!(super::utc_civil(951_782_400 + 86_399), (2000, 2, 29, 23, 59, 59));
+        assert_eq!(super::utc_civil(-1), (1969, 12, 31, 23, 59, 59));
+    }
+}

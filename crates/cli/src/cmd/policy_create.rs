@@ -319,16 +319,6 @@ fn hash_file(path: &Path, algo: HashAlgo, buf: &mut [u8]) -> Result<Option<Vec<u
 /// `meta.timestamp`: UTC, `YYYY-MM-DD HH:MM:SS` (Keylime writes its local `datetime.now()`).
 fn timestamp() -> String {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let (days, rem) = ((secs / 86400) as i64, secs % 86400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+    let (y, m, d, h, mi, sec) = ui::utc_civil(secs as i64);
+    format!("{y:04}-{m:02}-{d:02} {h:02}:{mi:02}:{sec:02}")
 }

@@ -211,21 +211,10 @@ fn read_policy(p: &Path) -> Result<String> {
     read_limited(p, imasnap_policy::model::MAX_POLICY_BYTES as u64).context("--policy")
 }
 
-/// Unix milliseconds as UTC `YYYY-MM-DDTHH:MM:SSZ` (no date library for one format).
+/// Unix milliseconds as UTC `YYYY-MM-DDTHH:MM:SSZ`.
 fn utc(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    let (y, m, d, h, mi, sec) = ui::utc_civil(ms.div_euclid(1000));
+    format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{sec:02}Z")
 }
 
 fn client(a: &ApiArgs) -> Result<ApiClient> {
