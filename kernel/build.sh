@@ -61,6 +61,11 @@ PATCHES=("$HERE"/patches/*.patch)
 FRAGMENT=$HERE/config/imasnap.config
 [ -r "$FRAGMENT" ] || die "missing $FRAGMENT"
 FRAGMENTS=("$FRAGMENT")
+# The default kernel also mounts `imasnap mount`'s FUSE view in the guest; the
+# single-option and debug kernels do not need it (and keep their cache keys).
+if [ "$FEATURE" = on ] && [ -z "$FLAVOUR" ]; then
+    FRAGMENTS+=("$HERE/config/view.config")
+fi
 if [ "$FLAVOUR" = debug ]; then
     [ "$FEATURE" = on ] || die "--debug builds the kernel with the feature"
     FRAGMENTS+=("$HERE/config/debug.config")

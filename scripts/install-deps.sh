@@ -11,6 +11,7 @@ pkgs=(
   kexec-tools flex bison libelf-dev libssl-dev build-essential  # kernel/: patched kernel + kexec in the guest
   openssl hyperfine bc
   python3-venv python3-gpg                   # Keylime from PyPI in a venv (scripts/keylime-venv.sh); it imports gpg
+  fuse3                                      # `imasnap mount`: the FUSE view (the kernel's /dev/fuse; fusermount3)
 )
 missing=()
 for p in "${pkgs[@]}"; do
