@@ -143,6 +143,28 @@ require() {
     echo "IMASNAP-UNSUPPORTED: $1 ($f absent)"
     sync; umount /disk; poweroff -f
 }
+# view TAG: the FUSE view of the whole log (`imasnap mount` over the store and
+# securityfs, as another process than the cuts); its files and count, the TPM's PCR 10
+# by tpm2-tools, then SIGTERM must unmount it.
+view() {
+    V=/w/view; mkdir -p $V
+    imasnap mount --state-dir /disk/state --interface "$IFACE" $V \
+        > /disk/out/view-$1.json 2> /disk/out/view-$1.err &
+    vpid=$!
+    i=0; while [ $i -lt 100 ] && ! grep -q " $V fuse" /proc/mounts; do sleep 0.1; i=$((i+1)); done
+    grep -q " $V fuse" /proc/mounts || fail "view $1: not mounted: $(cat /disk/out/view-$1.err)"
+    for f in binary_runtime_measurements ascii_runtime_measurements binary_runtime_measurements_sha256 \
+             ascii_runtime_measurements_sha256 runtime_measurements_count violations; do
+        cat $V/$f > /disk/out/view-$1.$f || fail "view $1: read $f: $(cat /disk/out/view-$1.err)"
+    done
+    # written to the view: refused (read-only)
+    wr=0; echo x 2>/dev/null > $V/binary_runtime_measurements || wr=1
+    tpm2 pcrread -T device:/dev/tpmrm0 sha1:10+sha256:10 > /disk/out/pcrs-$1.yaml 2> /disk/out/pcrs-$1.err \
+        || fail "view $1: tpm2 pcrread: $(cat /disk/out/pcrs-$1.err)"
+    kill -TERM $vpid; rc=0; wait $vpid || rc=$?
+    um=1; grep -q " $V fuse" /proc/mounts && um=0
+    note "view $1 rc=$rc unmounted=$um write_refused=$wr count=$(cat /disk/out/view-$1.runtime_measurements_count) $(count)"
+}
 memory() { sync; echo 3 > /proc/sys/vm/drop_caches; note "memory $1 $(count) $(slab)"; }
 finish() {
     rm -rf /disk/out/bundle

@@ -296,6 +296,10 @@ fn build_initramfs(work: &Path, sc: &Scenario, imasnap: &Path, modules: Option<&
         root = q(&root),
         imasnap = q(imasnap),
     ))?;
+    if sc.uses_view() {
+        // `tpm2 pcrread`: the PCRs evmctl checks the view against, read by tpm2-tools.
+        sh(&format!(". {lib}; guest_add_binary {root} /usr/bin/tpm2 /bin/tpm2", lib = q(&lib), root = q(&root)))?;
+    }
     if let Some(m) = modules {
         add_modules(&root, m)?;
     }

@@ -85,7 +85,8 @@ pub fn run(sc: &Scenario, state: &Path, out: &Path, nonce: &[u8]) -> Result<Mode
                     let k2 = Kernel::kexec_restore(cfg.clone(), kernel.into_tpm(), &buf)?;
                     agent = Agent::start(k2, acfg.clone())?.0;
                 }
-                Step::Memory => {}
+                // Reads only: the guest's view is checked against its own TPM.
+                Step::Memory | Step::View => {}
                 // Each guest cut is a new agent process with its own flavour: so here.
                 Step::Trim | Step::Stage => {
                     let flavour = if *step == Step::Trim { StagingFlavour::Trim } else { StagingFlavour::Stage };

@@ -30,6 +30,9 @@ pub enum Step {
     /// Another process writes `A` and leaves the records staged (a kexec next carries
     /// them ahead of the current list).
     StageOnly,
+    /// `imasnap mount` over the store and securityfs: the view's files, its record count
+    /// and the TPM's PCR 10 (tpm2-tools) go to /disk/out; then SIGTERM unmounts it.
+    View,
 }
 
 impl Step {
@@ -51,7 +54,7 @@ pub struct Scenario {
 impl Scenario {
     /// One step per line: `measure N`, `snapshot`, `abort`, `busy`, `kexec`,
     /// `kexec_busy N`, `memory`, and for upstream staging `trim`, `stage`, `writer_busy`,
-    /// `stage_only`;
+    /// `stage_only`; `view` mounts the FUSE view (`imasnap mount`) and reads it;
     /// `#` starts a comment. `repeat K { ... }` is not needed: write the lines out.
     /// A line `legacy` makes it a legacy scenario ([`Scenario::legacy`]).
     pub fn parse(text: &str) -> Result<Self> {
@@ -85,6 +88,7 @@ impl Scenario {
                 (Some("stage"), None, None) => Step::Stage,
                 (Some("writer_busy"), None, None) => Step::WriterBusy,
                 (Some("stage_only"), None, None) => Step::StageOnly,
+                (Some("view"), None, None) => Step::View,
                 _ => bail!("line {}: unknown step {line:?}", i + 1),
             };
             if legacy && !matches!(step, Step::Measure(_) | Step::Snapshot | Step::Memory) {
@@ -101,6 +105,11 @@ impl Scenario {
     /// Whether any step uses upstream staging (the agent then runs on that interface).
     pub fn uses_staging(&self) -> bool {
         self.steps.iter().any(|s| matches!(s, Step::Trim | Step::Stage | Step::WriterBusy | Step::StageOnly))
+    }
+
+    /// Whether any step mounts the FUSE view (the guest then needs tpm2-tools).
+    pub fn uses_view(&self) -> bool {
+        self.steps.contains(&Step::View)
     }
 
     /// Whether any step uses the RFC `snapshot` file.
@@ -159,6 +168,7 @@ impl Scenario {
                     Step::Stage => format!("cut {tag} stage"),
                     Step::WriterBusy => format!("writer_busy {tag}"),
                     Step::StageOnly => format!("stage_only {tag}"),
+                    Step::View => format!("view {tag}"),
                 };
                 s.push_str(&format!("    {line}\n"));
             }
@@ -209,6 +219,10 @@ mod tests {
             "{g}"
         );
         assert!(g.contains("}\nrequire staging\nstage_$STAGE\n") && !g.contains("require snapshot"), "{g}");
+        let v = Scenario::parse("measure 2\nsnapshot\nview\n").unwrap();
+        assert!(v.uses_view() && !st.uses_view());
+        assert!(v.guest_script().contains("    snapshot s0x1\n    view s0x2\n    finish\n"));
+        assert!(Scenario::parse("legacy\nmeasure 2\nview\n").is_err(), "legacy: measure, snapshot, memory only");
         assert_eq!(Scenario::parse("measure 2\nkexec_busy 1\ntrim\n").unwrap().interfaces(), ["snapshot", "staging"]);
         assert!(Scenario::parse("measure 2\nkexec\nmemory\n").unwrap().interfaces().is_empty());
         let l = Scenario::parse("legacy\nmeasure 2\nsnapshot\nmemory\n").unwrap();

@@ -367,3 +367,125 @@ fn legacy_scenario_refused_on_the_patched_kernel() {
     assert_eq!(u.interface, "legacy");
     assert!(u.detail.ends_with("/ima/snapshot present"), "{u}");
 }
+
+/// Cuts, then the FUSE view mounted in the guest by another process than the cuts.
+const VIEW_RFC: &str = "
+measure 120
+snapshot
+measure 80
+snapshot
+measure 60
+snapshot
+measure 40
+view
+";
+
+const VIEW_STAGING: &str = "
+measure 120
+trim
+measure 80
+stage
+measure 60
+trim
+measure 40
+view
+";
+
+/// PCR 10 of one bank from `tpm2 pcrread` output (YAML: `  sha1:` then `    10: 0x…`),
+/// in evmctl's `PCR-10: hex` form.
+fn evmctl_pcr_file(yaml: &str, bank: &str) -> String {
+    let mut in_bank = false;
+    for line in yaml.lines() {
+        let t = line.trim();
+        if let Some(name) = t.strip_suffix(':') {
+            in_bank = name == bank;
+        } else if let (true, Some(v)) = (in_bank, t.strip_prefix("10:")) {
+            let hex = v.trim().trim_start_matches("0x").to_ascii_lowercase();
+            return format!("PCR-10: {hex}\n");
+        }
+    }
+    panic!("no PCR 10 of {bank} in tpm2 pcrread output:\n{yaml}")
+}
+
+/// `evmctl ima_measurement` on `log` against the PCR files: its exit code and output.
+fn evmctl(log: &Path, sha1: &Path, sha256: &Path) -> (i32, String) {
+    let o = std::process::Command::new("evmctl")
+        .arg("ima_measurement")
+        .arg("--pcrs")
+        .arg(format!("sha1,{}", sha1.display()))
+        .arg("--pcrs")
+        .arg(format!("sha256,{}", sha256.display()))
+        .arg(log)
+        .output()
+        .expect("evmctl (ima-evm-utils)");
+    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    (o.status.code().unwrap_or(-1), text)
+}
+
+/// The view the guest read: evmctl replays it to the guest TPM's PCR 10 as tpm2-tools read
+/// it, it is the whole log (the bundle's segments plus its live list, byte for byte), and
+/// the mount was read-only and gone after SIGTERM.
+fn view_checks(g: &guest::GuestRun, tag: &str) {
+    let trace = g.trace().unwrap();
+    let line = trace.iter().find(|l| l.starts_with("view ")).expect("view step traced");
+    for want in ["rc=0", "unmounted=1", "write_refused=1"] {
+        assert!(line.contains(want), "{want}: {line}\n{}", g.console);
+    }
+    let f = |name: &str| g.out.join(format!("view-{tag}.{name}"));
+    let bin = std::fs::read(f("binary_runtime_measurements")).unwrap();
+
+    // Byte for byte the whole log: the bundle (written after the view, nothing measured
+    // in between) holds the same records as its segments and live list.
+    let bundle = g.out.join("bundle");
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(bundle.join("manifest.json")).unwrap()).unwrap();
+    let mut whole = Vec::new();
+    for s in m["snapshots"].as_array().unwrap() {
+        whole.extend(std::fs::read(bundle.join("snapshots").join(s["file"].as_str().unwrap())).unwrap());
+    }
+    let snapshot_bytes = whole.len();
+    assert!(m["snapshots"].as_array().unwrap().len() >= 3, "{m:#}");
+    whole.extend(std::fs::read(bundle.join("live.bin")).unwrap());
+    assert!(bin == whole, "view: {} bytes, bundle segments + live: {} bytes", bin.len(), whole.len());
+
+    // The count and the ASCII file cover the whole boot, not the kernel's trimmed list.
+    let count: u64 = std::fs::read_to_string(f("runtime_measurements_count")).unwrap().trim().parse().unwrap();
+    let ascii = std::fs::read_to_string(f("ascii_runtime_measurements")).unwrap();
+    assert_eq!(ascii.lines().count() as u64, count);
+    let next_index = m["next_index"].as_u64().unwrap();
+    assert!(count > next_index, "count {count} covers the {next_index} records moved to snapshots");
+    assert!(ascii.starts_with("10 "), "{}", &ascii[..ascii.len().min(200)]);
+    assert!(!std::fs::read(f("binary_runtime_measurements_sha256")).unwrap().is_empty());
+
+    // evmctl, unmodified, on the view against the PCRs tpm2-tools read from the guest TPM.
+    let yaml = std::fs::read_to_string(g.out.join(format!("pcrs-{tag}.yaml"))).unwrap();
+    let (p1, p256) = (g.out.join("pcr-sha1.txt"), g.out.join("pcr-sha256.txt"));
+    std::fs::write(&p1, evmctl_pcr_file(&yaml, "sha1")).unwrap();
+    std::fs::write(&p256, evmctl_pcr_file(&yaml, "sha256")).unwrap();
+    let (code, out) = evmctl(&f("binary_runtime_measurements"), &p1, &p256);
+    assert_eq!(code, 0, "evmctl on the view:\n{out}");
+
+    // One changed record inside the first snapshot's range: evmctl rejects it.
+    let bad = g.out.join("view-changed.bin");
+    std::fs::write(&bad, &bin).unwrap();
+    flip_byte(&bad, snapshot_bytes / 3);
+    let (code, out) = evmctl(&bad, &p1, &p256);
+    assert_ne!(code, 0, "evmctl accepted a view with a changed record:\n{out}");
+}
+
+#[test]
+#[ignore = "boots a patched kernel in QEMU (scripts/test.sh runs it)"]
+fn real_kernel_view_of_snapshots_passes_evmctl() {
+    let sc = Scenario::parse(VIEW_RFC).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let g = guest::run(&sc, &config(""), &work.path().join("guest")).unwrap();
+    view_checks(&g, "s0x7");
+}
+
+#[test]
+#[ignore = "boots a patched kernel in QEMU (scripts/test.sh runs it)"]
+fn real_kernel_view_of_staging_passes_evmctl() {
+    let sc = Scenario::parse(VIEW_STAGING).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let g = guest::run(&sc, &config("imasnap.iface=staging"), &work.path().join("guest")).unwrap();
+    view_checks(&g, "s0x7");
+}
