@@ -130,12 +130,17 @@ pub struct AgentServiceConfig {
     pub snapshot: SnapshotPolicy,
     #[serde(default)]
     pub workload: WorkloadToml,
+    /// Keylime's agent API on the same listener (docs/KEYLIME.md).
+    #[serde(default)]
+    pub keylime: crate::keylime::KeylimeToml,
     pub tls: TlsFiles,
 }
 
 impl AgentServiceConfig {
     pub fn from_toml(s: &str) -> Result<Self, String> {
-        crate::duration::from_toml(s, DURATION_KEYS)
+        let c: Self = crate::duration::from_toml(s, DURATION_KEYS)?;
+        c.keylime.settings().map_err(|e| format!("[keylime]: {e}"))?;
+        Ok(c)
     }
 
     pub fn agent_config(&self) -> AgentConfig {
