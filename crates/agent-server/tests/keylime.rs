@@ -250,6 +250,7 @@ fn scenario(py: &Path, tpm: &str, ak_tpm2b: Vec<u8>) {
     let stdin = child.stdin.take().unwrap();
     let stdout = BufReader::new(child.stdout.take().unwrap());
     let mut v = Verifier { child, stdin, stdout };
+    edges(&env, &pki, port);
     let round = serde_json::json!({ "op": "round" });
 
     // Round 1: the whole stitched log from entry 0, the key sent (partial=0).
@@ -303,6 +304,55 @@ fn scenario(py: &Path, tpm: &str, ak_tpm2b: Vec<u8>) {
     env.restart_agent();
     rejected_with(&v.round(round.clone()), "pcr_mismatch");
     rejected_with(&v.round(serde_json::json!({ "op": "round", "fresh": true })), "pcr_mismatch");
+}
+
+/// One GET over mTLS with `who`'s certificate: status and JSON body.
+fn get(env: &Env, who: &imasnap_agent_server::tls::TlsFiles, port: u16, path: &str) -> (u16, serde_json::Value) {
+    use imasnap_agent_server::{http::Conn, tls};
+    env.rt.block_on(async {
+        let t = std::time::Duration::from_secs(30);
+        let addr = format!("127.0.0.1:{port}");
+        let mut c =
+            Conn::connect(&addr, tls::server_name("localhost").unwrap(), who.client().unwrap(), t).await.unwrap();
+        let (st, b) = c.request(hyper::Method::GET, path, None, 64 << 20, t).await.unwrap();
+        (st.as_u16(), serde_json::from_slice(&b).unwrap_or(serde_json::Value::Null))
+    })
+}
+
+/// The API's edges over the wire: versions, refusals in Keylime's envelope, roles, an
+/// identity quote, an entry past the end.
+fn edges(env: &Env, pki: &imasnap_agent_server::devpki::DevPkiFiles, port: u16) {
+    let v = &pki.verifier;
+    let (st, b) = get(env, v, port, "/version");
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(b["results"]["supported_versions"], serde_json::json!(["2.1", "2.2"]));
+    assert_eq!(b["results"]["supported_version"], "2.2");
+    for (path, why) in [
+        ("/v2.2/quotes/integrity?nonce=abc&mask=0x1000000&partial=0", "selects PCR 24"),
+        ("/v2.2/quotes/integrity?nonce=a-c&mask=0x400&partial=0", "alphanumeric"),
+        ("/v2.2/quotes/integrity?nonce=abc&mask=0x400&partial=0&ima_ml_entry=99999999999999999999", "below 2^64"),
+        ("/v2.2/quotes/integrity?nonce=abc&mask=0x400", "partial"),
+        ("/v2.7/quotes/integrity?nonce=abc&mask=0x400&partial=0", "API version not supported"),
+    ] {
+        let (st, b) = get(env, v, port, path);
+        assert_eq!(st, 400, "{path}: {b}");
+        assert_eq!(b["code"], 400, "{b}");
+        assert!(b["status"].as_str().unwrap().contains(why), "{path}: {b}");
+    }
+    assert_eq!(get(env, v, port, "/v2.2/keys/pubkey").0, 404);
+    // A metrics scraper may not ask for quotes.
+    assert_eq!(get(env, &pki.reader, port, "/v2.2/quotes/integrity?nonce=abc&mask=0x400&partial=0").0, 403);
+    // Past the end: the whole list from 0, as the rust-keylime agent answers.
+    let (st, b) = get(env, v, port, "/v2.2/quotes/integrity?nonce=abc&mask=0x400&partial=1&ima_ml_entry=1000000");
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(b["results"]["ima_measurement_list_entry"], 0);
+    assert!(b["results"]["ima_measurement_list"].as_str().unwrap().starts_with("10 "));
+    assert!(b["results"].get("pubkey").is_none());
+    let (st, b) = get(env, v, port, "/v2.1/quotes/identity?nonce=abc");
+    assert_eq!(st, 200, "{b}");
+    assert!(b["results"]["pubkey"].as_str().unwrap().starts_with("-----BEGIN PUBLIC KEY-----"));
+    assert!(b["results"].get("ima_measurement_list").is_none());
+    assert!(b["results"]["quote"].as_str().unwrap().starts_with('r'));
 }
 
 fn soft_ak() -> Vec<u8> {
