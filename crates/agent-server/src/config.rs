@@ -185,6 +185,24 @@ mod tests {
     }
 
     #[test]
+    fn keylime_section() {
+        let tls = "[tls]\ncert = \"/c\"\nkey = \"/k\"\nca = \"/ca\"\n";
+        let off = AgentServiceConfig::from_toml(tls).unwrap();
+        assert!(!off.keylime.enabled, "off unless asked for");
+        let on = AgentServiceConfig::from_toml(&format!(
+            "[keylime]\nenabled = true\napi_versions = [\"2.2\"]\nhash_alg = \"sha384\"\n{tls}"
+        ))
+        .unwrap();
+        let s = on.keylime.settings().unwrap();
+        assert!(s.enabled);
+        assert_eq!((s.versions(), s.hash), (vec!["2.2".to_string()], imasnap_log::HashAlgo::Sha384));
+        assert_eq!(crate::service::Serve::from_config(&on).keylime, s);
+        let e = AgentServiceConfig::from_toml(&format!("[keylime]\napi_versions = [\"3.0\"]\n{tls}")).unwrap_err();
+        assert!(e.contains("[keylime]") && e.contains("3.0"), "{e}");
+        assert!(AgentServiceConfig::from_toml(&format!("[keylime]\nenable = true\n{tls}")).is_err(), "typo refused");
+    }
+
+    #[test]
     fn finding_3_durations_with_units_and_old_keys() {
         let tls = "[tls]\ncert = \"/c\"\nkey = \"/k\"\nca = \"/ca\"\n";
         let c = AgentServiceConfig::from_toml(&format!(
