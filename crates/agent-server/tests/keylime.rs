@@ -252,6 +252,8 @@ fn scenario(py: &Path, tpm: &str, ak_tpm2b: Vec<u8>) {
     let mut v = Verifier { child, stdin, stdout };
     edges(&env, &pki, port);
     let round = serde_json::json!({ "op": "round" });
+    // The tenant's check of the identity quote, before it hands the host to the verifier.
+    accepted(&v.round(serde_json::json!({ "op": "identity" })));
 
     // Round 1: the whole stitched log from entry 0, the key sent (partial=0).
     let r1 = v.round(round.clone());

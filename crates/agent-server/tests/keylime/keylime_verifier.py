@@ -11,6 +11,8 @@ keyrings, next entry) carried from round to round.
 
 Reads one JSON command per line on stdin, answers one JSON line each:
   {"op": "round", "fresh": false, "tamper": null | "list" | "nonce"}
+  {"op": "identity"}: the tenant's identity check (`Tenant.do_quote` and its
+  `validate_tpm_quote`, which is `Tpm.check_quote` with the registrar's AK)
 "fresh" starts over as a new verifier would (entry 0); "tamper" edits the answer in
 transit ("list": one digest of the last list line) or checks it against another nonce.
 """
@@ -28,7 +30,9 @@ from keylime import cloud_verifier_common  # noqa: E402
 from keylime.agentstates import AgentAttestState  # noqa: E402
 from keylime.ima import ima  # noqa: E402
 from keylime.mba import mba  # noqa: E402
+from keylime.common import algorithms  # noqa: E402
 from keylime.tpm import tpm_util  # noqa: E402
+from keylime.tpm.tpm_main import Tpm  # noqa: E402
 
 
 def new_agent(a, ak_b64):
@@ -69,6 +73,17 @@ def main() -> int:
     state = AgentAttestState(agent["agent_id"])
     for line in sys.stdin:
         cmd = json.loads(line)
+        if cmd["op"] == "identity":
+            nonce = tpm_util.random_password(20)
+            with urllib.request.urlopen(f"{a.url}/v{a.api}/quotes/identity?nonce={nonce}", context=ctx) as r:
+                res = json.loads(r.read())["results"]
+            failure = Tpm().check_quote(
+                AgentAttestState(agent["agent_id"]), nonce, res["pubkey"], res["quote"], ak_b64,
+                hash_alg=algorithms.Hash(res["hash_alg"]), compressed=False,
+            )
+            out = {"accepted": not failure, "events": [{"id": e.event_id, "context": e.context} for e in failure.events]}
+            print(json.dumps(out), flush=True)
+            continue
         if cmd.get("fresh"):
             agent = new_agent(a, ak_b64)
             state = AgentAttestState(agent["agent_id"])
