@@ -288,6 +288,14 @@ fn scenario(py: &Path, tpm: &str, ak_tpm2b: Vec<u8>) {
     rejected_with(&v.round(serde_json::json!({ "op": "round", "tamper": "list" })), "pcr_mismatch");
     rejected_with(&v.round(serde_json::json!({ "op": "round", "tamper": "nonce", "fresh": true })), "quote_validation");
 
+    // Every PCR but 23 in the mask: 23 PCRs with PCR 16, three TPML_DIGESTs in the blob.
+    let wide = v.round(serde_json::json!({ "op": "round", "fresh": true, "mask": "0x7fffff" }));
+    accepted(&wide);
+    // A tpm_policy value for PCR 0 (fresh PCRs: zero): the quoted value is what is checked.
+    let zero = "00".repeat(32);
+    let pcr0 = |v: &str| serde_json::json!({ "op": "round", "fresh": true, "mask": "0x401", "pcrs": { "0": [v] } });
+    accepted(&v.round(pcr0(&zero)));
+    rejected_with(&v.round(pcr0(&"11".repeat(32))), "invalid_pcr_0");
     // A fresh verifier accepts the host as it is…
     let r4 = v.round(serde_json::json!({ "op": "round", "fresh": true }));
     accepted(&r4);

@@ -10,10 +10,13 @@ keyrings, next entry) carried from round to round.
       --ak AK_TPM2B_B64_FILE --policy POLICY.json [--api 2.2] [--mask 0x400]
 
 Reads one JSON command per line on stdin, answers one JSON line each:
-  {"op": "round", "fresh": false, "tamper": null | "list" | "nonce"}
+  {"op": "round", "fresh": false, "tamper": null | "list" | "nonce", "mask": "0x400",
+   "pcrs": {"0": ["<hex>"]}}
   {"op": "identity"}: the tenant's identity check (`Tenant.do_quote` and its
   `validate_tpm_quote`, which is `Tpm.check_quote` with the registrar's AK)
-"fresh" starts over as a new verifier would (entry 0); "tamper" edits the answer in
+"fresh" starts over as a new verifier would (entry 0), with `tpm_policy` mask "mask" and
+the PCR values "pcrs";
+"tamper" edits the answer in
 transit ("list": one digest of the last list line) or checks it against another nonce.
 """
 
@@ -35,12 +38,12 @@ from keylime.tpm import tpm_util  # noqa: E402
 from keylime.tpm.tpm_main import Tpm  # noqa: E402
 
 
-def new_agent(a, ak_b64):
+def new_agent(a, ak_b64, mask, pcrs=None):
     # The fields of the verifier's agent row that process_quote_response reads.
     return {
         "agent_id": "imasnap-keylime-test",
         "ak_tpm": ak_b64,
-        "tpm_policy": json.dumps({"mask": a.mask}),
+        "tpm_policy": json.dumps({"mask": mask, **(pcrs or {})}),
         "accept_tpm_hash_algs": ["sha256"],
         "accept_tpm_encryption_algs": ["ecc", "rsa"],
         "accept_tpm_signing_algs": ["ecdsa", "rsassa"],
@@ -69,7 +72,7 @@ def main() -> int:
     ctx = ssl.create_default_context(cafile=a.ca)
     ctx.load_cert_chain(a.cert, a.key)
 
-    agent = new_agent(a, ak_b64)
+    agent = new_agent(a, ak_b64, a.mask)
     state = AgentAttestState(agent["agent_id"])
     for line in sys.stdin:
         cmd = json.loads(line)
@@ -85,7 +88,7 @@ def main() -> int:
             print(json.dumps(out), flush=True)
             continue
         if cmd.get("fresh"):
-            agent = new_agent(a, ak_b64)
+            agent = new_agent(a, ak_b64, cmd.get("mask", a.mask), cmd.get("pcrs"))
             state = AgentAttestState(agent["agent_id"])
         # cloud_verifier_common.prepare_get_quote and invoke_get_quote
         agent["nonce"] = tpm_util.random_password(20)
@@ -93,7 +96,8 @@ def main() -> int:
         partial = "0" if not agent["public_key"] else "1"
         url = (
             f"{a.url}/v{agent['supported_version']}/quotes/integrity"
-            f"?nonce={agent['nonce']}&mask={a.mask}&partial={partial}&ima_ml_entry={entry}"
+            f"?nonce={agent['nonce']}&mask={json.loads(agent['tpm_policy'])['mask']}"
+            f"&partial={partial}&ima_ml_entry={entry}"
         )
         out = {"requested_entry": entry, "partial": partial}
         try:
