@@ -684,6 +684,10 @@ pub async fn run(cfg: AgentServiceConfig) -> anyhow::Result<()> {
     let running = spawn(listener, tls, host, Serve::from_config(&cfg))?;
     tracing::info!(addr = %running.addr, backend = ?cfg.backend, tpm = %cfg.tpm, state_dir = %cfg.state_dir.display(),
         "agent service listening");
+    if cfg.keylime.enabled {
+        tracing::info!(versions = ?cfg.keylime.api_versions, hash_alg = %cfg.keylime.hash_alg,
+            "Keylime agent API on the same listener (PCR 16 is reset before each Keylime quote)");
+    }
     // One line on stdout for scripts and tests: the bound address.
     println!("listening on {}", running.addr);
     shutdown_signal().await;

@@ -83,12 +83,12 @@ struct Env {
 }
 
 impl Env {
-    fn start(tpm: &str) -> (Self, PathBuf, imasnap_agent_server::devpki::DevPkiFiles, u16) {
+    fn start(tpm: &str, extra: &str) -> (Self, PathBuf, imasnap_agent_server::devpki::DevPkiFiles, u16) {
         let d = tempfile::tempdir().unwrap();
         let dir = d.path().to_path_buf();
         let pki = write_dev_pki(&dir.join("pki"), &["localhost"]).unwrap();
         let cfg = AgentServiceConfig::from_toml(&format!(
-            "state_dir = {:?}\nlisten = \"127.0.0.1:0\"\ntpm = {tpm:?}\n[keylime]\nenabled = true\n\
+            "state_dir = {:?}\nlisten = \"127.0.0.1:0\"\ntpm = {tpm:?}\n{extra}\n[keylime]\nenabled = true\n\
              [tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\n",
             dir.join("agent-state"),
             pki.agent.cert,
@@ -216,7 +216,7 @@ fn rejected_with(r: &serde_json::Value, event: &str) {
 }
 
 fn scenario(py: &Path, tpm: &str, ak_tpm2b: Vec<u8>) {
-    let (mut env, dir, pki, port) = Env::start(tpm);
+    let (mut env, dir, pki, port) = Env::start(tpm, "");
     // ≥ 5 snapshots, then a live tail.
     for _ in 0..5 {
         env.measure(12);
@@ -389,4 +389,21 @@ fn keylime_verifier_accepts_and_rejects_swtpm() {
         t.ak_public().public_area().unwrap().to_tpm2b()
     };
     scenario(&py, &sw.tcti(), ak);
+}
+
+/// A list above `max_evidence_bytes` is refused (413, in Keylime's envelope) rather than
+/// cut short: a truncated list could never reach the quoted PCR 10.
+#[test]
+fn keylime_list_above_the_limit_is_413() {
+    let (mut env, _dir, pki, port) = Env::start("soft", "max_evidence_bytes = 4000");
+    env.measure(40);
+    let q = "/v2.2/quotes/integrity?nonce=abc&mask=0x400&partial=1&ima_ml_entry=";
+    let (st, b) = get(&env, &pki.verifier, port, &format!("{q}0"));
+    assert_eq!(st, 413, "{b}");
+    assert_eq!(b["code"], 413);
+    assert!(b["status"].as_str().unwrap().contains("max_evidence_bytes (4000)"), "{b}");
+    // The last few records fit.
+    let (st, b) = get(&env, &pki.verifier, port, &format!("{q}38"));
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(b["results"]["ima_measurement_list"].as_str().unwrap().lines().count(), 3);
 }
