@@ -15,6 +15,7 @@
 //! kernel's list has been trimmed.
 
 use crate::host::{count_records, HostError, HostKernel};
+use crate::http::param;
 use base64ct::{Base64, Encoding as _};
 use imasnap_agent::Agent;
 use imasnap_log::{HashAlgo, PcrValue};
@@ -169,10 +170,6 @@ pub struct QuoteQuery {
     /// First record of the list (absolute index in the stitched log); `None` for
     /// an identity quote, which carries no list.
     pub entry: Option<u64>,
-}
-
-fn param<'a>(q: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
 fn parse_nonce(q: &[(String, String)]) -> Result<String, String> {
