@@ -1,7 +1,7 @@
 //! Keylime's own verifier code (PyPI `keylime` 7.14.3, in the venv of
 //! scripts/keylime-venv.sh) attests an imasnap agent through its Keylime API
-//! (`[keylime] enabled = true`) over mutual TLS: the kernel model with snapshots, the
-//! soft TPM and swtpm (tss-esapi). tests/keylime/keylime_verifier.py sends the verifier's
+//! (`[keylime] enabled = true`) over mutual TLS: the kernel model with snapshots (RFC
+//! cuts with markers, and upstream staging), the soft TPM and swtpm (tss-esapi). tests/keylime/keylime_verifier.py sends the verifier's
 //! request and runs `cloud_verifier_common.process_quote_response` on the answer, keeping
 //! Keylime's incremental state between rounds; it reimplements nothing.
 //!
@@ -126,10 +126,10 @@ impl Env {
         self.host.lock().unwrap().snapshot(None).unwrap().expect("snapshot taken");
     }
 
-    /// The agent process dies as a cut opens and a new one recovers from what is on disk
+    /// The agent process dies while writing a cut and a new one recovers from what is on disk
     /// (the kernel model keeps running: no reboot).
     fn restart_agent(&self) {
-        let r = self.host.lock().unwrap().snapshot(Some(imasnap_agent::CrashPoint::AfterOpen)).unwrap();
+        let r = self.host.lock().unwrap().snapshot(Some(imasnap_agent::CrashPoint::DuringTmpWrite)).unwrap();
         assert!(r.is_none(), "the agent crashed and restarted");
     }
 
@@ -215,8 +215,8 @@ fn rejected_with(r: &serde_json::Value, event: &str) {
     assert!(ids.iter().any(|i| i.contains(event)), "expected a {event} failure, got {ids:?}: {r}");
 }
 
-fn scenario(py: &Path, tpm: &str, ak_tpm2b: Vec<u8>) {
-    let (mut env, dir, pki, port) = Env::start(tpm, "");
+fn scenario(py: &Path, tpm: &str, ak_tpm2b: Vec<u8>, extra: &str) {
+    let (mut env, dir, pki, port) = Env::start(tpm, extra);
     // ≥ 5 snapshots, then a live tail.
     for _ in 0..5 {
         env.measure(12);
@@ -373,7 +373,14 @@ fn soft_ak() -> Vec<u8> {
 #[test]
 fn keylime_verifier_accepts_and_rejects_soft_tpm() {
     let Some(py) = keylime_python() else { return };
-    scenario(&py, "soft", soft_ak());
+    scenario(&py, "soft", soft_ak(), "");
+}
+
+/// Upstream staging's cut (no marker records) on the model: the same offsets hold.
+#[test]
+fn keylime_verifier_accepts_and_rejects_staging() {
+    let Some(py) = keylime_python() else { return };
+    scenario(&py, "soft", soft_ak(), "interface = \"staging\"");
 }
 
 #[test]
@@ -388,7 +395,7 @@ fn keylime_verifier_accepts_and_rejects_swtpm() {
         });
         t.ak_public().public_area().unwrap().to_tpm2b()
     };
-    scenario(&py, &sw.tcti(), ak);
+    scenario(&py, &sw.tcti(), ak, "");
 }
 
 /// A list above `max_evidence_bytes` is refused (413, in Keylime's envelope) rather than
