@@ -106,6 +106,7 @@ fn status_of(e: &HostError) -> StatusCode {
             StatusCode::SERVICE_UNAVAILABLE
         }
         HostError::Conflict(_) => StatusCode::CONFLICT,
+        HostError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -237,13 +238,7 @@ impl AgentService {
         let kr = keylime::QuoteRequest::new(&kq, s.hash, self.max_evidence);
         let ev = match self.with_host(move |h| h.keylime_quote(&kr)).await {
             Ok(ev) => ev,
-            Err(e) => {
-                let code = match e {
-                    HostError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-                    ref e => status_of(e),
-                };
-                return fail(code, &e.to_string());
-            }
+            Err(e) => return fail(status_of(&e), &e.to_string()),
         };
         match keylime::results(&ev, &kq, s.hash) {
             Ok(r) => json_response(StatusCode::OK, &keylime::envelope(200, "Success", r)),
