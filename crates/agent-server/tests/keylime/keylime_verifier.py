@@ -15,9 +15,8 @@ Reads one JSON command per line on stdin, answers one JSON line each:
   {"op": "identity"}: the tenant's identity check (`Tenant.do_quote` and its
   `validate_tpm_quote`, which is `Tpm.check_quote` with the registrar's AK)
 "fresh" starts over as a new verifier would (entry 0), with `tpm_policy` mask "mask" and
-the PCR values "pcrs";
-"tamper" edits the answer in
-transit ("list": one digest of the last list line) or checks it against another nonce.
+PCR values "pcrs"; "tamper" edits the answer in transit ("list": one digest of the last
+list line) or checks it against another nonce.
 """
 
 import argparse
@@ -31,9 +30,9 @@ logging.disable(logging.CRITICAL)  # Keylime warns about its missing /etc/keylim
 
 from keylime import cloud_verifier_common  # noqa: E402
 from keylime.agentstates import AgentAttestState  # noqa: E402
+from keylime.common import algorithms  # noqa: E402
 from keylime.ima import ima  # noqa: E402
 from keylime.mba import mba  # noqa: E402
-from keylime.common import algorithms  # noqa: E402
 from keylime.tpm import tpm_util  # noqa: E402
 from keylime.tpm.tpm_main import Tpm  # noqa: E402
 
