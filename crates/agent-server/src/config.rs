@@ -130,12 +130,17 @@ pub struct AgentServiceConfig {
     pub snapshot: SnapshotPolicy,
     #[serde(default)]
     pub workload: WorkloadToml,
+    /// Keylime's agent API on the same listener (docs/KEYLIME.md).
+    #[serde(default)]
+    pub keylime: crate::keylime::KeylimeToml,
     pub tls: TlsFiles,
 }
 
 impl AgentServiceConfig {
     pub fn from_toml(s: &str) -> Result<Self, String> {
-        crate::duration::from_toml(s, DURATION_KEYS)
+        let c: Self = crate::duration::from_toml(s, DURATION_KEYS)?;
+        c.keylime.settings().map_err(|e| format!("[keylime]: {e}"))?;
+        Ok(c)
     }
 
     pub fn agent_config(&self) -> AgentConfig {
@@ -177,6 +182,24 @@ mod tests {
         let a = st.agent_config();
         assert_eq!((a.interface, a.staging), (InterfaceChoice::Staging, StagingFlavour::Stage));
         assert!(AgentServiceConfig::from_toml(&format!("interface = \"rfc\"\n{tls}")).is_err());
+    }
+
+    #[test]
+    fn keylime_section() {
+        let tls = "[tls]\ncert = \"/c\"\nkey = \"/k\"\nca = \"/ca\"\n";
+        let off = AgentServiceConfig::from_toml(tls).unwrap();
+        assert!(!off.keylime.enabled, "off unless asked for");
+        let on = AgentServiceConfig::from_toml(&format!(
+            "[keylime]\nenabled = true\napi_versions = [\"2.2\"]\nhash_alg = \"sha384\"\n{tls}"
+        ))
+        .unwrap();
+        let s = on.keylime.settings().unwrap();
+        assert!(s.enabled);
+        assert_eq!((s.versions(), s.hash), (vec!["2.2".to_string()], imasnap_log::HashAlgo::Sha384));
+        assert_eq!(crate::service::Serve::from_config(&on).keylime, s);
+        let e = AgentServiceConfig::from_toml(&format!("[keylime]\napi_versions = [\"3.0\"]\n{tls}")).unwrap_err();
+        assert!(e.contains("[keylime]") && e.contains("3.0"), "{e}");
+        assert!(AgentServiceConfig::from_toml(&format!("[keylime]\nenable = true\n{tls}")).is_err(), "typo refused");
     }
 
     #[test]

@@ -81,7 +81,7 @@ impl<T: Tpm + 'static> HostKernel for SecurityFs<T> {
 }
 
 /// Records in a binary SHA1 list.
-fn count_records(b: &[u8]) -> Result<u64, HostError> {
+pub(crate) fn count_records(b: &[u8]) -> Result<u64, HostError> {
     let mut rd = BinaryReader::new(b, imasnap_store::snapshot_format());
     for r in rd.by_ref() {
         r.map_err(|e| HostError::Other(format!("live list: {e}")))?;
@@ -226,6 +226,9 @@ pub enum HostError {
     /// The request cannot be served in this mode (e.g. a snapshot on a legacy kernel).
     #[error("{0}")]
     Conflict(String),
+    /// The answer would exceed `max_evidence_bytes` (413).
+    #[error("{0}")]
+    TooLarge(String),
     #[error("{0}")]
     Other(String),
 }
@@ -248,6 +251,14 @@ pub trait HostOps: Send {
         from: api::From,
         boot_hint: Option<(u64, Option<String>)>,
     ) -> Result<EvidenceView, HostError>;
+    /// Keylime's quote and stitched ASCII list ([`crate::keylime`]).
+    fn keylime_quote(
+        &mut self,
+        req: &crate::keylime::QuoteRequest,
+    ) -> Result<crate::keylime::KeylimeEvidence, HostError> {
+        let _ = req;
+        Err(HostError::Conflict(format!("the Keylime API is not served in mode {}", self.mode())))
+    }
     fn snapshot(&mut self, crash_at: Option<CrashPoint>) -> Result<Option<SnapshotEntry>, HostError>;
     /// Policy snapshots and the interval workload; call periodically.
     fn tick(&mut self, now: Instant) -> Result<(), HostError>;
@@ -442,6 +453,16 @@ impl<K: HostKernel> HostOps for Host<K> {
         self.metrics.evidence_requests += 1;
         self.metrics.evidence_bytes += files.iter().map(|f| f.2).sum::<u64>() + live.len() as u64;
         Ok(EvidenceView { header, files, live })
+    }
+
+    fn keylime_quote(
+        &mut self,
+        req: &crate::keylime::QuoteRequest,
+    ) -> Result<crate::keylime::KeylimeEvidence, HostError> {
+        // The model's boots are process starts, which /proc/stat cannot tell apart.
+        let boots = self.agent_ref().manifest().map_or(0, |m| m.boot.reset_count);
+        let boottime = if self.mode().starts_with("model") { boots } else { crate::keylime::boottime(boots) };
+        crate::keylime::host_evidence(self.agent(), req, boottime)
     }
 
     fn snapshot(&mut self, crash_at: Option<CrashPoint>) -> Result<Option<SnapshotEntry>, HostError> {

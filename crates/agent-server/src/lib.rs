@@ -7,6 +7,7 @@
 //!   file) and its TPM.
 //! - [`legacy`]: a real securityfs without the `snapshot` file (read-only; the agent
 //!   copies `binary_runtime_measurements` incrementally and serves its own copy).
+//! - [`keylime`]: Keylime's agent pull API (`[keylime]` in agent.toml, docs/KEYLIME.md).
 //! - [`api`]: the agent's metrics; the `imasnap-evidence/1` body itself is defined in
 //!   `imasnap-wire` and re-exported there.
 //! - [`tls`], [`http`], [`devpki`]: re-exported from `imasnap-net`, the mutual-TLS kit
@@ -23,6 +24,7 @@
 pub mod api;
 pub mod config;
 pub mod host;
+pub mod keylime;
 pub mod legacy;
 pub mod service;
 

@@ -13,11 +13,13 @@
 //! | `POST /v1/snapshots[?crash_at=POINT]` | take a snapshot now (`crash_at` only with `test_endpoints`); rate-limited (429 with `Retry-After`) |
 //! | `POST /v1/test/records?count=N` | workload: measure N events (`test_endpoints` only) |
 //! | `POST /v1/test/measure` | `{"path", "digest"[, "xattr"]}` or `{"path", "buffer"}`: measure one file or buffer (`test_endpoints` only) |
+//! | `GET /version`, `GET /v2.N/quotes/integrity\|identity` | Keylime's agent API, with `[keylime] enabled = true` ([`crate::keylime`]; `verifier` and `admin` roles) |
 
 use crate::api;
 use crate::config::{AgentServiceConfig, Backend};
 use crate::host::{Host, HostError, HostOps, WorkloadCfg};
 use crate::http::{self, error_response, json_response, param, query, text_response, Body, Handler, Peer};
+use crate::keylime::{self, KeylimeSettings};
 use crate::legacy::LegacyHost;
 use crate::tls::{role_of, Role};
 use bytes::Bytes;
@@ -47,6 +49,7 @@ pub struct AgentService {
     max_evidence: u64,
     test_endpoints: bool,
     snapshot_limit: Mutex<RateLimit>,
+    keylime: KeylimeSettings,
 }
 
 /// A token bucket: `burst` requests at once, then one per `every`. Guards
@@ -103,6 +106,7 @@ fn status_of(e: &HostError) -> StatusCode {
             StatusCode::SERVICE_UNAVAILABLE
         }
         HostError::Conflict(_) => StatusCode::CONFLICT,
+        HostError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -118,6 +122,7 @@ impl AgentService {
             max_evidence: opts.max_evidence,
             test_endpoints: opts.test_endpoints,
             snapshot_limit: Mutex::new(RateLimit::new(opts.snapshot_limit)),
+            keylime: opts.keylime,
         }
     }
 
@@ -205,6 +210,42 @@ impl AgentService {
         r
     }
 
+    /// Keylime's agent API: answers in Keylime's envelope, errors included.
+    async fn keylime(&self, req: &Request<Incoming>, path: &str) -> Response<Body> {
+        let fail = |code: StatusCode, why: &str| {
+            json_response(code, &keylime::envelope(code.as_u16(), why, serde_json::json!({})))
+        };
+        if req.method() != Method::GET {
+            return fail(StatusCode::METHOD_NOT_ALLOWED, "only GET is served");
+        }
+        let s = self.keylime;
+        let q = query(req);
+        let parsed = match keylime::route(&s, path) {
+            Err(why) => return fail(StatusCode::BAD_REQUEST, &why),
+            Ok(None) => return fail(StatusCode::NOT_FOUND, &format!("no Keylime route {path} on an imasnap agent")),
+            Ok(Some(keylime::Route::Version)) => {
+                let v = s.versions();
+                let r = serde_json::json!({ "supported_version": v.last(), "supported_versions": v });
+                return json_response(StatusCode::OK, &keylime::envelope(200, "Success", r));
+            }
+            Ok(Some(keylime::Route::Integrity)) => keylime::parse_integrity(&q),
+            Ok(Some(keylime::Route::Identity)) => keylime::parse_identity(&q),
+        };
+        let kq = match parsed {
+            Ok(k) => k,
+            Err(why) => return fail(StatusCode::BAD_REQUEST, &why),
+        };
+        let kr = keylime::QuoteRequest::new(&kq, s.hash, self.max_evidence);
+        let ev = match self.with_host(move |h| h.keylime_quote(&kr)).await {
+            Ok(ev) => ev,
+            Err(e) => return fail(status_of(&e), &e.to_string()),
+        };
+        match keylime::results(&ev, &kq, s.hash) {
+            Ok(r) => json_response(StatusCode::OK, &keylime::envelope(200, "Success", r)),
+            Err(why) => fail(StatusCode::INTERNAL_SERVER_ERROR, &why),
+        }
+    }
+
     async fn snapshot_get(&self, seq: &str) -> Response<Body> {
         let Ok(seq) = seq.parse::<u64>() else {
             return error_response(StatusCode::BAD_REQUEST, "snapshot number must be decimal");
@@ -248,6 +289,9 @@ impl AgentService {
             }
         };
         tracing::debug!(peer = %peer.addr, %role, %method, %path, "request");
+        if self.keylime.enabled && keylime::is_keylime_path(&path) {
+            return self.keylime(&req, &path).await;
+        }
         let test = self.test_endpoints;
         match (&method, path.as_str()) {
             (&Method::GET, "/v1/health") => {
@@ -520,7 +564,8 @@ pub fn open_securityfs<T: Tpm + 'static>(cfg: &AgentServiceConfig, tpm: T) -> an
 
 /// Whether a client with `role` may call `method path` on the agent. Evidence costs a TPM
 /// quote and snapshots change the host, so they need the verifier (or an operator); a
-/// reader (a metrics scraper) sees health and metrics only. Another host's agent
+/// reader (a metrics scraper) sees health and metrics only; Keylime's routes are quotes,
+/// so only the verifier and admin roles reach them. Another host's agent
 /// certificate is never a client: it would let one attested host drive another.
 pub fn agent_allows(role: Role, method: &Method, path: &str) -> bool {
     match role {
@@ -554,6 +599,8 @@ pub struct Serve {
     /// How often the snapshot policy and workload run; zero: never (tests drive them).
     pub tick: Duration,
     pub snapshot_limit: SnapshotLimit,
+    /// `[keylime]`: Keylime's agent API on the same listener.
+    pub keylime: KeylimeSettings,
 }
 
 impl Default for Serve {
@@ -564,6 +611,7 @@ impl Default for Serve {
             test_endpoints: false,
             tick: Duration::ZERO,
             snapshot_limit: SnapshotLimit::default(),
+            keylime: KeylimeSettings::default(),
         }
     }
 }
@@ -578,6 +626,8 @@ impl Serve {
                 burst: cfg.snapshot_request_burst,
                 every: Duration::from_millis(cfg.snapshot_request_interval_ms),
             },
+            // Checked when the file was read (`AgentServiceConfig::from_toml`).
+            keylime: cfg.keylime.settings().unwrap_or_default(),
         }
     }
 }
@@ -629,6 +679,10 @@ pub async fn run(cfg: AgentServiceConfig) -> anyhow::Result<()> {
     let running = spawn(listener, tls, host, Serve::from_config(&cfg))?;
     tracing::info!(addr = %running.addr, backend = ?cfg.backend, tpm = %cfg.tpm, state_dir = %cfg.state_dir.display(),
         "agent service listening");
+    if cfg.keylime.enabled {
+        tracing::info!(versions = ?cfg.keylime.api_versions, hash_alg = %cfg.keylime.hash_alg,
+            "Keylime agent API on the same listener (PCR 16 is reset before each Keylime quote)");
+    }
     // One line on stdout for scripts and tests: the bound address.
     println!("listening on {}", running.addr);
     shutdown_signal().await;

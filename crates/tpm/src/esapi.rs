@@ -667,6 +667,14 @@ impl Tpm for EsapiTpm {
         pw(&mut self.ctx.0, |ctx| ctx.pcr_extend(handle, vals)).map_err(be("TPM2_PCR_Extend"))
     }
 
+    fn pcr_reset(&mut self, pcr: u32) -> Result<(), TpmError> {
+        if !crate::RESETTABLE_PCRS.contains(&pcr) {
+            return Err(TpmError::Backend(format!("TPM2_PCR_Reset: PCR {pcr} is not resettable at locality 0")));
+        }
+        let handle = PcrHandle::try_from(pcr).map_err(be("PCR handle"))?;
+        pw(&mut self.ctx.0, |ctx| ctx.pcr_reset(handle)).map_err(be("TPM2_PCR_Reset"))
+    }
+
     /// TPM2_Quote, then the quoted PCR values are read and checked against the signed
     /// pcrDigest; when an extend raced the quote, both are done again.
     fn quote(&mut self, nonce: &[u8], selection: &PcrSelection) -> Result<Quote, TpmError> {

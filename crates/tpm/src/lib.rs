@@ -49,6 +49,9 @@ pub const MAX_NONCE: usize = 64;
 /// uses, so a read can seed [`imasnap_log::Replayer::resume`] directly.
 pub type PcrBanks = imasnap_log::PcrState;
 
+/// The PCRs TPM2_PCR_Reset accepts at locality 0 (PC Client profile): 16 and 23.
+pub const RESETTABLE_PCRS: [u32; 2] = [16, 23];
+
 /// Why a TPM command failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -96,6 +99,12 @@ pub trait Tpm: Send {
     /// TPM2_PCR_Extend: `digests` holds at most one digest per bank (a TPML_DIGEST_VALUES);
     /// banks without a digest are left unchanged. All-or-nothing on error.
     fn pcr_extend(&mut self, pcr: u32, digests: &[PcrValue]) -> Result<(), TpmError>;
+
+    /// TPM2_PCR_Reset at locality 0: only PCR 16 (debug) and 23 (application) allow
+    /// it on a PC Client TPM. Keylime binds its agent's key into PCR 16 this way.
+    fn pcr_reset(&mut self, pcr: u32) -> Result<(), TpmError> {
+        Err(TpmError::Backend(format!("this TPM back end cannot reset PCR {pcr}")))
+    }
 
     /// TPM2_Quote with the AK over `selection`, `nonce` as qualifyingData.
     fn quote(&mut self, nonce: &[u8], selection: &PcrSelection) -> Result<Quote, TpmError>;
@@ -159,6 +168,9 @@ impl<T: Tpm + ?Sized> Tpm for Box<T> {
     }
     fn pcr_extend(&mut self, pcr: u32, digests: &[PcrValue]) -> Result<(), TpmError> {
         (**self).pcr_extend(pcr, digests)
+    }
+    fn pcr_reset(&mut self, pcr: u32) -> Result<(), TpmError> {
+        (**self).pcr_reset(pcr)
     }
     fn quote(&mut self, nonce: &[u8], selection: &PcrSelection) -> Result<Quote, TpmError> {
         (**self).quote(nonce, selection)

@@ -187,6 +187,19 @@ impl Tpm for SoftTpm {
         Ok(())
     }
 
+    fn pcr_reset(&mut self, pcr: u32) -> Result<(), TpmError> {
+        if !crate::RESETTABLE_PCRS.contains(&pcr) {
+            return Err(TpmError::Backend(format!("TPM2_PCR_Reset: PCR {pcr} is not resettable at locality 0")));
+        }
+        for (bank, vals) in self.banks.iter().zip(self.pcrs.iter_mut()) {
+            if let Some(v) = vals.get_mut(pcr as usize) {
+                *v = PcrValue::zero(*bank);
+            }
+        }
+        self.tick();
+        Ok(())
+    }
+
     fn quote(&mut self, nonce: &[u8], selection: &PcrSelection) -> Result<Quote, TpmError> {
         if nonce.len() > MAX_NONCE {
             return Err(TpmError::NonceTooLong { len: nonce.len(), max: MAX_NONCE });

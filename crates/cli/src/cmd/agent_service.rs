@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 /// Run the agent service: snapshots by policy and on request, evidence over HTTPS (mTLS).
 ///
-/// Reads the TOML configuration (state_dir, listen, tpm, backend, [snapshot], [tls], …;
+/// Reads the TOML configuration (state_dir, listen, tpm, backend, [snapshot], [keylime], [tls], …;
 /// see docs/SERVICES.md), recovers the snapshot store, then serves until SIGINT/SIGTERM.
 /// Prints "listening on ADDR" once bound. Logs go to stderr (RUST_LOG filters them).
 ///
