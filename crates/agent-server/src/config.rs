@@ -130,6 +130,9 @@ pub struct AgentServiceConfig {
     pub snapshot: SnapshotPolicy,
     #[serde(default)]
     pub workload: WorkloadToml,
+    /// `[mount]`: mount the whole-log view (docs/MOUNT.md).
+    #[serde(default)]
+    pub mount: Option<crate::mount::MountToml>,
     pub tls: TlsFiles,
 }
 

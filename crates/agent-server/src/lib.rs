@@ -7,6 +7,7 @@
 //!   file) and its TPM.
 //! - [`legacy`]: a real securityfs without the `snapshot` file (read-only; the agent
 //!   copies `binary_runtime_measurements` incrementally and serves its own copy).
+//! - [`mount`]: `[mount]`, the whole-log FUSE view mounted by the service.
 //! - [`api`]: the agent's metrics; the `imasnap-evidence/1` body itself is defined in
 //!   `imasnap-wire` and re-exported there.
 //! - [`tls`], [`http`], [`devpki`]: re-exported from `imasnap-net`, the mutual-TLS kit
@@ -24,6 +25,7 @@ pub mod api;
 pub mod config;
 pub mod host;
 pub mod legacy;
+pub mod mount;
 pub mod service;
 
 pub use imasnap_net::{devpki, duration, http, tls};

@@ -55,9 +55,23 @@ pub struct Mounted {
 }
 
 impl Mounted {
+    /// Unmounts. A reader that still holds a file open would make umount fail (EBUSY):
+    /// the mount is then detached (MNT_DETACH), so it leaves the namespace at once and
+    /// the reader's descriptor ends with the process.
     pub fn unmount(self) -> Result<(), MountError> {
+        use nix::mount::{umount2, MntFlags};
         let path = self.mountpoint.clone();
-        self.session.umount_and_join().map_err(|source| MountError::Unmount { path, source })
+        let err = |e: nix::errno::Errno| MountError::Unmount { path: path.clone(), source: e.into() };
+        match umount2(&path, MntFlags::empty()) {
+            // The kernel ends the session: its thread returns.
+            Ok(()) => self.session.join().map_err(|source| MountError::Unmount { path: path.clone(), source }),
+            Err(nix::errno::Errno::EBUSY) => {
+                umount2(&path, MntFlags::MNT_DETACH).map_err(err)?;
+                tracing::info!(mountpoint = %path.display(), "readers still open: unmounted lazily");
+                Ok(())
+            }
+            Err(e) => Err(err(e)),
+        }
     }
 }
 

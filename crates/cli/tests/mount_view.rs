@@ -1,0 +1,515 @@
+//! `imasnap mount` and `[mount]`: the whole boot's log through a real FUSE mount.
+//!
+//! Needs /dev/fuse and root (the mount is made with mount(2), no fusermount): a test
+//! fails loudly when the mount cannot be made, it never skips.
+
+use imasnap_agent::{AgentConfig, InterfaceChoice};
+use imasnap_agent_server::host::{Host, HostKernel, HostOps, WorkloadCfg};
+use imasnap_agent_server::mount::{mount_host, MountToml};
+use imasnap_agent_server::service::SharedHost;
+use imasnap_kernel_model::{Config as KernelConfig, Kernel};
+use imasnap_log::digest::template_hash;
+use imasnap_log::{ascii, BinaryReader, Endian, HashAlgo};
+use imasnap_sim::workload::Workload;
+use imasnap_store::{snapshot_format, BootDir, BootId, Manifest};
+use imasnap_tpm::SoftTpm;
+use rand::{Rng, SeedableRng};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+mod common;
+
+fn require_fuse() {
+    assert!(Path::new("/dev/fuse").exists(), "/dev/fuse is missing: install fuse3 / load the fuse module");
+}
+
+/// Host on the kernel model with a SoftTpm; `staging` picks upstream's interface.
+fn model_host(state: &Path, seed: u64, staging: bool) -> SharedHost {
+    let mut cfg = AgentConfig::new(state);
+    if staging {
+        cfg.interface = InterfaceChoice::Staging;
+    }
+    let k = Kernel::boot(KernelConfig::default(), SoftTpm::new(seed)).unwrap();
+    let h = Host::start(k, cfg, WorkloadCfg { seed, ..Default::default() }).unwrap();
+    Arc::new(Mutex::new(Box::new(h) as Box<dyn HostOps>))
+}
+
+/// A kernel model fed the same workload that never trims.
+struct Twin {
+    k: Kernel<SoftTpm>,
+    w: Workload,
+}
+
+impl Twin {
+    fn new(seed: u64) -> Self {
+        Self { k: Kernel::boot(KernelConfig::default(), SoftTpm::new(seed)).unwrap(), w: Workload::new(seed) }
+    }
+    fn add(&mut self, n: u64) {
+        for _ in 0..n {
+            let ev = self.w.next().unwrap();
+            HostKernel::apply(&mut self.k, &ev).unwrap();
+        }
+    }
+}
+
+fn add(host: &SharedHost, twin: Option<&mut Twin>, n: u64) {
+    host.lock().unwrap().add_records(n).unwrap();
+    if let Some(t) = twin {
+        t.add(n);
+    }
+}
+
+fn snapshot(host: &SharedHost) {
+    host.lock().unwrap().snapshot(None).unwrap().expect("a committed cut");
+}
+
+/// The whole log in binary SHA1 form, stitched by the store's own reader (which checks
+/// every file's sha256 and every boundary) from the manifest and the live tail.
+fn stitched_sha1(host: &SharedHost, state: &Path) -> Vec<u8> {
+    let (m, live): (Option<Manifest>, Vec<u8>) = {
+        let mut h = host.lock().unwrap();
+        (h.manifest(), h.whole_log().unwrap().live)
+    };
+    let m = m.unwrap();
+    let id = BootId::of(&m.boot);
+    let dir = BootDir::at(id.clone(), state.join("boots").join(id.as_str()));
+    let mut out = Vec::new();
+    for (n, r) in dir.stitched(&m, &live[..], 0).enumerate() {
+        let (i, rec) = r.unwrap();
+        assert_eq!(i, n as u64);
+        rec.encode(Endian::Little, &mut out);
+    }
+    out
+}
+
+/// Renders a SHA1 binary log as file `name` would show it, with crates/log's writers.
+fn render_as(sha1_log: &[u8], name: &str) -> Vec<u8> {
+    let ascii_file = name.starts_with("ascii");
+    let bank = imasnap_log::BinaryFormat::bank_from_file_name(name).unwrap();
+    let mut out = Vec::new();
+    for rec in BinaryReader::new(sha1_log, snapshot_format()) {
+        let mut rec = rec.unwrap();
+        if bank != HashAlgo::Sha1 {
+            rec.digest = if rec.is_violation() {
+                vec![0; bank.size()]
+            } else {
+                template_hash(bank, &rec, Endian::Little).unwrap().as_bytes().to_vec()
+            };
+        }
+        if ascii_file {
+            ascii::write_line(&rec, Endian::Little, &mut out).unwrap();
+        } else {
+            rec.encode(Endian::Little, &mut out);
+        }
+    }
+    out
+}
+
+fn log_files() -> Vec<&'static str> {
+    vec![
+        "binary_runtime_measurements",
+        "ascii_runtime_measurements",
+        "binary_runtime_measurements_sha1",
+        "ascii_runtime_measurements_sha1",
+        "binary_runtime_measurements_sha256",
+        "ascii_runtime_measurements_sha256",
+    ]
+}
+
+fn records(sha1_log: &[u8]) -> (u64, u64) {
+    let mut n = 0;
+    let mut v = 0;
+    for r in BinaryReader::new(sha1_log, snapshot_format()) {
+        n += 1;
+        v += r.unwrap().is_violation() as u64;
+    }
+    (n, v)
+}
+
+fn read(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn mount_toml(mp: &Path) -> MountToml {
+    MountToml { path: mp.to_path_buf(), allow_other: false, mode: "0440".into() }
+}
+
+fn is_mounted(mp: &Path) -> bool {
+    let abs = mp.canonicalize().unwrap_or_else(|_| mp.to_path_buf());
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(abs.to_str().unwrap()))
+}
+
+/// Checks every file of the view against `sha1_log` rendered by crates/log.
+fn check_all(mp: &Path, sha1_log: &[u8]) {
+    for f in log_files() {
+        let got = read(&mp.join(f));
+        let want = render_as(sha1_log, f);
+        assert!(got == want, "{f}: {} bytes in the view, {} expected", got.len(), want.len());
+    }
+    let (n, v) = records(sha1_log);
+    assert_eq!(read(&mp.join("runtime_measurements_count")), format!("{n}\n").into_bytes());
+    assert_eq!(read(&mp.join("violations")), format!("{v}\n").into_bytes());
+}
+
+fn byte_identical(staging: bool) {
+    require_fuse();
+    let d = tempfile::tempdir().unwrap();
+    let (state, mp) = (d.path().join("state"), d.path().join("mnt"));
+    std::fs::create_dir(&mp).unwrap();
+    let host = model_host(&state, 7, staging);
+    let mut twin = Twin::new(7);
+    add(&host, Some(&mut twin), 300);
+    snapshot(&host);
+    let m = mount_host(host.clone(), &mount_toml(&mp), None).expect("mount the view (needs /dev/fuse and root)");
+    let mut names: Vec<String> =
+        std::fs::read_dir(&mp).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    let mut want: Vec<String> = log_files()
+        .iter()
+        .map(|s| s.to_string())
+        .chain(["runtime_measurements_count", "violations"].map(String::from))
+        .collect();
+    want.sort();
+    assert_eq!(names, want);
+    for round in 0..4 {
+        add(&host, Some(&mut twin), 150 + round * 37);
+        snapshot(&host);
+        add(&host, Some(&mut twin), 20);
+        let whole = stitched_sha1(&host, &state);
+        check_all(&mp, &whole);
+        if staging {
+            // The twin never trimmed: its own lists, every bank, are the view.
+            for b in [HashAlgo::Sha1, HashAlgo::Sha256] {
+                let f = format!("binary_runtime_measurements_{}", b.name());
+                assert!(read(&mp.join(&f)) == twin.k.binary_measurements(b), "{f} differs from the twin kernel");
+            }
+            assert!(read(&mp.join("binary_runtime_measurements")) == twin.k.binary_measurements(HashAlgo::Sha1));
+            assert_eq!(read(&mp.join("runtime_measurements_count")), format!("{}\n", twin.k.len()).into_bytes());
+        }
+    }
+    assert!(host.lock().unwrap().manifest().unwrap().snapshots.len() >= 5);
+    m.unmount().unwrap();
+    assert!(!is_mounted(&mp));
+}
+
+#[test]
+fn rfc_model_view_is_the_stitched_log_in_every_file() {
+    byte_identical(false);
+}
+
+#[test]
+fn staging_model_view_equals_a_twin_kernel_that_never_trimmed() {
+    byte_identical(true);
+}
+
+#[test]
+fn a_reader_past_eof_sees_new_records_and_any_offset_reads_right() {
+    require_fuse();
+    let d = tempfile::tempdir().unwrap();
+    let (state, mp) = (d.path().join("state"), d.path().join("mnt"));
+    std::fs::create_dir(&mp).unwrap();
+    let host = model_host(&state, 11, false);
+    add(&host, None, 5000);
+    snapshot(&host);
+    add(&host, None, 9000);
+    snapshot(&host);
+    add(&host, None, 3000);
+    let m = mount_host(host.clone(), &mount_toml(&mp), None).unwrap();
+
+    // Growth: the same descriptor, read to EOF, then more records, then read on.
+    let mut fds: Vec<(String, std::fs::File, Vec<u8>)> = log_files()
+        .iter()
+        .map(|f| {
+            let mut fd = std::fs::File::open(mp.join(f)).unwrap();
+            let mut b = Vec::new();
+            fd.read_to_end(&mut b).unwrap();
+            (f.to_string(), fd, b)
+        })
+        .collect();
+    let before = stitched_sha1(&host, &state);
+    for (f, _, b) in &fds {
+        assert!(*b == render_as(&before, f), "{f} before growth");
+    }
+    add(&host, None, 400);
+    snapshot(&host);
+    add(&host, None, 50);
+    let after = stitched_sha1(&host, &state);
+    assert!(after.len() > before.len());
+    for (f, fd, b) in &mut fds {
+        let mut more = Vec::new();
+        fd.read_to_end(&mut more).unwrap();
+        assert!(!more.is_empty(), "{f}: nothing new after EOF");
+        b.extend(more);
+        assert!(*b == render_as(&after, f), "{f}: old bytes plus the new ones are not the whole log");
+    }
+
+    // Random offsets across segment boundaries (pread, fresh descriptors and reused ones).
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    for f in log_files() {
+        let want = render_as(&after, f);
+        let fd = std::fs::File::open(mp.join(f)).unwrap();
+        for i in 0..150 {
+            let off = rng.gen_range(0..want.len() as u64 + 10);
+            let len = rng.gen_range(1..300_000usize);
+            let mut buf = vec![0u8; len];
+            let mut got = 0;
+            while got < len {
+                let n = fd.read_at(&mut buf[got..], off + got as u64).unwrap();
+                if n == 0 {
+                    break;
+                }
+                got += n;
+            }
+            let s = (off as usize).min(want.len());
+            let e = (s + len).min(want.len());
+            assert!(buf[..got] == want[s..e], "{f}: pread #{i} at {off} len {len}");
+        }
+        // A seek back to the start after the end.
+        let mut fd = fd;
+        fd.seek(SeekFrom::Start(0)).unwrap();
+        let mut all = Vec::new();
+        fd.read_to_end(&mut all).unwrap();
+        assert!(all == want, "{f}: reread");
+    }
+    m.unmount().unwrap();
+}
+
+#[test]
+fn a_corrupt_snapshot_file_gives_eio_not_bytes() {
+    require_fuse();
+    let d = tempfile::tempdir().unwrap();
+    let (state, mp) = (d.path().join("state"), d.path().join("mnt"));
+    std::fs::create_dir(&mp).unwrap();
+    let host = model_host(&state, 3, false);
+    add(&host, None, 200);
+    snapshot(&host);
+    add(&host, None, 200);
+    snapshot(&host);
+    let m = host.lock().unwrap().manifest().unwrap();
+    let id = BootId::of(&m.boot);
+    let f2 = state.join("boots").join(id.as_str()).join(&m.snapshots[1].file);
+    let mut b = read(&f2);
+    let last = b.len() - 1;
+    b[last] ^= 1;
+    std::fs::write(&f2, &b).unwrap();
+    let v = mount_host(host.clone(), &mount_toml(&mp), None).unwrap();
+    let e = std::fs::read(mp.join("ascii_runtime_measurements")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(5), "EIO, got {e}");
+    // The first segment is intact and still served.
+    let fd = std::fs::File::open(mp.join("binary_runtime_measurements")).unwrap();
+    let mut head = [0u8; 64];
+    assert_eq!(fd.read_at(&mut head, 0).unwrap(), 64);
+    v.unmount().unwrap();
+}
+
+#[test]
+fn writes_are_refused_and_other_users_get_eacces() {
+    require_fuse();
+    let d = tempfile::tempdir().unwrap();
+    let (state, mp) = (d.path().join("state"), d.path().join("mnt"));
+    std::fs::create_dir(&mp).unwrap();
+    // Let uid 65534 reach the mountpoint itself, so only the view can refuse it.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let host = model_host(&state, 5, false);
+    add(&host, None, 50);
+    snapshot(&host);
+    let v = mount_host(host.clone(), &mount_toml(&mp), None).unwrap();
+    let f = mp.join("binary_runtime_measurements");
+    for r in [
+        std::fs::OpenOptions::new().write(true).open(&f).map(|_| ()),
+        std::fs::OpenOptions::new().append(true).open(&f).map(|_| ()),
+        std::fs::write(mp.join("new"), b"x"),
+        std::fs::remove_file(&f),
+        std::fs::create_dir(mp.join("d")),
+    ] {
+        let e = r.unwrap_err();
+        assert!(matches!(e.raw_os_error(), Some(30) | Some(13)), "EROFS or EACCES, got {e}");
+    }
+    let meta = std::fs::metadata(&f).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o440);
+    let o = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
+        .arg(&f)
+        .output()
+        .expect("setpriv (util-linux)");
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("Permission denied"), "{err}");
+    v.unmount().unwrap();
+}
+
+// ---- standalone `imasnap mount` over a store and a securityfs-like directory ----
+
+/// A model agent in this process writing a real store; `ima` gets the model's list as
+/// the kernel's securityfs would show it (plus a `snapshot` file: the RFC interface).
+struct Standalone {
+    agent: imasnap_agent::Agent<Kernel<SoftTpm>>,
+    ima: PathBuf,
+    state: PathBuf,
+    w: Workload,
+}
+
+impl Standalone {
+    fn new(root: &Path) -> Self {
+        let (state, ima) = (root.join("state"), root.join("ima"));
+        std::fs::create_dir_all(&ima).unwrap();
+        let k = Kernel::boot(KernelConfig::default(), SoftTpm::new(9)).unwrap();
+        let (agent, _) = imasnap_agent::Agent::start(k, AgentConfig::new(&state)).unwrap();
+        std::fs::write(ima.join("snapshot"), b"").unwrap();
+        std::fs::write(ima.join("binary_runtime_measurements_sha1"), b"").unwrap();
+        std::fs::write(ima.join("binary_runtime_measurements_sha256"), b"").unwrap();
+        std::fs::write(ima.join("policy"), b"measure func=FILE_CHECK\n").unwrap();
+        let mut s = Self { agent, ima, state, w: Workload::new(9) };
+        s.publish();
+        s
+    }
+    fn add(&mut self, n: u64) {
+        for _ in 0..n {
+            let ev = self.w.next().unwrap();
+            HostKernel::apply(self.agent.kernel_mut(), &ev).unwrap();
+        }
+        self.publish();
+    }
+    fn snapshot(&mut self) {
+        self.agent.snapshot_once().unwrap();
+        self.publish();
+    }
+    /// The kernel's list into the directory, atomically (under the store lock, as the
+    /// kernel's trim happens inside the agent's).
+    fn publish(&mut self) {
+        let _l = imasnap_store::StoreLock::exclusive(&self.state).unwrap();
+        let tmp = self.ima.join(".tmp");
+        std::fs::write(&tmp, self.agent.kernel().binary_measurements(HashAlgo::Sha1)).unwrap();
+        std::fs::rename(&tmp, self.ima.join("binary_runtime_measurements")).unwrap();
+    }
+    fn whole(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for r in self.agent.stitched(0).unwrap() {
+            r.unwrap().1.encode(Endian::Little, &mut out);
+        }
+        out
+    }
+}
+
+struct MountProc {
+    child: Child,
+    facts: serde_json::Value,
+}
+
+fn spawn_mount(args: &[&std::ffi::OsStr]) -> MountProc {
+    let mut child = Command::new(common::imasnap_bin())
+        .arg("mount")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert!(!line.is_empty(), "imasnap mount printed nothing: {:?}", child.wait());
+    let facts: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line}: {e}"));
+    MountProc { child, facts }
+}
+
+fn sigterm(p: &mut Child) -> std::process::ExitStatus {
+    let ok = Command::new("kill").args(["-TERM", &p.id().to_string()]).status().unwrap();
+    assert!(ok.success());
+    let t0 = Instant::now();
+    loop {
+        if let Some(s) = p.try_wait().unwrap() {
+            return s;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "imasnap mount did not exit on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn standalone_mount_over_store_and_securityfs_then_sigterm() {
+    require_fuse();
+    let d = tempfile::tempdir().unwrap();
+    let mp = d.path().join("mnt");
+    std::fs::create_dir(&mp).unwrap();
+    let mut s = Standalone::new(d.path());
+    s.add(500);
+    s.snapshot();
+    s.add(300);
+    s.snapshot();
+    s.add(40);
+    let mut p = spawn_mount(&[
+        "--state-dir".as_ref(),
+        s.state.as_os_str(),
+        "--ima-dir".as_ref(),
+        s.ima.as_os_str(),
+        "--interface".as_ref(),
+        "snapshot".as_ref(),
+        "--json".as_ref(),
+        mp.as_os_str(),
+    ]);
+    assert_eq!(p.facts["format"], "imasnap-mount/1");
+    let files: Vec<String> = serde_json::from_value(p.facts["files"].clone()).unwrap();
+    assert!(files.contains(&"policy".to_string()) && files.contains(&"ascii_runtime_measurements_sha256".into()));
+    assert!(is_mounted(&mp));
+    check_all(&mp, &s.whole());
+    assert_eq!(read(&mp.join("policy")), b"measure func=FILE_CHECK\n");
+    // The agent cuts again: the view follows, a reader past EOF included.
+    let mut fd = std::fs::File::open(mp.join("ascii_runtime_measurements")).unwrap();
+    let mut seen = Vec::new();
+    fd.read_to_end(&mut seen).unwrap();
+    s.add(200);
+    s.snapshot();
+    s.add(7);
+    fd.read_to_end(&mut seen).unwrap();
+    let whole = s.whole();
+    assert!(seen == render_as(&whole, "ascii_runtime_measurements"));
+    check_all(&mp, &whole);
+    // A second mount on the same place is refused with a clear message.
+    let o = common::imasnap([
+        "mount".as_ref(),
+        "--state-dir".as_ref(),
+        s.state.as_os_str(),
+        "--ima-dir".as_ref(),
+        s.ima.as_os_str(),
+        mp.as_os_str(),
+    ]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already mounted"), "{}", String::from_utf8_lossy(&o.stderr));
+    drop(fd);
+    let st = sigterm(&mut p.child);
+    assert_eq!(st.code(), Some(0), "exit status after SIGTERM");
+    assert!(!is_mounted(&mp), "still in /proc/mounts after SIGTERM");
+}
+
+#[test]
+fn mount_help_teaches_and_a_model_config_is_refused() {
+    let o = common::imasnap(["mount", "--help"]);
+    let h = String::from_utf8_lossy(&o.stdout);
+    for w in [
+        "--state-dir",
+        "--ima-dir",
+        "--interface",
+        "--config",
+        "--allow-other",
+        "--mode",
+        "--json",
+        "SIGTERM",
+        "Example",
+    ] {
+        assert!(h.contains(w), "--help lacks {w}");
+    }
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("agent.toml");
+    std::fs::write(&cfg, "backend = \"model\"\n[tls]\ncert = \"/c\"\nkey = \"/k\"\nca = \"/ca\"\n").unwrap();
+    let o = common::imasnap(["mount".as_ref(), "--config".as_ref(), cfg.as_os_str(), d.path().as_os_str()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("[mount]"), "{}", String::from_utf8_lossy(&o.stderr));
+}
