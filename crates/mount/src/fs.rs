@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 /// Snapshot files kept open (verified) at once; one evicted is hashed again on reuse.
-const OPEN_FILES: usize = 64;
+const OPEN_FILES: usize = 256;
 /// Largest read the kernel sends (with `max_pages`): big reads, few round trips.
 pub const MAX_READ: u32 = 1 << 20;
 const TTL: Duration = Duration::from_secs(1);
