@@ -747,3 +747,64 @@ fn evmctl_passes_on_the_view_against_swtpm_and_fails_after_a_store_rewrite() {
     assert!(!o.status.success(), "evmctl passed on a rewritten store: {}", String::from_utf8_lossy(&o.stdout));
     assert_eq!(sigterm(&mut p.child).code(), Some(0));
 }
+
+/// `imasnap agent run` with `[mount]`: the service mounts the view at start, the view
+/// follows its policy cuts, and SIGTERM unmounts it (exit 0, gone from /proc/mounts).
+#[test]
+fn agent_run_mounts_the_view_and_unmounts_on_sigterm() {
+    use std::io::BufRead;
+    require_fuse();
+    let d = tempfile::tempdir().unwrap();
+    let pki = imasnap_agent_server::devpki::write_dev_pki(&d.path().join("pki"), &["localhost"]).unwrap();
+    let (state, mp) = (d.path().join("state"), d.path().join("mnt"));
+    std::fs::create_dir(&mp).unwrap();
+    let cfg = d.path().join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "state_dir = {state:?}\nlisten = \"127.0.0.1:0\"\ntick = \"100ms\"\n\
+             [workload]\nrecords_per_second = 2000\n[snapshot]\nmax_records = 300\n\
+             [mount]\npath = {mp:?}\n\
+             [tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\n",
+            pki.agent.cert, pki.agent.key, pki.ca
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(common::imasnap_bin())
+        .args(["agent", "run", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut mounted = false;
+    for _ in 0..2 {
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        mounted |= line.starts_with("mounted ");
+    }
+    assert!(mounted, "the service did not report its mount");
+    assert!(is_mounted(&mp));
+    // The view grows across policy cuts; each read is a prefix of the next.
+    let mut prev = Vec::new();
+    let t0 = Instant::now();
+    let mut cuts = 0;
+    while t0.elapsed() < Duration::from_secs(4) {
+        let now = read(&mp.join("binary_runtime_measurements"));
+        assert!(now.len() >= prev.len() && now[..prev.len()] == prev[..], "a later read is not an extension");
+        let n: u64 = String::from_utf8(read(&mp.join("runtime_measurements_count"))).unwrap().trim().parse().unwrap();
+        assert!(n >= records(&now).0, "count {n} below the records read before it");
+        prev = now;
+        cuts = std::fs::read_dir(state.join("boots"))
+            .unwrap()
+            .flat_map(|b| std::fs::read_dir(b.unwrap().path()).unwrap())
+            .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "snap"))
+            .count();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(cuts >= 3, "only {cuts} policy cuts");
+    assert!(records(&prev).0 > 900);
+    assert_eq!(sigterm(&mut child).code(), Some(0));
+    assert!(!is_mounted(&mp), "still mounted after SIGTERM");
+}

@@ -61,16 +61,15 @@ impl Mounted {
     pub fn unmount(self) -> Result<(), MountError> {
         use nix::mount::{umount2, MntFlags};
         let path = self.mountpoint.clone();
-        let err = |e: nix::errno::Errno| MountError::Unmount { path: path.clone(), source: e.into() };
-        match umount2(&path, MntFlags::empty()) {
-            // The kernel ends the session: its thread returns.
-            Ok(()) => self.session.join().map_err(|source| MountError::Unmount { path: path.clone(), source }),
-            Err(nix::errno::Errno::EBUSY) => {
-                umount2(&path, MntFlags::MNT_DETACH).map_err(err)?;
+        match self.session.umount_and_join() {
+            Ok(()) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(nix::errno::Errno::EBUSY as i32) => {
+                umount2(&path, MntFlags::MNT_DETACH)
+                    .map_err(|e| MountError::Unmount { path: path.clone(), source: e.into() })?;
                 tracing::info!(mountpoint = %path.display(), "readers still open: unmounted lazily");
                 Ok(())
             }
-            Err(e) => Err(err(e)),
+            Err(source) => Err(MountError::Unmount { path, source }),
         }
     }
 }
