@@ -121,6 +121,20 @@ pub struct View {
     next_fh: u64,
     perms: Perms,
     scratch: Vec<u8>,
+    /// Per log file: the rendered bytes of segments `..segs`, in order.
+    cache: Vec<RenderCache>,
+}
+
+/// A committed segment renders to the same bytes forever, so a sequential reader renders
+/// each one once into an anonymous temporary file; later reads copy from it. Disk, not
+/// memory: at most the rendered size of the files read.
+#[derive(Default)]
+struct RenderCache {
+    file: Option<File>,
+    segs: usize,
+    len: u64,
+    /// Creating the file failed once: render on every read instead.
+    off: bool,
 }
 
 /// A read failure: logged with its place, answered with EIO.
@@ -160,7 +174,9 @@ impl View {
             next_fh: 1,
             perms,
             scratch: Vec::new(),
+            cache: Vec::new(),
         };
+        v.cache = (0..v.files.len()).map(|_| RenderCache::default()).collect();
         v.apply(st);
         Ok(v)
     }
@@ -187,6 +203,7 @@ impl View {
             self.segs.clear();
             self.indexed = 0;
             self.open_lru.clear();
+            self.cache.iter_mut().for_each(|c| *c = RenderCache::default());
             self.boot = st.boot.clone();
         }
         for r in st.segments.into_iter().skip(self.segs.len()) {
@@ -412,30 +429,29 @@ impl View {
     ) -> Result<(), ViewError> {
         let file = self.seg_file(i)?;
         let Some(idx) = self.segs[i].index.as_ref() else { return Err(verr("segment not indexed")) };
-        let seg_len = idx.lens[k];
+        let (seg_len, records) = (idx.lens[k], idx.records);
         let n = want.min((seg_len - rel) as usize);
         if self.files[k].is_stored_form() {
             // The stored bytes are this file: copy them.
-            let s = out.len();
-            out.resize(s + n, 0);
-            let mut done = 0;
-            while done < n {
-                let got = file.read_at(&mut out[s + done..s + n], rel + done as u64).map_err(|e| {
-                    verr(format!("{}: offset {}: {e}", self.segs[i].r.path.display(), rel + done as u64))
-                })?;
-                if got == 0 {
-                    return Err(verr(format!(
-                        "{}: ends at offset {}",
-                        self.segs[i].r.path.display(),
-                        rel + done as u64
-                    )));
-                }
-                done += got;
+            return pread_into(&file, rel, n, out, &self.segs[i].r.path.display().to_string());
+        }
+        let start = self.segs[i].start[k];
+        if i == self.cache[k].segs && rel == 0 && !self.cache[k].off {
+            // A reader at the start of the next uncached segment: render it whole, once.
+            if let Err(e) = self.cache_seg(i, k, &file) {
+                tracing::warn!(error = %e, "render cache off: rendering on every read");
+                self.cache[k] = RenderCache { off: true, ..Default::default() };
             }
-            return Ok(());
+        }
+        if i < self.cache[k].segs {
+            if let Some(c) = &self.cache[k].file {
+                let what = format!("the render cache of {}", self.files[k].name());
+                return pread_into(c, start + rel, n, out, &what);
+            }
         }
         let reuse = matches!(&h.cursor, Some(c) if c.seg == i && c.k == k && c.rel == rel);
         if !reuse {
+            let Some(idx) = self.segs[i].index.as_ref() else { return Err(verr("segment not indexed")) };
             let m = idx.mark_for(k, rel).ok_or_else(|| verr("no mark"))?.clone();
             let reader = BinaryReader::starting_at(
                 At { file: file.clone(), pos: m.src },
@@ -446,7 +462,7 @@ impl View {
                 seg: i,
                 k,
                 reader,
-                records_left: idx.records - m.record,
+                records_left: records - m.record,
                 slot: None,
                 buf: Vec::new(),
                 used: 0,
@@ -489,6 +505,41 @@ impl View {
         Ok(())
     }
 
+    /// Renders segment `i` (the next uncached one) in file `k` onto the cache's end.
+    fn cache_seg(&mut self, i: usize, k: usize, file: &Arc<File>) -> Result<(), ViewError> {
+        use std::io::Write;
+        let c = &mut self.cache[k];
+        if c.file.is_none() {
+            c.file = Some(tempfile::tempfile().map_err(|e| verr(format!("temporary file: {e}")))?);
+        }
+        let Some(cf) = c.file.as_ref() else { return Err(verr("render cache")) };
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, cf);
+        let r = &self.segs[i].r;
+        let mut rd = BinaryReader::starting_at(At { file: file.clone(), pos: 0 }, snapshot_format(), r.first_index);
+        let (mut slot, mut buf, mut len) = (None, Vec::new(), 0u64);
+        loop {
+            match rd.read_into(&mut slot) {
+                Ok(Some(rec)) => {
+                    buf.clear();
+                    render(rec, self.files[k], &mut self.scratch, &mut buf)
+                        .map_err(|e| verr(format!("snapshot {}: record {}: {e}", r.seq, rd.next_index() - 1)))?;
+                    w.write_all(&buf).map_err(|e| verr(format!("render cache: {e}")))?;
+                    len += buf.len() as u64;
+                }
+                Ok(None) => break,
+                Err(e) => return Err(verr(format!("snapshot {}: {e}", r.seq))),
+            }
+        }
+        w.flush().map_err(|e| verr(format!("render cache: {e}")))?;
+        let want = self.segs[i].index.as_ref().map_or(0, |x| x.lens[k]);
+        if len != want || c.len != self.segs[i].start[k] {
+            return Err(verr(format!("snapshot {}: rendered {len} bytes, indexed {want}", r.seq)));
+        }
+        c.len += len;
+        c.segs += 1;
+        Ok(())
+    }
+
     fn attr(&self, ino: u64) -> Option<FileAttr> {
         let now = SystemTime::now();
         let (kind, perm, nlink) = if ino == 1 {
@@ -523,6 +574,22 @@ impl View {
 fn dir_mode(file: u16) -> u16 {
     let r = file & 0o444;
     r | (r >> 2)
+}
+
+/// Appends `n` bytes of `f` at `off` to `out`; `what` names the file in errors.
+fn pread_into(f: &File, off: u64, n: usize, out: &mut Vec<u8>, what: &str) -> Result<(), ViewError> {
+    let s = out.len();
+    out.resize(s + n, 0);
+    let mut done = 0;
+    while done < n {
+        let at = off + done as u64;
+        let got = f.read_at(&mut out[s + done..s + n], at).map_err(|e| verr(format!("{what}: offset {at}: {e}")))?;
+        if got == 0 {
+            return Err(verr(format!("{what}: ends at offset {at}")));
+        }
+        done += got;
+    }
+    Ok(())
 }
 
 fn check_sha(r: &SegmentRef, got: &str) -> Result<(), ViewError> {
