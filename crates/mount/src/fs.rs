@@ -382,6 +382,13 @@ impl View {
             }
             let pos = off + out.len() as u64;
             let want = size - out.len();
+            // The render cache holds this file's first bytes: one read, however many
+            // segments it spans.
+            if let (true, Some(c)) = (pos < self.cache[k].len, &self.cache[k].file) {
+                let n = want.min((self.cache[k].len - pos) as usize);
+                pread_into(c, pos, n, &mut out, &format!("the render cache of {}", self.files[k].name()))?;
+                continue;
+            }
             // Segments, indexed as far as needed.
             let mut hit = None;
             loop {
@@ -431,16 +438,16 @@ impl View {
         let Some(idx) = self.segs[i].index.as_ref() else { return Err(verr("segment not indexed")) };
         let (seg_len, records) = (idx.lens[k], idx.records);
         let n = want.min((seg_len - rel) as usize);
-        if self.files[k].is_stored_form() {
-            // The stored bytes are this file: copy them.
-            return pread_into(&file, rel, n, out, &self.segs[i].r.path.display().to_string());
-        }
         let start = self.segs[i].start[k];
         if i == self.cache[k].segs && rel == 0 && !self.cache[k].off {
             // A reader at the start of the next uncached segment: render it whole, once.
-            if let Err(e) = self.cache_seg(i, k, &file) {
-                tracing::warn!(error = %e, "render cache off: rendering on every read");
-                self.cache[k] = RenderCache { off: true, ..Default::default() };
+            match self.cache_seg(i, k, &file) {
+                Ok(()) => {}
+                Err((true, e)) => return Err(e),
+                Err((false, e)) => {
+                    tracing::warn!(error = %e, "render cache off: rendering on every read");
+                    self.cache[k] = RenderCache { off: true, ..Default::default() };
+                }
             }
         }
         if i < self.cache[k].segs {
@@ -448,6 +455,10 @@ impl View {
                 let what = format!("the render cache of {}", self.files[k].name());
                 return pread_into(c, start + rel, n, out, &what);
             }
+        }
+        if self.files[k].is_stored_form() {
+            // The stored bytes are this file: copy them.
+            return pread_into(&file, rel, n, out, &self.segs[i].r.path.display().to_string());
         }
         let reuse = matches!(&h.cursor, Some(c) if c.seg == i && c.k == k && c.rel == rel);
         if !reuse {
@@ -505,38 +516,45 @@ impl View {
         Ok(())
     }
 
-    /// Renders segment `i` (the next uncached one) in file `k` onto the cache's end.
-    fn cache_seg(&mut self, i: usize, k: usize, file: &Arc<File>) -> Result<(), ViewError> {
+    /// Renders segment `i` (the next uncached one) in file `k` onto the cache's end. The
+    /// segment is hashed again as it is read, so the cache holds exactly the bytes the
+    /// manifest names even if the file changed after its first check. Errors: `(true, _)`
+    /// the segment is bad (EIO), `(false, _)` the cache failed (render on every read).
+    fn cache_seg(&mut self, i: usize, k: usize, file: &Arc<File>) -> Result<(), (bool, ViewError)> {
         use std::io::Write;
+        let io = |e: std::io::Error| (false, verr(format!("render cache: {e}")));
         let c = &mut self.cache[k];
         if c.file.is_none() {
-            c.file = Some(tempfile::tempfile().map_err(|e| verr(format!("temporary file: {e}")))?);
+            c.file = Some(tempfile::tempfile().map_err(io)?);
         }
-        let Some(mut cf) = c.file.as_ref() else { return Err(verr("render cache")) };
+        let Some(mut cf) = c.file.as_ref() else { return Err((false, verr("render cache"))) };
         // Reads seek this descriptor too: append at the cached end.
-        std::io::Seek::seek(&mut cf, std::io::SeekFrom::Start(c.len))
-            .map_err(|e| verr(format!("render cache: {e}")))?;
+        std::io::Seek::seek(&mut cf, std::io::SeekFrom::Start(c.len)).map_err(io)?;
         let mut w = std::io::BufWriter::with_capacity(1 << 20, cf);
         let r = &self.segs[i].r;
-        let mut rd = BinaryReader::starting_at(At { file: file.clone(), pos: 0 }, snapshot_format(), r.first_index);
+        let mut hr = Hashing { inner: At { file: file.clone(), pos: 0 }, h: Sha256::new() };
+        let mut rd = BinaryReader::starting_at(&mut hr, snapshot_format(), r.first_index);
         let (mut slot, mut buf, mut len) = (None, Vec::new(), 0u64);
         loop {
             match rd.read_into(&mut slot) {
                 Ok(Some(rec)) => {
                     buf.clear();
-                    render(rec, self.files[k], &mut self.scratch, &mut buf)
-                        .map_err(|e| verr(format!("snapshot {}: record {}: {e}", r.seq, rd.next_index() - 1)))?;
-                    w.write_all(&buf).map_err(|e| verr(format!("render cache: {e}")))?;
+                    render(rec, self.files[k], &mut self.scratch, &mut buf).map_err(|e| {
+                        (true, verr(format!("snapshot {}: record {}: {e}", r.seq, rd.next_index() - 1)))
+                    })?;
+                    w.write_all(&buf).map_err(io)?;
                     len += buf.len() as u64;
                 }
                 Ok(None) => break,
-                Err(e) => return Err(verr(format!("snapshot {}: {e}", r.seq))),
+                Err(e) => return Err((true, verr(format!("snapshot {}: {e}", r.seq)))),
             }
         }
-        w.flush().map_err(|e| verr(format!("render cache: {e}")))?;
+        w.flush().map_err(io)?;
+        drop(rd);
+        check_sha(r, &hex::encode(hr.h.finalize())).map_err(|e| (true, e))?;
         let want = self.segs[i].index.as_ref().map_or(0, |x| x.lens[k]);
         if len != want || c.len != self.segs[i].start[k] {
-            return Err(verr(format!("snapshot {}: rendered {len} bytes, indexed {want}", r.seq)));
+            return Err((true, verr(format!("snapshot {}: rendered {len} bytes, indexed {want}", r.seq))));
         }
         c.len += len;
         c.segs += 1;
