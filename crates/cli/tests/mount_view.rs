@@ -511,7 +511,7 @@ fn standalone_mount_over_store_and_securityfs_then_sigterm() {
         mp.as_os_str(),
     ]);
     assert_ne!(o.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("already mounted"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already here"), "{}", String::from_utf8_lossy(&o.stderr));
     drop(fd);
     let st = sigterm(&mut p.child);
     assert_eq!(st.code(), Some(0), "exit status after SIGTERM");
@@ -613,8 +613,9 @@ fn stress_cat_readers_while_the_agent_snapshots_every_100_records() {
         reads += seen.len();
     }
     eprintln!("stress: {snapshots} snapshots, {reads} reads, {} records", records(&whole).0);
-    assert!(snapshots >= 100, "only {snapshots} snapshots");
-    assert!(reads >= 30, "only {reads} reads");
+    // 60 s on this 2-core machine: ~510 snapshots and ~1000 reads.
+    assert!(snapshots >= 5 * secs, "only {snapshots} snapshots in {secs} s");
+    assert!(reads as u64 >= secs, "only {reads} reads in {secs} s");
     v.unmount().unwrap();
 }
 
@@ -829,4 +830,50 @@ fn agent_run_mounts_the_view_and_unmounts_on_sigterm() {
     assert!(records(&prev).0 > 900);
     assert_eq!(sigterm(&mut child).code(), Some(0));
     assert!(!is_mounted(&mp), "still mounted after SIGTERM");
+}
+
+/// A stock kernel (legacy): the view is the kernel's own list. The "kernel" is a real
+/// Debian 6.1 kernel's securityfs files (fixture): its ASCII file, as that kernel printed
+/// it, must come out of the view byte for byte. Then a stale mount (its process killed)
+/// is refused with a message that says what to do.
+#[test]
+fn legacy_view_is_the_kernels_own_list_and_a_stale_mount_is_refused() {
+    require_fuse();
+    let d = tempfile::tempdir().unwrap();
+    let (ima, mp) = (d.path().join("ima"), d.path().join("mnt"));
+    std::fs::create_dir_all(&ima).unwrap();
+    std::fs::create_dir(&mp).unwrap();
+    let fx = common::scenario_dir("ima-ng");
+    std::fs::copy(fx.join("binary_runtime_measurements"), ima.join("binary_runtime_measurements")).unwrap();
+    let state = d.path().join("state");
+    let mut p = spawn_mount(&[
+        "--state-dir".as_ref(),
+        state.as_os_str(),
+        "--ima-dir".as_ref(),
+        ima.as_os_str(),
+        "--json".as_ref(),
+        mp.as_os_str(),
+    ]);
+    assert_eq!(p.facts["interface"], "legacy");
+    let bin = read(&fx.join("binary_runtime_measurements"));
+    assert!(read(&mp.join("binary_runtime_measurements")) == bin);
+    assert!(read(&mp.join("ascii_runtime_measurements")) == read(&fx.join("ascii_runtime_measurements")));
+    assert_eq!(read(&mp.join("runtime_measurements_count")), format!("{}\n", records(&bin).0).into_bytes());
+
+    // SIGKILL leaves the mount behind with nobody serving it.
+    p.child.kill().unwrap();
+    p.child.wait().unwrap();
+    let o = common::imasnap([
+        "mount".as_ref(),
+        "--ima-dir".as_ref(),
+        ima.as_os_str(),
+        "--interface".as_ref(),
+        "legacy".as_ref(),
+        mp.as_os_str(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    let _ = Command::new("umount").arg(&mp).status();
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("stale") && err.contains("umount"), "{err}");
+    assert!(!is_mounted(&mp));
 }

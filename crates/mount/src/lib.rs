@@ -89,8 +89,16 @@ pub fn check_mountpoint(mp: &Path) -> Result<PathBuf, MountError> {
     let abs = mp.canonicalize().map_err(|e| bad(e.to_string()))?;
     if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
         let want = abs.to_string_lossy().replace(' ', "\\040");
-        if mounts.lines().any(|l| l.split(' ').nth(1) == Some(want.as_str())) {
-            return Err(bad("something is already mounted here; unmount it first".into()));
+        if let Some(l) = mounts.lines().find(|l| l.split(' ').nth(1) == Some(want.as_str())) {
+            let fuse = l.split(' ').nth(2).is_some_and(|t| t.starts_with("fuse"));
+            return Err(bad(if fuse {
+                format!(
+                    "a FUSE mount is already here (a stale one if its process is gone): run `umount {}` first",
+                    abs.display()
+                )
+            } else {
+                "something is already mounted here; unmount it first".into()
+            }));
         }
     }
     Ok(abs)
