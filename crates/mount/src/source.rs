@@ -100,6 +100,7 @@ impl Interface {
 }
 
 const LIST: &str = "binary_runtime_measurements";
+const EBUSY: i32 = 16;
 const STAGED: &str = "binary_runtime_measurements_staged";
 
 /// The store of an agent that runs in another process, plus the kernel's securityfs.
@@ -114,11 +115,23 @@ impl StoreSource {
         Self { state_dir, ima_dir, interface }
     }
 
+    /// Reads a whole securityfs file. Staging kernels allow many readers or one writer
+    /// across the measurement files: a writer elsewhere (not our agent, which cuts under
+    /// the store lock) gives EBUSY for a moment, so that is retried for up to 2 s.
     fn read_kernel(&self, name: &str) -> Result<Vec<u8>, String> {
         let p = self.ima_dir.join(name);
-        let mut b = Vec::new();
-        std::fs::File::open(&p).and_then(|mut f| f.read_to_end(&mut b)).map_err(|e| format!("{}: {e}", p.display()))?;
-        Ok(b)
+        let mut tries = 0;
+        loop {
+            let mut b = Vec::new();
+            match std::fs::File::open(&p).and_then(|mut f| f.read_to_end(&mut b)) {
+                Ok(_) => return Ok(b),
+                Err(e) if e.raw_os_error() == Some(EBUSY) && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(format!("{}: {e}", p.display())),
+            }
+        }
     }
 
     /// Staged records (staging), then the current list.
