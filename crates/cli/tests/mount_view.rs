@@ -442,6 +442,21 @@ struct MountProc {
     facts: serde_json::Value,
 }
 
+/// A failed test must not leave a mount process or a mount behind.
+impl Drop for MountProc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if let Some(mp) = self.facts["mountpoint"].as_str() {
+            if is_mounted(Path::new(mp)) {
+                let _ = Command::new("umount").args(["-l", mp]).status();
+            }
+        }
+    }
+}
+
 fn spawn_mount(args: &[&std::ffi::OsStr]) -> MountProc {
     let mut child = Command::new(common::imasnap_bin())
         .arg("mount")
@@ -793,13 +808,15 @@ fn agent_run_mounts_the_view_and_unmounts_on_sigterm() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(common::imasnap_bin())
+    let child = Command::new(common::imasnap_bin())
         .args(["agent", "run", "--config"])
         .arg(&cfg)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
+    let mut p = MountProc { child, facts: serde_json::json!({ "mountpoint": mp.canonicalize().unwrap() }) };
+    let child = &mut p.child;
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut mounted = false;
     for _ in 0..2 {
@@ -828,7 +845,7 @@ fn agent_run_mounts_the_view_and_unmounts_on_sigterm() {
     }
     assert!(cuts >= 3, "only {cuts} policy cuts");
     assert!(records(&prev).0 > 900);
-    assert_eq!(sigterm(&mut child).code(), Some(0));
+    assert_eq!(sigterm(child).code(), Some(0));
     assert!(!is_mounted(&mp), "still mounted after SIGTERM");
 }
 
