@@ -367,33 +367,40 @@ fn writes_are_refused_and_other_users_get_eacces() {
 // ---- standalone `imasnap mount` over a store and a securityfs-like directory ----
 
 /// A model agent in this process writing a real store; `ima` gets the model's list as
-/// the kernel's securityfs would show it (plus a `snapshot` file: the RFC interface).
+/// the kernel's securityfs would show it (plus a `snapshot` file: the RFC interface, or
+/// the `_staged` file: upstream staging, cut with `N`).
 struct Standalone<T: imasnap_tpm::Tpm + 'static> {
     agent: imasnap_agent::Agent<Kernel<T>>,
     ima: PathBuf,
     state: PathBuf,
     w: Workload,
+    staging: bool,
 }
 
 impl Standalone<SoftTpm> {
-    fn new(root: &Path) -> Self {
-        Self::with(root, SoftTpm::new(9))
+    fn new(root: &Path, staging: bool) -> Self {
+        Self::with(root, SoftTpm::new(9), staging)
     }
 }
 
 impl<T: imasnap_tpm::Tpm + 'static> Standalone<T> {
-    fn with(root: &Path, tpm: T) -> Self {
+    fn with(root: &Path, tpm: T, staging: bool) -> Self {
         let (state, ima) = (root.join("state"), root.join("ima"));
         std::fs::create_dir_all(&ima).unwrap();
         let k = Kernel::boot(KernelConfig::default(), tpm).unwrap();
         let banks = k.banks().to_vec();
-        let (agent, _) = imasnap_agent::Agent::start(k, AgentConfig::new(&state)).unwrap();
-        std::fs::write(ima.join("snapshot"), b"").unwrap();
+        let mut cfg = AgentConfig::new(&state);
+        if staging {
+            cfg.interface = InterfaceChoice::Staging;
+        }
+        let (agent, _) = imasnap_agent::Agent::start(k, cfg).unwrap();
+        let marker = if staging { "binary_runtime_measurements_staged" } else { "snapshot" };
+        std::fs::write(ima.join(marker), b"").unwrap();
         for b in banks {
             std::fs::write(ima.join(format!("binary_runtime_measurements_{}", b.name())), b"").unwrap();
         }
         std::fs::write(ima.join("policy"), b"measure func=FILE_CHECK\n").unwrap();
-        let mut s = Self { agent, ima, state, w: Workload::new(9) };
+        let mut s = Self { agent, ima, state, w: Workload::new(9), staging };
         s.publish();
         s
     }
@@ -430,7 +437,7 @@ impl<T: imasnap_tpm::Tpm + 'static> Standalone<T> {
             "--ima-dir".as_ref(),
             self.ima.as_os_str(),
             "--interface".as_ref(),
-            "snapshot".as_ref(),
+            if self.staging { "staging" } else { "snapshot" }.as_ref(),
             "--json".as_ref(),
             mp.as_os_str(),
         ]
@@ -488,11 +495,20 @@ fn sigterm(p: &mut Child) -> std::process::ExitStatus {
 
 #[test]
 fn standalone_mount_over_store_and_securityfs_then_sigterm() {
+    standalone(false);
+}
+
+#[test]
+fn standalone_mount_over_a_staging_store() {
+    standalone(true);
+}
+
+fn standalone(staging: bool) {
     require_fuse();
     let d = tempfile::tempdir().unwrap();
     let mp = d.path().join("mnt");
     std::fs::create_dir(&mp).unwrap();
-    let mut s = Standalone::new(d.path());
+    let mut s = Standalone::new(d.path(), staging);
     s.add(500);
     s.snapshot();
     s.add(300);
@@ -500,6 +516,7 @@ fn standalone_mount_over_store_and_securityfs_then_sigterm() {
     s.add(40);
     let mut p = spawn_mount(&s.mount_args(&mp));
     assert_eq!(p.facts["format"], "imasnap-mount/1");
+    assert_eq!(p.facts["interface"], if staging { "staging" } else { "snapshot" });
     let files: Vec<String> = serde_json::from_value(p.facts["files"].clone()).unwrap();
     assert!(files.contains(&"policy".to_string()) && files.contains(&"ascii_runtime_measurements_sha256".into()));
     assert!(is_mounted(&mp));
@@ -731,7 +748,7 @@ fn evmctl_passes_on_the_view_against_swtpm_and_fails_after_a_store_rewrite() {
     let d = tempfile::tempdir().unwrap();
     let mp = d.path().join("mnt");
     std::fs::create_dir(&mp).unwrap();
-    let mut s = Standalone::with(d.path(), rel.clone());
+    let mut s = Standalone::with(d.path(), rel.clone(), false);
     for _ in 0..3 {
         s.add(400);
         s.snapshot();
