@@ -133,6 +133,9 @@ pub struct AgentServiceConfig {
     /// Keylime's agent API on the same listener (docs/KEYLIME.md).
     #[serde(default)]
     pub keylime: crate::keylime::KeylimeToml,
+    /// `[mount]`: mount the whole-log view (docs/MOUNT.md).
+    #[serde(default)]
+    pub mount: Option<crate::mount::MountToml>,
     pub tls: TlsFiles,
 }
 

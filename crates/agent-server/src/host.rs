@@ -275,6 +275,9 @@ pub trait HostOps: Send {
     /// Path and entry of snapshot `seq` of the current boot (the path comes from the
     /// store's own naming, never from a request).
     fn snapshot_file(&self, seq: u64) -> Option<(PathBuf, SnapshotEntry)>;
+    /// The whole boot's log as one consistent state: the committed snapshot files and the
+    /// kernel's records after them (`imasnap mount`, `[mount]` in agent.toml).
+    fn whole_log(&mut self) -> Result<imasnap_mount::State, HostError>;
 }
 
 /// Why a build without the `sim` feature refuses workload requests.
@@ -593,6 +596,15 @@ impl<K: HostKernel> HostOps for Host<K> {
 
     fn manifest(&self) -> Option<imasnap_store::Manifest> {
         self.agent_ref().manifest().cloned()
+    }
+
+    fn whole_log(&mut self) -> Result<imasnap_mount::State, HostError> {
+        let a = self.agent();
+        let dir = a.boot_dir().cloned().ok_or(AgentError::NotRecovered)?;
+        let m = a.manifest().cloned().ok_or(AgentError::NotRecovered)?;
+        let mut live = Vec::new();
+        a.live_tail()?.read_to_end(&mut live).map_err(|e| HostError::Other(format!("reading the live list: {e}")))?;
+        Ok(imasnap_mount::State::from_manifest(&dir, &m, live))
     }
 
     fn snapshot_file(&self, seq: u64) -> Option<(PathBuf, SnapshotEntry)> {

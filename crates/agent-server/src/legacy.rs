@@ -629,6 +629,14 @@ impl<T: Tpm + 'static> HostOps for LegacyHost<T> {
     fn snapshot_file(&self, _seq: u64) -> Option<(PathBuf, SnapshotEntry)> {
         None
     }
+
+    /// Never trimmed: the kernel's own list is the whole log.
+    fn whole_log(&mut self) -> Result<imasnap_mount::State, HostError> {
+        let p = self.fs.dir().join("binary_runtime_measurements");
+        let live = std::fs::read(&p).map_err(|e| io(&p, e))?;
+        let boot = BootId::of(&self.boot).to_string();
+        Ok(imasnap_mount::State { boot, banks: self.banks.clone(), live, ..Default::default() })
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! - [`legacy`]: a real securityfs without the `snapshot` file (read-only; the agent
 //!   copies `binary_runtime_measurements` incrementally and serves its own copy).
 //! - [`keylime`]: Keylime's agent pull API (`[keylime]` in agent.toml, docs/KEYLIME.md).
+//! - [`mount`]: `[mount]`, the whole-log FUSE view mounted by the service.
 //! - [`api`]: the agent's metrics; the `imasnap-evidence/1` body itself is defined in
 //!   `imasnap-wire` and re-exported there.
 //! - [`tls`], [`http`], [`devpki`]: re-exported from `imasnap-net`, the mutual-TLS kit
@@ -26,6 +27,7 @@ pub mod config;
 pub mod host;
 pub mod keylime;
 pub mod legacy;
+pub mod mount;
 pub mod service;
 
 pub use imasnap_net::{devpki, duration, http, tls};

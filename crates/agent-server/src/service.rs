@@ -685,8 +685,23 @@ pub async fn run(cfg: AgentServiceConfig) -> anyhow::Result<()> {
     }
     // One line on stdout for scripts and tests: the bound address.
     println!("listening on {}", running.addr);
+    let mounted = match &cfg.mount {
+        Some(m) => {
+            let ima = (cfg.backend == crate::config::Backend::Securityfs).then(|| cfg.ima_dir.clone());
+            let v = crate::mount::mount_host(running.service.clone(), m, ima)?;
+            tracing::info!(mountpoint = %v.mountpoint.display(), source = %v.source, "whole-log view mounted");
+            println!("mounted {}", v.mountpoint.display());
+            Some(v)
+        }
+        None => None,
+    };
     shutdown_signal().await;
     tracing::info!("shutting down");
+    if let Some(v) = mounted {
+        if let Err(e) = v.unmount() {
+            tracing::warn!(error = %e, "unmount");
+        }
+    }
     running.stop().await;
     Ok(())
 }

@@ -9,7 +9,7 @@ use imasnap_log::marker::Marker;
 use imasnap_log::{BinaryReader, Endian, Record};
 use imasnap_store::{
     decide, BootDir, BootId, BootInfo, Decision, FileInfo, Manifest, MarkerRef, Pending, SnapshotEntry, StitchedReader,
-    Store, StoreError,
+    Store, StoreError, StoreLock,
 };
 use std::time::Instant;
 
@@ -300,8 +300,11 @@ impl<K: SnapshotKernel> Agent<K> {
     /// docs/SNAPSHOTS.md, or a staging cut (docs/STAGING.md).
     pub fn snapshot_once(&mut self) -> Result<SnapshotEntry, AgentError> {
         self.alive()?;
+        // Held from the commit to the kernel's trim: a reader in another process
+        // (`imasnap mount`) never sees the store and the list disagree.
+        let _lock = StoreLock::exclusive(self.store.root())?;
         if self.needs_recovery {
-            self.recover()?;
+            self.recover_locked()?;
         }
         match self.interface {
             Interface::Snapshot => self.rfc_snapshot(),
@@ -482,6 +485,12 @@ impl<K: SnapshotKernel> Agent<K> {
     /// list continues the store.
     pub fn recover(&mut self) -> Result<RecoveryReport, AgentError> {
         self.alive()?;
+        let _lock = StoreLock::exclusive(self.store.root())?;
+        self.recover_locked()
+    }
+
+    /// [`Agent::recover`] with the store lock already held.
+    fn recover_locked(&mut self) -> Result<RecoveryReport, AgentError> {
         self.current = None;
         self.needs_recovery = true;
         if self.interface == Interface::Staging {

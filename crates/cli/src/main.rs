@@ -43,6 +43,8 @@ enum Command {
     #[command(subcommand)]
     Verifier(cmd::verifier_service::VerifierCmd),
     #[cfg(feature = "agent")]
+    Mount(cmd::mount::MountArgs),
+    #[cfg(feature = "agent")]
     /// The main job: kernel model + agent + verifier on a synthetic workload, with a summary.
     Demo(cmd::demo::DemoArgs),
 }
@@ -63,6 +65,8 @@ fn main() -> ExitCode {
         Command::Tpm(c) => cmd::tpm::run(c),
         #[cfg(feature = "verifier")]
         Command::Verifier(c) => cmd::verifier_service::run(c),
+        #[cfg(feature = "agent")]
+        Command::Mount(a) => cmd::mount::run(a),
         #[cfg(feature = "agent")]
         Command::Demo(a) => cmd::demo::run_demo(a),
     };

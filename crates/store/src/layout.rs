@@ -93,6 +93,12 @@ impl Store {
         Ok(s)
     }
 
+    /// The store at `root` as it is: nothing created or cleaned up (a reader in another
+    /// process, such as `imasnap mount`, never changes the store).
+    pub fn at(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }

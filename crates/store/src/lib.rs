@@ -7,6 +7,7 @@
 pub mod error;
 pub mod fsio;
 pub mod layout;
+pub mod lock;
 /// `manifest.json` and `pending.json` live in `imasnap-wire` (one home for formats).
 pub use imasnap_wire::manifest;
 pub mod recovery;
@@ -15,6 +16,7 @@ pub mod tentative;
 
 pub use error::{Result, StoreError};
 pub use layout::{BootDir, BootId, Retention, Store, MANIFEST, PENDING};
+pub use lock::StoreLock;
 pub use manifest::{snap_file_name, BootInfo, Manifest, MarkerRef, Pending, SnapshotEntry, MANIFEST_FORMAT};
 pub use recovery::{decide, Decision};
 pub use stitch::{Segment, StitchError, StitchReason, StitchedReader};

@@ -7,6 +7,8 @@ pub mod daemon;
 #[cfg(feature = "agent")]
 pub mod demo;
 pub mod log;
+#[cfg(feature = "agent")]
+pub mod mount;
 pub mod policy;
 mod policy_create;
 mod policy_source;

@@ -1,0 +1,64 @@
+//! `<state_dir>/lock`: keeps a reader in another process (`imasnap mount`) from seeing a
+//! cut half done. The agent holds it exclusively from the commit of a cut to the kernel's
+//! trim or delete, and during recovery; a reader holds it shared while it reads the
+//! manifest and the kernel's list, so the two always describe one state.
+
+use crate::error::{io, Result};
+use std::fs::{File, OpenOptions};
+use std::path::Path;
+
+pub const LOCK: &str = "lock";
+
+/// A held `flock`; dropping it releases the lock.
+#[derive(Debug)]
+pub struct StoreLock {
+    _file: File,
+}
+
+impl StoreLock {
+    /// Waits for the exclusive lock (the agent, around a cut or recovery).
+    pub fn exclusive(state_dir: &Path) -> Result<Self> {
+        Self::take(state_dir, true)
+    }
+
+    /// Waits for a shared lock (a reader of manifest plus live list).
+    pub fn shared(state_dir: &Path) -> Result<Self> {
+        Self::take(state_dir, false)
+    }
+
+    // `File::lock` is flock(2); it is stable since Rust 1.89 (the workspace builds with a
+    // newer toolchain; `fuser` alone already needs 1.85).
+    #[allow(clippy::incompatible_msrv)]
+    fn take(state_dir: &Path, exclusive: bool) -> Result<Self> {
+        let path = state_dir.join(LOCK);
+        let file =
+            io("open", &path, OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path))?;
+        if exclusive {
+            io("lock (exclusive)", &path, file.lock())?;
+        } else {
+            io("lock (shared)", &path, file.lock_shared())?;
+        }
+        Ok(Self { _file: file })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_locks_coexist_exclusive_waits() {
+        let d = tempfile::tempdir().unwrap();
+        let a = StoreLock::shared(d.path()).unwrap();
+        let _b = StoreLock::shared(d.path()).unwrap();
+        let f = OpenOptions::new().read(true).write(true).open(d.path().join(LOCK)).unwrap();
+        #[allow(clippy::incompatible_msrv)]
+        let busy = f.try_lock();
+        assert!(busy.is_err(), "an exclusive lock must wait for the readers");
+        drop(a);
+        drop(_b);
+        #[allow(clippy::incompatible_msrv)]
+        let free = f.try_lock();
+        assert!(free.is_ok());
+    }
+}
