@@ -26,9 +26,7 @@ impl StoreLock {
         Self::take(state_dir, false)
     }
 
-    // `File::lock` is flock(2); it is stable since Rust 1.89 (the workspace builds with a
-    // newer toolchain; `fuser` alone already needs 1.85).
-    #[allow(clippy::incompatible_msrv)]
+    // `File::lock` is flock(2) (Rust 1.89, the workspace's minimum).
     fn take(state_dir: &Path, exclusive: bool) -> Result<Self> {
         let path = state_dir.join(LOCK);
         let file =
@@ -52,12 +50,10 @@ mod tests {
         let a = StoreLock::shared(d.path()).unwrap();
         let _b = StoreLock::shared(d.path()).unwrap();
         let f = OpenOptions::new().read(true).write(true).open(d.path().join(LOCK)).unwrap();
-        #[allow(clippy::incompatible_msrv)]
         let busy = f.try_lock();
         assert!(busy.is_err(), "an exclusive lock must wait for the readers");
         drop(a);
         drop(_b);
-        #[allow(clippy::incompatible_msrv)]
         let free = f.try_lock();
         assert!(free.is_ok());
     }
