@@ -13,6 +13,7 @@ pub const LOCK: &str = "lock";
 #[derive(Debug)]
 pub struct StoreLock {
     _file: File,
+    held: bool,
 }
 
 impl StoreLock {
@@ -31,12 +32,23 @@ impl StoreLock {
         let path = state_dir.join(LOCK);
         let file =
             io("open", &path, OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path))?;
-        if exclusive {
-            io("lock (exclusive)", &path, file.lock())?;
+        let (what, r) = if exclusive {
+            ("lock (exclusive)", file.lock())
         } else {
-            io("lock (shared)", &path, file.lock_shared())?;
+            ("lock (shared)", file.lock_shared())
+        };
+        match r {
+            Ok(()) => Ok(Self { _file: file, held: true }),
+            // A kernel built without CONFIG_FILE_LOCKING (ENOSYS): the agent must still
+            // cut; only a reader in another process loses its guard (docs/MOUNT.md).
+            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => Ok(Self { _file: file, held: false }),
+            Err(e) => io(what, &path, Err(e)),
         }
-        Ok(Self { _file: file })
+    }
+
+    /// False on a kernel without flock(2): nothing is locked.
+    pub fn held(&self) -> bool {
+        self.held
     }
 }
 
