@@ -35,3 +35,8 @@ fi
 command -v cargo >/dev/null || { echo "install-deps: cargo not found (rustup toolchain expected)" >&2; exit 1; }
 # test.sh runs clippy; rustup's minimal profile leaves it out.
 cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
+# `imasnap mount` tests need the kernel's FUSE device; never skip them silently.
+if [ ! -e /dev/fuse ]; then
+  modprobe fuse 2>/dev/null || true
+  [ -e /dev/fuse ] || { echo "install-deps: /dev/fuse is missing (no FUSE in this kernel): the mount tests cannot run" >&2; exit 1; }
+fi
