@@ -76,6 +76,29 @@ impl Mounted {
 
 /// Checks that `mp` is a directory with nothing mounted on it. A FUSE mount whose process
 /// died answers ENOTCONN: say how to clear it.
+/// SIGTERM, SIGINT and SIGHUP, blocked in the calling thread (and so in every thread it
+/// starts afterwards) until [`Termination::wait`] takes one. Call it before [`mount`]:
+/// a plain signal wait needs no async runtime, so the standalone view also runs on
+/// minimal kernels (no AF_UNIX or eventfd, as in the QEMU guest).
+pub struct Termination(nix::sys::signal::SigSet);
+
+impl Termination {
+    pub fn block() -> Result<Self, std::io::Error> {
+        use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+        let mut set = SigSet::empty();
+        for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+            set.add(s);
+        }
+        nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None)?;
+        Ok(Self(set))
+    }
+
+    /// Waits for one of the signals; returns its name.
+    pub fn wait(&self) -> Result<&'static str, std::io::Error> {
+        Ok(self.0.wait()?.as_str())
+    }
+}
+
 pub fn check_mountpoint(mp: &Path) -> Result<PathBuf, MountError> {
     let bad = |reason: String| MountError::Mountpoint { path: mp.to_path_buf(), reason };
     match std::fs::metadata(mp) {

@@ -392,7 +392,7 @@ view
 ";
 
 /// PCR 10 of one bank from `tpm2 pcrread` output (YAML: `  sha1:` then `    10: 0x…`),
-/// in evmctl's `PCR-10: hex` form.
+/// in evmctl's `PCR-NN: hex` file form.
 fn evmctl_pcr_file(yaml: &str, bank: &str) -> String {
     let mut in_bank = false;
     for line in yaml.lines() {
@@ -401,7 +401,10 @@ fn evmctl_pcr_file(yaml: &str, bank: &str) -> String {
             in_bank = name == bank;
         } else if let (true, Some(v)) = (in_bank, t.strip_prefix("10:")) {
             let hex = v.trim().trim_start_matches("0x").to_ascii_lowercase();
-            return format!("PCR-10: {hex}\n");
+            // evmctl 1.4 reads a file of all 24 PCRs; it compares only those the log
+            // extends (10), so the others are zeros here.
+            let zero = "0".repeat(hex.len());
+            return (0..24).map(|i| format!("PCR-{i:02}: {}\n", if i == 10 { &hex } else { &zero })).collect();
         }
     }
     panic!("no PCR 10 of {bank} in tpm2 pcrread output:\n{yaml}")
@@ -445,7 +448,19 @@ fn view_checks(g: &guest::GuestRun, tag: &str) {
     let snapshot_bytes = whole.len();
     assert!(m["snapshots"].as_array().unwrap().len() >= 3, "{m:#}");
     whole.extend(std::fs::read(bundle.join("live.bin")).unwrap());
-    assert!(bin == whole, "view: {} bytes, bundle segments + live: {} bytes", bin.len(), whole.len());
+    let listing: Vec<String> = std::fs::read_dir(&g.out)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("view-"))
+        .map(|e| format!("{} {}", e.file_name().to_string_lossy(), e.metadata().unwrap().len()))
+        .collect();
+    let err = std::fs::read_to_string(f("err")).unwrap_or_default();
+    assert!(
+        bin == whole,
+        "view: {} bytes, bundle segments + live: {} bytes\n{listing:#?}\n{err}",
+        bin.len(),
+        whole.len()
+    );
 
     // The count and the ASCII file cover the whole boot, not the kernel's trimmed list.
     let count: u64 = std::fs::read_to_string(f("runtime_measurements_count")).unwrap().trim().parse().unwrap();

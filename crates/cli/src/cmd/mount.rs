@@ -97,6 +97,7 @@ pub fn run(a: MountArgs) -> Result<ExitCode> {
         .filter(|m| *m <= 0o777)
         .ok_or_else(|| anyhow::anyhow!("--mode {:?}: want octal permission bits such as 0440", a.mode))?;
     let src = StoreSource::new(state_dir, ima_dir, iface);
+    let term = imasnap_mount::Termination::block()?;
     let m = imasnap_mount::mount(Box::new(src), &a.mountpoint, MountOptions { allow_other: a.allow_other, mode })?;
     if a.json {
         let j = json!({ "format": "imasnap-mount/1", "mountpoint": m.mountpoint, "files": m.files,
@@ -106,8 +107,8 @@ pub fn run(a: MountArgs) -> Result<ExitCode> {
     } else {
         println!("mounted {} ({} files; {})", m.mountpoint.display(), m.files.len(), m.source);
     }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(imasnap_agent_server::service::shutdown_signal());
+    let sig = term.wait()?;
+    eprintln!("{sig}: unmounting {}", m.mountpoint.display());
     m.unmount()?;
     Ok(ExitCode::SUCCESS)
 }
