@@ -32,11 +32,8 @@ impl StoreLock {
         let path = state_dir.join(LOCK);
         let file =
             io("open", &path, OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path))?;
-        let (what, r) = if exclusive {
-            ("lock (exclusive)", file.lock())
-        } else {
-            ("lock (shared)", file.lock_shared())
-        };
+        let (what, r) =
+            if exclusive { ("lock (exclusive)", file.lock()) } else { ("lock (shared)", file.lock_shared()) };
         match r {
             Ok(()) => Ok(Self { _file: file, held: true }),
             // A kernel built without CONFIG_FILE_LOCKING (ENOSYS): the agent must still
