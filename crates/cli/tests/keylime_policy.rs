@@ -13,24 +13,7 @@ use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const ENV_PYTHON: &str = "IMASNAP_KEYLIME_PYTHON";
-const ENV_SKIP: &str = "IMASNAP_SKIP_KEYLIME";
-
-fn keylime_python() -> Option<PathBuf> {
-    if std::env::var(ENV_SKIP).is_ok_and(|v| v == "1") {
-        eprintln!("Keylime test skipped: {ENV_SKIP}=1");
-        return None;
-    }
-    let Some(py) = std::env::var_os(ENV_PYTHON) else {
-        panic!(
-            "this test needs Keylime from PyPI: run it through scripts/test.sh (which builds the venv and sets \
-             {ENV_PYTHON}), or set {ENV_PYTHON}=$(scripts/keylime-venv.sh), or set {ENV_SKIP}=1 to skip it"
-        );
-    };
-    let py = PathBuf::from(py);
-    assert!(py.is_file(), "{ENV_PYTHON}={} is not a file: rebuild it with scripts/keylime-venv.sh", py.display());
-    Some(py)
-}
+use imasnap_test_support::keylime::python as keylime_python;
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/keylime/keylime_policy.py")

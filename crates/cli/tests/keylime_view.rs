@@ -15,22 +15,11 @@ use imasnap_log::HashAlgo;
 use imasnap_tpm::SoftTpm;
 use imasnap_wire::evidence::From;
 use sha2::Digest;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
-fn keylime_python() -> Option<PathBuf> {
-    if std::env::var("IMASNAP_SKIP_KEYLIME").is_ok_and(|v| v == "1") {
-        eprintln!("Keylime test skipped: IMASNAP_SKIP_KEYLIME=1");
-        return None;
-    }
-    let py = std::env::var_os("IMASNAP_KEYLIME_PYTHON").map(PathBuf::from).expect(
-        "this test needs Keylime from PyPI: set IMASNAP_KEYLIME_PYTHON=$(scripts/keylime-venv.sh) \
-         (scripts/test.sh does), or IMASNAP_SKIP_KEYLIME=1 to skip it",
-    );
-    assert!(py.is_file(), "IMASNAP_KEYLIME_PYTHON={} is not a file", py.display());
-    Some(py)
-}
+use imasnap_test_support::keylime::python as keylime_python;
 
 /// PCR 10 (sha1 bank) as the host's TPM quotes it now.
 fn pcr10(host: &SharedHost) -> String {
