@@ -249,6 +249,17 @@ fn a_reader_past_eof_sees_new_records_and_any_offset_reads_right() {
         b.extend(more);
         assert!(*b == render_as(&after, f), "{f}: old bytes plus the new ones are not the whole log");
     }
+    // stat gives the current length, and readers that stop at it see every byte: a fresh
+    // open (the kernel's cached pages from before the growth are not reused wrongly) and
+    // busybox cat, which copies with sendfile (served from the page cache up to the size).
+    for f in log_files() {
+        let want = render_as(&after, f);
+        assert_eq!(std::fs::metadata(mp.join(f)).unwrap().len(), want.len() as u64, "{f}: st_size");
+        assert!(read(&mp.join(f)) == want, "{f}: a fresh open after growth");
+        let out = std::process::Command::new("busybox").arg("cat").arg(mp.join(f)).output().unwrap();
+        assert!(out.status.success(), "busybox cat {f}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.stdout == want, "{f}: busybox cat (sendfile) read {} of {} bytes", out.stdout.len(), want.len());
+    }
 
     // Random offsets across segment boundaries (pread, fresh descriptors and reused ones):
     // first on a fresh view (decoded from the nearest mark), then on the warm one (read

@@ -4,6 +4,7 @@
 
 use crate::source::{SegmentRef, Source, State};
 use crate::view::{locate, log_files, render, Indexer, LogFile, SegIndex};
+use crate::window::Window;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, INodeNo, KernelConfig, LockOwner, OpenAccMode,
     OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite,
@@ -12,6 +13,7 @@ use fuser::{
 use imasnap_log::{BinaryReader, Record};
 use imasnap_store::snapshot_format;
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsStr;
 use std::fs::File;
@@ -25,6 +27,16 @@ const OPEN_FILES: usize = 256;
 /// Largest read the kernel sends (with `max_pages`): big reads, few round trips.
 pub const MAX_READ: u32 = 1 << 20;
 const TTL: Duration = Duration::from_secs(1);
+
+/// Files' attributes are never cached: their size is the log's current length, asked
+/// again at every open, stat and read past the end.
+fn ttl(kind: FileType) -> Duration {
+    if kind == FileType::Directory {
+        TTL
+    } else {
+        Duration::ZERO
+    }
+}
 
 /// What a file of the view shows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,6 +135,11 @@ pub struct View {
     scratch: Vec<u8>,
     /// Per log file: the rendered bytes of segments `..segs`, in order.
     cache: Vec<RenderCache>,
+    /// The mapped part of one render cache (file `.0`) that the last read came from. One
+    /// for all files, so mapped memory stays one window however many files are read.
+    window: Option<(usize, Window)>,
+    /// Per log file: the view generation whose bytes the kernel's page cache may hold.
+    kept: Vec<u64>,
 }
 
 /// A committed segment renders to the same bytes forever, so a sequential reader renders
@@ -175,8 +192,12 @@ impl View {
             perms,
             scratch: Vec::new(),
             cache: Vec::new(),
+            window: None,
+            kept: Vec::new(),
         };
         v.cache = (0..v.files.len()).map(|_| RenderCache::default()).collect();
+        // u64::MAX: nothing kept yet, so the first open starts from an empty cache.
+        v.kept = vec![u64::MAX; v.files.len()];
         v.apply(st);
         Ok(v)
     }
@@ -204,6 +225,7 @@ impl View {
             self.indexed = 0;
             self.open_lru.clear();
             self.cache.iter_mut().for_each(|c| *c = RenderCache::default());
+            self.window = None;
             self.boot = st.boot.clone();
         }
         for r in st.segments.into_iter().skip(self.segs.len()) {
@@ -354,16 +376,66 @@ impl View {
         Ok(fh)
     }
 
+    /// How the kernel caches an open file. A log file's bytes never change within a boot
+    /// (it only grows, and growth changes the size, which drops the kernel's copy), so the
+    /// page cache keeps them across opens: a second reader is served by the kernel alone.
+    /// The first open after a new boot drops the old boot's pages. Counters and the policy
+    /// are fixed at open and bypass the cache (direct I/O), as securityfs does.
+    fn open_flags(&mut self, e: Entry) -> FopenFlags {
+        let Entry::Log(f) = e else { return FopenFlags::FOPEN_DIRECT_IO };
+        let Some(k) = self.files.iter().position(|x| *x == f) else { return FopenFlags::FOPEN_DIRECT_IO };
+        let keep = self.kept.get(k) == Some(&self.gen);
+        if let Some(g) = self.kept.get_mut(k) {
+            *g = self.gen;
+        }
+        if keep {
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        }
+    }
+
     pub fn release(&mut self, fh: u64) {
         self.handles.remove(&fh);
     }
 
-    /// Up to `size` bytes of handle `fh` at `off`.
-    pub fn read(&mut self, fh: u64, off: u64, size: usize) -> Result<Vec<u8>, ViewError> {
+    /// Up to `size` bytes of handle `fh` at `off`. A read that lies wholly inside the
+    /// render cache is borrowed from a mapping of it (no copy here); any other is built.
+    pub fn read(&mut self, fh: u64, off: u64, size: usize) -> Result<Cow<'_, [u8]>, ViewError> {
         let Some(mut h) = self.handles.remove(&fh) else { return Err(verr(format!("no open file {fh}"))) };
+        let mapped = match (h.entry, h.gen == self.gen) {
+            (Entry::Log(f), true) => self.files.iter().position(|x| *x == f).filter(|&k| self.mappable(k, off, size)),
+            _ => None,
+        };
+        if let Some(k) = mapped {
+            self.handles.insert(fh, h);
+            return self.mapped(k, off, size).map(Cow::Borrowed);
+        }
         let r = self.read_handle(&mut h, off, size);
         self.handles.insert(fh, h);
-        r
+        r.map(Cow::Owned)
+    }
+
+    /// Whether `size` bytes at `off` of file `k` all lie in its render cache.
+    fn mappable(&self, k: usize, off: u64, size: usize) -> bool {
+        let c = &self.cache[k];
+        c.file.is_some() && size > 0 && off.checked_add(size as u64).is_some_and(|end| end <= c.len)
+    }
+
+    fn mapped(&mut self, k: usize, off: u64, size: usize) -> Result<&[u8], ViewError> {
+        let hit = |w: &Option<(usize, Window)>| matches!(w, Some((wk, w)) if *wk == k && w.get(off, size).is_some());
+        if !hit(&self.window) {
+            self.window = None; // unmap before mapping the next one
+            let c = &self.cache[k];
+            let Some(file) = c.file.as_ref() else { return Err(verr("render cache")) };
+            let w = Window::map(file, off, c.len)
+                .map_err(|e| verr(format!("mapping the render cache at offset {off}: {e}")))?;
+            self.window = Some((k, w));
+        }
+        match &self.window {
+            Some((_, w)) => w.get(off, size).ok_or_else(|| verr(format!("render cache window at {off}"))),
+            None => Err(verr("render cache window")),
+        }
     }
 
     fn read_handle(&mut self, h: &mut Handle, off: u64, size: usize) -> Result<Vec<u8>, ViewError> {
@@ -561,7 +633,39 @@ impl View {
         Ok(())
     }
 
-    fn attr(&self, ino: u64) -> Option<FileAttr> {
+    /// The length file `ino` has now, refreshed from the source. A reader past the end
+    /// asks again (attributes are never cached), so it learns of new records; sendfile
+    /// and splice readers, which stop at the size, see every byte.
+    fn size_of(&mut self, ino: u64) -> Result<u64, ViewError> {
+        let Some(e) = (ino as usize).checked_sub(2).and_then(|i| self.entries.get(i)).copied() else { return Ok(0) };
+        Ok(match e {
+            Entry::Log(f) => {
+                let k = self.files.iter().position(|x| *x == f).ok_or_else(|| verr("unknown file"))?;
+                self.refresh()?;
+                self.segs_len(k)? + self.live_index()?.lens.get(k).copied().unwrap_or(0)
+            }
+            Entry::Count => crate::view::counter_text(self.totals()?.0).len() as u64,
+            Entry::Violations => crate::view::counter_text(self.totals()?.1).len() as u64,
+            Entry::Policy => match self.source.policy() {
+                Some(r) => r.map_err(verr)?.len() as u64,
+                None => 0,
+            },
+        })
+    }
+
+    /// Rendered length of the segments indexed so far in `ino`'s file (0 for others).
+    fn verified_len(&self, ino: u64) -> u64 {
+        let k = match (ino as usize).checked_sub(2).and_then(|i| self.entries.get(i)) {
+            Some(Entry::Log(f)) => self.files.iter().position(|x| x == f),
+            _ => None,
+        };
+        match (k, self.indexed.checked_sub(1).and_then(|i| self.segs.get(i))) {
+            (Some(k), Some(s)) => s.start.get(k).copied().unwrap_or(0) + s.index.as_ref().map_or(0, |x| x.lens[k]),
+            _ => 0,
+        }
+    }
+
+    fn attr(&mut self, ino: u64) -> Option<FileAttr> {
         let now = SystemTime::now();
         let (kind, perm, nlink) = if ino == 1 {
             (FileType::Directory, dir_mode(self.perms.mode), 2)
@@ -570,10 +674,18 @@ impl View {
         } else {
             return None;
         };
+        let size = match self.size_of(ino) {
+            Ok(n) => n,
+            Err(e) => {
+                // stat still answers, with a size one byte past what verified so far: a
+                // reader reaches the bad part and gets EIO there, never a short file.
+                tracing::warn!(ino, error = %e, "size unknown: reads will report the error");
+                self.verified_len(ino) + 1
+            }
+        };
         Some(FileAttr {
             ino: INodeNo(ino),
-            // Like securityfs: size 0, read to EOF.
-            size: 0,
+            size,
             blocks: 0,
             atime: now,
             mtime: now,
@@ -705,14 +817,14 @@ impl Filesystem for ViewFs {
             v.attr(i as u64 + 2)
         });
         match r.flatten() {
-            Some(a) => reply.entry(&TTL, &a, fuser::Generation(0)),
+            Some(a) => reply.entry(&ttl(a.kind), &a, fuser::Generation(0)),
             None => reply.error(Errno::ENOENT),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.with(|v| v.attr(ino.0)).flatten() {
-            Some(a) => reply.attr(&TTL, &a),
+            Some(a) => reply.attr(&ttl(a.kind), &a),
             None => reply.error(Errno::ENOENT),
         }
     }
@@ -740,11 +852,10 @@ impl Filesystem for ViewFs {
         }
         let r = self.with(|v| {
             let e = *v.entries.get((ino.0 as usize).checked_sub(2)?)?;
-            Some(v.open(e).map_err(|err| (e, err)))
+            Some(v.open(e).map(|fh| (fh, v.open_flags(e))).map_err(|err| (e, err)))
         });
         match r.flatten() {
-            // direct_io: no page cache and no size, so a reader past EOF sees new records.
-            Some(Ok(fh)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
+            Some(Ok((fh, flags))) => reply.opened(FileHandle(fh), flags),
             Some(Err((e, err))) => {
                 tracing::error!(file = %e.name(), error = %err, "open failed");
                 reply.error(Errno::EIO)
@@ -764,13 +875,14 @@ impl Filesystem for ViewFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.with(|v| v.read(fh.0, offset, size as usize)) {
-            Some(Ok(b)) => reply.data(&b),
-            Some(Err(e)) => {
+        // The reply is sent under the lock: it may borrow the view's mapped cache.
+        let Ok(mut v) = self.view.lock() else { return reply.error(Errno::EIO) };
+        match v.read(fh.0, offset, size as usize) {
+            Ok(b) => reply.data(&b),
+            Err(e) => {
                 tracing::error!(offset, error = %e, "read failed: EIO, never wrong bytes");
                 reply.error(Errno::EIO)
             }
-            None => reply.error(Errno::EIO),
         }
     }
 

@@ -11,6 +11,7 @@
 pub mod fs;
 pub mod source;
 pub mod view;
+mod window;
 
 pub use fs::{Entry, Perms, View, ViewFs};
 pub use source::{Interface, SegmentRef, Source, State, StoreSource};

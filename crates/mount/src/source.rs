@@ -108,11 +108,52 @@ pub struct StoreSource {
     state_dir: PathBuf,
     ima_dir: PathBuf,
     interface: Interface,
+    /// Manifests as last parsed, by path, with the identity of the file they came from.
+    /// A manifest only changes by an atomic rename (a new inode), and a refresh runs at
+    /// every stat and open: parsing a long boot's manifest each time would dominate.
+    manifests: std::collections::HashMap<PathBuf, (FileKey, std::sync::Arc<Manifest>)>,
+}
+
+/// Identity and version of a file: equal keys, same bytes (it is replaced, never edited).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct FileKey {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+}
+
+impl FileKey {
+    fn of(p: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(p).ok()?;
+        Some(Self {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+        })
+    }
 }
 
 impl StoreSource {
     pub fn new(state_dir: PathBuf, ima_dir: PathBuf, interface: Interface) -> Self {
-        Self { state_dir, ima_dir, interface }
+        Self { state_dir, ima_dir, interface, manifests: Default::default() }
+    }
+
+    fn manifest(&mut self, dir: &BootDir) -> Result<std::sync::Arc<Manifest>, String> {
+        let path = dir.manifest_path();
+        let key = FileKey::of(&path);
+        if let (Some(k), Some((ck, m))) = (key, self.manifests.get(&path)) {
+            if k == *ck {
+                return Ok(m.clone());
+            }
+        }
+        let m = std::sync::Arc::new(dir.load_manifest().map_err(|e| e.to_string())?);
+        if let Some(k) = key {
+            self.manifests.insert(path, (k, m.clone()));
+        }
+        Ok(m)
     }
 
     /// Reads a whole securityfs file. Staging kernels allow many readers or one writer
@@ -168,7 +209,7 @@ impl Source for StoreSource {
         let mut tried = Vec::new();
         for id in store.list_boots().map_err(|e| e.to_string())? {
             let Some(dir) = store.boot(&id) else { continue };
-            let m = dir.load_manifest().map_err(|e| e.to_string())?;
+            let m = self.manifest(&dir)?;
             let fits = match &head {
                 Some(h) => m.check_boundary(m.next_index, h),
                 // Only a staging A/D cut leaves the list empty.
