@@ -136,7 +136,7 @@ async fn finding_4_each_role_refused_exactly_where_it_should_be() {
     let env = Env::new().await;
     let p = &env.pki.files;
     let h2_before = env.v().host_status("h2").unwrap().spec;
-    let reads = ["/v1/health", "/v1/hosts", "/v1/hosts/h1", "/v1/hosts/h1/verdicts?limit=3"];
+    let reads = ["/v1/health", "/v1/hosts", "/v1/hosts/h1", "/v1/hosts/h1/verdicts?limit=3", "/metrics"];
     let new_host = json!({ "name": "h9", "address": "127.0.0.1:1", "tofu": true });
     let writes: Vec<(hyper::Method, &str, Option<Value>)> = vec![
         (hyper::Method::POST, "/v1/hosts", Some(new_host.clone())),

@@ -189,10 +189,11 @@ impl Verifier {
         if !still_same {
             return Err("host changed during the round; result discarded".into());
         }
-        self.db.write(Op::Round(Box::new(write))).await
+        self.db_write(Op::Round(Box::new(write))).await
     }
 
     fn count(&self, row: &VerdictRow) {
+        self.ops.metrics.round(row);
         self.stats.rounds.fetch_add(1, Ordering::Relaxed);
         if row.verdict == Verdict::Verified {
             self.stats.verified.fetch_add(1, Ordering::Relaxed);
