@@ -36,6 +36,7 @@ fn d_tick() -> u64 {
 pub const DURATION_KEYS: &[Key] = &[
     Key { table: "", key: "timeout", old_key: "timeout_ms", unit: Unit::Millis },
     Key { table: "", key: "tick", old_key: "tick_ms", unit: Unit::Millis },
+    Key { table: "backoff", key: "max", old_key: "max_ms", unit: Unit::Millis },
 ];
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +70,9 @@ pub struct VerifierConfig {
     pub tls: TlsFiles,
     /// The identity presented to agents and the CA their certificates chain to.
     pub agent_tls: TlsFiles,
+    /// `[backoff]`: how failing hosts are retried.
+    #[serde(default)]
+    pub backoff: crate::ops::backoff::BackoffConfig,
 }
 
 impl VerifierConfig {

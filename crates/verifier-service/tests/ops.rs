@@ -1,5 +1,5 @@
 //! Operating the fleet (issue 15, part 4), in process on loopback: `/metrics` scraped over
-//! mutual TLS.
+//! mutual TLS, failing hosts retried with backoff.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed unwrap is a failed test
 
 use hyper::{Method, StatusCode};
@@ -10,6 +10,8 @@ use imasnap_verifier_service::model::{HostPatch, HostSpec, Verdict, VerdictRow};
 use imasnap_verifier_service::service::Running;
 use imasnap_verifier_service::{Verifier, VerifierConfig};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
 
 mod common;
 
@@ -148,4 +150,58 @@ async fn metrics_scraped_over_mtls_match_the_verdict_api() {
     let am = parse_metrics(at.as_str().unwrap());
     assert!(am["imasnap_agent_live_records"] > 0.0);
     assert_eq!(am["imasnap_agent_evidence_requests_total"], 3.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_host_is_retried_with_backoff() {
+    // A port nobody listens on: every connect is refused at once.
+    let dead = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().to_string();
+    let poll = 100;
+    let env = Env::new(
+        1,
+        poll,
+        |c| {
+            c.backoff.max_ms = 1600;
+            c.backoff.jitter_percent = 20;
+        },
+        true,
+    )
+    .await;
+    let dead_spec = HostSpec { poll_interval_ms: poll, ..common::tofu_host("dead", &dead) };
+    env.v().add_host(dead_spec).await.unwrap();
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let (alive, gone) = (env.v().host_status("h1").unwrap(), env.v().host_status("dead").unwrap());
+    let elapsed = t0.elapsed().as_millis();
+    // At the poll rate the dead host would have had ~30 attempts. With backoff: 0, +200,
+    // +400, +800, +1600 ms (±20 %) → at most 5 in 3 s, however loaded the machine.
+    assert!((3..=6).contains(&gone.rounds), "{} attempts in {elapsed} ms: {:?}", gone.rounds, gone.retry);
+    assert_eq!(gone.retry.consecutive_failures as u64, gone.rounds);
+    assert_eq!(gone.last.as_ref().unwrap().reason.as_deref(), Some("unreachable"));
+    assert!(gone.retry.delay_ms >= 400, "{:?}", gone.retry);
+    // The healthy host meanwhile goes on at its poll rate.
+    assert!(alive.rounds >= 10, "{} rounds of the healthy host in {elapsed} ms", alive.rounds);
+    assert_eq!(alive.retry.consecutive_failures, 0);
+    assert_eq!(alive.retry.delay_ms, poll);
+    // Visible in the status JSON.
+    let admin = env.client(&env.pki.admin, &env.verifier.addr.to_string());
+    let j = admin.ok(Method::GET, "/v1/hosts/dead", None).await.unwrap();
+    assert!(j["retry"]["consecutive_failures"].as_u64().unwrap() >= 3, "{j}");
+    assert!(j["retry"]["delay_ms"].as_u64().is_some(), "{j}");
+    let m = parse_metrics(&env.v().metrics_text());
+    assert_eq!(m["imasnap_verifier_hosts_backing_off"], 1.0);
+
+    // It comes back (pointed at a live agent): the next success resets the backoff.
+    let back = env.agent("h1").addr.to_string();
+    env.v().update_host("dead", HostPatch { address: Some(back), ..Default::default() }).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = env.v().host_status("dead").unwrap();
+        if st.last.as_ref().is_some_and(|l| l.verdict == Verdict::Verified) {
+            assert_eq!(st.retry.consecutive_failures, 0, "{:?}", st.retry);
+            break;
+        }
+        assert!(Instant::now() < deadline, "never verified after it came back: {st:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -98,6 +98,7 @@ impl Default for Metrics {
 pub struct Snapshot {
     /// Hosts per [`HOST_STATES`] entry.
     pub hosts: [u64; 6],
+    pub hosts_backing_off: u64,
 }
 
 impl Metrics {
@@ -142,6 +143,13 @@ impl Metrics {
         for (st, n) in HOST_STATES.iter().zip(snap.hosts) {
             let _ = writeln!(s, "{p}_hosts{{status=\"{}\"}} {n}", st.as_str());
         }
+        head(
+            &mut s,
+            &format!("{p}_hosts_backing_off"),
+            "gauge",
+            "Hosts whose last rounds failed, retried with exponential backoff.",
+        );
+        let _ = writeln!(s, "{p}_hosts_backing_off {}", snap.hosts_backing_off);
         head(&mut s, &format!("{p}_leases_held"), "gauge", "Hosts this process verifies (holds the lease of).");
         let leases = self.leases_held.load(Ordering::Relaxed);
         let leases = u64::try_from(leases).unwrap_or_else(|_| {
@@ -181,7 +189,7 @@ mod tests {
         }
         m.db_write("round", 0.002);
         m.db_write("unknown op", 1.0);
-        let snap = Snapshot { hosts: [1, 2, 0, 0, 1, 1] };
+        let snap = Snapshot { hosts: [1, 2, 0, 0, 1, 1], hosts_backing_off: 1 };
         let t = m.encode(&snap);
         let s = samples(&t);
         let get = |k: &str| s.iter().find(|(n, _)| n == k).map(|(_, v)| *v);

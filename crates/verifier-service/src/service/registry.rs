@@ -47,6 +47,8 @@ pub(crate) struct HostRt {
     /// Bumped by every registration change: a round that started before it does not
     /// save its result over the change.
     pub generation: u64,
+    /// Consecutive failures, for the backoff ([`crate::ops::backoff`]).
+    pub retry: crate::ops::backoff::Retry,
 }
 
 fn damage(table: &str, column: &str, reason: impl ToString) -> Damage {
@@ -89,6 +91,7 @@ impl HostRt {
             busy: false,
             conn: None,
             generation: 0,
+            retry: Default::default(),
         }
     }
 
@@ -192,6 +195,7 @@ impl HostRt {
             last: self.last.clone(),
             alert: self.alert.clone(),
             learned_keys: policy::keys_to_stored(&self.learned),
+            retry: crate::ops::RetryStatus::of(&self.retry, self.next_due, self.busy),
         }
     }
 

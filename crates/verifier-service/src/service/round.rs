@@ -207,7 +207,8 @@ impl Verifier {
         let mut hosts = self.hosts();
         let Some(h) = hosts.get_mut(name) else { return };
         h.busy = false;
-        h.next_due = Instant::now() + Duration::from_millis(h.spec.poll_interval_ms);
+        h.next_due =
+            self.next_attempt(&mut h.retry, h.spec.poll_interval_ms, crate::ops::backoff::is_failure(row.verdict));
         if h.generation != generation || !saved {
             return;
         }

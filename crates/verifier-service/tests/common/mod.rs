@@ -36,6 +36,7 @@ pub async fn start_verifier_with(
         tick_ms: 20,
         tls: pki.verifier.clone(),
         agent_tls: pki.verifier.clone(),
+        backoff: Default::default(),
     };
     edit(&mut cfg);
     let v = Verifier::open(cfg.clone(), cfg.agent_tls.client().unwrap()).unwrap();
