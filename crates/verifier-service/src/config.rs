@@ -37,6 +37,8 @@ pub const DURATION_KEYS: &[Key] = &[
     Key { table: "", key: "timeout", old_key: "timeout_ms", unit: Unit::Millis },
     Key { table: "", key: "tick", old_key: "tick_ms", unit: Unit::Millis },
     Key { table: "backoff", key: "max", old_key: "max_ms", unit: Unit::Millis },
+    Key { table: "webhooks", key: "retry", old_key: "retry_ms", unit: Unit::Millis },
+    Key { table: "webhooks", key: "timeout", old_key: "timeout_ms", unit: Unit::Millis },
 ];
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,6 +75,9 @@ pub struct VerifierConfig {
     /// `[backoff]`: how failing hosts are retried.
     #[serde(default)]
     pub backoff: crate::ops::backoff::BackoffConfig,
+    /// `[webhooks]`: where revocation events go.
+    #[serde(default)]
+    pub webhooks: crate::ops::webhook::WebhookConfig,
 }
 
 impl VerifierConfig {

@@ -8,7 +8,7 @@
 //! - [`db`]: SQLite with migrations; per-host state saved after every round (group commit).
 //! - [`model`]: host registrations, status and verdict rows.
 //! - [`client`]: REST client (CLI, tests).
-//! - [`ops`]: Prometheus metrics, backoff for failing hosts.
+//! - [`ops`]: Prometheus metrics, backoff for failing hosts, revocation webhooks.
 
 pub mod attest;
 pub mod client;

@@ -1,15 +1,21 @@
 //! Operating the fleet (issue 15, part 4), in process on loopback: `/metrics` scraped over
-//! mutual TLS, failing hosts retried with backoff.
+//! mutual TLS, failing hosts retried with backoff, revocation webhooks delivered (with
+//! retries, and given up after the bound).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed unwrap is a failed test
 
-use hyper::{Method, StatusCode};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Response, StatusCode};
+use hyper_util::rt::TokioIo;
 use imasnap_agent_server::devpki::{write_dev_pki, DevPkiFiles};
 use imasnap_agent_server::service as agent;
 use imasnap_verifier_service::client::ApiClient;
 use imasnap_verifier_service::model::{HostPatch, HostSpec, Verdict, VerdictRow};
+use imasnap_verifier_service::ops::webhook::RevocationEvent;
 use imasnap_verifier_service::service::Running;
 use imasnap_verifier_service::{Verifier, VerifierConfig};
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
@@ -72,6 +78,19 @@ impl Env {
         let n = h.metrics();
         h.measure(path.as_bytes(), &[9u8; 32], None).unwrap();
         n.next_index + n.live_records
+    }
+
+    /// Flips a byte of `host`'s newest snapshot (one the verifier has not proven yet).
+    fn tamper(&self, host: &str) {
+        let s = &self.agent(host).service;
+        s.lock().unwrap().add_records(10).unwrap();
+        s.lock().unwrap().snapshot(None).unwrap().expect("snapshot taken");
+        let seq = s.lock().unwrap().manifest().unwrap().snapshots.last().unwrap().seq;
+        let (path, _) = s.lock().unwrap().snapshot_file(seq).unwrap();
+        let mut b = std::fs::read(&path).unwrap();
+        let n = b.len();
+        b[n - 3] ^= 0x55;
+        std::fs::write(&path, &b).unwrap();
     }
 
     fn client(&self, who: &imasnap_agent_server::tls::TlsFiles, addr: &str) -> ApiClient {
@@ -204,4 +223,204 @@ async fn an_unreachable_host_is_retried_with_backoff() {
         assert!(Instant::now() < deadline, "never verified after it came back: {st:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A webhook receiver: answers the statuses in `script` in turn (then 200), keeps the
+/// bodies.
+#[derive(Clone, Default)]
+struct Receiver {
+    got: Arc<Mutex<Vec<(String, Bytes)>>>,
+    script: Arc<Mutex<VecDeque<u16>>>,
+}
+
+impl Receiver {
+    async fn start(script: &[u16]) -> (Self, String) {
+        let r = Self { got: Default::default(), script: Arc::new(Mutex::new(script.iter().copied().collect())) };
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hooks/revoked", l.local_addr().unwrap());
+        let rr = r.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = l.accept().await else { return };
+                let rr = rr.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let rr = rr.clone();
+                        async move {
+                            let path = req.uri().path().to_string();
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            rr.got.lock().unwrap().push((path, body));
+                            let code = rr.script.lock().unwrap().pop_front().unwrap_or(200);
+                            Ok::<_, std::convert::Infallible>(
+                                Response::builder().status(code).body(Full::new(Bytes::from_static(b"{}"))).unwrap(),
+                            )
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await;
+                });
+            }
+        });
+        (r, url)
+    }
+
+    fn events(&self) -> Vec<RevocationEvent> {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(p, b)| {
+                assert_eq!(p, "/hooks/revoked");
+                serde_json::from_slice(b).unwrap()
+            })
+            .collect()
+    }
+}
+
+async fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_revocation_event_per_failing_host() {
+    let (rx, url) = Receiver::start(&[]).await;
+    let env = Env::new(3, 3_600_000, |c| c.webhooks.urls = vec![url], false).await;
+    for h in ["h1", "h2", "h3"] {
+        assert_eq!(env.round(h).await.verdict, Verdict::Verified);
+    }
+    // h1 measures a file outside its policy, twice; h2's evidence is tampered with, and
+    // stays so for two rounds; h3 stays good.
+    env.allow_only_good("h1").await;
+    let evil = env.measure_evil("h1", "/usr/bin/evil");
+    let v1 = env.round("h1").await;
+    assert_eq!(v1.verdict, Verdict::PolicyViolation);
+    env.measure_evil("h1", "/usr/bin/worse");
+    assert_eq!(env.round("h1").await.verdict, Verdict::PolicyViolation, "still failing: no second event");
+    env.tamper("h2");
+    let v2 = env.round("h2").await;
+    assert_eq!(v2.verdict, Verdict::Rejected, "{v2:?}");
+    assert_eq!(env.round("h2").await.verdict, Verdict::Rejected);
+    for _ in 0..2 {
+        env.agent("h3").service.lock().unwrap().add_records(3).unwrap();
+        assert_eq!(env.round("h3").await.verdict, Verdict::Verified);
+    }
+    wait_for("two events", 10, || rx.got.lock().unwrap().len() >= 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // no third one comes
+    let mut evs = rx.events();
+    evs.sort_by(|a, b| a.host.cmp(&b.host));
+    assert_eq!(evs.len(), 2, "{evs:?}");
+    let (e1, e2) = (&evs[0], &evs[1]);
+    assert_eq!((e1.event.as_str(), e1.format.as_str()), ("revocation", "imasnap-revocation/1"));
+    assert_eq!(e1.host, "h1");
+    assert_eq!(e1.verdict, "policy_violation");
+    assert_eq!(e1.reason.as_deref(), Some("policy"));
+    assert_eq!(e1.record, Some(evil));
+    assert_eq!(e1.path.as_deref(), Some("/usr/bin/evil"));
+    assert_eq!(e1.verdict_at_ms, v1.at_ms);
+    assert_eq!(e1.previous_status, "verified");
+    assert_eq!(e1.round, 4, "h1's fourth round");
+    assert_eq!(e2.host, "h2");
+    assert_eq!(e2.verdict, "rejected");
+    assert_eq!(e2.reason, v2.reason);
+    assert!(e2.reason.is_some());
+    assert_eq!(e2.record, v2.record);
+    assert_eq!(e2.detail, v2.detail);
+    assert_eq!(e2.round, 2);
+    let m = parse_metrics(&env.v().metrics_text());
+    assert_eq!(m["imasnap_verifier_webhook_events_total{outcome=\"delivered\"}"], 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_retries_are_bounded() {
+    let (flaky, flaky_url) = Receiver::start(&[500, 500]).await;
+    let (broken, broken_url) = Receiver::start(&[500; 10]).await;
+    let dead = format!("http://{}/x", TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap());
+    let env = Env::new(
+        1,
+        3_600_000,
+        |c| {
+            c.webhooks.urls = vec![flaky_url, broken_url, dead];
+            c.webhooks.attempts = 4;
+            c.webhooks.retry_ms = 30;
+            c.webhooks.timeout_ms = 2000;
+        },
+        false,
+    )
+    .await;
+    env.allow_only_good("h1").await;
+    let evil = env.measure_evil("h1", "/usr/bin/evil");
+    assert_eq!(env.round("h1").await.verdict, Verdict::PolicyViolation);
+    // 30 + 60 + 120 ms of waits (±20 %) per URL: all settled well within the deadline.
+    let m = || parse_metrics(&env.v().metrics_text());
+    wait_for("every delivery settled", 15, || {
+        let m = m();
+        m["imasnap_verifier_webhook_events_total{outcome=\"delivered\"}"]
+            + m["imasnap_verifier_webhook_events_total{outcome=\"gave_up\"}"]
+            >= 3.0
+    })
+    .await;
+    let m = m();
+    assert_eq!(m["imasnap_verifier_webhook_events_total{outcome=\"delivered\"}"], 1.0);
+    assert_eq!(m["imasnap_verifier_webhook_events_total{outcome=\"gave_up\"}"], 2.0);
+    // 500, 500, then 200: the same event three times, accepted the third.
+    let f = flaky.events();
+    assert_eq!(f.len(), 3, "{f:?}");
+    assert!(f.iter().all(|e| *e == f[0]));
+    assert_eq!(f[0].record, Some(evil));
+    // Always 500: exactly `attempts` tries, then given up.
+    assert_eq!(broken.events().len(), 4);
+}
+
+/// An `https://` receiver with mutual TLS (the service's own server helper): records each
+/// event with the client certificate it came with.
+struct TlsReceiver {
+    got: Mutex<Vec<(Option<Vec<u8>>, Bytes)>>,
+}
+
+impl imasnap_net::http::Handler for TlsReceiver {
+    fn handle(
+        self: Arc<Self>,
+        req: hyper::Request<hyper::body::Incoming>,
+        peer: imasnap_net::http::Peer,
+    ) -> futures_util::future::BoxFuture<'static, Response<imasnap_net::http::Body>> {
+        Box::pin(async move {
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            self.got.lock().unwrap().push((peer.cert.clone(), body));
+            imasnap_net::http::json_response(StatusCode::OK, &serde_json::json!({}))
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_over_https_with_the_configured_ca_and_identity() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://localhost:{}/hooks/revoked", l.local_addr().unwrap().port());
+    let env = Env::new(
+        1,
+        3_600_000,
+        |c| {
+            c.webhooks.urls = vec![url];
+            c.webhooks.ca = Some(c.tls.ca.clone());
+            c.webhooks.cert = Some(c.tls.cert.clone());
+            c.webhooks.key = Some(c.tls.key.clone());
+        },
+        false,
+    )
+    .await;
+    let rx = Arc::new(TlsReceiver { got: Mutex::new(Vec::new()) });
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(imasnap_net::http::serve(l, env.pki.admin.server().unwrap(), rx.clone(), stop_rx));
+    env.allow_only_good("h1").await;
+    let evil = env.measure_evil("h1", "/usr/bin/evil");
+    assert_eq!(env.round("h1").await.verdict, Verdict::PolicyViolation);
+    wait_for("the event over https", 10, || !rx.got.lock().unwrap().is_empty()).await;
+    let (cert, body) = rx.got.lock().unwrap()[0].clone();
+    let ev: RevocationEvent = serde_json::from_slice(&body).unwrap();
+    assert_eq!((ev.host.as_str(), ev.record), ("h1", Some(evil)));
+    // The verifier presented its own identity (role verifier) to the receiver.
+    let role = imasnap_net::tls::role_of(&cert.expect("a client certificate")).unwrap();
+    assert_eq!(role, imasnap_net::tls::Role::Verifier);
 }

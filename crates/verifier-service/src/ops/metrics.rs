@@ -25,6 +25,8 @@ pub(crate) const HOST_STATES: [HostState; 6] = [
 ];
 /// The database writes timed, by the `op` label.
 pub(crate) const DB_OPS: [&str; 4] = ["round", "put_host", "reset_state", "delete_host"];
+/// Webhook delivery outcomes, by the `outcome` label.
+pub(crate) const WEBHOOK_OUTCOMES: [&str; 3] = ["delivered", "gave_up", "dropped"];
 
 /// A cumulative histogram with fixed buckets.
 struct Histogram {
@@ -80,6 +82,7 @@ pub struct Metrics {
     /// Set by a lease implementation (replicas); negative while none has: then the
     /// number of usable hosts (a single node verifies all of them).
     leases_held: AtomicI64,
+    webhooks: [AtomicU64; 3],
 }
 
 impl Default for Metrics {
@@ -90,6 +93,7 @@ impl Default for Metrics {
             round_seconds: Mutex::new(Histogram::new(ROUND_BUCKETS)),
             db_seconds: Mutex::new(DB_OPS.iter().map(|_| Histogram::new(DB_BUCKETS)).collect()),
             leases_held: AtomicI64::new(-1),
+            webhooks: Default::default(),
         }
     }
 }
@@ -124,6 +128,13 @@ impl Metrics {
     /// every lease renewal; until one does, the gauge shows every usable host.
     pub fn set_leases_held(&self, n: u64) {
         self.leases_held.store(i64::try_from(n).unwrap_or(i64::MAX), Ordering::Relaxed);
+    }
+
+    /// One webhook event's fate (one of [`WEBHOOK_OUTCOMES`]).
+    pub fn webhook(&self, outcome: &str) {
+        if let Some(i) = WEBHOOK_OUTCOMES.iter().position(|o| *o == outcome) {
+            self.webhooks[i].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// The text exposition (format 0.0.4).
@@ -161,6 +172,10 @@ impl Metrics {
         head(&mut s, &name, "histogram", "Database writes, from submission to commit (group commit included), by op.");
         for (op, h) in DB_OPS.iter().zip(lock(&self.db_seconds).iter()) {
             h.write(&mut s, &name, &format!("op=\"{op}\","));
+        }
+        head(&mut s, &format!("{p}_webhook_events_total"), "counter", "Revocation webhook deliveries by outcome.");
+        for (o, c) in WEBHOOK_OUTCOMES.iter().zip(&self.webhooks) {
+            let _ = writeln!(s, "{p}_webhook_events_total{{outcome=\"{o}\"}} {}", c.load(Ordering::Relaxed));
         }
         s
     }

@@ -1,5 +1,5 @@
-//! Operating the fleet (issue 15, part 4): Prometheus metrics ([`metrics`]) and exponential
-//! backoff for failing hosts ([`backoff`]).
+//! Operating the fleet (issue 15, part 4): Prometheus metrics ([`metrics`]), exponential
+//! backoff for failing hosts ([`backoff`]) and revocation webhooks ([`webhook`]).
 //!
 //! The service calls in at a few points only (after a round, around each database write,
 //! when it sets a host's next attempt), so the round, registry and database code stay as
@@ -7,24 +7,30 @@
 
 pub mod backoff;
 pub mod metrics;
+pub mod webhook;
 
 use crate::db::Op;
+use crate::model::{HostState, VerdictRow};
 use crate::service::Verifier;
 use backoff::Retry;
 use metrics::{Metrics, Snapshot, HOST_STATES};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Instant;
+use webhook::{RevocationEvent, Webhooks};
 
 /// The operations side of a running verifier.
 pub struct Ops {
     pub metrics: Arc<Metrics>,
+    pub webhooks: Webhooks,
 }
 
 impl Ops {
-    /// Errors name the setting.
-    pub fn new(_cfg: &crate::VerifierConfig) -> Result<Self, String> {
-        Ok(Self { metrics: Arc::new(Metrics::default()) })
+    /// Errors name the setting (a bad webhook URL, a missing CA).
+    pub fn new(cfg: &crate::VerifierConfig) -> Result<Self, String> {
+        let metrics = Arc::new(Metrics::default());
+        let webhooks = Webhooks::start(&cfg.webhooks, metrics.clone())?;
+        Ok(Self { metrics, webhooks })
     }
 }
 
@@ -74,6 +80,15 @@ impl Verifier {
         Instant::now() + retry.after(&self.cfg.backoff, poll_ms, failed)
     }
 
+    /// After a saved round: a revocation event when the host turns from good, pending or
+    /// unreachable to `rejected` or `policy_violation` (not on every failing round).
+    pub(crate) fn on_saved_verdict(&self, previous: HostState, row: &VerdictRow, round: u64) {
+        let was_failed = matches!(previous, HostState::Rejected | HostState::PolicyViolation);
+        if row.verdict.is_alert() && !was_failed {
+            self.ops.webhooks.send(RevocationEvent::new(row, round, previous.as_str()));
+        }
+    }
+
     /// `GET /metrics`: the counters plus the host table's gauges, read now.
     pub fn metrics_text(&self) -> String {
         let mut snap = Snapshot { hosts: [0; 6], hosts_backing_off: 0 };
@@ -105,10 +120,20 @@ mod tests {
     fn configuration_with_defaults_and_durations() {
         let c = VerifierConfig::from_toml(TLS).unwrap();
         assert_eq!((c.backoff.max_ms, c.backoff.jitter_percent), (600_000, 20));
-        let c = VerifierConfig::from_toml(&format!("[backoff]\nmax = \"5m\"\njitter_percent = 10\n{TLS}")).unwrap();
+        assert!(c.webhooks.urls.is_empty());
+        assert_eq!((c.webhooks.attempts, c.webhooks.retry_ms, c.webhooks.timeout_ms), (5, 1000, 10_000));
+        let c = VerifierConfig::from_toml(&format!(
+            "[backoff]\nmax = \"5m\"\njitter_percent = 10\n[webhooks]\nurls = [\"https://hooks.example/imasnap\"]\nca = \"/etc/imasnap/hooks-ca.pem\"\nattempts = 3\nretry = \"250ms\"\ntimeout = \"3s\"\nqueue = 10\n{TLS}"
+        ))
+        .unwrap();
         assert_eq!((c.backoff.max_ms, c.backoff.jitter_percent), (300_000, 10));
+        assert_eq!(c.webhooks.urls, ["https://hooks.example/imasnap"]);
+        assert_eq!(
+            (c.webhooks.attempts, c.webhooks.retry_ms, c.webhooks.timeout_ms, c.webhooks.queue),
+            (3, 250, 3000, 10)
+        );
         let e = VerifierConfig::from_toml(&format!("[backoff]\nmax = \"5\"\n{TLS}")).unwrap_err();
         assert!(e.contains("backoff.max"), "{e}");
-        assert!(VerifierConfig::from_toml(&format!("[backoff]\nmaximum = \"5s\"\n{TLS}")).is_err(), "unknown key");
+        assert!(VerifierConfig::from_toml(&format!("[webhooks]\nurl = \"http://x\"\n{TLS}")).is_err(), "unknown key");
     }
 }

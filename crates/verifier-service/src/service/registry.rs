@@ -226,7 +226,7 @@ pub struct Verifier {
     /// Per-round latency samples (milliseconds) for the load test; cleared by the reader.
     pub latencies: Mutex<Vec<f64>>,
     pub record_latencies: bool,
-    /// Metrics ([`crate::ops`]).
+    /// Metrics, webhooks ([`crate::ops`]).
     pub ops: crate::ops::Ops,
 }
 

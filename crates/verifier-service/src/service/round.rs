@@ -229,8 +229,10 @@ impl Verifier {
         if j.accepted.is_some() {
             h.accepted_marker = j.accepted;
         }
+        let previous = h.status;
         h.status = row.verdict.into();
         h.rounds += 1;
+        self.on_saved_verdict(previous, row, h.rounds);
         if h.alert.is_none() && row.verdict.is_alert() {
             h.alert = Some(row.clone());
         }

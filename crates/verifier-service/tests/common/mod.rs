@@ -37,6 +37,7 @@ pub async fn start_verifier_with(
         tls: pki.verifier.clone(),
         agent_tls: pki.verifier.clone(),
         backoff: Default::default(),
+        webhooks: Default::default(),
     };
     edit(&mut cfg);
     let v = Verifier::open(cfg.clone(), cfg.agent_tls.client().unwrap()).unwrap();
