@@ -1,12 +1,12 @@
 //! The agent's HTTPS API. Every route requires a client certificate from the configured CA
 //! that carries a role ([`agent_allows`]): `verifier` and `admin` may call every route,
-//! `reader` only `GET /v1/health` and `GET /v1/metrics`; `agent`, no role or several are
+//! `reader` only `GET /v1/health` and `GET /v1/metrics` (or `/metrics`); `agent`, no role or several are
 //! refused (403).
 //!
 //! | route | |
 //! |---|---|
 //! | `GET /v1/health` | status and the metrics as JSON |
-//! | `GET /v1/metrics` | Prometheus text |
+//! | `GET /v1/metrics`, `GET /metrics` | Prometheus text (the same; `/metrics` is where scrapers look by default) |
 //! | `GET /v1/evidence?nonce=HEX&from=N\|latest[&boot=RC:SHA1][&max_bytes=N]` | quote + records (see [`crate::api`]) |
 //! | `GET /v1/snapshots` | the current boot's manifest |
 //! | `GET /v1/snapshots/{seq}` | one snapshot file |
@@ -304,7 +304,7 @@ impl AgentService {
                     Err(e) => error_response(StatusCode::SERVICE_UNAVAILABLE, e),
                 }
             }
-            (&Method::GET, "/v1/metrics") => match self.with_host(|h| Ok(h.metrics())).await {
+            (&Method::GET, "/v1/metrics" | "/metrics") => match self.with_host(|h| Ok(h.metrics())).await {
                 Ok(m) => text_response(StatusCode::OK, "text/plain; version=0.0.4", m.prometheus()),
                 Err(e) => error_response(StatusCode::SERVICE_UNAVAILABLE, e),
             },
@@ -570,7 +570,7 @@ pub fn open_securityfs<T: Tpm + 'static>(cfg: &AgentServiceConfig, tpm: T) -> an
 pub fn agent_allows(role: Role, method: &Method, path: &str) -> bool {
     match role {
         Role::Verifier | Role::Admin => true,
-        Role::Reader => *method == Method::GET && matches!(path, "/v1/health" | "/v1/metrics"),
+        Role::Reader => *method == Method::GET && matches!(path, "/v1/health" | "/v1/metrics" | "/metrics"),
         Role::Agent => false,
     }
 }

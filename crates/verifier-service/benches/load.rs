@@ -109,6 +109,8 @@ fn main() {
             tick_ms: 20,
             tls: pki.verifier.clone(),
             agent_tls: pki.verifier.clone(),
+            backoff: Default::default(),
+            webhooks: Default::default(),
         };
         let v = Verifier::open(cfg.clone(), cfg.agent_tls.client().unwrap()).unwrap().with_latency_recording();
         for (i, a) in agents.iter().enumerate() {

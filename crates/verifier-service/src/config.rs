@@ -36,6 +36,9 @@ fn d_tick() -> u64 {
 pub const DURATION_KEYS: &[Key] = &[
     Key { table: "", key: "timeout", old_key: "timeout_ms", unit: Unit::Millis },
     Key { table: "", key: "tick", old_key: "tick_ms", unit: Unit::Millis },
+    Key { table: "backoff", key: "max", old_key: "max_ms", unit: Unit::Millis },
+    Key { table: "webhooks", key: "retry", old_key: "retry_ms", unit: Unit::Millis },
+    Key { table: "webhooks", key: "timeout", old_key: "timeout_ms", unit: Unit::Millis },
 ];
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +72,12 @@ pub struct VerifierConfig {
     pub tls: TlsFiles,
     /// The identity presented to agents and the CA their certificates chain to.
     pub agent_tls: TlsFiles,
+    /// `[backoff]`: how failing hosts are retried.
+    #[serde(default)]
+    pub backoff: crate::ops::backoff::BackoffConfig,
+    /// `[webhooks]`: where revocation events go.
+    #[serde(default)]
+    pub webhooks: crate::ops::webhook::WebhookConfig,
 }
 
 impl VerifierConfig {

@@ -8,12 +8,14 @@
 //! - [`db`]: SQLite with migrations; per-host state saved after every round (group commit).
 //! - [`model`]: host registrations, status and verdict rows.
 //! - [`client`]: REST client (CLI, tests).
+//! - [`ops`]: Prometheus metrics, backoff for failing hosts, revocation webhooks.
 
 pub mod attest;
 pub mod client;
 pub mod config;
 pub mod db;
 pub mod model;
+pub mod ops;
 pub mod policy;
 pub mod roles;
 pub mod service;

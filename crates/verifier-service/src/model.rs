@@ -378,4 +378,7 @@ pub struct HostStatus {
     /// verify later ima-sig signatures.
     #[serde(default)]
     pub learned_keys: Vec<crate::policy::LearnedKey>,
+    /// Consecutive failures and the next attempt (backoff while failing).
+    #[serde(default)]
+    pub retry: crate::ops::RetryStatus,
 }

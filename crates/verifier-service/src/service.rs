@@ -12,6 +12,7 @@
 //! | route | |
 //! |---|---|
 //! | `GET /v1/health` | `ok` or `degraded` (unusable hosts), host count, rounds |
+//! | `GET /metrics` | Prometheus text ([`crate::ops::metrics`]) |
 //! | `GET /v1/hosts` | every host's status |
 //! | `POST /v1/hosts` | register ([`crate::model::HostSpec`] JSON); 409 if the name exists |
 //! | `GET /v1/hosts/{name}` | one host's status ([`crate::model::HostStatus`]) |

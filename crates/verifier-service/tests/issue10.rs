@@ -136,7 +136,7 @@ async fn finding_4_each_role_refused_exactly_where_it_should_be() {
     let env = Env::new().await;
     let p = &env.pki.files;
     let h2_before = env.v().host_status("h2").unwrap().spec;
-    let reads = ["/v1/health", "/v1/hosts", "/v1/hosts/h1", "/v1/hosts/h1/verdicts?limit=3"];
+    let reads = ["/v1/health", "/v1/hosts", "/v1/hosts/h1", "/v1/hosts/h1/verdicts?limit=3", "/metrics"];
     let new_host = json!({ "name": "h9", "address": "127.0.0.1:1", "tofu": true });
     let writes: Vec<(hyper::Method, &str, Option<Value>)> = vec![
         (hyper::Method::POST, "/v1/hosts", Some(new_host.clone())),
@@ -201,20 +201,21 @@ async fn finding_4_the_agent_api_checks_roles_too() {
     let a = env.agent.addr.to_string();
     let nonce = hex::encode([3u8; 32]);
     let evidence = format!("GET /v1/evidence?nonce={nonce}&from=0 HTTP/1.1");
-    let routes: [(&str, &str); 6] = [
+    let routes: [(&str, &str); 7] = [
         ("GET /v1/health HTTP/1.1", "health"),
         ("GET /v1/metrics HTTP/1.1", "metrics"),
+        ("GET /metrics HTTP/1.1", "metrics at the scrapers' default path"),
         (evidence.as_str(), "evidence"),
         ("GET /v1/snapshots HTTP/1.1", "snapshots"),
         ("POST /v1/snapshots HTTP/1.1", "snapshot"),
         ("POST /v1/test/records?count=1 HTTP/1.1", "records"),
     ];
-    let cases: [(&TlsFiles, &str, [u16; 6]); 5] = [
-        (&p.verifier, "verifier", [200; 6]),
-        (&p.admin, "admin", [200; 6]),
-        (&p.reader, "reader", [200, 200, 403, 403, 403, 403]),
-        (&p.agent, "agent", [403; 6]),
-        (&env.pki.none, "none", [403; 6]),
+    let cases: [(&TlsFiles, &str, [u16; 7]); 5] = [
+        (&p.verifier, "verifier", [200; 7]),
+        (&p.admin, "admin", [200; 7]),
+        (&p.reader, "reader", [200, 200, 200, 403, 403, 403, 403]),
+        (&p.agent, "agent", [403; 7]),
+        (&env.pki.none, "none", [403; 7]),
     ];
     for (who, name, want) in cases {
         for ((line, route), want) in routes.iter().zip(want) {

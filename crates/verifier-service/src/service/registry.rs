@@ -47,6 +47,8 @@ pub(crate) struct HostRt {
     /// Bumped by every registration change: a round that started before it does not
     /// save its result over the change.
     pub generation: u64,
+    /// Consecutive failures, for the backoff ([`crate::ops::backoff`]).
+    pub retry: crate::ops::backoff::Retry,
 }
 
 fn damage(table: &str, column: &str, reason: impl ToString) -> Damage {
@@ -89,6 +91,7 @@ impl HostRt {
             busy: false,
             conn: None,
             generation: 0,
+            retry: Default::default(),
         }
     }
 
@@ -192,6 +195,7 @@ impl HostRt {
             last: self.last.clone(),
             alert: self.alert.clone(),
             learned_keys: policy::keys_to_stored(&self.learned),
+            retry: crate::ops::RetryStatus::of(&self.retry, self.next_due, self.busy),
         }
     }
 
@@ -222,6 +226,8 @@ pub struct Verifier {
     /// Per-round latency samples (milliseconds) for the load test; cleared by the reader.
     pub latencies: Mutex<Vec<f64>>,
     pub record_latencies: bool,
+    /// Metrics, webhooks ([`crate::ops`]).
+    pub ops: crate::ops::Ops,
 }
 
 pub type Shared = Arc<Verifier>;
@@ -250,6 +256,7 @@ impl Verifier {
         }
         tracing::info!(hosts = hosts.len(), db = %cfg.database.display(), "verifier state loaded");
         let sem = Arc::new(Semaphore::new(cfg.max_concurrency.max(1)));
+        let ops = crate::ops::Ops::new(&cfg)?;
         Ok(Arc::new(Self {
             cfg,
             db,
@@ -259,6 +266,7 @@ impl Verifier {
             stats: Stats::default(),
             latencies: Mutex::new(Vec::new()),
             record_latencies: false,
+            ops,
         }))
     }
 
@@ -314,8 +322,7 @@ impl Verifier {
             return Err((StatusCode::CONFLICT, format!("host {} already exists", spec.name)));
         }
         let rt = HostRt::fresh(spec.clone()).map_err(|e| (StatusCode::BAD_REQUEST, e))?;
-        self.db
-            .write(Op::PutHost { spec: spec.clone(), reset_state: true, now_ms: now_ms() })
+        self.db_write(Op::PutHost { spec: spec.clone(), reset_state: true, now_ms: now_ms() })
             .await
             .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e))?;
         let st = rt.status();
@@ -346,8 +353,7 @@ impl Verifier {
         let policy = spec.policy.as_deref().map(policy::load).transpose().map_err(|e| (StatusCode::BAD_REQUEST, e))?;
         let fresh =
             if reset { Some(HostRt::fresh(spec.clone()).map_err(|e| (StatusCode::BAD_REQUEST, e))?) } else { None };
-        self.db
-            .write(Op::PutHost { spec: spec.clone(), reset_state: reset, now_ms: now_ms() })
+        self.db_write(Op::PutHost { spec: spec.clone(), reset_state: reset, now_ms: now_ms() })
             .await
             .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e))?;
         let mut hosts = self.hosts();
@@ -374,7 +380,7 @@ impl Verifier {
     pub async fn reset_host(&self, name: &str) -> Result<HostStatus, ApiError> {
         let spec = self.spec_of(name)?;
         let fresh = HostRt::fresh(spec).map_err(|e| (StatusCode::CONFLICT, e))?;
-        self.db.write(Op::ResetState(name.to_string())).await.map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e))?;
+        self.db_write(Op::ResetState(name.to_string())).await.map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e))?;
         let mut hosts = self.hosts();
         let h = hosts.get_mut(name).ok_or((StatusCode::NOT_FOUND, format!("no host {name}")))?;
         let rounds = h.rounds;
@@ -390,7 +396,7 @@ impl Verifier {
         if self.hosts().remove(name).is_none() {
             return Err((StatusCode::NOT_FOUND, format!("no host {name}")));
         }
-        self.db.write(Op::DeleteHost(name.to_string())).await.map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e))?;
+        self.db_write(Op::DeleteHost(name.to_string())).await.map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e))?;
         tracing::info!(host = %name, "host removed");
         Ok(())
     }

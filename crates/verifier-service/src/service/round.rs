@@ -189,10 +189,11 @@ impl Verifier {
         if !still_same {
             return Err("host changed during the round; result discarded".into());
         }
-        self.db.write(Op::Round(Box::new(write))).await
+        self.db_write(Op::Round(Box::new(write))).await
     }
 
     fn count(&self, row: &VerdictRow) {
+        self.ops.metrics.round(row);
         self.stats.rounds.fetch_add(1, Ordering::Relaxed);
         if row.verdict == Verdict::Verified {
             self.stats.verified.fetch_add(1, Ordering::Relaxed);
@@ -206,7 +207,8 @@ impl Verifier {
         let mut hosts = self.hosts();
         let Some(h) = hosts.get_mut(name) else { return };
         h.busy = false;
-        h.next_due = Instant::now() + Duration::from_millis(h.spec.poll_interval_ms);
+        h.next_due =
+            self.next_attempt(&mut h.retry, h.spec.poll_interval_ms, crate::ops::backoff::is_failure(row.verdict));
         if h.generation != generation || !saved {
             return;
         }
@@ -227,8 +229,10 @@ impl Verifier {
         if j.accepted.is_some() {
             h.accepted_marker = j.accepted;
         }
+        let previous = h.status;
         h.status = row.verdict.into();
         h.rounds += 1;
+        self.on_saved_verdict(previous, row, h.rounds);
         if h.alert.is_none() && row.verdict.is_alert() {
             h.alert = Some(row.clone());
         }

@@ -62,6 +62,9 @@ impl Api {
         let v = &self.v;
         match (&method, parts.as_slice()) {
             (&Method::GET, ["v1", "health"]) => ok(&v.health()),
+            (&Method::GET, ["metrics"]) => {
+                http::text_response(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", v.metrics_text())
+            }
             (&Method::GET, ["v1", "hosts"]) => answer(StatusCode::OK, &v.list(), "hosts"),
             (&Method::POST, ["v1", "hosts"]) => {
                 let spec: HostSpec = match body_json(req).await {

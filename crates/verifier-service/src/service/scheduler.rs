@@ -51,7 +51,7 @@ impl Verifier {
                         if let Some(h) = hosts.get_mut(&name) {
                             h.busy = false;
                             h.conn = None;
-                            h.next_due = Instant::now() + Duration::from_millis(h.spec.poll_interval_ms);
+                            h.next_due = v.next_attempt(&mut h.retry, h.spec.poll_interval_ms, true);
                         }
                     }
                 });

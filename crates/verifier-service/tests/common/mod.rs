@@ -14,7 +14,18 @@ use std::path::Path;
 use tokio::net::TcpListener;
 
 pub async fn start_verifier(dir: &Path, pki: &DevPkiFiles) -> Running {
-    let cfg = VerifierConfig {
+    start_verifier_with(dir, pki, |_| {}, false).await
+}
+
+/// [`start_verifier`] with `edit` applied to its configuration, and the scheduler if
+/// `schedule`.
+pub async fn start_verifier_with(
+    dir: &Path,
+    pki: &DevPkiFiles,
+    edit: impl FnOnce(&mut VerifierConfig),
+    schedule: bool,
+) -> Running {
+    let mut cfg = VerifierConfig {
         database: dir.join("verifier.db"),
         sqlite_synchronous_full: false,
         listen: "127.0.0.1:0".into(),
@@ -25,10 +36,13 @@ pub async fn start_verifier(dir: &Path, pki: &DevPkiFiles) -> Running {
         tick_ms: 20,
         tls: pki.verifier.clone(),
         agent_tls: pki.verifier.clone(),
+        backoff: Default::default(),
+        webhooks: Default::default(),
     };
+    edit(&mut cfg);
     let v = Verifier::open(cfg.clone(), cfg.agent_tls.client().unwrap()).unwrap();
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    vsvc::spawn(l, cfg.tls.server().unwrap(), v, false).unwrap()
+    vsvc::spawn(l, cfg.tls.server().unwrap(), v, schedule).unwrap()
 }
 
 /// An agent configuration on loopback with `tls` as its identity and state under `dir`;
