@@ -23,6 +23,14 @@ pub struct MountToml {
     /// Octal mode of the files; securityfs's is 0440 (root only).
     #[serde(default = "d_mode")]
     pub mode: String,
+    /// Let the kernel read log files straight from the view's caches (FUSE passthrough,
+    /// Linux 6.9+; ignored where the kernel lacks it).
+    #[serde(default = "d_true")]
+    pub passthrough: bool,
+}
+
+fn d_true() -> bool {
+    true
 }
 
 impl MountToml {
@@ -31,7 +39,7 @@ impl MountToml {
             .ok()
             .filter(|m| *m <= 0o777)
             .ok_or_else(|| format!("[mount] mode {:?}: want octal permission bits such as \"0440\"", self.mode))?;
-        Ok(MountOptions { allow_other: self.allow_other, mode })
+        Ok(MountOptions { allow_other: self.allow_other, mode, passthrough: self.passthrough })
     }
 }
 

@@ -47,7 +47,7 @@ fn keylime_processes_the_view_incrementally_across_snapshots() {
     let k = Kernel::boot(KernelConfig::default(), SoftTpm::new(11)).unwrap();
     let h = Host::start(k, AgentConfig::new(&state), WorkloadCfg { seed: 11, ..Default::default() }).unwrap();
     let host: SharedHost = Arc::new(Mutex::new(Box::new(h) as Box<dyn HostOps>));
-    let toml = MountToml { path: mp.clone(), allow_other: false, mode: "0440".into() };
+    let toml = MountToml { path: mp.clone(), allow_other: false, mode: "0440".into(), passthrough: true };
     let m = mount_host(host.clone(), &toml, None).expect("mount the view (needs /dev/fuse and root)");
     let view = mp.join("ascii_runtime_measurements");
 

@@ -135,7 +135,13 @@ fn read(p: &Path) -> Vec<u8> {
 }
 
 fn mount_toml(mp: &Path) -> MountToml {
-    MountToml { path: mp.to_path_buf(), allow_other: false, mode: "0440".into() }
+    mount_toml_with(mp, true)
+}
+
+/// With passthrough off every read goes through the daemon and the page cache: the path
+/// taken on kernels before 6.9.
+fn mount_toml_with(mp: &Path, passthrough: bool) -> MountToml {
+    MountToml { path: mp.to_path_buf(), allow_other: false, mode: "0440".into(), passthrough }
 }
 
 fn is_mounted(mp: &Path) -> bool {
@@ -158,7 +164,7 @@ fn check_all(mp: &Path, sha1_log: &[u8]) {
     assert_eq!(read(&mp.join("violations")), format!("{v}\n").into_bytes());
 }
 
-fn byte_identical(staging: bool) {
+fn byte_identical(staging: bool, passthrough: bool) {
     require_fuse();
     let d = tempfile::tempdir().unwrap();
     let (state, mp) = (d.path().join("state"), d.path().join("mnt"));
@@ -167,7 +173,8 @@ fn byte_identical(staging: bool) {
     let mut twin = Twin::new(7);
     add(&host, Some(&mut twin), 300);
     snapshot(&host);
-    let m = mount_host(host.clone(), &mount_toml(&mp), None).expect("mount the view (needs /dev/fuse and root)");
+    let m = mount_host(host.clone(), &mount_toml_with(&mp, passthrough), None)
+        .expect("mount the view (needs /dev/fuse and root)");
     let mut names: Vec<String> =
         std::fs::read_dir(&mp).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     names.sort();
@@ -201,16 +208,31 @@ fn byte_identical(staging: bool) {
 
 #[test]
 fn rfc_model_view_is_the_stitched_log_in_every_file() {
-    byte_identical(false);
+    byte_identical(false, true);
 }
 
 #[test]
 fn staging_model_view_equals_a_twin_kernel_that_never_trimmed() {
-    byte_identical(true);
+    byte_identical(true, true);
+}
+
+#[test]
+fn without_passthrough_both_views_are_the_same_bytes() {
+    byte_identical(false, false);
+    byte_identical(true, false);
 }
 
 #[test]
 fn a_reader_past_eof_sees_new_records_and_any_offset_reads_right() {
+    growth_and_offsets(true);
+}
+
+#[test]
+fn without_passthrough_a_reader_past_eof_sees_new_records_at_once() {
+    growth_and_offsets(false);
+}
+
+fn growth_and_offsets(passthrough: bool) {
     require_fuse();
     let d = tempfile::tempdir().unwrap();
     let (state, mp) = (d.path().join("state"), d.path().join("mnt"));
@@ -221,7 +243,7 @@ fn a_reader_past_eof_sees_new_records_and_any_offset_reads_right() {
     add(&host, None, 9000);
     snapshot(&host);
     add(&host, None, 3000);
-    let m = mount_host(host.clone(), &mount_toml(&mp), None).unwrap();
+    let m = mount_host(host.clone(), &mount_toml_with(&mp, passthrough), None).unwrap();
 
     // Growth: the same descriptor, read to EOF, then more records, then read on.
     let mut fds: Vec<(String, std::fs::File, Vec<u8>)> = log_files()
@@ -243,11 +265,20 @@ fn a_reader_past_eof_sees_new_records_and_any_offset_reads_right() {
     let after = stitched_sha1(&host, &state);
     assert!(after.len() > before.len());
     for (f, fd, b) in &mut fds {
-        let mut more = Vec::new();
-        fd.read_to_end(&mut more).unwrap();
-        assert!(!more.is_empty(), "{f}: nothing new after EOF");
-        b.extend(more);
-        assert!(*b == render_as(&after, f), "{f}: old bytes plus the new ones are not the whole log");
+        // A passthrough reader reads the render cache, which the view tops up every
+        // REFRESH; through the daemon a read past the end asks the view at once.
+        let want = render_as(&after, f);
+        for tries in 0.. {
+            let mut more = Vec::new();
+            fd.read_to_end(&mut more).unwrap();
+            b.extend(more);
+            if b.len() >= want.len() || tries == 50 {
+                break;
+            }
+            assert!(passthrough, "{f}: a read past EOF through the daemon must see new records at once");
+            std::thread::sleep(imasnap_mount::REFRESH);
+        }
+        assert!(*b == want, "{f}: old bytes plus the new ones are not the whole log");
     }
     // stat gives the current length, and readers that stop at it see every byte: a fresh
     // open (the kernel's cached pages from before the growth are not reused wrongly) and
@@ -266,7 +297,7 @@ fn a_reader_past_eof_sees_new_records_and_any_offset_reads_right() {
     // whole once above: rendered segments come from the render cache).
     drop(fds);
     m.unmount().unwrap();
-    let m = mount_host(host.clone(), &mount_toml(&mp), None).unwrap();
+    let m = mount_host(host.clone(), &mount_toml_with(&mp, passthrough), None).unwrap();
     let cold = random_reads(&mp, &after, 5);
     for f in log_files() {
         read(&mp.join(f));

@@ -6,9 +6,9 @@ use crate::source::{SegmentRef, Source, State};
 use crate::view::{locate, log_files, render, Indexer, LogFile, SegIndex};
 use crate::window::Window;
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, INodeNo, KernelConfig, LockOwner, OpenAccMode,
-    OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite,
-    Request, WriteFlags,
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, INodeNo, KernelConfig, LockOwner,
+    OpenAccMode, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyWrite, Request, WriteFlags,
 };
 use imasnap_log::{BinaryReader, Record};
 use imasnap_store::snapshot_format;
@@ -107,6 +107,8 @@ impl Read for At {
 
 struct Handle {
     entry: Entry,
+    /// Opened with passthrough onto render cache `k`.
+    backing: Option<usize>,
     /// Counters and the policy are fixed at open, so offsets within them stay coherent.
     fixed: Option<Vec<u8>>,
     cursor: Option<Cursor>,
@@ -140,6 +142,27 @@ pub struct View {
     window: Option<(usize, Window)>,
     /// Per log file: the view generation whose bytes the kernel's page cache may hold.
     kept: Vec<u64>,
+    /// The kernel accepts passthrough opens (FUSE_PASSTHROUGH, 6.9+, CAP_SYS_ADMIN).
+    passthrough: bool,
+    /// Passthrough may be asked for (the mount's option).
+    pub(crate) passthrough_allowed: bool,
+    /// Per log file: the render cache registered as the backing file of passthrough opens,
+    /// with its generation and open count. The kernel wants one backing file per inode
+    /// while any such open lasts.
+    backing: Vec<Option<Backing>>,
+}
+
+struct Backing {
+    gen: u64,
+    id: BackingId,
+    opens: usize,
+}
+
+/// How an open file is served.
+pub enum OpenMode {
+    /// Reads go straight to render cache `k` (the daemon sees none of them).
+    Passthrough(usize),
+    Kernel(FopenFlags),
 }
 
 /// A committed segment renders to the same bytes forever, so a sequential reader renders
@@ -148,7 +171,12 @@ pub struct View {
 #[derive(Default)]
 struct RenderCache {
     file: Option<File>,
+    /// Leading segments whose records are all in the file.
     segs: usize,
+    /// Records `..recs` (absolute indices) are in the file: the segments `..segs`, then
+    /// perhaps records of the kernel's part, which a later cut moves into a segment with
+    /// the same rendering (the view only grows within a boot).
+    recs: u64,
     len: u64,
     /// Creating the file failed once: render on every read instead.
     off: bool,
@@ -194,10 +222,14 @@ impl View {
             cache: Vec::new(),
             window: None,
             kept: Vec::new(),
+            passthrough: false,
+            passthrough_allowed: true,
+            backing: Vec::new(),
         };
         v.cache = (0..v.files.len()).map(|_| RenderCache::default()).collect();
         // u64::MAX: nothing kept yet, so the first open starts from an empty cache.
         v.kept = vec![u64::MAX; v.files.len()];
+        v.backing = (0..v.files.len()).map(|_| None).collect();
         v.apply(st);
         Ok(v)
     }
@@ -240,6 +272,69 @@ impl View {
     fn refresh(&mut self) -> Result<(), ViewError> {
         let st = self.source.state().map_err(verr)?;
         self.apply(st);
+        // Passthrough readers read the render cache directly: it must hold every record.
+        for k in 0..self.files.len() {
+            if matches!(&self.backing[k], Some(b) if b.gen == self.gen) {
+                self.fill(k)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Refreshes when a passthrough file is open (their readers never ask the view, so
+    /// new records reach them through this, run every [`crate::REFRESH`]).
+    pub fn refresh_backing(&mut self) -> Result<(), ViewError> {
+        if self.backing.iter().any(|b| b.is_some()) {
+            self.refresh()?;
+        }
+        Ok(())
+    }
+
+    /// Renders every record not yet in file `k`'s render cache onto its end.
+    fn fill(&mut self, k: usize) -> Result<(), ViewError> {
+        if self.cache[k].off {
+            return Err(verr("render cache off"));
+        }
+        while self.cache[k].segs < self.segs.len() {
+            let i = self.cache[k].segs;
+            self.index_upto(i)?;
+            let file = self.seg_file(i)?;
+            self.cache_seg(i, k, &file).map_err(|(_, e)| e)?;
+        }
+        let c = &mut self.cache[k];
+        if c.file.is_none() {
+            c.file = Some(tempfile::tempfile().map_err(|e| verr(format!("render cache: {e}")))?);
+        }
+        let from = c.recs;
+        if from < self.live_first {
+            return Err(verr(format!(
+                "render cache ends at record {from}, the kernel's part starts at {}",
+                self.live_first
+            )));
+        }
+        let mut out = Vec::new();
+        let mut rd = BinaryReader::starting_at(&self.live[..], snapshot_format(), self.live_first);
+        let (mut slot, mut n) = (None, self.live_first);
+        loop {
+            match rd.read_into(&mut slot) {
+                Ok(Some(rec)) => {
+                    if n >= from {
+                        render(rec, self.files[k], &mut self.scratch, &mut out)
+                            .map_err(|e| verr(format!("the kernel's list: record {n}: {e}")))?;
+                    }
+                    n += 1;
+                }
+                Ok(None) => break,
+                Err(e) => return Err(verr(format!("the kernel's list: {e}"))),
+            }
+        }
+        if n > from {
+            let c = &mut self.cache[k];
+            let Some(f) = c.file.as_ref() else { return Err(verr("render cache")) };
+            f.write_all_at(&out, c.len).map_err(|e| verr(format!("render cache: {e}")))?;
+            c.len += out.len() as u64;
+            c.recs = n;
+        }
         Ok(())
     }
 
@@ -372,30 +467,79 @@ impl View {
         };
         let fh = self.next_fh;
         self.next_fh += 1;
-        self.handles.insert(fh, Handle { entry, fixed, cursor: None, gen: self.gen });
+        self.handles.insert(fh, Handle { entry, backing: None, fixed, cursor: None, gen: self.gen });
         Ok(fh)
     }
 
-    /// How the kernel caches an open file. A log file's bytes never change within a boot
-    /// (it only grows, and growth changes the size, which drops the kernel's copy), so the
-    /// page cache keeps them across opens: a second reader is served by the kernel alone.
-    /// The first open after a new boot drops the old boot's pages. Counters and the policy
-    /// are fixed at open and bypass the cache (direct I/O), as securityfs does.
-    fn open_flags(&mut self, e: Entry) -> FopenFlags {
-        let Entry::Log(f) = e else { return FopenFlags::FOPEN_DIRECT_IO };
-        let Some(k) = self.files.iter().position(|x| *x == f) else { return FopenFlags::FOPEN_DIRECT_IO };
+    /// How an open file is served. With passthrough, a log file's reads go straight to
+    /// its render cache, first filled with every record known (and kept complete by each
+    /// refresh): the kernel reads it like a plain file. Otherwise the page cache: a log
+    /// file's bytes never change within a boot (it only grows, and growth changes the size,
+    /// which drops the kernel's copy), so pages are kept across opens, except for the
+    /// first open after a new boot. Counters and the policy are fixed at open and bypass
+    /// the cache (direct I/O), as securityfs does.
+    fn open_mode(&mut self, e: Entry) -> OpenMode {
+        let Entry::Log(f) = e else { return OpenMode::Kernel(FopenFlags::FOPEN_DIRECT_IO) };
+        let Some(k) = self.files.iter().position(|x| *x == f) else {
+            return OpenMode::Kernel(FopenFlags::FOPEN_DIRECT_IO);
+        };
+        if self.passthrough {
+            // A backing file of an older boot is still open: this inode stays with it
+            // until those close, so this open goes through the daemon (direct I/O mixes
+            // with passthrough; the page cache does not).
+            if matches!(&self.backing[k], Some(b) if b.gen != self.gen) {
+                return OpenMode::Kernel(FopenFlags::FOPEN_DIRECT_IO);
+            }
+            match self.fill(k) {
+                Ok(()) => return OpenMode::Passthrough(k),
+                Err(err) => {
+                    tracing::warn!(file = %f.name(), error = %err, "no passthrough: served by the daemon");
+                    return OpenMode::Kernel(FopenFlags::FOPEN_DIRECT_IO);
+                }
+            }
+        }
         let keep = self.kept.get(k) == Some(&self.gen);
         if let Some(g) = self.kept.get_mut(k) {
             *g = self.gen;
         }
         if keep {
-            FopenFlags::FOPEN_KEEP_CACHE
+            OpenMode::Kernel(FopenFlags::FOPEN_KEEP_CACHE)
         } else {
-            FopenFlags::empty()
+            OpenMode::Kernel(FopenFlags::empty())
+        }
+    }
+
+    /// The backing id for passthrough opens of file `k`, registering its render cache on
+    /// first use; `None` when the kernel refuses it.
+    fn backing_for(&mut self, k: usize, reply: &ReplyOpen) -> Option<&BackingId> {
+        if self.backing[k].is_none() {
+            let file = self.cache[k].file.as_ref()?;
+            match reply.open_backing(file) {
+                Ok(id) => self.backing[k] = Some(Backing { gen: self.gen, id, opens: 0 }),
+                Err(e) => {
+                    tracing::warn!(error = %e, "passthrough refused: the view serves reads itself");
+                    self.passthrough = false;
+                    return None;
+                }
+            }
+        }
+        let b = self.backing[k].as_mut()?;
+        b.opens += 1;
+        Some(&b.id)
+    }
+
+    fn release_backing(&mut self, fh: u64) {
+        let Some(k) = self.handles.get(&fh).and_then(|h| h.backing) else { return };
+        if let Some(b) = self.backing[k].as_mut() {
+            b.opens = b.opens.saturating_sub(1);
+            if b.opens == 0 {
+                self.backing[k] = None;
+            }
         }
     }
 
     pub fn release(&mut self, fh: u64) {
+        self.release_backing(fh);
         self.handles.remove(&fh);
     }
 
@@ -595,7 +739,21 @@ impl View {
     fn cache_seg(&mut self, i: usize, k: usize, file: &Arc<File>) -> Result<(), (bool, ViewError)> {
         use std::io::Write;
         let io = |e: std::io::Error| (false, verr(format!("render cache: {e}")));
+        let (first, count) = (self.segs[i].r.first_index, self.segs[i].r.count);
+        let want_end = self.segs[i].start[k] + self.segs[i].index.as_ref().map_or(0, |x| x.lens[k]);
         let c = &mut self.cache[k];
+        if c.recs >= first + count {
+            // Its records are in already, taken from the kernel's list before the cut.
+            if c.len < want_end {
+                return Err((
+                    true,
+                    verr(format!("snapshot {}: the render cache holds less than it", self.segs[i].r.seq)),
+                ));
+            }
+            c.segs += 1;
+            return Ok(());
+        }
+        let skip = c.recs;
         if c.file.is_none() {
             c.file = Some(tempfile::tempfile().map_err(io)?);
         }
@@ -609,6 +767,8 @@ impl View {
         let (mut slot, mut buf, mut len) = (None, Vec::new(), 0u64);
         loop {
             match rd.read_into(&mut slot) {
+                // Records already in (from the kernel's list) are hashed, not rendered.
+                Ok(Some(_)) if rd.next_index() - 1 < skip => {}
                 Ok(Some(rec)) => {
                     buf.clear();
                     render(rec, self.files[k], &mut self.scratch, &mut buf).map_err(|e| {
@@ -624,12 +784,15 @@ impl View {
         w.flush().map_err(io)?;
         drop(rd);
         check_sha(r, &hex::encode(hr.h.finalize())).map_err(|e| (true, e))?;
-        let want = self.segs[i].index.as_ref().map_or(0, |x| x.lens[k]);
-        if len != want || c.len != self.segs[i].start[k] {
-            return Err((true, verr(format!("snapshot {}: rendered {len} bytes, indexed {want}", r.seq))));
+        if c.len + len != want_end {
+            return Err((
+                true,
+                verr(format!("snapshot {}: rendered to offset {}, indexed {want_end}", r.seq, c.len + len)),
+            ));
         }
         c.len += len;
         c.segs += 1;
+        c.recs = first + count;
         Ok(())
     }
 
@@ -805,6 +968,15 @@ impl Filesystem for ViewFs {
         // max_pages follows max_write/max_readahead: 1 MiB reads instead of 128 KiB.
         let _ = config.set_max_write(MAX_READ);
         let _ = config.set_max_readahead(MAX_READ);
+        // Passthrough (6.9+): log files are then read by the kernel straight from their
+        // render caches. Older kernels, or no CAP_SYS_ADMIN: the daemon serves reads.
+        if let Ok(mut v) = self.view.lock() {
+            let pt = v.passthrough_allowed
+                && config.add_capabilities(fuser::InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(1).is_ok();
+            v.passthrough = pt;
+            tracing::debug!(passthrough = pt, "FUSE init");
+        }
         Ok(())
     }
 
@@ -850,12 +1022,31 @@ impl Filesystem for ViewFs {
             reply.error(Errno::EROFS);
             return;
         }
-        let r = self.with(|v| {
-            let e = *v.entries.get((ino.0 as usize).checked_sub(2)?)?;
-            Some(v.open(e).map(|fh| (fh, v.open_flags(e))).map_err(|err| (e, err)))
-        });
-        match r.flatten() {
-            Some(Ok((fh, flags))) => reply.opened(FileHandle(fh), flags),
+        let Ok(mut v) = self.view.lock() else { return reply.error(Errno::EIO) };
+        let Some(e) = (ino.0 as usize).checked_sub(2).and_then(|i| v.entries.get(i)).copied() else {
+            return reply.error(Errno::ENOENT);
+        };
+        let r = v.open(e).map(|fh| (fh, v.open_mode(e))).map_err(|err| (e, err));
+        let r = match r {
+            Ok((fh, OpenMode::Passthrough(k))) => {
+                if v.backing_for(k, &reply).is_some() {
+                    if let Some(h) = v.handles.get_mut(&fh) {
+                        h.backing = Some(k);
+                    }
+                    match v.backing[k].as_ref() {
+                        Some(b) => return reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, &b.id),
+                        None => return reply.error(Errno::EIO),
+                    }
+                }
+                Some(Ok((fh, FopenFlags::FOPEN_DIRECT_IO)))
+            }
+            Ok((fh, OpenMode::Kernel(flags))) => Some(Ok((fh, flags))),
+            Err(x) => Some(Err(x)),
+        };
+        drop(v);
+        match r {
+            // NOFLUSH: nothing is buffered, so close needs no round trip.
+            Some(Ok((fh, flags))) => reply.opened(FileHandle(fh), flags | FopenFlags::FOPEN_NOFLUSH),
             Some(Err((e, err))) => {
                 tracing::error!(file = %e.name(), error = %err, "open failed");
                 reply.error(Errno::EIO)

@@ -27,11 +27,14 @@ pub struct MountOptions {
     pub allow_other: bool,
     /// Mode of the files (securityfs: 0440).
     pub mode: u16,
+    /// Let the kernel read log files straight from the render caches where it can
+    /// (FUSE passthrough, 6.9+); off: every read goes through the daemon and the page cache.
+    pub passthrough: bool,
 }
 
 impl Default for MountOptions {
     fn default() -> Self {
-        Self { allow_other: false, mode: 0o440 }
+        Self { allow_other: false, mode: 0o440, passthrough: true }
     }
 }
 
@@ -128,6 +131,24 @@ pub fn check_mountpoint(mp: &Path) -> Result<PathBuf, MountError> {
     Ok(abs)
 }
 
+/// How often a view with passthrough files open looks for new records: their readers
+/// read the render cache directly, so a reader at the end sees records measured since
+/// within this time.
+pub const REFRESH: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Keeps passthrough files complete until the view is dropped (the session holds the
+/// only strong reference).
+fn spawn_refresher(view: std::sync::Weak<Mutex<View>>) {
+    let _ = std::thread::Builder::new().name("imasnap-view-refresh".into()).spawn(move || loop {
+        std::thread::sleep(REFRESH);
+        let Some(v) = view.upgrade() else { return };
+        let Ok(mut v) = v.lock() else { return };
+        if let Err(e) = v.refresh_backing() {
+            tracing::warn!(error = %e, "refresh of passthrough files failed");
+        }
+    });
+}
+
 /// Mounts a view of `source` at `mountpoint`, served by a background thread.
 pub fn mount(source: Box<dyn Source>, mountpoint: &Path, opts: MountOptions) -> Result<Mounted, MountError> {
     let abs = check_mountpoint(mountpoint)?;
@@ -151,8 +172,12 @@ pub fn mount(source: Box<dyn Source>, mountpoint: &Path, opts: MountOptions) -> 
     if opts.allow_other {
         cfg.acl = fuser::SessionACL::All;
     }
-    let fs = ViewFs::new(Arc::new(Mutex::new(view)));
+    let mut view = view;
+    view.passthrough_allowed = opts.passthrough;
+    let view = Arc::new(Mutex::new(view));
+    let fs = ViewFs::new(view.clone());
     let session =
         fuser::spawn_mount(fs, &abs, &cfg).map_err(|source| MountError::Mount { path: abs.clone(), source })?;
+    spawn_refresher(Arc::downgrade(&view));
     Ok(Mounted { session, mountpoint: abs, files, source })
 }
