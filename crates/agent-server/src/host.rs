@@ -82,22 +82,19 @@ impl<T: Tpm + 'static> HostKernel for SecurityFs<T> {
 
 /// Records in a binary SHA1 list.
 pub(crate) fn count_records(b: &[u8]) -> Result<u64, HostError> {
+    // Parsed in place (every record checked), never copied out.
     let mut rd = BinaryReader::new(b, imasnap_store::snapshot_format());
-    for r in rd.by_ref() {
-        r.map_err(|e| HostError::Other(format!("live list: {e}")))?;
-    }
+    rd.visit_raw(usize::MAX, |_| true).map_err(|e| HostError::Other(format!("live list: {e}")))?;
     Ok(rd.next_index())
 }
 
 /// Byte offset of record `to` in a binary SHA1 list whose first record is `first`.
 pub(crate) fn byte_offset(b: &[u8], first: u64, to: u64) -> Result<usize, HostError> {
     let mut rd = BinaryReader::starting_at(b, imasnap_store::snapshot_format(), first);
-    while rd.next_index() < to {
-        match rd.next() {
-            Some(Ok(_)) => {}
-            Some(Err(e)) => return Err(HostError::Other(format!("live list: {e}"))),
-            None => return Err(HostError::Other(format!("live list ends before record {to}"))),
-        }
+    let want = usize::try_from(to.saturating_sub(first)).unwrap_or(usize::MAX);
+    rd.visit_raw(want, |_| true).map_err(|e| HostError::Other(format!("live list: {e}")))?;
+    if rd.next_index() < to {
+        return Err(HostError::Other(format!("live list ends before record {to}")));
     }
     Ok(rd.offset() as usize)
 }

@@ -187,6 +187,15 @@ impl AgentService {
                 }),
             );
         }
+        if view.files.is_empty() {
+            // Nothing to read from disk (the usual incremental round): one body, no
+            // blocking-pool hop.
+            let mut b = prefix;
+            b.extend_from_slice(&view.live);
+            let mut r = http::response(StatusCode::OK, api::CONTENT_TYPE, http::full(b));
+            r.headers_mut().insert(hyper::header::CONTENT_LENGTH, HeaderValue::from(total));
+            return r;
+        }
         // Stream: prefix, each snapshot file (exactly the length announced), the live list.
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
         let files = view.files;

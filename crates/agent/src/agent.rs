@@ -720,28 +720,31 @@ impl<K: SnapshotKernel> Agent<K> {
             staged = st.slice(k, st.len()).to_vec();
             skip_records -= k as u64;
         }
-        let mut skip = 0;
-        if skip_records > 0 {
-            let mut rd = BinaryReader::new(self.kernel.live_list()?, imasnap_store::snapshot_format());
-            for _ in 0..skip_records {
-                match rd.next() {
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => return Err(AgentError::Inconsistent(format!("live list: {e}"))),
-                    None => return Err(AgentError::Inconsistent("the live list lost stored records".into())),
-                }
-            }
-            skip = rd.offset();
+        let live = self.kernel.live_list()?;
+        if skip_records == 0 {
+            return Ok(LiveTail { staged: std::io::Cursor::new(staged), inner: live });
         }
-        Ok(LiveTail { staged: std::io::Cursor::new(staged), inner: self.kernel.live_list()?, skip })
+        // One read of the live list: skip the stored records in place, then hand on what
+        // the reader buffered past them and the rest of the same input.
+        let mut rd = BinaryReader::new(live, imasnap_store::snapshot_format());
+        let seen = rd
+            .visit_raw(skip_records as usize, |_| true)
+            .map_err(|e| AgentError::Inconsistent(format!("live list: {e}")))?;
+        if seen as u64 != skip_records {
+            return Err(AgentError::Inconsistent("the live list lost stored records".into()));
+        }
+        let (ahead, inner) = rd.into_parts();
+        staged.extend_from_slice(&ahead);
+        Ok(LiveTail { staged: std::io::Cursor::new(staged), inner })
     }
 }
 
-/// Staged records, then a live list without its first `skip` bytes (see [`Agent::live_tail`]).
+/// Staged records (and live bytes already read past the stored ones), then the rest of
+/// the live list (see [`Agent::live_tail`]).
 pub struct LiveTail<R> {
-    /// Staged records not yet stored, sent first.
+    /// Sent first.
     staged: std::io::Cursor<Vec<u8>>,
     inner: R,
-    skip: u64,
 }
 
 impl<R: std::io::Read> std::io::Read for LiveTail<R> {
@@ -749,13 +752,6 @@ impl<R: std::io::Read> std::io::Read for LiveTail<R> {
         let n = self.staged.read(buf)?;
         if n > 0 || buf.is_empty() {
             return Ok(n);
-        }
-        while self.skip > 0 {
-            let n = std::io::copy(&mut (&mut self.inner).take(self.skip), &mut std::io::sink())?;
-            if n == 0 {
-                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "live list shorter than the store"));
-            }
-            self.skip -= n;
         }
         self.inner.read(buf)
     }

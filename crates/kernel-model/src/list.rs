@@ -74,6 +74,26 @@ impl Entry {
         }
     }
 
+    /// Appends the record as the binary list of bank `bank_idx` shows it (`None`: the
+    /// classic SHA1 list), without copying it into a [`Record`] first.
+    pub fn encode(&self, bank_idx: Option<usize>, endian: Endian, out: &mut Vec<u8>) {
+        let digest = match bank_idx {
+            Some(i) => self.digests[i].as_bytes(),
+            None => &self.sha1,
+        };
+        imasnap_log::codec::encode_parts(self.pcr, digest, &self.template, &self.template_data, endian, out)
+    }
+
+    /// Bytes of the record in the binary list of bank `bank_idx`.
+    pub fn encoded_len(&self, bank_idx: usize) -> usize {
+        let data_len = if self.template.is_legacy_ima() { 0 } else { 4 };
+        4 + self.digests[bank_idx].as_bytes().len()
+            + 4
+            + self.template.name().len()
+            + data_len
+            + self.template_data.len()
+    }
+
     /// The record as it appears in the binary list of `bank`.
     pub fn record(&self, bank_idx: usize) -> Record {
         Record {
@@ -361,7 +381,7 @@ impl<T: Tpm> Kernel<T> {
             self.htable.insert((e.pcr, e.digests[self.dedup_bank].as_bytes().to_vec()));
         }
         let p = e.pcr as usize;
-        self.bytes_in_list += e.record(0).encoded_len() as u64;
+        self.bytes_in_list += e.encoded_len(0) as u64;
         self.list.push_back(e);
         self.extended |= 1 << p;
         self.tpm.pcr_extend(p as u32, &values).map_err(|e| KernelError::Tpm(e.to_string()))?;

@@ -171,6 +171,14 @@ impl<T: Tpm> Kernel<T> {
     ) -> Result<Vec<u8>, KernelError> {
         let bi = self.banks.iter().position(|&b| b == file.bank);
         let mut out = Vec::new();
+        if !file.ascii {
+            // The usual read (binary): straight from the entries, in one buffer.
+            out.reserve(self.list_bytes() as usize);
+            for e in entries {
+                e.encode(bi, Endian::Little, &mut out);
+            }
+            return Ok(out);
+        }
         for e in entries {
             let r = match bi {
                 Some(i) => e.record(i),

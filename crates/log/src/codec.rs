@@ -137,15 +137,7 @@ impl Record {
 
     /// Appends this record in binary form (`ima_measurements_show`).
     pub fn encode(&self, endian: Endian, out: &mut Vec<u8>) {
-        endian.put_u32(out, self.pcr);
-        out.extend_from_slice(&self.digest);
-        let name = self.template.name().as_bytes();
-        endian.put_u32(out, name.len() as u32);
-        out.extend_from_slice(name);
-        if !self.template.is_legacy_ima() {
-            endian.put_u32(out, self.template_data.len() as u32);
-        }
-        out.extend_from_slice(&self.template_data);
+        encode_parts(self.pcr, &self.digest, &self.template, &self.template_data, endian, out)
     }
 
     /// Raw field payloads (validated split).
@@ -358,4 +350,17 @@ mod tests {
         assert_eq!(BinaryFormat::bank_from_file_name("binary_runtime_measurements_sm3").unwrap(), HashAlgo::Sm3);
         assert!(BinaryFormat::bank_from_file_name("binary_runtime_measurements_tpm_alg_29").is_err());
     }
+}
+
+/// [`Record::encode`] from borrowed parts (a list renderer that keeps its own entries).
+pub fn encode_parts(pcr: u32, digest: &[u8], template: &Template, data: &[u8], endian: Endian, out: &mut Vec<u8>) {
+    endian.put_u32(out, pcr);
+    out.extend_from_slice(digest);
+    let name = template.name().as_bytes();
+    endian.put_u32(out, name.len() as u32);
+    out.extend_from_slice(name);
+    if !template.is_legacy_ima() {
+        endian.put_u32(out, data.len() as u32);
+    }
+    out.extend_from_slice(data);
 }

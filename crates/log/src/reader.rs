@@ -60,6 +60,15 @@ impl<R: Read> BinaryReader<R> {
         self.offset
     }
 
+    /// The bytes read ahead (from [`BinaryReader::offset`] on) and the input after them,
+    /// to go on reading the rest raw without opening the input again.
+    pub fn into_parts(self) -> (Vec<u8>, R) {
+        let mut b = self.buf;
+        b.truncate(self.end);
+        b.drain(..self.start);
+        (b, self.inner)
+    }
+
     fn err(&mut self, rel: u64, reason: Reason) -> Error {
         self.failed = true;
         Error { at: Location { record: self.index, offset: self.offset + rel, line: None }, reason }

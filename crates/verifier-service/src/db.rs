@@ -10,8 +10,9 @@
 use crate::model::{Damage, HostSpec, VerdictRow};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 const MIGRATIONS: &[&str] = &[
     // 1: hosts, their state, verdict history.
@@ -117,9 +118,21 @@ struct Msg {
     reply: tokio::sync::oneshot::Sender<Result<(), String>>,
 }
 
+/// What the writer did (the load bench reports it per round): transactions, ops, and
+/// the SQL statements of rounds (with BEGIN, COMMIT and the savepoints of every op) and
+/// the bytes of the values bound to them.
+#[derive(Default, Debug)]
+pub struct WriteStats {
+    pub transactions: AtomicU64,
+    pub ops: AtomicU64,
+    pub statements: AtomicU64,
+    pub bound_bytes: AtomicU64,
+}
+
 pub struct Db {
     tx: mpsc::Sender<Msg>,
     read: Mutex<Connection>,
+    pub stats: Arc<WriteStats>,
 }
 
 impl Db {
@@ -129,11 +142,13 @@ impl Db {
         migrate(&w).map_err(|e| format!("{}: migration: {e}", path.display()))?;
         let read = open_conn(path, synchronous_full).map_err(|e| format!("{}: {e}", path.display()))?;
         let (tx, rx) = mpsc::channel::<Msg>();
+        let stats = Arc::new(WriteStats::default());
+        let st = stats.clone();
         std::thread::Builder::new()
             .name("imasnap-db-writer".into())
-            .spawn(move || writer(w, rx))
+            .spawn(move || writer(w, rx, &st))
             .map_err(|e| e.to_string())?;
-        Ok(Self { tx, read: Mutex::new(read) })
+        Ok(Self { tx, read: Mutex::new(read), stats })
     }
 
     pub async fn write(&self, op: Op) -> Result<(), String> {
@@ -243,7 +258,7 @@ impl Db {
     }
 }
 
-fn apply(c: &Connection, op: &Op) -> rusqlite::Result<()> {
+fn apply(c: &Connection, op: &Op, stats: &WriteStats) -> rusqlite::Result<()> {
     match op {
         Op::PutHost { spec, reset_state, now_ms } => {
             let j = serde_json::to_string(spec).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
@@ -277,6 +292,18 @@ fn apply(c: &Connection, op: &Op) -> rusqlite::Result<()> {
         Op::Round(w) => {
             let row =
                 serde_json::to_string(&w.verdict).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+            let len = |v: &Option<String>| v.as_ref().map_or(0, String::len) as u64;
+            let ak = w.ak.as_ref().map_or(0, |a| a.0.len() + a.1.len()) as u64;
+            let bound = 2 * w.name.len() as u64
+                + len(&w.state)
+                + ak
+                + len(&w.accepted_marker)
+                + w.status.len() as u64
+                + len(&w.alert)
+                + len(&w.learned_keys)
+                + (w.verdict.verdict.as_str().len() + row.len() + 16) as u64;
+            stats.statements.fetch_add(2, Ordering::Relaxed);
+            stats.bound_bytes.fetch_add(bound, Ordering::Relaxed);
             c.prepare_cached(
                 "UPDATE host_state SET state = COALESCE(?2, state), ak_pem = COALESCE(?3, ak_pem),
                  ak_source = COALESCE(?4, ak_source), accepted_marker = COALESCE(?5, accepted_marker),
@@ -298,6 +325,7 @@ fn apply(c: &Connection, op: &Op) -> rusqlite::Result<()> {
                 .insert(params![w.name, w.verdict.at_ms, w.verdict.verdict.as_str(), row])?;
             // Keep the newest `keep_verdicts`; prune every 64 rows to keep rounds cheap.
             if id % 64 == 0 && w.keep_verdicts > 0 {
+                stats.statements.fetch_add(2, Ordering::Relaxed);
                 let cut: Option<i64> = c
                     .prepare_cached("SELECT id FROM verdicts WHERE host = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2")?
                     .query_row(params![w.name, w.keep_verdicts as i64], |r| r.get(0))
@@ -312,7 +340,7 @@ fn apply(c: &Connection, op: &Op) -> rusqlite::Result<()> {
     Ok(())
 }
 
-fn writer(mut c: Connection, rx: mpsc::Receiver<Msg>) {
+fn writer(mut c: Connection, rx: mpsc::Receiver<Msg>, stats: &WriteStats) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < 4096 {
@@ -322,12 +350,17 @@ fn writer(mut c: Connection, rx: mpsc::Receiver<Msg>) {
             }
         }
         let mut results: Vec<Result<(), String>> = Vec::with_capacity(batch.len());
+        // BEGIN and COMMIT, then a SAVEPOINT and its RELEASE per op.
+        let n = batch.len() as u64;
+        stats.transactions.fetch_add(1, Ordering::Relaxed);
+        stats.ops.fetch_add(n, Ordering::Relaxed);
+        stats.statements.fetch_add(2 + 2 * n, Ordering::Relaxed);
         let commit = (|| -> rusqlite::Result<()> {
             let mut tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             for m in &batch {
                 // A savepoint per op: one failing op does not undo the others.
                 let sp = tx.savepoint()?;
-                match apply(&sp, &m.op) {
+                match apply(&sp, &m.op, stats) {
                     Ok(()) => {
                         sp.commit()?;
                         results.push(Ok(()));

@@ -74,6 +74,11 @@ impl Verifier {
         r
     }
 
+    /// The database writer's counters (the load bench's per-round database work).
+    pub fn db_stats(&self) -> std::sync::Arc<crate::db::WriteStats> {
+        self.db.stats.clone()
+    }
+
     /// When a host that just finished an attempt (`failed` or not) is tried next: its
     /// poll interval, or the backoff while it keeps failing.
     pub(crate) fn next_attempt(&self, retry: &mut Retry, poll_ms: u64, failed: bool) -> Instant {

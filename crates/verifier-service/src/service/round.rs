@@ -176,7 +176,8 @@ impl Verifier {
     async fn save(&self, name: &str, generation: u64, row: &VerdictRow, j: &Judged) -> Result<(), String> {
         let write = RoundWrite {
             name: name.to_string(),
-            state: j.state.as_ref().map(State::to_json),
+            // Compact JSON (`State::from_json` reads it): fewer bytes per round than pretty.
+            state: j.state.as_ref().map(serde_json::to_string).transpose().map_err(|e| format!("state: {e}"))?,
             ak: j.enrolled.as_ref().map(|k| (k.to_pem(), "tofu".to_string())),
             accepted_marker: j.accepted.as_ref().map(|v| v.to_string()),
             learned_keys: j.learned.as_ref().map(policy::keys_to_json).transpose()?,
