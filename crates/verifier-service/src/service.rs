@@ -22,6 +22,7 @@
 //! | `POST /v1/hosts/{name}/reset` | forget the host's state (repairs an `unusable` host) |
 
 pub mod registry;
+pub mod replicas;
 pub mod round;
 pub mod routes;
 pub mod run;
