@@ -243,8 +243,11 @@ impl Verifier {
         let version = match saved {
             Ok(v) => *v,
             Err(e) if e.starts_with(REFUSED) => {
-                // Someone else moved the host on: read it again before the next round.
-                h.version = -1;
+                // Another replica moved the host on: read it again before the next round
+                // (the reload does). SQLite has no reload and no other writer: keep going.
+                if self.replica.is_some() {
+                    h.version = -1;
+                }
                 return;
             }
             Err(e) => {
