@@ -66,11 +66,17 @@ echo "== Keylime from PyPI in a venv (cached by requirements hash): its own code
 IMASNAP_KEYLIME_PYTHON="$(scripts/keylime-venv.sh)"
 export IMASNAP_KEYLIME_PYTHON
 
-echo "== cargo test (with swtpm and Keylime: tests that need a real TPM 2.0 or Keylime fail if it is missing)"
+echo "== cargo test (with swtpm, Keylime and PostgreSQL: tests that need one fail if it is missing)"
 swtpm_dir="$(mktemp -d)"
-trap 'scripts/swtpm.sh stop "$swtpm_dir/state" || true; rm -rf "$swtpm_dir"' EXIT
+# A throwaway PostgreSQL cluster (run as the postgres user) for the verifier's PostgreSQL
+# and replica tests; each test makes its own database in it.
+pg_dir="$(mktemp -d)"
+trap 'scripts/swtpm.sh stop "$swtpm_dir/state" || true; rm -rf "$swtpm_dir"; scripts/postgres.sh stop "$pg_dir" || true; rm -rf "$pg_dir"' EXIT
 IMASNAP_SWTPM="$(scripts/swtpm.sh start "$swtpm_dir/state" "${IMASNAP_SWTPM_PORT:-23210}")"
 export IMASNAP_SWTPM
+IMASNAP_POSTGRES_URL="$(scripts/postgres.sh start "$pg_dir" "${IMASNAP_POSTGRES_PORT:-55432}")"
+IMASNAP_POSTGRES_DIR="$pg_dir"
+export IMASNAP_POSTGRES_URL IMASNAP_POSTGRES_DIR
 log="$swtpm_dir/cargo-test.log"
 set +e
 cargo test --release --workspace $IMASNAP_FEATURES 2>&1 | tee "$log"

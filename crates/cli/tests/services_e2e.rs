@@ -56,13 +56,15 @@ fn start(args: &[&str], log: &Path) -> Proc {
 struct Env {
     t: tempfile::TempDir,
     pki: DevPkiFiles,
+    /// `database =` and more verifier.toml lines; `None`: SQLite in the temporary directory.
+    db: Option<String>,
 }
 
 impl Env {
     fn new() -> Self {
         let t = tempfile::tempdir().unwrap();
         let pki = write_dev_pki(&t.path().join("pki"), &["localhost"]).unwrap();
-        Self { t, pki }
+        Self { t, pki, db: None }
     }
     fn p(&self, n: &str) -> PathBuf {
         self.t.path().join(n)
@@ -82,10 +84,10 @@ impl Env {
         start(&["agent", "run", "--config", c.to_str().unwrap(), "--log-json"], &self.p("agent.log"))
     }
     fn verifier(&self) -> Proc {
+        let db = self.db.clone().unwrap_or_else(|| format!("database = {:?}", self.p("verifier.db")));
         let cfg = format!(
-            "database = {:?}\nlisten = \"127.0.0.1:0\"\ntimeout_ms = 20000\n\
+            "{db}\nlisten = \"127.0.0.1:0\"\ntimeout_ms = 20000\n\
              [tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\n[agent_tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\n",
-            self.p("verifier.db"),
             self.pki.verifier.cert,
             self.pki.verifier.key,
             self.pki.ca,
@@ -145,7 +147,10 @@ fn evidence_bytes(env: &Env, agent: &Proc) -> u64 {
 }
 
 fn scenario_with(tpm: &str, restart_agent: bool, extra: &str, mode: &str) {
-    let env = Env::new();
+    scenario_on(Env::new(), tpm, restart_agent, extra, mode)
+}
+
+fn scenario_on(env: Env, tpm: &str, restart_agent: bool, extra: &str, mode: &str) {
     let mut agent = env.agent_with(tpm, extra);
     assert_eq!(env.agent_call(&agent, "GET", "/v1/health", None)["mode"], mode);
     let mut ver = env.verifier();
@@ -304,6 +309,37 @@ fn scenario_with(tpm: &str, restart_agent: bool, extra: &str, mode: &str) {
 #[test]
 fn services_on_loopback_with_soft_tpm() {
     scenario("soft:seed=7", true);
+}
+
+/// The same scenario with the verifier on PostgreSQL (its own database on the server
+/// scripts/test.sh starts). A fixed `replica_id`: the restarted verifier is the same
+/// replica and keeps its leases.
+#[test]
+fn services_on_loopback_with_soft_tpm_on_postgres() {
+    if std::env::var("IMASNAP_SKIP_POSTGRES").is_ok_and(|v| v == "1") {
+        eprintln!("PostgreSQL test skipped: IMASNAP_SKIP_POSTGRES=1");
+        return;
+    }
+    let Ok(base) = std::env::var("IMASNAP_POSTGRES_URL") else {
+        panic!(
+            "this test needs PostgreSQL: run it through scripts/test.sh, or `D=$(mktemp -d); scripts/postgres.sh start \
+             $D 55432` and set IMASNAP_POSTGRES_URL=postgres://imasnap@127.0.0.1:55432/postgres, \
+             or set IMASNAP_SKIP_POSTGRES=1 to skip it"
+        )
+    };
+    let name = format!("imasnap_e2e_{}", std::process::id());
+    let psql = |q: &str| {
+        let o = Command::new("psql").args([base.as_str(), "-X", "-q", "-c", q]).output().unwrap();
+        assert!(o.status.success(), "psql {q}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    psql(&format!("DROP DATABASE IF EXISTS {name}"));
+    psql(&format!("CREATE DATABASE {name}"));
+    let head = base.split('?').next().unwrap();
+    let url = format!("{}/{name}", &head[..head.rfind('/').unwrap()]);
+    let mut env = Env::new();
+    env.db = Some(format!("database = {url:?}\nreplica_id = \"e2e\"\nlease = \"5s\""));
+    scenario_on(env, "soft:seed=10", true, "", "model");
+    psql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
 }
 
 /// The same rounds, crashes and restarts on upstream staging (the model's `_staged` files),

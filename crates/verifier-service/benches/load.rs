@@ -190,6 +190,8 @@ fn main() {
         let cfg = VerifierConfig {
             database: db_dir.join("verifier.db"),
             sqlite_synchronous_full: false,
+            lease_ms: 10_000,
+            replica_id: None,
             listen: "127.0.0.1:0".into(),
             max_concurrency: conc,
             timeout_ms: 60_000,

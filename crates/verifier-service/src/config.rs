@@ -1,5 +1,6 @@
 //! The verifier service's TOML configuration (`/etc/imasnap/verifier.toml`).
 
+use crate::db::conn::Target;
 use imasnap_net::duration::{Key, Unit};
 use imasnap_net::tls::TlsFiles;
 use serde::{Deserialize, Serialize};
@@ -30,6 +31,9 @@ fn d_keep() -> u64 {
 fn d_tick() -> u64 {
     50
 }
+fn d_lease() -> u64 {
+    10_000
+}
 
 /// The duration keys of `verifier.toml` (`timeout = "30s"`; the `_ms` keys are the older
 /// spelling).
@@ -39,14 +43,24 @@ pub const DURATION_KEYS: &[Key] = &[
     Key { table: "backoff", key: "max", old_key: "max_ms", unit: Unit::Millis },
     Key { table: "webhooks", key: "retry", old_key: "retry_ms", unit: Unit::Millis },
     Key { table: "webhooks", key: "timeout", old_key: "timeout_ms", unit: Unit::Millis },
+    Key { table: "", key: "lease", old_key: "lease_ms", unit: Unit::Millis },
 ];
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VerifierConfig {
-    /// SQLite database (created and migrated on start).
+    /// The database (created and migrated on start): a SQLite file, or
+    /// `postgres://user@host:port/db` for PostgreSQL shared by replicas.
     #[serde(default = "d_db")]
     pub database: PathBuf,
+    /// PostgreSQL only: how long a replica's claim on a host lasts without renewal
+    /// (`lease = "10s"`). A dead replica's hosts move within two lease periods.
+    #[serde(default = "d_lease")]
+    pub lease_ms: u64,
+    /// PostgreSQL only: this replica's name in `/v1/health` and the lease table (default:
+    /// host name, process id and a random suffix).
+    #[serde(default)]
+    pub replica_id: Option<String>,
     /// `PRAGMA synchronous = FULL` (every commit fsynced) instead of NORMAL.
     #[serde(default)]
     pub sqlite_synchronous_full: bool,
@@ -84,6 +98,16 @@ impl VerifierConfig {
     pub fn from_toml(s: &str) -> Result<Self, String> {
         imasnap_net::duration::from_toml(s, DURATION_KEYS)
     }
+
+    /// The engine `database` names: a `postgres://` or `postgresql://` URL, else a path.
+    pub fn target(&self) -> Target {
+        let s = self.database.to_string_lossy();
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            Target::Postgres { url: s.into_owned() }
+        } else {
+            Target::Sqlite { path: self.database.clone(), synchronous_full: self.sqlite_synchronous_full }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -98,6 +122,13 @@ mod tests {
         .unwrap();
         assert_eq!(c.database, PathBuf::from(DEFAULT_DB));
         assert_eq!(c.max_concurrency, 64);
+        assert!(matches!(c.target(), Target::Sqlite { .. }));
+        let pg = VerifierConfig::from_toml(
+            "database = \"postgres://imasnap@127.0.0.1:5432/v\"\nlease = \"3s\"\n[tls]\ncert = \"/c\"\nkey = \"/k\"\nca = \"/ca\"\n[agent_tls]\ncert = \"/c2\"\nkey = \"/k2\"\nca = \"/ca2\"\n",
+        )
+        .unwrap();
+        assert!(matches!(pg.target(), Target::Postgres { .. }));
+        assert_eq!(pg.lease_ms, 3000);
         assert!(VerifierConfig::from_toml("[tls]\ncert = \"/c\"\nkey = \"/k\"\nca = \"/ca\"\n").is_err());
     }
 

@@ -5,7 +5,8 @@
 //!   REST API; [`roles`]: who may call which route.
 //! - [`attest`]: one round: evidence from the agent + saved state → the pure engine
 //!   (`imasnap-verifier`) → verdict, new state, policy findings.
-//! - [`db`]: SQLite with migrations; per-host state saved after every round (group commit).
+//! - [`db`]: SQLite (embedded default) or PostgreSQL (replicas), one schema and migrations;
+//!   per-host state saved after every round (group commit, compare-and-swap).
 //! - [`model`]: host registrations, status and verdict rows.
 //! - [`client`]: REST client (CLI, tests).
 //! - [`ops`]: Prometheus metrics, backoff for failing hosts, revocation webhooks.

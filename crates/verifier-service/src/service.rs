@@ -1,6 +1,7 @@
 //! The verifier service, split along its seams:
 //!
-//! - [`registry`]: hosts (SQLite-backed, cached in memory), registration changes, repair;
+//! - [`registry`]: hosts (database-backed, cached in memory), registration changes, repair;
+//! - [`replicas`]: PostgreSQL leases and the reload of other replicas' changes;
 //! - [`scheduler`]: polls every due host with bounded concurrency;
 //! - [`round`]: one attestation round, in steps;
 //! - [`routes`]: the REST API and who may call what;
@@ -11,7 +12,7 @@
 //!
 //! | route | |
 //! |---|---|
-//! | `GET /v1/health` | `ok` or `degraded` (unusable hosts), host count, rounds |
+//! | `GET /v1/health` | `ok` or `degraded` (unusable hosts, database failing), host count, rounds, replicas and their leases |
 //! | `GET /metrics` | Prometheus text ([`crate::ops::metrics`]) |
 //! | `GET /v1/hosts` | every host's status |
 //! | `POST /v1/hosts` | register ([`crate::model::HostSpec`] JSON); 409 if the name exists |
@@ -23,6 +24,7 @@
 //! | `POST /v1/hosts/{name}/reset` | forget the host's state (repairs an `unusable` host) |
 
 pub mod registry;
+pub mod replicas;
 pub mod round;
 pub mod routes;
 pub mod run;

@@ -1,6 +1,7 @@
 //! The agent service and the verifier service in one process, talking HTTPS with mutual
 //! TLS on loopback (soft TPM, kernel model): rounds across snapshots, verifier restart
 //! without full replay, agent crash in the middle of a snapshot, tampering, TLS refusal.
+//! Every test runs twice: `::sqlite` and `::postgres` (see common::pg for the server).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed unwrap is a failed test
 
 use imasnap_agent_server::devpki::{write_dev_pki, DevPkiFiles};
@@ -11,32 +12,34 @@ use imasnap_verifier_service::Verifier;
 use std::time::Duration;
 
 mod common;
-use common::start_verifier;
+use common::{start_verifier_db, Backend};
 
 struct Env {
     _dir: tempfile::TempDir,
     dir: std::path::PathBuf,
     pki: DevPkiFiles,
+    database: std::path::PathBuf,
     agent: agent::Running,
     verifier: Option<Running>,
 }
 
 impl Env {
-    async fn new(late_join: LateJoin) -> Self {
-        Self::with(late_join, "").await
+    async fn new(late_join: LateJoin, b: Backend) -> Self {
+        Self::with(late_join, "", b).await
     }
 
     /// `agent_toml`: more agent.toml lines (e.g. the staging interface).
-    async fn with(late_join: LateJoin, agent_toml: &str) -> Self {
+    async fn with(late_join: LateJoin, agent_toml: &str, b: Backend) -> Self {
         let d = tempfile::tempdir().unwrap();
         let dir = d.path().to_path_buf();
         let pki = write_dev_pki(&dir.join("pki"), &["localhost"]).unwrap();
         let acfg = common::agent_cfg(&dir, &pki.agent, &format!("test_endpoints = true\n{agent_toml}"));
         let a = common::start_agent(&acfg).await;
-        let v = start_verifier(&dir, &pki).await;
+        let database = b.database(&dir);
+        let v = start_verifier_db(database.clone(), &pki).await;
         let spec = HostSpec { late_join, ..common::tofu_host("h1", &a.addr.to_string()) };
         v.service.add_host(spec).await.unwrap();
-        Self { _dir: d, dir, pki, agent: a, verifier: Some(v) }
+        Self { _dir: d, dir, pki, database, agent: a, verifier: Some(v) }
     }
 
     fn v(&self) -> &std::sync::Arc<Verifier> {
@@ -60,9 +63,8 @@ fn verified(r: &VerdictRow) {
     assert_eq!(r.verdict, Verdict::Verified, "{r:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rounds_across_snapshots_restart_and_tamper() {
-    let mut env = Env::new(LateJoin::FullHistory).await;
+async fn rounds_across_snapshots_restart_and_tamper(b: Backend) {
+    let mut env = Env::new(LateJoin::FullHistory, b).await;
     env.add(50);
     let r1 = env.round().await;
     verified(&r1);
@@ -83,7 +85,7 @@ async fn rounds_across_snapshots_restart_and_tamper() {
 
     // The verifier restarts: state comes from SQLite, no full replay.
     env.verifier.take().unwrap().stop().await;
-    let v = start_verifier(&env.dir, &env.pki).await;
+    let v = start_verifier_db(env.database.clone(), &env.pki).await;
     env.verifier = Some(v);
     let st = env.v().host_status("h1").unwrap();
     assert_eq!(st.checkpoint, r2.checkpoint, "state survived the restart");
@@ -124,10 +126,9 @@ async fn rounds_across_snapshots_restart_and_tamper() {
     assert_eq!(hist[0].verdict, Verdict::Rejected);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn late_join_by_marker_is_recorded() {
+async fn late_join_by_marker_is_recorded(b: Backend) {
     // The agent has snapshots before the verifier first sees it.
-    let env = Env::new(LateJoin::MarkerTofu).await;
+    let env = Env::new(LateJoin::MarkerTofu, b).await;
     env.add(40);
     env.snapshot();
     env.add(10);
@@ -145,11 +146,10 @@ async fn late_join_by_marker_is_recorded() {
     assert_eq!(r2.mode.as_deref(), Some("incremental"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn late_join_on_a_staging_host_starts_at_the_newest_checkpoint() {
+async fn late_join_on_a_staging_host_starts_at_the_newest_checkpoint(b: Backend) {
     // Staging cuts leave no marker: the verifier that joins late starts at the newest
     // quote-anchored checkpoint, over the network, and replays only what follows it.
-    let env = Env::with(LateJoin::MarkerTofu, "interface = \"staging\"").await;
+    let env = Env::with(LateJoin::MarkerTofu, "interface = \"staging\"", b).await;
     let mode = env.agent.service.lock().unwrap().mode();
     assert_eq!(mode, "model-staging");
     env.add(40);
@@ -171,9 +171,8 @@ async fn late_join_on_a_staging_host_starts_at_the_newest_checkpoint() {
     assert_eq!(r2.mode.as_deref(), Some("incremental"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clients_without_certificates_are_refused() {
-    let env = Env::new(LateJoin::FullHistory).await;
+async fn clients_without_certificates_are_refused(b: Backend) {
+    let env = Env::new(LateJoin::FullHistory, b).await;
     let roots = tls::roots_from_file(&env.pki.ca).unwrap();
     let anon = tls::client_config(None, roots.clone()).unwrap();
     // The agent's evidence API.
@@ -216,9 +215,8 @@ async fn clients_without_certificates_are_refused() {
     assert_eq!(hosts["hosts"].as_array().unwrap().len(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn policy_violation_names_the_record() {
-    let env = Env::new(LateJoin::FullHistory).await;
+async fn policy_violation_names_the_record(b: Backend) {
+    let env = Env::new(LateJoin::FullHistory, b).await;
     env.add(20);
     verified(&env.round().await);
     let good = [7u8; 32];
@@ -250,3 +248,9 @@ async fn policy_violation_names_the_record() {
     // The records are proven all the same: the checkpoint moved past them.
     assert_eq!(st.checkpoint, r.checkpoint);
 }
+
+on_both_backends!(rounds_across_snapshots_restart_and_tamper);
+on_both_backends!(late_join_by_marker_is_recorded);
+on_both_backends!(late_join_on_a_staging_host_starts_at_the_newest_checkpoint);
+on_both_backends!(clients_without_certificates_are_refused);
+on_both_backends!(policy_violation_names_the_record);

@@ -66,7 +66,7 @@ fn db_op_name(op: &Op) -> &'static str {
 
 impl Verifier {
     /// A database write, timed for `imasnap_verifier_db_write_duration_seconds`.
-    pub(crate) async fn db_write(&self, op: Op) -> Result<(), String> {
+    pub(crate) async fn db_write(&self, op: Op) -> Result<i64, String> {
         let name = db_op_name(&op);
         let t0 = Instant::now();
         let r = self.db.write(op).await;

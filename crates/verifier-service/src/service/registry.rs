@@ -1,7 +1,8 @@
 //! The host registry: every host's in-memory view (loaded from SQLite at start-up, saved
 //! after every change), registration changes, and the repair of damaged hosts.
 
-use crate::db::{Db, LoadedHost, Op, StoredState};
+use crate::db::conn::{Dialect, Target};
+use crate::db::{Db, LoadedHost, Op, ReplicaRow, StoredState};
 use crate::model::{parse_ak, Damage, HostPatch, HostSpec, HostState, HostStatus, LateJoin, VerdictRow};
 use crate::policy::{self, LoadedPolicy};
 use crate::VerifierConfig;
@@ -10,7 +11,7 @@ use imasnap_net::http::Conn;
 use imasnap_policy::KeyRing;
 use imasnap_tpm::AkPublic;
 use imasnap_verifier::State;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -49,6 +50,9 @@ pub(crate) struct HostRt {
     pub generation: u64,
     /// Consecutive failures, for the backoff ([`crate::ops::backoff`]).
     pub retry: crate::ops::backoff::Retry,
+    /// `host_state.version` this view was read at (compare-and-swap for the next round's
+    /// write); -1 forces a reload from the database.
+    pub version: i64,
 }
 
 fn damage(table: &str, column: &str, reason: impl ToString) -> Damage {
@@ -92,6 +96,7 @@ impl HostRt {
             conn: None,
             generation: 0,
             retry: Default::default(),
+            version: 0,
         }
     }
 
@@ -101,7 +106,14 @@ impl HostRt {
     }
 
     /// A host as stored; any unreadable value makes it unusable rather than hidden.
-    fn from_db(h: LoadedHost) -> Self {
+    pub(crate) fn from_db(h: LoadedHost) -> Self {
+        let version = h.stored.version;
+        let mut rt = Self::from_db_inner(h);
+        rt.version = version;
+        rt
+    }
+
+    fn from_db_inner(h: LoadedHost) -> Self {
         let spec = match h.spec {
             Ok(s) => s,
             Err(d) => {
@@ -201,7 +213,7 @@ impl HostRt {
 
     /// Replaces this host's view with `fresh`, keeping the generation counter (bumped) so
     /// that a round in flight does not save over the change.
-    fn replace(&mut self, fresh: HostRt) {
+    pub(crate) fn replace(&mut self, fresh: HostRt) {
         let g = self.generation + 1;
         *self = fresh;
         self.generation = g;
@@ -216,9 +228,37 @@ pub struct Stats {
     pub failed: AtomicU64,
 }
 
+/// This process as one of several replicas sharing a PostgreSQL database.
+pub(crate) struct Replica {
+    pub id: String,
+    pub lease_ms: u64,
+    /// Hosts whose lease this replica holds (only these are scheduled).
+    pub owned: Mutex<HashSet<String>>,
+    /// Every replica as of the last lease cycle (for `/v1/health`).
+    pub replicas: Mutex<Vec<ReplicaRow>>,
+    /// When the last lease cycle succeeded: past one lease period without one, the
+    /// leases are gone and nothing is scheduled.
+    pub last_ok: Mutex<Instant>,
+}
+
+impl Replica {
+    pub fn owned(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.owned.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn default_replica_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}-{}-{:04x}", host.trim(), std::process::id(), rand::random::<u16>())
+}
+
 pub struct Verifier {
     pub(crate) cfg: VerifierConfig,
     pub(crate) db: Db,
+    /// `None` with SQLite: the one process owns every host.
+    pub(crate) replica: Option<Replica>,
+    /// The last database failure seen by a round or the lease cycle, cleared by success.
+    pub(crate) db_error: Mutex<Option<String>>,
     pub(crate) hosts: Mutex<HashMap<String, HostRt>>,
     pub(crate) agent_tls: Arc<rustls::ClientConfig>,
     pub(crate) sem: Arc<Semaphore>,
@@ -236,12 +276,22 @@ impl Verifier {
     /// Opens the database and loads every host. Unreadable rows make their host
     /// `unusable` (logged with table, column and reason); they never stop the start.
     pub fn open(cfg: VerifierConfig, agent_tls: Arc<rustls::ClientConfig>) -> Result<Shared, String> {
-        if let Some(d) = cfg.database.parent() {
-            if !d.as_os_str().is_empty() {
-                std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+        let target = cfg.target();
+        if let Target::Sqlite { path, .. } = &target {
+            if let Some(d) = path.parent() {
+                if !d.as_os_str().is_empty() {
+                    std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+                }
             }
         }
-        let db = Db::open(&cfg.database, cfg.sqlite_synchronous_full)?;
+        let replica = (target.dialect() == Dialect::Postgres).then(|| Replica {
+            id: cfg.replica_id.clone().unwrap_or_else(default_replica_id),
+            lease_ms: cfg.lease_ms.max(100),
+            owned: Mutex::new(HashSet::new()),
+            replicas: Mutex::new(Vec::new()),
+            last_ok: Mutex::new(Instant::now()),
+        });
+        let db = Db::open(target, replica.as_ref().map(|r| r.id.clone()))?;
         let mut hosts = HashMap::new();
         for row in db.load()? {
             let name = row.name.clone();
@@ -254,12 +304,15 @@ impl Verifier {
             h.last = db.verdicts(&name, 1).unwrap_or_default().into_iter().next();
             hosts.insert(name, h);
         }
-        tracing::info!(hosts = hosts.len(), db = %cfg.database.display(), "verifier state loaded");
+        tracing::info!(hosts = hosts.len(), db = %db.describe(), replica = replica.as_ref().map(|r| r.id.as_str()),
+            "verifier state loaded");
         let sem = Arc::new(Semaphore::new(cfg.max_concurrency.max(1)));
         let ops = crate::ops::Ops::new(&cfg)?;
         Ok(Arc::new(Self {
             cfg,
             db,
+            replica,
+            db_error: Mutex::new(None),
             hosts: Mutex::new(hosts),
             agent_tls,
             sem,
@@ -302,11 +355,41 @@ impl Verifier {
         v
     }
 
-    /// `GET /v1/health`: `ok`, or `degraded` while any host is unusable.
+    /// This replica's id (`None` with SQLite).
+    pub fn replica_id(&self) -> Option<&str> {
+        self.replica.as_ref().map(|r| r.id.as_str())
+    }
+
+    /// Hosts this process may verify now (all of them with SQLite).
+    pub fn owns(&self, name: &str) -> bool {
+        self.replica.as_ref().is_none_or(|r| r.owned().contains(name))
+    }
+
+    pub(crate) fn set_db_error(&self, e: Option<String>) {
+        *self.db_error.lock().unwrap_or_else(|p| p.into_inner()) = e;
+    }
+
+    /// `GET /v1/health`: `ok`, or `degraded` while any host is unusable or the database
+    /// fails. With PostgreSQL: every replica, its last heartbeat and its lease count.
     pub fn health(&self) -> serde_json::Value {
         let unusable = self.unusable();
+        let db_error = self.db_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let (replica, replicas, held) = match &self.replica {
+            None => (None, serde_json::Value::Null, self.hosts().len()),
+            Some(r) => (
+                Some(r.id.clone()),
+                serde_json::to_value(&*r.replicas.lock().unwrap_or_else(|p| p.into_inner()))
+                    .unwrap_or(serde_json::Value::Null),
+                r.owned().len(),
+            ),
+        };
         serde_json::json!({
-            "status": if unusable.is_empty() { "ok" } else { "degraded" },
+            "status": if unusable.is_empty() && db_error.is_none() { "ok" } else { "degraded" },
+            "database": match self.db.dialect() { Dialect::Sqlite => "sqlite", Dialect::Postgres => "postgres" },
+            "database_error": db_error,
+            "replica": replica,
+            "replicas": replicas,
+            "leases_held": held,
             "hosts": self.hosts().len(),
             "unusable": unusable,
             "rounds": self.stats.rounds.load(Ordering::Relaxed),
@@ -321,8 +404,9 @@ impl Verifier {
         if self.hosts().contains_key(&spec.name) {
             return Err((StatusCode::CONFLICT, format!("host {} already exists", spec.name)));
         }
-        let rt = HostRt::fresh(spec.clone()).map_err(|e| (StatusCode::BAD_REQUEST, e))?;
-        self.db_write(Op::PutHost { spec: spec.clone(), reset_state: true, now_ms: now_ms() })
+        let mut rt = HostRt::fresh(spec.clone()).map_err(|e| (StatusCode::BAD_REQUEST, e))?;
+        rt.version = self
+            .db_write(Op::PutHost { spec: spec.clone(), reset_state: true, now_ms: now_ms() })
             .await
             .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e))?;
         let st = rt.status();
@@ -353,7 +437,8 @@ impl Verifier {
         let policy = spec.policy.as_deref().map(policy::load).transpose().map_err(|e| (StatusCode::BAD_REQUEST, e))?;
         let fresh =
             if reset { Some(HostRt::fresh(spec.clone()).map_err(|e| (StatusCode::BAD_REQUEST, e))?) } else { None };
-        self.db_write(Op::PutHost { spec: spec.clone(), reset_state: reset, now_ms: now_ms() })
+        let version = self
+            .db_write(Op::PutHost { spec: spec.clone(), reset_state: reset, now_ms: now_ms() })
             .await
             .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e))?;
         let mut hosts = self.hosts();
@@ -368,6 +453,7 @@ impl Verifier {
                 h.policy = policy.map(Arc::new);
             }
         }
+        h.version = version;
         h.next_due = Instant::now();
         Ok(h.status())
     }
@@ -379,8 +465,11 @@ impl Verifier {
     /// removed and registered again.
     pub async fn reset_host(&self, name: &str) -> Result<HostStatus, ApiError> {
         let spec = self.spec_of(name)?;
-        let fresh = HostRt::fresh(spec).map_err(|e| (StatusCode::CONFLICT, e))?;
-        self.db_write(Op::ResetState(name.to_string())).await.map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e))?;
+        let mut fresh = HostRt::fresh(spec).map_err(|e| (StatusCode::CONFLICT, e))?;
+        fresh.version = self
+            .db_write(Op::ResetState(name.to_string()))
+            .await
+            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e))?;
         let mut hosts = self.hosts();
         let h = hosts.get_mut(name).ok_or((StatusCode::NOT_FOUND, format!("no host {name}")))?;
         let rounds = h.rounds;

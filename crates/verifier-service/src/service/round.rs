@@ -4,7 +4,7 @@
 
 use super::registry::{now_ms, Shared, Verifier};
 use crate::attest::{self, request_from, RoundResult};
-use crate::db::{Op, RoundWrite};
+use crate::db::{Op, RoundWrite, REFUSED};
 use crate::model::{pinned_der, HostSpec, HostState, Verdict, VerdictRow};
 use crate::policy::{self, LoadedPolicy};
 use hyper::{Method, StatusCode};
@@ -26,6 +26,7 @@ struct RoundInput {
     learned: Arc<KeyRing>,
     conn: Option<Conn>,
     generation: u64,
+    version: i64,
 }
 
 /// Evidence fetched, or why not (error class, detail, the connection if still usable).
@@ -137,11 +138,17 @@ impl Verifier {
             },
         };
         row.duration_ms = t0.elapsed().as_secs_f64() * 1e3;
-        let saved = self.save(name, input.generation, &row, &judged).await;
+        let saved = self.save(name, input.generation, input.version, &row, &judged).await;
         self.count(&row);
-        self.apply(name, input.generation, saved.is_ok(), &row, judged, conn_back);
+        self.apply(name, input.generation, &saved, &row, judged, conn_back);
         if let Err(e) = saved {
-            tracing::error!(host = %name, error = %e, "round not saved");
+            if e.starts_with(REFUSED) {
+                // A late round (lease lost, e.g. the process was paused): nothing written.
+                tracing::warn!(host = %name, replica = self.replica_id().unwrap_or(""), error = %e,
+                    "late round refused: its result is discarded");
+            } else {
+                tracing::error!(host = %name, error = %e, "round not saved");
+            }
             return Err(e);
         }
         if self.record_latencies {
@@ -168,12 +175,20 @@ impl Verifier {
             learned: h.learned.clone(),
             conn: h.conn.take(),
             generation: h.generation,
+            version: h.version,
         })
     }
 
     /// Saves the round in one transaction, unless the registration changed meanwhile.
     /// Done before the next round of this host can start (it is still `busy`).
-    async fn save(&self, name: &str, generation: u64, row: &VerdictRow, j: &Judged) -> Result<(), String> {
+    async fn save(
+        &self,
+        name: &str,
+        generation: u64,
+        version: i64,
+        row: &VerdictRow,
+        j: &Judged,
+    ) -> Result<i64, String> {
         let write = RoundWrite {
             name: name.to_string(),
             // Compact JSON (`State::from_json` reads it): fewer bytes per round than pretty.
@@ -185,12 +200,19 @@ impl Verifier {
             alert: if row.verdict.is_alert() { serde_json::to_string(row).ok() } else { None },
             verdict: row.clone(),
             keep_verdicts: self.cfg.keep_verdicts,
+            expect_version: version,
         };
         let still_same = self.hosts().get(name).is_some_and(|h| h.generation == generation);
         if !still_same {
             return Err("host changed during the round; result discarded".into());
         }
-        self.db_write(Op::Round(Box::new(write))).await
+        let r = self.db_write(Op::Round(Box::new(write))).await;
+        match &r {
+            Ok(_) => self.set_db_error(None),
+            Err(e) if !e.starts_with(REFUSED) && !e.starts_with("host changed") => self.set_db_error(Some(e.clone())),
+            Err(_) => {}
+        }
+        r
     }
 
     fn count(&self, row: &VerdictRow) {
@@ -204,15 +226,46 @@ impl Verifier {
     }
 
     /// Frees the host for its next round and, if the round was saved, moves its view on.
-    fn apply(&self, name: &str, generation: u64, saved: bool, row: &VerdictRow, j: Judged, conn: Option<Conn>) {
+    fn apply(
+        &self,
+        name: &str,
+        generation: u64,
+        saved: &Result<i64, String>,
+        row: &VerdictRow,
+        j: Judged,
+        conn: Option<Conn>,
+    ) {
         let mut hosts = self.hosts();
         let Some(h) = hosts.get_mut(name) else { return };
         h.busy = false;
         h.next_due =
             self.next_attempt(&mut h.retry, h.spec.poll_interval_ms, crate::ops::backoff::is_failure(row.verdict));
-        if h.generation != generation || !saved {
+        if h.generation != generation {
             return;
         }
+        let version = match saved {
+            Ok(v) => *v,
+            Err(e) if e.starts_with(REFUSED) => {
+                // Another replica moved the host on: read it again before the next round
+                // (the reload does). SQLite has no reload and no other writer: keep going.
+                if self.replica.is_some() {
+                    h.version = -1;
+                }
+                return;
+            }
+            Err(e) => {
+                // Database down: the status says why the round did not count; the state
+                // stays where it was (nothing was written).
+                let mut failed = row.clone();
+                failed.verdict = Verdict::Error;
+                failed.reason = Some("database".into());
+                failed.detail = Some(format!("round not saved: {e}"));
+                h.last = Some(failed);
+                h.conn = conn.filter(Conn::is_open);
+                return;
+            }
+        };
+        h.version = version;
         if let Some(s) = j.state {
             h.state = Some(s);
         }

@@ -22,8 +22,10 @@ pub fn spawn(
     let (tx, rx) = watch::channel(false);
     let mut tasks = vec![tokio::spawn(http::serve(listener, api_tls, Arc::new(Api::new(v.clone())), rx.clone()))];
     if schedule {
-        tasks.push(tokio::spawn(v.clone().schedule(rx)));
+        tasks.push(tokio::spawn(v.clone().schedule(rx.clone())));
     }
+    // Replicas: leases and the reload of other replicas' changes (a no-op with SQLite).
+    tasks.push(tokio::spawn(v.clone().sync(rx)));
     Ok(Running { addr, service: v, shutdown: tx, tasks })
 }
 

@@ -10,10 +10,13 @@ use tokio::sync::watch;
 impl Verifier {
     /// Hosts due now, marked busy.
     fn take_due(&self, now: Instant) -> Vec<String> {
+        let owned = self.replica.as_ref().map(|r| r.owned().clone());
         let mut hosts = self.hosts();
         let mut due = Vec::new();
         for (n, h) in hosts.iter_mut() {
-            if !h.busy && h.damage.is_none() && h.next_due <= now {
+            let mine = owned.as_ref().is_none_or(|o| o.contains(n));
+            // version -1: a refused write, wait for the reload.
+            if mine && !h.busy && h.damage.is_none() && h.next_due <= now && h.version >= 0 {
                 h.busy = true;
                 due.push(n.clone());
             }
@@ -61,6 +64,10 @@ impl Verifier {
 
     /// `POST /v1/hosts/{name}/attest`: a round now (waits if one is running).
     pub async fn attest_now(self: &Shared, name: &str) -> Result<VerdictRow, ApiError> {
+        if self.hosts().get(name).is_none() {
+            return Err((StatusCode::NOT_FOUND, format!("no host {name}")));
+        }
+        self.claim_now(name).await.map_err(|e| (StatusCode::CONFLICT, e))?;
         let deadline = Instant::now() + Duration::from_millis(self.cfg.timeout_ms.saturating_mul(2));
         loop {
             match self.hosts().get(name) {

@@ -10,11 +10,61 @@ use imasnap_agent_server::tls::TlsFiles;
 use imasnap_verifier_service::model::{HostSpec, LateJoin};
 use imasnap_verifier_service::service::{self as vsvc, Running};
 use imasnap_verifier_service::{Verifier, VerifierConfig};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tokio::net::TcpListener;
+
+pub mod pg;
+
+/// Which engine a test's verifier stores its state in.
+#[derive(Clone, Debug)]
+pub enum Backend {
+    Sqlite,
+    /// A database of its own on the test server.
+    Postgres(String),
+}
+
+impl Backend {
+    /// A fresh PostgreSQL database, or `None` when PostgreSQL tests are skipped.
+    pub fn postgres(tag: &str) -> Option<Self> {
+        pg::fresh_db(tag).map(Backend::Postgres)
+    }
+
+    /// What `database =` says for this backend (a file under `dir` for SQLite).
+    pub fn database(&self, dir: &Path) -> PathBuf {
+        match self {
+            Backend::Sqlite => dir.join("verifier.db"),
+            Backend::Postgres(url) => PathBuf::from(url),
+        }
+    }
+}
+
+/// One `#[tokio::test]` per engine for `async fn $name(b: Backend)`: `$name::sqlite` and
+/// `$name::postgres` (the same test, not a copy).
+#[macro_export]
+macro_rules! on_both_backends {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(super::common::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some(b) = super::common::Backend::postgres(stringify!($name)) {
+                    super::$name(b).await
+                }
+            }
+        }
+    };
+}
 
 pub async fn start_verifier(dir: &Path, pki: &DevPkiFiles) -> Running {
     start_verifier_with(dir, pki, |_| {}, false).await
+}
+
+/// A verifier on `database` (a SQLite path or a PostgreSQL URL).
+pub async fn start_verifier_db(database: PathBuf, pki: &DevPkiFiles) -> Running {
+    start_verifier_on(database, pki, |_| {}, false).await
 }
 
 /// [`start_verifier`] with `edit` applied to its configuration, and the scheduler if
@@ -25,8 +75,20 @@ pub async fn start_verifier_with(
     edit: impl FnOnce(&mut VerifierConfig),
     schedule: bool,
 ) -> Running {
+    start_verifier_on(dir.join("verifier.db"), pki, edit, schedule).await
+}
+
+/// A verifier on `database`, with `edit` applied and the scheduler if `schedule`.
+pub async fn start_verifier_on(
+    database: PathBuf,
+    pki: &DevPkiFiles,
+    edit: impl FnOnce(&mut VerifierConfig),
+    schedule: bool,
+) -> Running {
     let mut cfg = VerifierConfig {
-        database: dir.join("verifier.db"),
+        database,
+        lease_ms: 10_000,
+        replica_id: None,
         sqlite_synchronous_full: false,
         listen: "127.0.0.1:0".into(),
         max_concurrency: 8,
