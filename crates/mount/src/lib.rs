@@ -133,18 +133,25 @@ pub fn check_mountpoint(mp: &Path) -> Result<PathBuf, MountError> {
 
 /// How often a view with passthrough files open looks for new records: their readers
 /// read the render cache directly, so a reader at the end sees records measured since
-/// within this time.
+/// within this time (longer only when a refresh itself is slow, see `spawn_refresher`).
 pub const REFRESH: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Keeps passthrough files complete until the view is dropped (the session holds the
-/// only strong reference).
+/// only strong reference). A refresh reads the kernel's part whole, which on a legacy
+/// kernel is the whole list: the pause is at least ten times the last refresh, so this
+/// never takes more than a tenth of a core.
 fn spawn_refresher(view: std::sync::Weak<Mutex<View>>) {
-    let _ = std::thread::Builder::new().name("imasnap-view-refresh".into()).spawn(move || loop {
-        std::thread::sleep(REFRESH);
-        let Some(v) = view.upgrade() else { return };
-        let Ok(mut v) = v.lock() else { return };
-        if let Err(e) = v.refresh_backing() {
-            tracing::warn!(error = %e, "refresh of passthrough files failed");
+    let _ = std::thread::Builder::new().name("imasnap-view-refresh".into()).spawn(move || {
+        let mut pause = REFRESH;
+        loop {
+            std::thread::sleep(pause);
+            let Some(v) = view.upgrade() else { return };
+            let Ok(mut v) = v.lock() else { return };
+            let t0 = std::time::Instant::now();
+            if let Err(e) = v.refresh_backing() {
+                tracing::warn!(error = %e, "refresh of passthrough files failed");
+            }
+            pause = REFRESH.max(t0.elapsed() * 10);
         }
     });
 }
