@@ -15,6 +15,15 @@
 //!          --report-every S (a line every S seconds of the window: rounds, rate, failed,
 //!          RSS) --separate-agents (the agents run in a child process, so RSS and CPU
 //!          time are the verifier's alone; the agents' CPU time is reported beside).
+//!          --database URL (PostgreSQL instead of the SQLite file: the bench creates a
+//!          fresh database beside the one URL names, and drops it at the end)
+//!          --replicas N (PostgreSQL: N verifiers in this process, each with its own
+//!          replica id and leases, on the same database; hosts registered through the first;
+//!          rounds, latencies and write counters summed over all; also reports the server's
+//!          WAL bytes, transactions and backend CPU time per round).
+//!
+//!   scripts/postgres.sh start /tmp/pgbench 55511   # prints the URL
+//!   cargo bench -p imasnap-verifier-service --bench load -- --database postgres://imasnap@127.0.0.1:55511/postgres --replicas 2
 //!
 //! Soak (10 minutes, a line a minute): scripts/soak-verifier.sh.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed unwrap is a failed test
@@ -40,6 +49,41 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let i = ((v.len() as f64 - 1.0) * p).round() as usize;
     v[i.min(v.len() - 1)]
+}
+
+fn str_arg(name: &str) -> Option<String> {
+    std::env::args().collect::<Vec<_>>().windows(2).find(|w| w[0] == name).map(|w| w[1].clone())
+}
+
+/// `url` with its database name replaced by `db`.
+fn with_dbname(url: &str, db: &str) -> String {
+    let (main, query) = url.split_once('?').map_or((url, None), |(m, q)| (m, Some(q)));
+    let scheme_end = main.find("://").map_or(0, |i| i + 3);
+    let base = match main[scheme_end..].find('/') {
+        Some(i) => &main[..scheme_end + i],
+        None => main,
+    };
+    format!("{base}/{db}{}", query.map(|q| format!("?{q}")).unwrap_or_default())
+}
+
+/// PostgreSQL counters: WAL position (bytes), this database's committed and rolled-back
+/// transactions, rows returned/fetched/inserted/updated/deleted (the statistics collector
+/// lags by up to about a second), and the CPU seconds of every server process now
+/// running (backends and background workers, from /proc). Blocking: call off the runtime.
+fn pg_counters(url: &str) -> ([i64; 8], f64) {
+    let mut c = postgres::Client::connect(url, postgres::NoTls).unwrap();
+    let r = c
+        .query_one(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint, xact_commit, xact_rollback, tup_returned,
+                    tup_fetched, tup_inserted, tup_updated, tup_deleted
+             FROM pg_stat_database WHERE datname = current_database()",
+            &[],
+        )
+        .unwrap();
+    let v: [i64; 8] = std::array::from_fn(|i| r.get(i));
+    let pids = c.query("SELECT pid FROM pg_stat_activity WHERE pid <> pg_backend_pid()", &[]).unwrap();
+    let cpu = pids.iter().map(|r| cpu_s(&r.get::<_, i32>(0).to_string())).sum();
+    (v, cpu)
 }
 
 fn flag(name: &str) -> bool {
@@ -138,6 +182,16 @@ fn main() {
     let conc = arg("--concurrency", 16) as usize;
     let poll_ms = arg("--poll-ms", 100);
     let snap_records = arg("--snapshot-records", 1000);
+    let replicas = arg("--replicas", 1).max(1) as usize;
+    // PostgreSQL: a fresh database per run, so the measured one holds only this run's rows.
+    let pg_admin = str_arg("--database");
+    let pg_name = format!("imasnap_load_{}", std::process::id());
+    let pg_url = pg_admin.as_ref().map(|url| {
+        let mut c = postgres::Client::connect(url, postgres::NoTls).unwrap();
+        c.batch_execute(&format!("CREATE DATABASE {pg_name}")).unwrap();
+        with_dbname(url, &pg_name)
+    });
+    assert!(replicas == 1 || pg_url.is_some(), "--replicas needs --database postgres://… (SQLite has one owner)");
     let base = std::env::args()
         .collect::<Vec<_>>()
         .windows(2)
@@ -162,6 +216,7 @@ fn main() {
     let db_dir = db_tmp.as_ref().map_or(dir, |t| t.path()).to_path_buf();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let db_dir = &db_dir;
+    let (pg_url, pg_admin, pg_name) = (&pg_url, &pg_admin, &pg_name);
     rt.block_on(async move {
         let pki = write_dev_pki(&dir.join("pki"), &["localhost"]).unwrap();
         let t0 = Instant::now();
@@ -188,7 +243,7 @@ fn main() {
         let child_pid = child.as_ref().map(|c| c.id().to_string());
         eprintln!("{hosts} agents up in {:.1} s", t0.elapsed().as_secs_f64());
         let cfg = VerifierConfig {
-            database: db_dir.join("verifier.db"),
+            database: pg_url.as_ref().map_or_else(|| db_dir.join("verifier.db"), std::path::PathBuf::from),
             sqlite_synchronous_full: false,
             lease_ms: 10_000,
             replica_id: None,
@@ -203,7 +258,18 @@ fn main() {
             backoff: Default::default(),
             webhooks: Default::default(),
         };
-        let v = Verifier::open(cfg.clone(), cfg.agent_tls.client().unwrap()).unwrap().with_latency_recording();
+        let vs: Vec<_> = (0..replicas)
+            .map(|i| {
+                let cfg = VerifierConfig { replica_id: pg_url.as_ref().map(|_| format!("bench-r{i}")), ..cfg.clone() };
+                Verifier::open(cfg.clone(), cfg.agent_tls.client().unwrap()).unwrap().with_latency_recording()
+            })
+            .collect();
+        // Replicas: every one heartbeats before the hosts exist, so the first lease cycle
+        // after registration shares them out (a replica alone would claim them all).
+        for v in &vs {
+            v.sync_once().await;
+        }
+        let v = &vs[0];
         for (i, a) in addrs.iter().enumerate() {
             v.add_host(HostSpec {
                 name: format!("h{i}"),
@@ -220,15 +286,39 @@ fn main() {
             .unwrap();
         }
         let (tx, rx) = tokio::sync::watch::channel(false);
-        let sched = tokio::spawn(v.clone().schedule(rx));
+        let mut tasks = Vec::new();
+        for v in &vs {
+            tasks.push(tokio::spawn(v.clone().schedule(rx.clone())));
+            // Leases and the reload of other replicas' changes (a no-op with SQLite).
+            tasks.push(tokio::spawn(v.clone().sync(rx.clone())));
+        }
+        let sum = |f: &dyn Fn(&Verifier) -> u64| vs.iter().map(|v| f(v)).sum::<u64>();
+        let rounds_now = || sum(&|v| v.stats.rounds.load(Ordering::Relaxed));
+        let failed_now = || sum(&|v| v.stats.failed.load(Ordering::Relaxed));
+        let dbs: Vec<_> = vs.iter().map(|v| v.db_stats()).collect();
+        let db_now = || {
+            let mut t = [0u64; 4];
+            for db in &dbs {
+                for (x, a) in t.iter_mut().zip([&db.transactions, &db.ops, &db.statements, &db.bound_bytes]) {
+                    *x += a.load(Ordering::Relaxed);
+                }
+            }
+            t
+        };
+        let pg_now = || {
+            let url = pg_url.clone();
+            tokio::task::spawn_blocking(move || url.map(|u| pg_counters(&u)))
+        };
         tokio::time::sleep(Duration::from_secs(warmup)).await;
-        let r0 = v.stats.rounds.load(Ordering::Relaxed);
-        let f0 = v.stats.failed.load(Ordering::Relaxed);
-        let db = v.db_stats();
-        let db0 = [&db.transactions, &db.ops, &db.statements, &db.bound_bytes].map(|a| a.load(Ordering::Relaxed));
+        let r0 = rounds_now();
+        let f0 = failed_now();
+        let db0 = db_now();
+        let pg0 = pg_now().await.unwrap();
         let w0 = storage_written();
         let cpu0 = (cpu_s("self"), child_pid.as_deref().map_or(0.0, cpu_s));
-        v.latencies.lock().unwrap().clear();
+        for v in &vs {
+            v.latencies.lock().unwrap().clear();
+        }
         let m0 = Instant::now();
         let step = if every > 0 { every } else { seconds };
         let (mut t, mut rl, mut fl) = (0, r0, f0);
@@ -241,7 +331,7 @@ fn main() {
             tokio::time::sleep_until(tokio::time::Instant::from_std(m0 + Duration::from_secs(t + d))).await;
             t += d;
             if every > 0 {
-                let (r, f) = (v.stats.rounds.load(Ordering::Relaxed), v.stats.failed.load(Ordering::Relaxed));
+                let (r, f) = (rounds_now(), failed_now());
                 let agents_rss = child_pid.as_deref().map(|p| format!(", agents RSS {} MB", rss_kb(p) / 1024));
                 println!(
                     "t={t:>4} s  rounds {:>7} ({:>5.0}/s)  failed {}  RSS {} MB{}",
@@ -255,23 +345,34 @@ fn main() {
             }
         }
         let el = m0.elapsed().as_secs_f64();
-        let r1 = v.stats.rounds.load(Ordering::Relaxed);
-        let f1 = v.stats.failed.load(Ordering::Relaxed);
+        let r1 = rounds_now();
+        let f1 = failed_now();
         let cpu1 = (cpu_s("self"), child_pid.as_deref().map_or(0.0, cpu_s));
-        let db1 = [&db.transactions, &db.ops, &db.statements, &db.bound_bytes].map(|a| a.load(Ordering::Relaxed));
+        let db1 = db_now();
+        let pg1 = pg_now().await.unwrap();
         let w1 = storage_written();
-        let mut lat = std::mem::take(&mut *v.latencies.lock().unwrap());
+        let mut lat = Vec::new();
+        for v in &vs {
+            lat.append(&mut v.latencies.lock().unwrap());
+        }
+        let per_replica: Vec<u64> = vs.iter().map(|v| v.stats.rounds.load(Ordering::Relaxed)).collect();
         let _ = tx.send(true);
-        let _ = sched.await;
+        for t in tasks {
+            let _ = t.await;
+        }
         let rounds = r1 - r0;
         let rate = rounds as f64 / el;
+        // Rounds whose write was saved (a replica's late write refused after its lease moved
+        // on is counted by `stats.rounds` but records no latency).
+        let saved = lat.len();
         let p50 = pct(&mut lat, 0.50);
         let p99 = pct(&mut lat, 0.99);
         let snaps: u64 = agents.iter().map(|a| a.service.lock().unwrap().metrics().snapshots).sum();
         println!(
             "{hosts} hosts x {records} records/round, concurrency {conc}, poll {poll_ms} ms: {rounds} attestations in {el:.1} s = {rate:.0}/s \
-             ({} failed); round latency p50 {p50:.1} ms, p99 {p99:.1} ms; {snaps} agent snapshots in total",
-            f1 - f0
+             ({} failed; {saved} saved = {:.0}/s); round latency p50 {p50:.1} ms, p99 {p99:.1} ms; {snaps} agent snapshots in total",
+            f1 - f0,
+            saved as f64 / el
         );
         let per = |i: usize| (db1[i] - db0[i]) as f64 / rounds.max(1) as f64;
         println!(
@@ -282,6 +383,44 @@ fn main() {
             (w1 - w0) as f64 / rounds.max(1) as f64,
             (db1[1] - db0[1]) as f64 / (db1[0] - db0[0]).max(1) as f64
         );
+        if let (Some((a, ac0)), Some((b, ac1))) = (&pg0, &pg1) {
+            let d = |i: usize| (b[i] - a[i]) as f64;
+            let n = rounds.max(1) as f64;
+            println!(
+                "PostgreSQL per round ({replicas} replica(s); rounds by replica over the whole run: {per_replica:?}): \
+                 {:.0} B WAL, {:.2} transactions committed ({:.0}/s), {:.2} rolled back; rows returned {:.1}, fetched {:.1}, \
+                 inserted {:.2}, updated {:.2}, deleted {:.2}; server CPU {:.0} us/round ({:.2} s); WAL {:.0} kB/s",
+                d(0) / n,
+                d(1) / n,
+                d(1) / el,
+                d(2) / n,
+                d(3) / n,
+                d(4) / n,
+                d(5) / n,
+                d(6) / n,
+                d(7) / n,
+                (ac1 - ac0) * 1e6 / n,
+                ac1 - ac0,
+                d(0) / el / 1000.0
+            );
+            let url = pg_url.clone().unwrap();
+            let counts = tokio::task::spawn_blocking(move || {
+                let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+                let r = c
+                    .query_one("SELECT count(*), count(DISTINCT (host, state_version)), count(DISTINCT host) FROM verdicts", &[])
+                    .unwrap();
+                (r.get::<_, i64>(0), r.get::<_, i64>(1), r.get::<_, i64>(2))
+            })
+            .await
+            .unwrap();
+            println!(
+                "verdict rows: {} ({} distinct host+state version, {} hosts); rounds counted by the replicas: {}",
+                counts.0,
+                counts.1,
+                counts.2,
+                per_replica.iter().sum::<u64>()
+            );
+        }
         let (vc, ac) = (cpu1.0 - cpu0.0, cpu1.1 - cpu0.1);
         let who = if separate { "verifier process" } else { "process (verifier + agents)" };
         println!(
@@ -297,6 +436,13 @@ fn main() {
             let _ = c.wait();
         }
         let _ = std::fs::remove_dir_all(dir);
+        if let Some(admin) = pg_admin.clone() {
+            let drop_db = format!("DROP DATABASE {pg_name} WITH (FORCE)");
+            let _ = tokio::task::spawn_blocking(move || {
+                postgres::Client::connect(&admin, postgres::NoTls).and_then(|mut c| c.batch_execute(&drop_db))
+            })
+            .await;
+        }
         if db_dir != dir {
             let _ = std::fs::remove_dir_all(db_dir);
         }
