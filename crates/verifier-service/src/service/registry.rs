@@ -239,6 +239,8 @@ pub(crate) struct Replica {
     /// When the last lease cycle succeeded: past one lease period without one, the
     /// leases are gone and nothing is scheduled.
     pub last_ok: Mutex<Instant>,
+    /// A reload of other replicas' changes is running (one at a time, beside the cycle).
+    pub reloading: std::sync::atomic::AtomicBool,
 }
 
 impl Replica {
@@ -290,6 +292,7 @@ impl Verifier {
             owned: Mutex::new(HashSet::new()),
             replicas: Mutex::new(Vec::new()),
             last_ok: Mutex::new(Instant::now()),
+            reloading: std::sync::atomic::AtomicBool::new(false),
         });
         let db = Db::open(target, replica.as_ref().map(|r| r.id.clone()))?;
         let mut hosts = HashMap::new();

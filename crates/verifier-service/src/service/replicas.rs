@@ -4,6 +4,7 @@
 
 use super::registry::{HostRt, Shared, Verifier};
 use std::collections::HashSet;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -68,14 +69,31 @@ impl Verifier {
             tracing::info!(replica = %r.id, claimed = view.claimed.len(), held = view.held.len(), "leases claimed");
         }
         *r.replicas.lock().unwrap_or_else(|p| p.into_inner()) = view.replicas;
-        // Newly claimed hosts are read again first: their last owner moved them on.
+        // Newly claimed hosts are read again before they are scheduled: their last owner
+        // moved them on.
         let claimed: HashSet<String> = view.claimed.into_iter().collect();
-        if let Err(e) = self.reload(&claimed).await {
-            tracing::warn!(error = %e, "host reload failed");
+        if !claimed.is_empty() {
+            if let Err(e) = self.load_hosts(claimed.iter().cloned().collect(), &claimed).await {
+                tracing::warn!(error = %e, "reload of claimed hosts failed");
+            }
         }
         let held: HashSet<String> = view.held.into_iter().collect();
         self.set_leases_held(held.len() as u64);
         *r.owned() = held;
+        // What other replicas changed (for the REST view) is read in its own task: with
+        // thousands of hosts it takes longer than a lease period, and the cycle that keeps
+        // the leases must never wait for it.
+        if !r.reloading.swap(true, Ordering::AcqRel) {
+            let v = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = v.reload(&HashSet::new()).await {
+                    tracing::warn!(error = %e, "host reload failed");
+                }
+                if let Some(r) = v.replica.as_ref() {
+                    r.reloading.store(false, Ordering::Release);
+                }
+            });
+        }
     }
 
     /// Reads the hosts whose stored version differs from this view (or that are in
@@ -97,7 +115,13 @@ impl Verifier {
                 }
             }
         }
-        for n in stale {
+        self.load_hosts(stale, force).await
+    }
+
+    /// Reads hosts `names` again from the database (added, replaced or dropped); a host
+    /// in `force` is due at once.
+    async fn load_hosts(self: &Shared, names: Vec<String>, force: &HashSet<String>) -> Result<(), String> {
+        for n in names {
             let v = self.clone();
             let name = n.clone();
             let loaded = tokio::task::spawn_blocking(move || {
@@ -147,7 +171,7 @@ impl Verifier {
         let was_ours = !r.owned().insert(name.to_string());
         if !was_ours {
             let force: HashSet<String> = [name.to_string()].into();
-            self.reload(&force).await?;
+            self.load_hosts(vec![name.to_string()], &force).await?;
         }
         Ok(())
     }
