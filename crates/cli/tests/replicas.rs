@@ -17,51 +17,15 @@ use imasnap_agent_server::config::AgentServiceConfig;
 use imasnap_agent_server::devpki::write_dev_pki;
 use imasnap_agent_server::service as agent;
 use imasnap_verifier_service::model::{HostSpec, LateJoin};
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_imasnap");
+mod common;
+use common::{start_service, Proc};
 const HOSTS: usize = 300;
 const LEASE_MS: i64 = 3000;
 const POLL_MS: i64 = 2000;
-
-struct Proc {
-    child: Child,
-    addr: String,
-    log: PathBuf,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-CONT", &self.child.id().to_string()]).stderr(Stdio::null()).status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(args: &[&str], log: &Path) -> Proc {
-    let err = std::fs::File::create(log).unwrap();
-    let mut child =
-        Command::new(BIN).args(args).env("RUST_LOG", "info").stdout(Stdio::piped()).stderr(err).spawn().unwrap();
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if let Some(a) = line.strip_prefix("listening on ") {
-                let _ = tx.send(a.to_string());
-            }
-        }
-    });
-    match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(addr) => Proc { child, addr, log: log.to_path_buf() },
-        Err(_) => {
-            let _ = child.kill();
-            panic!("{args:?} did not start: {}", std::fs::read_to_string(log).unwrap_or_default());
-        }
-    }
-}
 
 /// `sql` through psql: rows of `|`-separated fields.
 fn sql(url: &str, q: &str) -> Vec<Vec<String>> {
@@ -200,7 +164,7 @@ fn replicas_failover_stale_replica_and_database_restart() {
         );
         let p = dir.join(format!("verifier{i}.toml"));
         std::fs::write(&p, cfg).unwrap();
-        start(&["verifier", "run", "--config", p.to_str().unwrap()], &dir.join(format!("verifier{i}.log")))
+        start_service(&["verifier", "run", "--config", p.to_str().unwrap()], &dir.join(format!("verifier{i}.log")))
     };
     let mut reps: Vec<Option<Proc>> = (0..3).map(|i| Some(replica(i))).collect();
 

@@ -12,46 +12,12 @@
 //! IMASNAP_SKIP_SWTPM=1.
 
 use imasnap_agent_server::devpki::{write_dev_pki, DevPkiFiles};
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_imasnap");
-
-struct Proc {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `imasnap <args>` and waits for its "listening on ADDR" line.
-fn start(args: &[&str], log: &Path) -> Proc {
-    let err = std::fs::File::create(log).unwrap();
-    let mut child = Command::new(BIN).args(args).stdout(Stdio::piped()).stderr(err).spawn().unwrap();
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if let Some(a) = line.strip_prefix("listening on ") {
-                let _ = tx.send(a.to_string());
-            }
-        }
-    });
-    match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(addr) => Proc { child, addr },
-        Err(_) => {
-            let _ = child.kill();
-            panic!("{args:?} did not start: {}", std::fs::read_to_string(log).unwrap_or_default());
-        }
-    }
-}
+mod common;
+use common::{start_service, Proc};
 
 struct Env {
     t: tempfile::TempDir,
@@ -81,7 +47,7 @@ impl Env {
         );
         std::fs::write(self.p("agent.toml"), cfg).unwrap();
         let c = self.p("agent.toml");
-        start(&["agent", "run", "--config", c.to_str().unwrap(), "--log-json"], &self.p("agent.log"))
+        start_service(&["agent", "run", "--config", c.to_str().unwrap(), "--log-json"], &self.p("agent.log"))
     }
     fn verifier(&self) -> Proc {
         let db = self.db.clone().unwrap_or_else(|| format!("database = {:?}", self.p("verifier.db")));
@@ -97,12 +63,12 @@ impl Env {
         );
         std::fs::write(self.p("verifier.toml"), cfg).unwrap();
         let c = self.p("verifier.toml");
-        start(&["verifier", "run", "--config", c.to_str().unwrap()], &self.p("verifier.log"))
+        start_service(&["verifier", "run", "--config", c.to_str().unwrap()], &self.p("verifier.log"))
     }
     /// `imasnap verifier <args> --json` against `v`; returns (exit code, JSON).
     fn cli(&self, v: &Proc, args: &[&str]) -> (i32, serde_json::Value) {
         let port = v.addr.rsplit(':').next().unwrap();
-        let o = Command::new(BIN)
+        let o = Command::new(common::imasnap_bin())
             .arg("verifier")
             .args(args)
             .args(["--json", "--api", &format!("https://localhost:{port}")])
@@ -238,7 +204,7 @@ fn scenario_on(env: Env, tpm: &str, restart_agent: bool, extra: &str, mode: &str
     assert!(r["detail"].as_str().unwrap().contains("/opt/evil"), "{r}");
 
     // Clients without a certificate are refused by both services.
-    let o = Command::new(BIN)
+    let o = Command::new(common::imasnap_bin())
         .args([
             "verifier",
             "host",
@@ -365,7 +331,7 @@ impl Env {
     /// `imasnap verifier <args>` without --json: (exit code, stdout, stderr).
     fn cli_text(&self, v: &Proc, args: &[&str]) -> (i32, String, String) {
         let port = v.addr.rsplit(':').next().unwrap();
-        let o = Command::new(BIN)
+        let o = Command::new(common::imasnap_bin())
             .arg("verifier")
             .args(args)
             .args(["--api", &format!("https://localhost:{port}")])

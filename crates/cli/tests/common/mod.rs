@@ -103,3 +103,53 @@ pub fn copy_bundle(from: &Path, to: &Path) {
         }
     }
 }
+
+/// A service process (`imasnap agent run`, `imasnap verifier run`): killed when dropped
+/// (after a SIGCONT, in case a test stopped it).
+pub struct Proc {
+    pub child: std::process::Child,
+    /// What it printed after "listening on ".
+    pub addr: String,
+    /// Its stderr.
+    pub log: PathBuf,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `imasnap <args>` (logs at info into `log`) and waits for its "listening on ADDR" line.
+pub fn start_service(args: &[&str], log: &Path) -> Proc {
+    use std::io::{BufRead, BufReader};
+    let err = std::fs::File::create(log).unwrap();
+    let mut child = Command::new(imasnap_bin())
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(err)
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if let Some(a) = line.strip_prefix("listening on ") {
+                let _ = tx.send(a.to_string());
+            }
+        }
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+        Ok(addr) => Proc { child, addr, log: log.to_path_buf() },
+        Err(_) => {
+            let _ = child.kill();
+            panic!("{args:?} did not start: {}", std::fs::read_to_string(log).unwrap_or_default());
+        }
+    }
+}
