@@ -313,21 +313,7 @@ impl View {
             )));
         }
         let mut out = Vec::new();
-        let mut rd = BinaryReader::starting_at(&self.live[..], snapshot_format(), self.live_first);
-        let (mut slot, mut n) = (None, self.live_first);
-        loop {
-            match rd.read_into(&mut slot) {
-                Ok(Some(rec)) => {
-                    if n >= from {
-                        render(rec, self.files[k], &mut self.scratch, &mut out)
-                            .map_err(|e| verr(format!("the kernel's list: record {n}: {e}")))?;
-                    }
-                    n += 1;
-                }
-                Ok(None) => break,
-                Err(e) => return Err(verr(format!("the kernel's list: {e}"))),
-            }
-        }
+        let n = render_live(&self.live, self.live_first, from, self.files[k], &mut self.scratch, &mut out)?;
         if n > from {
             let c = &mut self.cache[k];
             let Some(f) = c.file.as_ref() else { return Err(verr("render cache")) };
@@ -427,16 +413,7 @@ impl View {
         }
         if self.live_render[k].is_none() {
             let mut out = Vec::new();
-            let mut rd = BinaryReader::starting_at(&self.live[..], snapshot_format(), self.live_first);
-            let mut slot = None;
-            loop {
-                match rd.read_into(&mut slot) {
-                    Ok(Some(rec)) => render(rec, self.files[k], &mut self.scratch, &mut out)
-                        .map_err(|e| verr(format!("the kernel's list: record {}: {e}", rd.next_index() - 1)))?,
-                    Ok(None) => break,
-                    Err(e) => return Err(verr(format!("the kernel's list: {e}"))),
-                }
-            }
+            render_live(&self.live, self.live_first, self.live_first, self.files[k], &mut self.scratch, &mut out)?;
             self.live_render[k] = Some(out);
         }
         Ok(self.live_render[k].as_deref().unwrap_or_default())
@@ -863,6 +840,31 @@ impl View {
             flags: 0,
             blksize: 4096,
         })
+    }
+}
+
+/// Renders the records of the kernel's list `live` (its first is record `first`) from
+/// record `from` on in file `f` onto `out`; returns the index after the last record.
+fn render_live(
+    live: &[u8],
+    first: u64,
+    from: u64,
+    f: LogFile,
+    scratch: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> Result<u64, ViewError> {
+    let mut rd = BinaryReader::starting_at(live, snapshot_format(), first);
+    let mut slot = None;
+    loop {
+        let n = rd.next_index();
+        match rd.read_into(&mut slot) {
+            Ok(Some(rec)) if n >= from => {
+                render(rec, f, scratch, out).map_err(|e| verr(format!("the kernel's list: record {n}: {e}")))?
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => return Ok(n),
+            Err(e) => return Err(verr(format!("the kernel's list: {e}"))),
+        }
     }
 }
 
