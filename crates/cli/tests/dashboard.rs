@@ -53,7 +53,12 @@ fn tool_missing() -> Option<String> {
 
 fn run(cmd: &mut Command) {
     let o = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(o.status.success(), "{cmd:?}: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 // ---- a small WebDriver client (HTTP/1.1 over loopback, one request per connection) -------
@@ -382,9 +387,11 @@ fn wait_rounds(env: &Env, v: &Proc, hosts: &[&str], n: u64) {
     loop {
         let l = env.call("reader", &v.addr, "GET", "/v1/hosts", None);
         let ready = hosts.iter().all(|h| {
-            l["hosts"].as_array().unwrap().iter().any(|x| {
-                x["spec"]["name"] == *h && x["rounds"].as_u64() >= Some(n) && x["status"] == "verified"
-            })
+            l["hosts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x["spec"]["name"] == *h && x["rounds"].as_u64() >= Some(n) && x["status"] == "verified")
         });
         if ready {
             return;
@@ -404,7 +411,8 @@ fn settle(env: &Env, v: &Proc, hosts: &[&str], n: u64) -> Value {
         let ready = hosts.iter().all(|h| {
             l["hosts"].as_array().unwrap().iter().any(|x| x["spec"]["name"] == *h && x["rounds"].as_u64() >= Some(n))
         });
-        let sig: Vec<_> = l["hosts"].as_array().unwrap().iter().map(|x| (x["rounds"].clone(), x["status"].clone())).collect();
+        let sig: Vec<_> =
+            l["hosts"].as_array().unwrap().iter().map(|x| (x["rounds"].clone(), x["status"].clone())).collect();
         let sig = json!(sig);
         if ready && sig == prev {
             return l;
@@ -509,7 +517,11 @@ fn dashboard_in_headless_chromium() {
 
     // Live fleet page (while rounds run): it loads, and the root redirects to it.
     b.goto(&format!("{site}/"));
-    b.wait("the fleet table", "return location.pathname === '/dashboard/' && !!document.querySelector('#fleet tbody tr')", Duration::from_secs(30));
+    b.wait(
+        "the fleet table",
+        "return location.pathname === '/dashboard/' && !!document.querySelector('#fleet tbody tr')",
+        Duration::from_secs(30),
+    );
     let n0 = b.js("return Number(document.body.dataset.refreshes || 0)").as_u64().unwrap();
     b.wait(
         "a live update",
@@ -528,7 +540,10 @@ fn dashboard_in_headless_chromium() {
     let rows = loop {
         let rows = b.js(FLEET_ROWS);
         let same = api["hosts"].as_array().unwrap().iter().all(|h| {
-            rows.as_array().unwrap().iter().any(|r| r["name"] == h["spec"]["name"] && num(&r["rounds"]) == h["rounds"].as_u64())
+            rows.as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["name"] == h["spec"]["name"] && num(&r["rounds"]) == h["rounds"].as_u64())
         });
         if same {
             break rows;
@@ -541,7 +556,8 @@ fn dashboard_in_headless_chromium() {
     };
     fleet_matches_api(&rows, &api);
     assert!(rows.as_array().unwrap().iter().all(|r| r["status"] == "verified"), "{rows}");
-    let backends: Vec<_> = rows.as_array().unwrap().iter().map(|r| r["backend"].as_str().unwrap().to_string()).collect();
+    let backends: Vec<_> =
+        rows.as_array().unwrap().iter().map(|r| r["backend"].as_str().unwrap().to_string()).collect();
     assert!(backends.contains(&"staging".to_string()) && backends.contains(&"snapshot".to_string()), "{backends:?}");
     b.size(1360, 560);
     b.shot("fleet-verified");
@@ -550,7 +566,11 @@ fn dashboard_in_headless_chromium() {
     // Host page: the chain holds the agent's snapshots; the size chart has both lines and
     // the newest point says what the API's last evidence says.
     b.goto(&format!("{site}/dashboard/hosts/web1"));
-    b.wait("the web1 page", "return !!document.querySelector('#chain-chart') && !!document.querySelector('#size-kernel')", Duration::from_secs(20));
+    b.wait(
+        "the web1 page",
+        "return !!document.querySelector('#chain-chart') && !!document.querySelector('#size-kernel')",
+        Duration::from_secs(20),
+    );
     let man = env.call("admin", &web1.addr, "GET", "/v1/snapshots", None);
     let want_seqs: Vec<u64> = man["snapshots"].as_array().unwrap().iter().map(|s| s["seq"].as_u64().unwrap()).collect();
     assert!(want_seqs.len() >= 2, "web1 took too few snapshots: {man}");
@@ -559,14 +579,15 @@ fn dashboard_in_headless_chromium() {
     ))
     .unwrap();
     // The page was drawn from the frozen state; the agent may have cut one more since.
-    assert!(!shown.is_empty() && shown.iter().all(|s| want_seqs.contains(s)), "chain {shown:?} vs manifest {want_seqs:?}");
+    assert!(
+        !shown.is_empty() && shown.iter().all(|s| want_seqs.contains(s)),
+        "chain {shown:?} vs manifest {want_seqs:?}"
+    );
     assert_eq!(shown, want_seqs[..shown.len()].to_vec(), "the chain must start at the boot's first snapshot");
     let h1 = env.call("reader", &ver.addr, "GET", "/v1/hosts/web1", None);
-    let page = b.js(
-        "const v = (k) => document.querySelector('.facts [data-field=' + k + '] .v'); \
+    let page = b.js("const v = (k) => document.querySelector('.facts [data-field=' + k + '] .v'); \
          return { checkpoint: v('checkpoint').dataset.value, rounds: v('rounds').dataset.value, \
-                  shown: v('checkpoint').textContent, backend: v('backend').textContent }",
-    );
+                  shown: v('checkpoint').textContent, backend: v('backend').textContent }");
     assert_eq!(num(&page["checkpoint"]), h1["checkpoint"].as_u64(), "{page} vs {h1}");
     assert_eq!(num(&page["rounds"]), h1["rounds"].as_u64(), "{page} vs {h1}");
     assert_eq!(page["shown"].as_str().unwrap().replace(',', ""), h1["checkpoint"].to_string(), "{page}");
@@ -584,13 +605,23 @@ fn dashboard_in_headless_chromium() {
     // db1 turns red: a policy, then a file outside it. The fleet page stays open and
     // must update by itself.
     b.goto(&format!("{site}/dashboard/"));
-    b.wait("the fleet table again", "return !!document.querySelector('#fleet tbody tr[data-host=db1]')", Duration::from_secs(20));
+    b.wait(
+        "the fleet table again",
+        "return !!document.querySelector('#fleet tbody tr[data-host=db1]')",
+        Duration::from_secs(20),
+    );
     let policy = format!("{}  /usr/bin/ok\n", "ab".repeat(32));
     env.call("admin", &ver.addr, "PATCH", "/v1/hosts/db1", Some(json!({"policy": policy})));
     settle(&env, &ver, &["db1"], 0);
     let m = env.call("admin", &db1.addr, "GET", "/v1/health", None)["metrics"].clone();
     let evil = m["next_index"].as_u64().unwrap() + m["live_records"].as_u64().unwrap();
-    env.call("admin", &db1.addr, "POST", "/v1/test/measure", Some(json!({"path": "/opt/evil", "digest": "cd".repeat(32)})));
+    env.call(
+        "admin",
+        &db1.addr,
+        "POST",
+        "/v1/test/measure",
+        Some(json!({"path": "/opt/evil", "digest": "cd".repeat(32)})),
+    );
     env.call("admin", &ver.addr, "POST", "/v1/hosts/db1/attest", None);
     b.wait(
         "db1 to turn red on the open page",
@@ -611,12 +642,14 @@ fn dashboard_in_headless_chromium() {
     assert_eq!(st["status"], "policy_violation", "{st}");
     assert_eq!(st["alert"]["record"].as_u64(), Some(evil), "{st}");
     b.goto(&format!("{site}/dashboard/hosts/db1"));
-    b.wait("the failure panel", "return !!document.querySelector('#failure [data-field=path]')", Duration::from_secs(20));
-    let f = b.js(
-        "const q = (k) => document.querySelector('#failure [data-field=' + k + ']'); \
-         return { record: q('record').dataset.value, path: q('path').textContent, reason: q('reason').textContent, \
-                  title: document.getElementById('host-title').dataset.status }",
+    b.wait(
+        "the failure panel",
+        "return !!document.querySelector('#failure [data-field=path]')",
+        Duration::from_secs(20),
     );
+    let f = b.js("const q = (k) => document.querySelector('#failure [data-field=' + k + ']'); \
+         return { record: q('record').dataset.value, path: q('path').textContent, reason: q('reason').textContent, \
+                  title: document.getElementById('host-title').dataset.status }");
     assert_eq!(num(&f["record"]), Some(evil), "{f}");
     assert_eq!(f["path"], "/opt/evil", "{f}");
     assert!(f["reason"].as_str().unwrap().starts_with(st["alert"]["reason"].as_str().unwrap()), "{f} vs {st}");
@@ -626,12 +659,16 @@ fn dashboard_in_headless_chromium() {
 
     // No certificate, no dashboard: the handshake itself is refused.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let anon = imasnap_agent_server::tls::client_config(None, imasnap_agent_server::tls::roots_from_file(&env.pki.ca).unwrap())
-        .unwrap();
+    let anon = imasnap_agent_server::tls::client_config(
+        None,
+        imasnap_agent_server::tls::roots_from_file(&env.pki.ca).unwrap(),
+    )
+    .unwrap();
     let c = imasnap_verifier_service::client::ApiClient::new(&format!("localhost:{port}"), anon);
     assert!(rt.block_on(c.call(hyper::Method::GET, "/dashboard/", None)).is_err(), "served without a certificate");
     // The agent's certificate (role agent) is refused too.
-    let ag = imasnap_verifier_service::client::ApiClient::new(&format!("localhost:{port}"), env.pki.agent.client().unwrap());
+    let ag =
+        imasnap_verifier_service::client::ApiClient::new(&format!("localhost:{port}"), env.pki.agent.client().unwrap());
     let (s, _) = rt.block_on(ag.call(hyper::Method::GET, "/dashboard/api/fleet", None)).unwrap();
     assert_eq!(s, hyper::StatusCode::FORBIDDEN);
 

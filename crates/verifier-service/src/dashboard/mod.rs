@@ -63,9 +63,7 @@ pub fn route(v: &Shared, parts: &[&str]) -> Option<Response<Body>> {
             r.headers_mut().insert(LOCATION, HeaderValue::from_static("/dashboard/"));
             r
         }
-        ["dashboard"] | ["dashboard", ""] | ["dashboard", "hosts", _] => {
-            asset("text/html; charset=utf-8", INDEX_HTML)
-        }
+        ["dashboard"] | ["dashboard", ""] | ["dashboard", "hosts", _] => asset("text/html; charset=utf-8", INDEX_HTML),
         ["dashboard", "assets", "app.js"] => asset("text/javascript; charset=utf-8", APP_JS),
         ["dashboard", "assets", "style.css"] => asset("text/css; charset=utf-8", STYLE_CSS),
         ["dashboard", "api", "fleet"] => hardened(json_response(StatusCode::OK, &view::fleet(v)), "no-store"),
@@ -108,7 +106,10 @@ fn events(v: Shared) -> Response<Body> {
             let fp = view::fingerprint(&v);
             if last != Some(fp) {
                 let ev = format!("event: change\ndata: {fp:x}\n\n");
-                return Some((Ok::<_, std::io::Error>(Frame::data(Bytes::from(ev))), (v, Some(fp), Instant::now(), slot)));
+                return Some((
+                    Ok::<_, std::io::Error>(Frame::data(Bytes::from(ev))),
+                    (v, Some(fp), Instant::now(), slot),
+                ));
             }
             if wrote.elapsed() >= KEEPALIVE {
                 wrote = Instant::now();
