@@ -277,6 +277,24 @@ pub trait HostOps: Send {
     fn whole_log(&mut self) -> Result<imasnap_mount::State, HostError>;
 }
 
+/// Bytes of `m`'s snapshot files (what trimming took out of the kernel), cached until the
+/// manifest gains a snapshot or the boot changes. A file that cannot be read counts 0.
+fn snapshot_bytes(
+    cache: &mut Option<((u64, usize, u64), u64)>,
+    dir: &imasnap_store::BootDir,
+    m: &imasnap_store::Manifest,
+) -> u64 {
+    let key = (m.boot.reset_count, m.snapshots.len(), m.snapshots.last().map_or(0, |s| s.seq));
+    if let Some((k, b)) = cache {
+        if *k == key {
+            return *b;
+        }
+    }
+    let b = m.snapshots.iter().filter_map(|s| std::fs::metadata(dir.path().join(&s.file)).ok()).map(|x| x.len()).sum();
+    *cache = Some((key, b));
+    b
+}
+
 /// Why a build without the `sim` feature refuses workload requests.
 #[cfg(not(feature = "sim"))]
 const NO_SIM: &str = "this agent was built without the simulated back end (cargo feature `sim`): \
@@ -304,6 +322,9 @@ pub struct Host<K: HostKernel> {
     /// and the wait that follows the next EBUSY.
     busy_until: Option<Instant>,
     busy_backoff: Duration,
+    /// Bytes of the current boot's snapshot files, keyed by (reset count, snapshots, last
+    /// seq): the evidence's `log_size` without a stat of every file each round.
+    snap_bytes: Option<((u64, usize, u64), u64)>,
 }
 
 /// First and longest wait after the kernel answers EBUSY.
@@ -351,6 +372,7 @@ impl<K: HostKernel> Host<K> {
             metrics: api::AgentMetrics { kernel_busy: busy, ..Default::default() },
             busy_until: None,
             busy_backoff: BUSY_FIRST,
+            snap_bytes: None,
         })
     }
 
@@ -425,6 +447,8 @@ impl<K: HostKernel> HostOps for Host<K> {
         });
         let live_records = count_records(&live)?;
         let end = m.next_index + live_records;
+        let kernel_bytes = live.len() as u64;
+        let snap_bytes = snapshot_bytes(&mut self.snap_bytes, &dir, &m);
         let seg = segment_view(&m, from, same_boot, end, &|s| {
             let p = dir.path().join(&s.file);
             let len = std::fs::metadata(&p).map_err(|e| HostError::Other(format!("{}: {e}", p.display())))?.len();
@@ -449,6 +473,13 @@ impl<K: HostKernel> HostOps for Host<K> {
             live_first_index: m.next_index,
             live_bytes: live.len() as u64,
             data_from,
+            mode: Some(self.mode().into()),
+            log_size: Some(api::LogSize {
+                kernel_records: live_records,
+                kernel_bytes,
+                untrimmed_records: end,
+                untrimmed_bytes: snap_bytes.saturating_add(kernel_bytes),
+            }),
         };
         self.metrics.evidence_requests += 1;
         self.metrics.evidence_bytes += files.iter().map(|f| f.2).sum::<u64>() + live.len() as u64;

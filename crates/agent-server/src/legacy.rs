@@ -516,6 +516,7 @@ impl<T: Tpm + 'static> HostOps for LegacyHost<T> {
         });
         // The copy's ranges between checkpoints go as segments (data from the newest
         // checkpoint for a latest request), then the range after the newest one.
+        let mode = HostOps::mode(self);
         let m = &self.checkpoints;
         let seg = segment_view(m, from, same_boot, self.count, &|s| {
             let (start, end) = self.seg_range(s.seq);
@@ -547,6 +548,14 @@ impl<T: Tpm + 'static> HostOps for LegacyHost<T> {
             live_first_index: m.next_index,
             live_bytes: len,
             data_from,
+            mode: Some(mode.into()),
+            // Nothing is trimmed: the kernel holds the whole boot's log (the copy mirrors it).
+            log_size: Some(api::LogSize {
+                kernel_records: self.count,
+                kernel_bytes: self.offset,
+                untrimmed_records: self.count,
+                untrimmed_bytes: self.offset,
+            }),
         };
         let sent: u64 = files.iter().map(|f| f.2).sum();
         self.metrics.evidence_requests += 1;

@@ -61,6 +61,8 @@ pub struct RoundResult {
     pub policy_failures: Vec<serde_json::Value>,
     /// The host's learned keys after this round (with a policy and a verified round).
     pub learned: Option<KeyRing>,
+    /// The header's claims in brief, for display ([`crate::model::EvidenceSummary`]).
+    pub summary: crate::model::EvidenceSummary,
 }
 
 /// Verifies one evidence body. `trusted_ak` is the enrolled key; without one, `tofu`
@@ -76,6 +78,7 @@ pub fn run_round(
     policy: Option<(&crate::policy::LoadedPolicy, &KeyRing)>,
 ) -> Result<RoundResult, Failure> {
     let parsed = api::parse(body).map_err(|detail| Failure::BadEvidence { detail })?;
+    let summary = crate::model::EvidenceSummary::of(&parsed.header);
     let shipped = shipped_ak(&parsed.header).ok();
     let (ak, enrolled) = match (trusted_ak, &shipped) {
         (Some(k), _) => (k.clone(), None),
@@ -128,5 +131,13 @@ pub fn run_round(
             learned_after = Some(ring);
         }
     }
-    Ok(RoundResult { outcome, enrolled_ak: enrolled, mode, accepted_marker, policy_failures, learned: learned_after })
+    Ok(RoundResult {
+        outcome,
+        enrolled_ak: enrolled,
+        mode,
+        accepted_marker,
+        policy_failures,
+        learned: learned_after,
+        summary,
+    })
 }

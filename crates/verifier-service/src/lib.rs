@@ -10,10 +10,12 @@
 //! - [`model`]: host registrations, status and verdict rows.
 //! - [`client`]: REST client (CLI, tests).
 //! - [`ops`]: Prometheus metrics, backoff for failing hosts, revocation webhooks.
+//! - [`dashboard`]: the web dashboard (read-only, same listener and roles as the API).
 
 pub mod attest;
 pub mod client;
 pub mod config;
+pub mod dashboard;
 pub mod db;
 pub mod model;
 pub mod ops;

@@ -347,6 +347,82 @@ pub struct VerdictRow {
     /// Every policy failure (record index, path, reason).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policy_failures: Vec<serde_json::Value>,
+    /// What the evidence of this round claimed about the host (back end, segments, log
+    /// size): shown by the dashboard, never used to decide. Absent when no evidence was
+    /// parsed (and in rows saved before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<EvidenceSummary>,
+}
+
+/// Segments listed per verdict row at most (the newest ones): the history stays small.
+pub const MAX_SUMMARY_SEGMENTS: usize = 32;
+
+/// A round's evidence header in brief: claims for display, kept with the verdict row (so
+/// its history is bounded by `keep_verdicts`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EvidenceSummary {
+    /// The agent's back end (`model`, `securityfs-staging`, …), if it says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    pub reset_count: u64,
+    /// The index data was sent from.
+    pub from: u64,
+    /// Where the live list (the kernel's part) starts.
+    pub live_first_index: u64,
+    pub live_bytes: u64,
+    /// Segments the header lists (the newest [`MAX_SUMMARY_SEGMENTS`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub segments: Vec<SegmentSummary>,
+    /// Segments left out of `segments` (older ones).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub segments_omitted: u64,
+    /// The kernel's list and the whole boot's log, as the agent reports them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_size: Option<imasnap_wire::evidence::LogSize>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// One segment of the chain: records `[first_index, first_index + count)`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentSummary {
+    pub seq: u64,
+    pub first_index: u64,
+    pub count: u64,
+    /// How it was cut: `marker` (RFC snapshot), `trim` or `stage` (staging).
+    pub cut: String,
+    /// It carries a quote-anchored checkpoint.
+    #[serde(default)]
+    pub checkpoint: bool,
+}
+
+impl EvidenceSummary {
+    pub fn of(h: &imasnap_wire::evidence::EvidenceHeader) -> Self {
+        let skip = h.snapshots.len().saturating_sub(MAX_SUMMARY_SEGMENTS);
+        Self {
+            mode: h.mode.clone(),
+            reset_count: h.boot.reset_count,
+            from: h.from,
+            live_first_index: h.live_first_index,
+            live_bytes: h.live_bytes,
+            segments: h
+                .snapshots
+                .iter()
+                .skip(skip)
+                .map(|s| SegmentSummary {
+                    seq: s.seq,
+                    first_index: s.first_index,
+                    count: s.count,
+                    cut: s.cut.as_str().to_string(),
+                    checkpoint: s.checkpoint.is_some(),
+                })
+                .collect(),
+            segments_omitted: skip as u64,
+            log_size: h.log_size,
+        }
+    }
 }
 
 /// What `GET /v1/hosts/{name}` shows.

@@ -130,6 +130,28 @@ pub struct EvidenceHeader {
     /// verifier's checkpoint) instead of at its head. Absent: every segment is whole.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_from: Option<u64>,
+    /// The agent's back end (`model`, `model-staging`, `securityfs-snapshot`,
+    /// `securityfs-staging`, `securityfs-legacy`): shown by the verifier, never trusted.
+    /// Absent in evidence from agents before it was added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// How large the kernel's list is now and would be without trimming (shown by the
+    /// verifier's dashboard, never trusted). Absent in older evidence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_size: Option<LogSize>,
+}
+
+/// The in-kernel measurement list against the whole boot's log, in records and in bytes
+/// of the binary SHA1 form. On a legacy kernel (nothing trimmed) both are the same.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSize {
+    /// Records in the kernel's list now.
+    pub kernel_records: u64,
+    pub kernel_bytes: u64,
+    /// Records this boot has measured: the snapshots' plus the kernel's list.
+    pub untrimmed_records: u64,
+    pub untrimmed_bytes: u64,
 }
 
 impl EvidenceHeader {
@@ -252,6 +274,8 @@ mod tests {
             live_first_index: 4,
             live_bytes: 2,
             data_from: None,
+            mode: None,
+            log_size: None,
         }
     }
 
@@ -297,6 +321,23 @@ mod tests {
         b.extend_from_slice(&j);
         b.extend_from_slice(b"abcde");
         assert_eq!(parse(&b).unwrap().header, h);
+    }
+
+    /// `mode` and `log_size` are optional: a header without them (an older agent) parses,
+    /// and one with them round-trips.
+    #[test]
+    fn evidence_header_log_size_is_optional() {
+        let old = header();
+        let j = serde_json::to_string(&old).unwrap();
+        assert!(!j.contains("log_size") && !j.contains("\"mode\""), "{j}");
+        assert_eq!(parse(&body(&old)).unwrap().header, old);
+        let mut h = header();
+        h.mode = Some("model-staging".into());
+        h.log_size =
+            Some(LogSize { kernel_records: 3, kernel_bytes: 300, untrimmed_records: 10, untrimmed_bytes: 1000 });
+        let p = parse(&body(&h)).unwrap();
+        assert_eq!(p.header, h);
+        assert_eq!(p.header.log_size.unwrap().untrimmed_bytes, 1000);
     }
 
     #[test]

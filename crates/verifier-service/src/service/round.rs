@@ -61,6 +61,7 @@ fn record_result(row: &mut VerdictRow, rr: RoundResult) -> Judged {
     }
     row.records_replayed = o.report.records_replayed;
     row.tail_records = o.report.tail_records;
+    row.evidence = Some(rr.summary.clone());
     if let Some(f) = o.verdict.failure() {
         reject(row, f);
         return Judged::default();

@@ -123,6 +123,10 @@ impl Api {
                 Ok(s) => ok(&s),
                 Err(e) => err(e),
             },
+            (&Method::GET, _) => match crate::dashboard::route(v, &parts) {
+                Some(r) => r,
+                None => error_response(StatusCode::NOT_FOUND, format!("no route {method} {path}")),
+            },
             _ => error_response(StatusCode::NOT_FOUND, format!("no route {method} {path}")),
         }
     }
