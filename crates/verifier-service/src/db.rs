@@ -403,14 +403,12 @@ impl Db {
         let rows = self
             .read(move |c| {
                 c.rows(
-                    &format!(
-                        "SELECT h.name, CAST(h.spec AS TEXT), s.state, s.ak_pem, s.ak_source, s.accepted_marker,
-                                s.status, s.rounds, s.alert, s.learned_keys, s.version, v.id, CAST(v.row AS TEXT)
-                         FROM hosts h LEFT JOIN host_state s ON s.name = h.name
-                         LEFT JOIN LATERAL (SELECT id, row FROM verdicts WHERE host = h.name
-                                            ORDER BY id DESC LIMIT 1) v ON true
-                         WHERE h.name = ANY(?1)"
-                    ),
+                    "SELECT h.name, CAST(h.spec AS TEXT), s.state, s.ak_pem, s.ak_source, s.accepted_marker,
+                            s.status, s.rounds, s.alert, s.learned_keys, s.version, v.id, CAST(v.row AS TEXT)
+                     FROM hosts h LEFT JOIN host_state s ON s.name = h.name
+                     LEFT JOIN LATERAL (SELECT id, row FROM verdicts WHERE host = h.name
+                                        ORDER BY id DESC LIMIT 1) v ON true
+                     WHERE h.name = ANY(?1)",
                     &[Val::A(names)],
                 )
             })

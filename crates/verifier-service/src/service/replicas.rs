@@ -129,7 +129,8 @@ impl Verifier {
         for chunk in names.chunks(500) {
             let v = self.clone();
             let asked = chunk.to_vec();
-            let loaded = tokio::task::spawn_blocking(move || v.db.load_many(asked)).await.map_err(|e| e.to_string())??;
+            let loaded =
+                tokio::task::spawn_blocking(move || v.db.load_many(asked)).await.map_err(|e| e.to_string())??;
             // Parsed before the registry is locked (state JSON, AK, policy).
             let mut found: std::collections::HashMap<String, HostRt> = loaded
                 .into_iter()
