@@ -15,6 +15,8 @@
 //!          --report-every S (a line every S seconds of the window: rounds, rate, failed,
 //!          RSS) --separate-agents (the agents run in a child process, so RSS and CPU
 //!          time are the verifier's alone; the agents' CPU time is reported beside).
+//!          --agent-procs N (with --separate-agents, implied: the agents in N child processes,
+//!          default one per 4,000 hosts: descriptors are limited per process, ~2 per agent).
 //!          --database URL (PostgreSQL instead of the SQLite file: the bench creates a
 //!          fresh database beside the one URL names, and drops it at the end)
 //!          --replicas N (PostgreSQL: N verifiers in this process, each with its own
@@ -117,6 +119,7 @@ fn storage_written() -> u64 {
 
 /// Starts `hosts` agents (in the current runtime); returns them with their addresses.
 async fn start_agents(
+    first: usize,
     hosts: usize,
     records: u64,
     snap_records: u64,
@@ -125,7 +128,7 @@ async fn start_agents(
 ) -> Vec<agent::Running> {
     let server_tls = pki.server().unwrap();
     let mut agents = Vec::with_capacity(hosts);
-    for i in 0..hosts {
+    for i in first..first + hosts {
         let mut c = AgentServiceConfig::from_toml(&format!(
             "state_dir = {:?}\ntpm = \"soft:seed={}\"\n[tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\n",
             dir.join(format!("a{i}")),
@@ -148,9 +151,10 @@ async fn start_agents(
     agents
 }
 
-/// `--agents-child DIR`: the agents of a `--separate-agents` run. Writes their addresses
-/// to DIR/agents.txt and serves until the parent closes stdin.
-fn agents_child(dir: std::path::PathBuf, hosts: usize, records: u64, snap_records: u64) {
+/// `--agents-child DIR --first K`: agents K.. of a `--separate-agents` run (one of
+/// `--agent-procs` children: a process's descriptors are limited, ~2 per agent). Writes
+/// their addresses to DIR/agents-K.txt and serves until the parent closes stdin.
+fn agents_child(dir: std::path::PathBuf, first: usize, hosts: usize, records: u64, snap_records: u64) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async move {
         let pki = dir.join("pki");
@@ -159,10 +163,10 @@ fn agents_child(dir: std::path::PathBuf, hosts: usize, records: u64, snap_record
             key: pki.join("agent.key"),
             ca: pki.join("ca.pem"),
         };
-        let agents = start_agents(hosts, records, snap_records, &dir, &files).await;
+        let agents = start_agents(first, hosts, records, snap_records, &dir, &files).await;
         let list: String = agents.iter().map(|a| format!("{}\n", a.addr)).collect();
-        std::fs::write(dir.join("agents.tmp"), list).unwrap();
-        std::fs::rename(dir.join("agents.tmp"), dir.join("agents.txt")).unwrap();
+        std::fs::write(dir.join(format!("agents-{first}.tmp")), list).unwrap();
+        std::fs::rename(dir.join(format!("agents-{first}.tmp")), dir.join(format!("agents-{first}.txt"))).unwrap();
         let _ = tokio::task::spawn_blocking(|| std::io::copy(&mut std::io::stdin(), &mut std::io::sink())).await;
         std::process::exit(0);
     });
@@ -171,14 +175,19 @@ fn agents_child(dir: std::path::PathBuf, hosts: usize, records: u64, snap_record
 fn main() {
     if let Some(w) = std::env::args().collect::<Vec<_>>().windows(2).find(|w| w[0] == "--agents-child") {
         let snap = arg("--snapshot-records", 1000);
-        return agents_child(w[1].clone().into(), arg("--hosts", 1000) as usize, arg("--records", 100), snap);
+        let (first, n) = (arg("--first", 0) as usize, arg("--hosts", 1000) as usize);
+        return agents_child(w[1].clone().into(), first, n, arg("--records", 100), snap);
     }
     let hosts = arg("--hosts", 1000) as usize;
     let records = arg("--records", 100);
     let seconds = arg("--seconds", 20);
     let warmup = arg("--warmup", 10);
     let every = arg("--report-every", 0);
-    let separate = flag("--separate-agents");
+    // Agent processes: each needs ~2 descriptors per agent under the same (per-process)
+    // limit as this one, so large runs need several (default: 4,000 agents each).
+    let procs = arg("--agent-procs", 0) as usize;
+    let separate = flag("--separate-agents") || procs > 0;
+    let procs = if procs > 0 { procs } else { hosts.div_ceil(4000) }.max(1);
     let conc = arg("--concurrency", 16) as usize;
     let poll_ms = arg("--poll-ms", 100);
     let snap_records = arg("--snapshot-records", 1000);
@@ -221,26 +230,41 @@ fn main() {
         let pki = write_dev_pki(&dir.join("pki"), &["localhost"]).unwrap();
         let t0 = Instant::now();
         let mut agents = Vec::new();
-        let mut child = None;
+        let mut children = Vec::new();
         let addrs: Vec<String> = if separate {
             let me = std::env::current_exe().unwrap();
-            let c = std::process::Command::new(me)
-                .args(["--agents-child", dir.to_str().unwrap(), "--hosts", &hosts.to_string()])
-                .args(["--records", &records.to_string(), "--snapshot-records", &snap_records.to_string()])
-                .stdin(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            child = Some(c);
-            let list = dir.join("agents.txt");
-            while !list.exists() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+            let per = hosts.div_ceil(procs);
+            let mut lists = Vec::new();
+            for first in (0..hosts).step_by(per.max(1)) {
+                let n = per.min(hosts - first);
+                let c = std::process::Command::new(&me)
+                    .args(["--agents-child", dir.to_str().unwrap(), "--first", &first.to_string()])
+                    .args(["--hosts", &n.to_string(), "--records", &records.to_string()])
+                    .args(["--snapshot-records", &snap_records.to_string()])
+                    .stdin(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                children.push(c);
+                lists.push(dir.join(format!("agents-{first}.txt")));
             }
-            std::fs::read_to_string(&list).unwrap().lines().map(String::from).collect()
+            let mut addrs = Vec::new();
+            for list in lists {
+                while !list.exists() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                addrs.extend(std::fs::read_to_string(&list).unwrap().lines().map(String::from));
+            }
+            addrs
         } else {
-            agents = start_agents(hosts, records, snap_records, dir, &pki.agent).await;
+            agents = start_agents(0, hosts, records, snap_records, dir, &pki.agent).await;
             agents.iter().map(|a| a.addr.to_string()).collect()
         };
-        let child_pid = child.as_ref().map(|c| c.id().to_string());
+        let child_pids: Vec<String> = children.iter().map(|c| c.id().to_string()).collect();
+        let agents_cpu = || child_pids.iter().map(|p| cpu_s(p)).sum::<f64>();
+        let agents_rss = || {
+            (!child_pids.is_empty())
+                .then(|| format!(", agents RSS {} MB", child_pids.iter().map(|p| rss_kb(p)).sum::<u64>() / 1024))
+        };
         eprintln!("{hosts} agents up in {:.1} s", t0.elapsed().as_secs_f64());
         let cfg = VerifierConfig {
             database: pg_url.as_ref().map_or_else(|| db_dir.join("verifier.db"), std::path::PathBuf::from),
@@ -315,7 +339,7 @@ fn main() {
         let db0 = db_now();
         let pg0 = pg_now().await.unwrap();
         let w0 = storage_written();
-        let cpu0 = (cpu_s("self"), child_pid.as_deref().map_or(0.0, cpu_s));
+        let cpu0 = (cpu_s("self"), agents_cpu());
         for v in &vs {
             v.latencies.lock().unwrap().clear();
         }
@@ -323,8 +347,7 @@ fn main() {
         let step = if every > 0 { every } else { seconds };
         let (mut t, mut rl, mut fl) = (0, r0, f0);
         if every > 0 {
-            let agents_rss = child_pid.as_deref().map(|p| format!(", agents RSS {} MB", rss_kb(p) / 1024));
-            println!("t=   0 s  (end of warm-up)  RSS {} MB{}", rss_kb("self") / 1024, agents_rss.unwrap_or_default());
+            println!("t=   0 s  (end of warm-up)  RSS {} MB{}", rss_kb("self") / 1024, agents_rss().unwrap_or_default());
         }
         while t < seconds {
             let d = step.min(seconds - t);
@@ -332,14 +355,13 @@ fn main() {
             t += d;
             if every > 0 {
                 let (r, f) = (rounds_now(), failed_now());
-                let agents_rss = child_pid.as_deref().map(|p| format!(", agents RSS {} MB", rss_kb(p) / 1024));
                 println!(
                     "t={t:>4} s  rounds {:>7} ({:>5.0}/s)  failed {}  RSS {} MB{}",
                     r - rl,
                     (r - rl) as f64 / d as f64,
                     f - fl,
                     rss_kb("self") / 1024,
-                    agents_rss.unwrap_or_default()
+                    agents_rss().unwrap_or_default()
                 );
                 (rl, fl) = (r, f);
             }
@@ -347,7 +369,7 @@ fn main() {
         let el = m0.elapsed().as_secs_f64();
         let r1 = rounds_now();
         let f1 = failed_now();
-        let cpu1 = (cpu_s("self"), child_pid.as_deref().map_or(0.0, cpu_s));
+        let cpu1 = (cpu_s("self"), agents_cpu());
         let db1 = db_now();
         let pg1 = pg_now().await.unwrap();
         let w1 = storage_written();
@@ -431,8 +453,10 @@ fn main() {
         let _ = std::io::Write::flush(&mut std::io::stdout());
         // The agents' child ends when its stdin closes; the state goes with the run
         // (`exit` skips the temporary directories' own clean-up).
-        if let Some(mut c) = child {
+        for c in &mut children {
             drop(c.stdin.take());
+        }
+        for mut c in children {
             let _ = c.wait();
         }
         let _ = std::fs::remove_dir_all(dir);

@@ -4,11 +4,14 @@
 //! - Schema versions: `PRAGMA user_version` in SQLite, table `imasnap_schema` in
 //!   PostgreSQL (migrated under an advisory lock: replicas may start together).
 //! - One writer thread owns the write connection and commits in groups: every message
-//!   waiting when a transaction starts goes into it (a savepoint each), and each sender is
-//!   answered only after the COMMIT. A round's state and verdict are one op: both or
-//!   neither.
+//!   waiting when a transaction starts goes into it, and each sender is answered only
+//!   after the COMMIT. A round's state and verdict are one op: both or neither (on
+//!   PostgreSQL one statement). SQLite gives every op a savepoint; PostgreSQL first tries
+//!   the batch without (two round trips saved per op) and runs it again with them if an
+//!   op fails with an error.
 //! - A round's write is compare-and-swap on `host_state.version` (and, on PostgreSQL, on
-//!   this replica's unexpired lease): a late write is refused, never applied.
+//!   this replica's lease: it owns the host and its heartbeat is unexpired): a late write
+//!   is refused, never applied.
 //! - A lost connection (PostgreSQL restart) fails the ops of that batch with the reason and
 //!   is opened again for the next one.
 //! - Reads (status reload, verdict history, leases) use their own connection.
@@ -63,6 +66,9 @@ const MIGRATIONS: &[&str] = &[
         expires_ms INTEGER NOT NULL
      );
      CREATE INDEX leases_by_owner ON leases(owner);",
+    // 3: leases valid while their owner's heartbeat is (one row renewed per replica, not
+    // one per host).
+    "ALTER TABLE replicas ADD COLUMN expires_ms INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// A migration in `d`'s spelling: PostgreSQL's integers are 32-bit and it has identity
@@ -226,6 +232,29 @@ pub struct Db {
     tx: mpsc::Sender<Msg>,
     reads: Mutex<mpsc::Sender<ReadJob>>,
     pub stats: Arc<WriteStats>,
+    /// Where [`Db::changed`] left off.
+    feed: Mutex<Feed>,
+}
+
+/// The change feed's position: the newest verdict id seen by each of the last two looks,
+/// and looks since the last full scan.
+#[derive(Default)]
+struct Feed {
+    seen: [Option<i64>; 2],
+    looks: u32,
+}
+
+/// [`Db::changed`] compares every host this often (registrations, removals and resets
+/// write no verdict; a write whose transaction stayed open past a look).
+const FULL_SCAN_EVERY: u32 = 10;
+
+/// What changed since the last look.
+pub struct Changed {
+    /// Hosts with their state version: every host (`full`), or those with a verdict
+    /// written since the look before last.
+    pub versions: Vec<(String, i64)>,
+    /// `versions` lists every host: one missing from it was removed.
+    pub full: bool,
 }
 
 const LOAD_SQL: &str =
@@ -310,7 +339,7 @@ impl Db {
                 }
             })
             .map_err(|e| e.to_string())?;
-        Ok(Self { target, tx, reads: Mutex::new(rtx), stats })
+        Ok(Self { target, tx, reads: Mutex::new(rtx), stats, feed: Mutex::default() })
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -368,14 +397,89 @@ impl Db {
         Ok(rows.first().map(|r| loaded(r)))
     }
 
-    /// Every host's name and state version (what changed since the last look).
-    pub fn versions(&self) -> Result<Vec<(String, i64)>, String> {
+    /// PostgreSQL only: hosts `names` as stored, each with its latest verdict, in one
+    /// query (the reload of what other replicas changed). Hosts gone are absent.
+    pub fn load_many(&self, names: Vec<String>) -> Result<Vec<(LoadedHost, Option<VerdictRow>)>, String> {
         let rows = self
-            .read(|c| c.rows("SELECT h.name, s.version FROM hosts h LEFT JOIN host_state s ON s.name = h.name", &[]))?;
+            .read(move |c| {
+                c.rows(
+                    "SELECT h.name, CAST(h.spec AS TEXT), s.state, s.ak_pem, s.ak_source, s.accepted_marker,
+                            s.status, s.rounds, s.alert, s.learned_keys, s.version, v.id, CAST(v.row AS TEXT)
+                     FROM hosts h LEFT JOIN host_state s ON s.name = h.name
+                     LEFT JOIN LATERAL (SELECT id, row FROM verdicts WHERE host = h.name
+                                        ORDER BY id DESC LIMIT 1) v ON true
+                     WHERE h.name = ANY(?1)",
+                    &[Val::A(names)],
+                )
+            })
+            .map_err(|e| format!("hosts: {e}"))?;
         Ok(rows
             .iter()
-            .map(|r| (r.first().and_then(Cell::text).unwrap_or_default(), r.get(1).and_then(Cell::int).unwrap_or(0)))
+            .map(|r| {
+                let id = r.get(11).and_then(Cell::int);
+                let last = r.get(12).and_then(Cell::text).and_then(|j| match serde_json::from_str::<VerdictRow>(&j) {
+                    Ok(mut v) => {
+                        v.id = id.unwrap_or(0);
+                        Some(v)
+                    }
+                    Err(e) => {
+                        tracing::error!(table = "verdicts", column = "row", id, error = %e, "unreadable verdict row skipped");
+                        None
+                    }
+                });
+                (loaded(r), last)
+            })
             .collect())
+    }
+
+    /// PostgreSQL only: what other replicas changed, from the verdict ids (every round
+    /// writes one; ids only grow): the hosts with a verdict newer than the look before
+    /// last (one look of overlap: ids are taken before their transaction commits, so a
+    /// smaller id may become visible after a larger one), and every
+    /// [`FULL_SCAN_EVERY`]th look every host (what writes no verdict, or committed later).
+    pub fn changed(&self) -> Result<Changed, String> {
+        let (from, full) = {
+            let mut f = self.feed.lock().unwrap_or_else(|p| p.into_inner());
+            f.looks += 1;
+            match f.seen[0] {
+                Some(from) if f.looks < FULL_SCAN_EVERY => (from, false),
+                _ => {
+                    f.looks = 0;
+                    (0, true)
+                }
+            }
+        };
+        let rows = self.read(move |c| {
+            if full {
+                c.rows(
+                    "SELECT h.name, s.version FROM hosts h LEFT JOIN host_state s ON s.name = h.name
+                     UNION ALL SELECT NULL, coalesce(max(id), 0) FROM verdicts",
+                    &[],
+                )
+            } else {
+                // Planned for the cursor's value, not generically: a generic plan guesses a
+                // third of the table matches `id > ?1` and scans every host.
+                c.batch("SET plan_cache_mode = force_custom_plan")?;
+                c.rows(
+                    "SELECT c.host, (SELECT s.version FROM host_state s WHERE s.name = c.host)
+                     FROM (SELECT DISTINCT host FROM verdicts WHERE id > ?1) c
+                     UNION ALL SELECT NULL, coalesce(max(id), 0) FROM verdicts",
+                    &[Val::I(from)],
+                )
+            }
+        })?;
+        let mut versions = Vec::with_capacity(rows.len());
+        let mut newest = None;
+        for r in &rows {
+            let v = r.get(1).and_then(Cell::int).unwrap_or(0);
+            match r.first().and_then(Cell::text) {
+                Some(name) => versions.push((name, v)),
+                None => newest = Some(v),
+            }
+        }
+        let mut f = self.feed.lock().unwrap_or_else(|p| p.into_inner());
+        f.seen = [f.seen[1], newest];
+        Ok(Changed { versions, full })
     }
 
     /// The latest `limit` verdicts of `host`, newest first.
@@ -408,54 +512,64 @@ impl Db {
         Ok(rows.first().and_then(|r| r.first()).and_then(Cell::int).unwrap_or(0).max(0) as u64)
     }
 
-    /// PostgreSQL only: heartbeat, renew this replica's unexpired leases, claim expired or
-    /// unleased hosts up to a fair share (`FOR UPDATE SKIP LOCKED`: replicas claiming at
-    /// once never wait for or take the same host), and list the replicas.
+    /// PostgreSQL only: heartbeat (which renews every lease this replica holds: a lease is
+    /// valid while its owner's heartbeat is), claim hosts whose owner's heartbeat expired
+    /// (or that have none) up to a fair share (`FOR UPDATE SKIP LOCKED`: replicas claiming
+    /// at once never wait for or take the same host), and list the replicas.
     pub fn lease_cycle(&self, me: &str, lease_ms: u64) -> Result<LeaseView, String> {
         let lease = Val::I(lease_ms.min(i64::MAX as u64) as i64);
         let me = me.to_string();
         self.read(move |c| {
+            // A replica whose heartbeat had expired (paused, cut off) drops what it still
+            // owns first: those hosts are claimed again (and read again) like any other.
             c.exec(
                 &format!(
-                    "INSERT INTO replicas(id, heartbeat_ms, started_ms) VALUES (?1, {PG_NOW}, {PG_NOW})
-                     ON CONFLICT(id) DO UPDATE SET heartbeat_ms = excluded.heartbeat_ms"
-                ),
-                &[Val::t(&me)],
-            )?;
-            // Every host gets a lease row (expired, no owner) so that claiming is one
-            // UPDATE on existing rows.
-            c.exec(
-                "INSERT INTO leases(host, owner, expires_ms) SELECT name, '', 0 FROM hosts ON CONFLICT(host) DO NOTHING",
-                &[],
-            )?;
-            let held = c.rows(
-                &format!(
-                    "UPDATE leases SET expires_ms = {PG_NOW} + ?2 WHERE owner = ?1 AND expires_ms > {PG_NOW} RETURNING host"
+                    "WITH prev AS (SELECT expires_ms FROM replicas WHERE id = ?1),
+                          dropped AS (UPDATE leases SET owner = '', expires_ms = 0 WHERE owner = ?1
+                                      AND NOT EXISTS (SELECT 1 FROM prev WHERE expires_ms > {PG_NOW}))
+                     INSERT INTO replicas(id, heartbeat_ms, started_ms, expires_ms)
+                     VALUES (?1, {PG_NOW}, {PG_NOW}, {PG_NOW} + ?2)
+                     ON CONFLICT(id) DO UPDATE SET heartbeat_ms = excluded.heartbeat_ms, expires_ms = excluded.expires_ms"
                 ),
                 &[Val::t(&me), lease.clone()],
             )?;
-            let mut held: Vec<String> = held.iter().filter_map(|r| r.first().and_then(Cell::text)).collect();
-            // Fair share among the replicas heard from within one lease period.
             let n = c.rows(
                 &format!(
-                    "SELECT (SELECT count(*) FROM hosts),
-                            (SELECT count(*) FROM replicas WHERE heartbeat_ms > {PG_NOW} - ?1)"
+                    "SELECT (SELECT count(*) FROM hosts), (SELECT count(*) FROM leases),
+                            (SELECT count(*) FROM replicas WHERE expires_ms > {PG_NOW})"
                 ),
-                std::slice::from_ref(&lease),
+                &[],
             )?;
-            let hosts = n.first().and_then(|r| r.first()).and_then(Cell::int).unwrap_or(0);
-            let live = n.first().and_then(|r| r.get(1)).and_then(Cell::int).unwrap_or(1).max(1);
+            let count = |i: usize| n.first().and_then(|r| r.get(i)).and_then(Cell::int).unwrap_or(0);
+            let (hosts, leases, live) = (count(0), count(1), count(2).max(1));
+            // Every host gets a lease row (no owner) so that claiming is one UPDATE on
+            // existing rows; lease rows go with their host (foreign key), so equal counts
+            // mean every host has one.
+            if hosts > leases {
+                c.exec(
+                    "INSERT INTO leases(host, owner, expires_ms) SELECT name, '', 0 FROM hosts ON CONFLICT(host) DO NOTHING",
+                    &[],
+                )?;
+            }
+            let held = c.rows("SELECT host FROM leases WHERE owner = ?1", &[Val::t(&me)])?;
+            let mut held: Vec<String> = held.iter().filter_map(|r| r.first().and_then(Cell::text)).collect();
+            // Fair share among the replicas whose heartbeat is current.
             let share = (hosts + live - 1) / live;
             let want = share - held.len() as i64;
             let mut claimed = Vec::new();
             if want > 0 {
+                let free = format!(
+                    "NOT EXISTS (SELECT 1 FROM replicas r WHERE r.id = {{l}}.owner AND r.expires_ms > {PG_NOW})"
+                );
                 let rows = c.rows(
                     &format!(
                         "UPDATE leases SET owner = ?1, expires_ms = {PG_NOW} + ?2
-                         WHERE host IN (SELECT host FROM leases WHERE expires_ms <= {PG_NOW}
-                                        ORDER BY host LIMIT ?3 FOR UPDATE SKIP LOCKED)
-                           AND expires_ms <= {PG_NOW}
-                         RETURNING host"
+                         WHERE host IN (SELECT l.host FROM leases l WHERE {}
+                                        ORDER BY l.host LIMIT ?3 FOR UPDATE OF l SKIP LOCKED)
+                           AND {}
+                         RETURNING host",
+                        free.replace("{l}", "l"),
+                        free.replace("{l}", "leases")
                     ),
                     &[Val::t(&me), lease.clone(), Val::I(want)],
                 )?;
@@ -465,8 +579,10 @@ impl Db {
             let reps = c.rows(
                 &format!(
                     "SELECT r.id, r.heartbeat_ms, r.started_ms,
-                            (SELECT count(*) FROM leases l WHERE l.owner = r.id AND l.expires_ms > {PG_NOW})
-                     FROM replicas r ORDER BY r.id"
+                            CASE WHEN r.expires_ms > {PG_NOW} THEN coalesce(l.n, 0) ELSE 0 END
+                     FROM replicas r LEFT JOIN (SELECT owner, count(*) AS n FROM leases GROUP BY owner) l
+                       ON l.owner = r.id
+                     ORDER BY r.id"
                 ),
                 &[],
             )?;
@@ -483,8 +599,9 @@ impl Db {
         })
     }
 
-    /// PostgreSQL only: claims one host now (an on-demand round) if it is free, expired
-    /// or already this replica's. False: another replica holds it.
+    /// PostgreSQL only: claims one host now (an on-demand round) if it is free, its
+    /// owner's heartbeat expired, or it is already this replica's. False: another live
+    /// replica holds it.
     pub fn claim(&self, me: &str, host: &str, lease_ms: u64) -> Result<bool, String> {
         let p = [Val::t(host), Val::t(me), Val::I(lease_ms.min(i64::MAX as u64) as i64)];
         let rows = self.read(move |c| {
@@ -492,7 +609,8 @@ impl Db {
                 &format!(
                     "INSERT INTO leases(host, owner, expires_ms) VALUES (?1, ?2, {PG_NOW} + ?3)
                      ON CONFLICT(host) DO UPDATE SET owner = excluded.owner, expires_ms = excluded.expires_ms
-                     WHERE leases.owner = excluded.owner OR leases.expires_ms <= {PG_NOW}
+                     WHERE leases.owner = excluded.owner
+                        OR NOT EXISTS (SELECT 1 FROM replicas r WHERE r.id = leases.owner AND r.expires_ms > {PG_NOW})
                      RETURNING host"
                 ),
                 &p,
@@ -560,7 +678,7 @@ fn apply(c: &mut dyn SqlConn, owner: Option<&str>, op: &Op, stats: &WriteStats) 
                 + len(&w.alert)
                 + len(&w.learned_keys)
                 + (w.verdict.verdict.as_str().len() + row.len() + 24) as u64;
-            stats.statements.fetch_add(2, Ordering::Relaxed);
+            stats.statements.fetch_add(1, Ordering::Relaxed);
             stats.bound_bytes.fetch_add(bound, Ordering::Relaxed);
             let mut p = vec![
                 Val::t(&w.name),
@@ -574,83 +692,103 @@ fn apply(c: &mut dyn SqlConn, owner: Option<&str>, op: &Op, stats: &WriteStats) 
                 Val::I(w.expect_version),
             ];
             // Compare-and-swap: the version the round started from and, with replicas,
-            // this replica's unexpired lease (locked so a concurrent claim waits for us).
+            // this replica's lease (its heartbeat unexpired; the lease row locked so a
+            // concurrent claim waits for us or skips the host).
             let lease = match owner {
                 Some(me) => {
                     p.push(Val::t(me));
                     format!(
-                        " AND EXISTS (SELECT 1 FROM leases WHERE host = ?1 AND owner = ?10
-                                      AND expires_ms > {PG_NOW} FOR SHARE)"
+                        " AND EXISTS (SELECT 1 FROM leases l JOIN replicas r ON r.id = l.owner
+                                      WHERE l.host = ?1 AND l.owner = ?10 AND r.expires_ms > {PG_NOW}
+                                      FOR SHARE OF l)"
                     )
                 }
                 None => String::new(),
             };
-            let n = c.exec(
-                &format!(
-                    "UPDATE host_state SET state = COALESCE(?2, state), ak_pem = COALESCE(?3, ak_pem),
-                     ak_source = COALESCE(?4, ak_source), accepted_marker = COALESCE(?5, accepted_marker),
-                     status = ?6, rounds = rounds + 1, alert = COALESCE(alert, ?7),
-                     learned_keys = COALESCE(?8, learned_keys), version = version + 1
-                     WHERE name = ?1 AND version = ?9{lease}"
-                ),
-                &p,
-            )?;
-            if n == 0 {
-                return Err(format!(
+            let update = format!(
+                "UPDATE host_state SET state = COALESCE(?2, state), ak_pem = COALESCE(?3, ak_pem),
+                 ak_source = COALESCE(?4, ak_source), accepted_marker = COALESCE(?5, accepted_marker),
+                 status = ?6, rounds = rounds + 1, alert = COALESCE(alert, ?7),
+                 learned_keys = COALESCE(?8, learned_keys), version = version + 1
+                 WHERE name = ?1 AND version = ?9{lease}"
+            );
+            let refused = || {
+                format!(
                     "{REFUSED}: host {} is no longer at version {}{}",
                     w.name,
                     w.expect_version,
                     if owner.is_some() { " or this replica's lease on it expired" } else { "" }
-                ));
-            }
-            let id = c
-                .rows(
+                )
+            };
+            let verdict = [Val::I(w.verdict.at_ms), Val::t(w.verdict.verdict.as_str()), Val::t(row)];
+            let id = if c.dialect() == Dialect::Postgres {
+                // One statement, one round trip: the verdict row only if the CAS matched.
+                let n = p.len();
+                p.extend(verdict);
+                let rows = c.rows(
+                    &format!(
+                        "WITH u AS ({update} RETURNING name)
+                         INSERT INTO verdicts(host, at_ms, verdict, row, state_version)
+                         SELECT name, CAST(?{} AS BIGINT), CAST(?{} AS TEXT), CAST(?{} AS TEXT), ?9 FROM u RETURNING id",
+                        n + 1,
+                        n + 2,
+                        n + 3
+                    ),
+                    &p,
+                )?;
+                rows.first().and_then(|r| r.first()).and_then(Cell::int).ok_or_else(refused)?
+            } else {
+                stats.statements.fetch_add(1, Ordering::Relaxed);
+                if c.exec(&update, &p)? == 0 {
+                    return Err(refused());
+                }
+                let [at, v, row] = verdict;
+                c.rows(
                     "INSERT INTO verdicts(host, at_ms, verdict, row, state_version) VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
-                    &[
-                        Val::t(&w.name),
-                        Val::I(w.verdict.at_ms),
-                        Val::t(w.verdict.verdict.as_str()),
-                        Val::t(row),
-                        Val::I(w.expect_version),
-                    ],
+                    &[Val::t(&w.name), at, v, row, Val::I(w.expect_version)],
                 )?
                 .first()
                 .and_then(|r| r.first())
                 .and_then(Cell::int)
-                .unwrap_or(0);
+                .unwrap_or(0)
+            };
             // Keep the newest `keep_verdicts`; prune every 64 rows to keep rounds cheap.
             if id % 64 == 0 && w.keep_verdicts > 0 {
-                let cut = c
-                    .rows(
-                        "SELECT id FROM verdicts WHERE host = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2",
-                        &[Val::t(&w.name), Val::I(w.keep_verdicts.min(i64::MAX as u64) as i64)],
-                    )?
-                    .first()
-                    .and_then(|r| r.first())
-                    .and_then(Cell::int);
                 stats.statements.fetch_add(1, Ordering::Relaxed);
-                if let Some(cut) = cut {
-                    stats.statements.fetch_add(1, Ordering::Relaxed);
-                    c.exec("DELETE FROM verdicts WHERE host = ?1 AND id <= ?2", &[Val::t(&w.name), Val::I(cut)])?;
-                }
+                c.exec(
+                    "DELETE FROM verdicts WHERE host = ?1 AND id <= (SELECT id FROM verdicts WHERE host = ?1
+                                                                    ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+                    &[Val::t(&w.name), Val::I(w.keep_verdicts.min(i64::MAX as u64) as i64)],
+                )?;
             }
             Ok(w.expect_version + 1)
         }
     }
 }
 
-/// One batch in one transaction; a savepoint per op so one failing op does not undo the
-/// others. Err: the transaction as a whole failed (nothing of it is kept).
+/// One batch in one transaction. With `savepoints`, one per op, so one failing op does
+/// not undo the others. Without (PostgreSQL's first try: each savepoint and its release
+/// is a round trip), a refused write changes nothing and the others go on, and any other
+/// failure undoes the batch (`Retry`: run it again with savepoints). Err: the
+/// transaction as a whole failed (nothing of it is kept).
 fn commit_batch(
     c: &mut dyn SqlConn,
     owner: Option<&str>,
     batch: &[Msg],
     stats: &WriteStats,
-) -> Result<Vec<Reply>, String> {
+    savepoints: bool,
+) -> Result<Vec<Reply>, Retry> {
     c.batch(if c.dialect() == Dialect::Sqlite { "BEGIN IMMEDIATE" } else { "BEGIN" })?;
     let mut results = Vec::with_capacity(batch.len());
-    let run = (|| -> Result<(), String> {
+    let run = (|| -> Result<(), Retry> {
         for m in batch {
+            if !savepoints {
+                match apply(c, owner, &m.op, stats) {
+                    Err(e) if !e.starts_with(REFUSED) => return Err(Retry::Savepoints(e)),
+                    r => results.push(r),
+                }
+                continue;
+            }
             c.batch("SAVEPOINT op")?;
             match apply(c, owner, &m.op, stats) {
                 Ok(v) => {
@@ -663,13 +801,32 @@ fn commit_batch(
                 }
             }
         }
-        c.batch("COMMIT")
+        c.batch("COMMIT")?;
+        Ok(())
     })();
     if let Err(e) = run {
         let _ = c.batch("ROLLBACK");
         return Err(e);
     }
+    // BEGIN and COMMIT, and a SAVEPOINT and its RELEASE per op when used.
+    let n = batch.len() as u64;
+    stats.transactions.fetch_add(1, Ordering::Relaxed);
+    stats.ops.fetch_add(n, Ordering::Relaxed);
+    stats.statements.fetch_add(2 + if savepoints { 2 * n } else { 0 }, Ordering::Relaxed);
     Ok(results)
+}
+
+/// Why a batch's transaction did not commit.
+enum Retry {
+    /// An op failed without a savepoint: nothing was kept; run the batch with savepoints.
+    Savepoints(String),
+    Failed(String),
+}
+
+impl From<String> for Retry {
+    fn from(e: String) -> Self {
+        Retry::Failed(e)
+    }
 }
 
 fn writer(
@@ -702,14 +859,14 @@ fn writer(
             };
         }
         let Some(c) = conn.as_mut() else { continue };
-        let out = commit_batch(&mut **c, owner.as_deref(), &batch, stats);
-        if out.is_ok() {
-            // BEGIN and COMMIT, then a SAVEPOINT and its RELEASE per op.
-            let n = batch.len() as u64;
-            stats.transactions.fetch_add(1, Ordering::Relaxed);
-            stats.ops.fetch_add(n, Ordering::Relaxed);
-            stats.statements.fetch_add(2 + 2 * n, Ordering::Relaxed);
-        }
+        // PostgreSQL tries without savepoints first (a round is one statement; a refused
+        // write changes nothing); SQLite's savepoints cost no round trip.
+        let first = c.dialect() == Dialect::Sqlite;
+        let out = match commit_batch(&mut **c, owner.as_deref(), &batch, stats, first) {
+            Err(Retry::Savepoints(_)) if !c.broken() => commit_batch(&mut **c, owner.as_deref(), &batch, stats, true),
+            out => out,
+        };
+        let out = out.map_err(|(Retry::Savepoints(e) | Retry::Failed(e))| e);
         if c.broken() {
             conn = None;
         }

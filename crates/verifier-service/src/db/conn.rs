@@ -9,6 +9,8 @@ use std::path::PathBuf;
 pub enum Val {
     I(i64),
     T(Option<String>),
+    /// A text array (`= ANY(?N)`): PostgreSQL only; SQLite binds NULL.
+    A(Vec<String>),
 }
 
 impl Val {
@@ -128,7 +130,7 @@ fn lite_val(v: &Val) -> rusqlite::types::Value {
     match v {
         Val::I(n) => rusqlite::types::Value::Integer(*n),
         Val::T(Some(s)) => rusqlite::types::Value::Text(s.clone()),
-        Val::T(None) => rusqlite::types::Value::Null,
+        Val::T(None) | Val::A(_) => rusqlite::types::Value::Null,
     }
 }
 
@@ -217,6 +219,7 @@ fn pg_params(p: &[Val]) -> Vec<&(dyn postgres::types::ToSql + Sync)> {
         .map(|v| match v {
             Val::I(n) => n as &(dyn postgres::types::ToSql + Sync),
             Val::T(s) => s as &(dyn postgres::types::ToSql + Sync),
+            Val::A(a) => a as &(dyn postgres::types::ToSql + Sync),
         })
         .collect()
 }

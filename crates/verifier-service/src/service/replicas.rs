@@ -97,17 +97,22 @@ impl Verifier {
     }
 
     /// Reads the hosts whose stored version differs from this view (or that are in
-    /// `force`), adds new ones and drops removed ones. Hosts in a round are left alone.
+    /// `force`), adds new ones and, after a full comparison, drops removed ones. Hosts in a
+    /// round are left alone.
     async fn reload(self: &Shared, force: &HashSet<String>) -> Result<(), String> {
         let v = self.clone();
-        let stored = tokio::task::spawn_blocking(move || v.db.versions()).await.map_err(|e| e.to_string())??;
+        let changed = tokio::task::spawn_blocking(move || v.db.changed()).await.map_err(|e| e.to_string())??;
         let mut stale = Vec::new();
         {
             let hosts = self.hosts();
-            let names: HashSet<&str> = stored.iter().map(|(n, _)| n.as_str()).collect();
-            // Gone from the list (or registered after it was read): load_one decides.
-            stale.extend(hosts.iter().filter(|(n, h)| !h.busy && !names.contains(n.as_str())).map(|(n, _)| n.clone()));
-            for (n, ver) in &stored {
+            if changed.full {
+                let names: HashSet<&str> = changed.versions.iter().map(|(n, _)| n.as_str()).collect();
+                // Gone from the list (or registered after it was read): the load decides.
+                stale.extend(
+                    hosts.iter().filter(|(n, h)| !h.busy && !names.contains(n.as_str())).map(|(n, _)| n.clone()),
+                );
+            }
+            for (n, ver) in &changed.versions {
                 match hosts.get(n) {
                     Some(h) if h.busy => {}
                     Some(h) if h.version == *ver && !force.contains(n) => {}
@@ -118,38 +123,41 @@ impl Verifier {
         self.load_hosts(stale, force).await
     }
 
-    /// Reads hosts `names` again from the database (added, replaced or dropped); a host
-    /// in `force` is due at once.
+    /// Reads hosts `names` again from the database (added, replaced or dropped), a few
+    /// hundred per query; a host in `force` is due at once.
     async fn load_hosts(self: &Shared, names: Vec<String>, force: &HashSet<String>) -> Result<(), String> {
-        for n in names {
+        for chunk in names.chunks(500) {
             let v = self.clone();
-            let name = n.clone();
-            let loaded = tokio::task::spawn_blocking(move || {
-                let h = v.db.load_one(&name)?;
-                let last = v.db.verdicts(&name, 1).unwrap_or_default().into_iter().next();
-                Ok::<_, String>(h.map(|h| (h, last)))
-            })
-            .await
-            .map_err(|e| e.to_string())??;
-            let mut hosts = self.hosts();
-            match loaded {
-                None => {
-                    hosts.remove(&n);
-                }
-                Some((row, last)) => {
+            let asked = chunk.to_vec();
+            let loaded =
+                tokio::task::spawn_blocking(move || v.db.load_many(asked)).await.map_err(|e| e.to_string())??;
+            // Parsed before the registry is locked (state JSON, AK, policy).
+            let mut found: std::collections::HashMap<String, HostRt> = loaded
+                .into_iter()
+                .map(|(row, last)| {
+                    let name = row.name.clone();
                     let mut fresh = HostRt::from_db(row);
                     fresh.last = last;
-                    match hosts.get_mut(&n) {
+                    (name, fresh)
+                })
+                .collect();
+            let mut hosts = self.hosts();
+            for n in chunk {
+                match found.remove(n) {
+                    None => {
+                        hosts.remove(n);
+                    }
+                    Some(fresh) => match hosts.get_mut(n) {
                         Some(h) if h.busy => {}
                         Some(h) => {
                             let due = h.next_due;
                             h.replace(fresh);
-                            h.next_due = if force.contains(&n) { Instant::now() } else { due };
+                            h.next_due = if force.contains(n) { Instant::now() } else { due };
                         }
                         None => {
-                            hosts.insert(n, fresh);
+                            hosts.insert(n.clone(), fresh);
                         }
-                    }
+                    },
                 }
             }
         }
