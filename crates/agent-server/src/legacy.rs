@@ -547,6 +547,7 @@ impl<T: Tpm + 'static> HostOps for LegacyHost<T> {
             live_first_index: m.next_index,
             live_bytes: len,
             data_from,
+            simulated: api::Simulated::parts(false, self.fs.tpm().is_simulated()),
         };
         let sent: u64 = files.iter().map(|f| f.2).sum();
         self.metrics.evidence_requests += 1;
