@@ -13,6 +13,7 @@ pkgs=(
   python3-venv python3-gpg                   # Keylime from PyPI in a venv (scripts/keylime-venv.sh); it imports gpg
   fuse3                                      # `imasnap mount`: the FUSE view (the kernel's /dev/fuse; fusermount3)
   postgresql                                 # verifier replicas: a throwaway cluster (scripts/postgres.sh), psql
+  systemd binutils                           # the package test: systemd-analyze verify, objdump/strip (packaging/)
 )
 missing=()
 for p in "${pkgs[@]}"; do
