@@ -14,6 +14,7 @@ pkgs=(
   fuse3                                      # `imasnap mount`: the FUSE view (the kernel's /dev/fuse; fusermount3)
   postgresql                                 # verifier replicas: a throwaway cluster (scripts/postgres.sh), psql
   chromium chromium-driver libnss3-tools     # the dashboard's browser test: headless Chromium, chromedriver, certutil/pk12util
+  systemd binutils                           # the package test: systemd-analyze verify, objdump/strip (packaging/)
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -29,6 +29,9 @@ scripts/check-pure-build.sh
 echo "== clippy (library lints: no unwrap/expect/panic, unsafe only where allowed)"
 cargo clippy --release --workspace --lib --bins $IMASNAP_FEATURES -- -D warnings
 
+echo "== Debian package: build the .deb, dpkg -i into a scratch root, check its contents, systemd-analyze verify the units, READY=1/STOPPING=1 from the installed binary (packaging/test-deb.sh)"
+packaging/test-deb.sh
+
 echo "== fuzz smoke (${FUZZ_SECONDS:-20}s per target)"
 scripts/fuzz-smoke.sh "${FUZZ_SECONDS:-20}"
 

@@ -1,4 +1,4 @@
-//! The agent's HTTP API types. The evidence body (`imasnap-evidence/1`) is defined in
+//! The agent's HTTP API types. The evidence body (`imasnap-evidence/2`) is defined in
 //! `imasnap-wire` ([`imasnap_wire::evidence`]), shared with the verifier, and re-exported
 //! here; the metrics below are the agent's own.
 

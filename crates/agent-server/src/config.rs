@@ -10,16 +10,23 @@ use std::path::PathBuf;
 pub const DEFAULT_CONFIG: &str = "/etc/imasnap/agent.toml";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/imasnap";
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8891";
+/// The TPM an agent uses when `tpm` is not set: the kernel's resource manager device.
+pub const DEFAULT_TPM: &str = "device:/dev/tpmrm0";
+/// The explicit choice of the simulated machine, as the refusal of the defaults names it.
+pub const SIMULATION_HINT: &str = "to attest the simulated machine instead (demos, tests), \
+     say so in agent.toml: backend = \"model\" and tpm = \"soft\"";
 
 /// Where the measurement list comes from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Backend {
-    /// The in-process kernel model, driven by a synthetic workload (the embedded default).
-    #[default]
+    /// The in-process kernel model, driven by a synthetic workload: a simulation, chosen
+    /// only explicitly (its evidence says `simulated`).
     Model,
     /// A real kernel's securityfs directory (`ima_dir`): with the RFC `snapshot` file the
     /// agent snapshots and trims; without it, read-only legacy mode (own copy, no trimming).
+    /// The default: an agent started without settings attests the machine it runs on.
+    #[default]
     Securityfs,
 }
 
@@ -44,7 +51,7 @@ fn d_listen() -> String {
     DEFAULT_LISTEN.into()
 }
 fn d_tpm() -> String {
-    "soft".into()
+    DEFAULT_TPM.into()
 }
 fn d_ima() -> PathBuf {
     "/sys/kernel/security/ima".into()
@@ -146,6 +153,39 @@ impl AgentServiceConfig {
         Ok(c)
     }
 
+    /// On the real-machine back end, what the configuration names but this machine lacks:
+    /// the IMA directory and the TPM device node. One message naming every missing piece
+    /// and how to choose the simulation explicitly; `None` when nothing is missing (or the
+    /// back end is the model). The TPM itself is opened later (and fails on its own terms).
+    pub fn missing_on_this_machine(&self) -> Option<String> {
+        if self.backend != Backend::Securityfs {
+            return None;
+        }
+        let mut missing = Vec::new();
+        if !self.ima_dir.join("binary_runtime_measurements").exists() {
+            missing.push(format!(
+                "ima_dir = {:?}: no IMA measurement list there (securityfs not mounted, IMA not \
+                 enabled, or not root)",
+                self.ima_dir
+            ));
+        }
+        // `device` alone means /dev/tpmrm0 (imasnap_tpm::open_tpm).
+        let dev = match self.tpm.as_str() {
+            "device" => Some("/dev/tpmrm0"),
+            t => t.strip_prefix("device:"),
+        };
+        if let Some(d) = dev.filter(|d| !std::path::Path::new(d).exists()) {
+            missing.push(format!("tpm = {:?}: {d} does not exist (no TPM 2.0, or its driver is not loaded)", self.tpm));
+        }
+        if missing.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "backend = \"securityfs\" (the default: the real machine) cannot start: {}; {SIMULATION_HINT}",
+            missing.join("; ")
+        ))
+    }
+
     pub fn agent_config(&self) -> AgentConfig {
         let mut a = AgentConfig::new(&self.state_dir);
         a.retention = self.retention;
@@ -168,8 +208,8 @@ mod tests {
         .unwrap();
         assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
         assert_eq!(c.listen, DEFAULT_LISTEN);
-        assert_eq!(c.tpm, "soft");
-        assert_eq!(c.backend, Backend::Model);
+        assert_eq!(c.tpm, "device:/dev/tpmrm0");
+        assert_eq!(c.backend, Backend::Securityfs);
         assert!(!c.test_endpoints);
         assert_eq!(c.agent_config().snapshot.max_records, Some(1000));
         assert!(AgentServiceConfig::from_toml("listen = \"x\"\n").is_err(), "[tls] is required");
@@ -185,6 +225,44 @@ mod tests {
         let a = st.agent_config();
         assert_eq!((a.interface, a.staging), (InterfaceChoice::Staging, StagingFlavour::Stage));
         assert!(AgentServiceConfig::from_toml(&format!("interface = \"rfc\"\n{tls}")).is_err());
+    }
+
+    /// Issue 16: the defaults are the real machine; where it is missing, one message names
+    /// what is missing and how to choose the simulation.
+    #[test]
+    fn issue16_defaults_are_the_real_machine() {
+        let tls = "[tls]\ncert = \"/c\"\nkey = \"/k\"\nca = \"/ca\"\n";
+        let d = AgentServiceConfig::from_toml(tls).unwrap();
+        assert_eq!((d.backend, d.tpm.as_str()), (Backend::Securityfs, "device:/dev/tpmrm0"));
+        assert_eq!(d.ima_dir, PathBuf::from("/sys/kernel/security/ima"));
+        // Whatever this machine has, a missing device is named.
+        let mut gone = d.clone();
+        gone.tpm = "device:/nonexistent/tpmrm0".into();
+        gone.ima_dir = "/nonexistent/ima".into();
+        let e = gone.missing_on_this_machine().unwrap();
+        for want in ["/nonexistent/tpmrm0 does not exist", "/nonexistent/ima", "backend = \"model\"", "tpm = \"soft\""]
+        {
+            assert!(e.contains(want), "{want}: {e}");
+        }
+        // The default on a machine without /dev/tpmrm0 (this test's machine, when so).
+        if !std::path::Path::new("/dev/tpmrm0").exists() {
+            let e = d.missing_on_this_machine().unwrap();
+            assert!(e.contains("/dev/tpmrm0 does not exist") && e.contains("tpm = \"soft\""), "{e}");
+        }
+        // The simulation, chosen explicitly, needs neither.
+        let sim = AgentServiceConfig::from_toml(&format!("backend = \"model\"\ntpm = \"soft\"\n{tls}")).unwrap();
+        assert_eq!(sim.missing_on_this_machine(), None);
+        // Present paths: nothing missing (a fake IMA directory, a device node that exists).
+        let t = std::env::temp_dir().join(format!("imasnap-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&t).unwrap();
+        std::fs::write(t.join("binary_runtime_measurements"), "").unwrap();
+        let mut ok = d.clone();
+        ok.ima_dir = t.clone();
+        ok.tpm = "device:/dev/null".into();
+        assert_eq!(ok.missing_on_this_machine(), None);
+        ok.tpm = "swtpm:host=127.0.0.1,port=1".into();
+        assert_eq!(ok.missing_on_this_machine(), None, "only device nodes are checked up front");
+        let _ = std::fs::remove_dir_all(&t);
     }
 
     #[test]

@@ -437,6 +437,8 @@ impl<K: HostKernel> HostOps for Host<K> {
         }
         // Quote first: the list read afterwards can only run ahead of it (carried over).
         let (quote, ak) = self.quote(nonce)?;
+        let k = self.agent().kernel_mut();
+        let simulated = api::Simulated::parts(k.mode() == "model", k.tpm().is_simulated());
         let a = self.agent();
         let dir = a.boot_dir().cloned().ok_or(AgentError::NotRecovered)?;
         let m = a.manifest().cloned().ok_or(AgentError::NotRecovered)?;
@@ -480,6 +482,7 @@ impl<K: HostKernel> HostOps for Host<K> {
                 untrimmed_records: end,
                 untrimmed_bytes: snap_bytes.saturating_add(kernel_bytes),
             }),
+            simulated,
         };
         self.metrics.evidence_requests += 1;
         self.metrics.evidence_bytes += files.iter().map(|f| f.2).sum::<u64>() + live.len() as u64;

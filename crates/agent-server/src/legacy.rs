@@ -556,6 +556,7 @@ impl<T: Tpm + 'static> HostOps for LegacyHost<T> {
                 untrimmed_records: self.count,
                 untrimmed_bytes: self.offset,
             }),
+            simulated: api::Simulated::parts(false, self.fs.tpm().is_simulated()),
         };
         let sent: u64 = files.iter().map(|f| f.2).sum();
         self.metrics.evidence_requests += 1;

@@ -9,7 +9,7 @@
 //!   copies `binary_runtime_measurements` incrementally and serves its own copy).
 //! - [`keylime`]: Keylime's agent pull API (`[keylime]` in agent.toml, docs/KEYLIME.md).
 //! - [`mount`]: `[mount]`, the whole-log FUSE view mounted by the service.
-//! - [`api`]: the agent's metrics; the `imasnap-evidence/1` body itself is defined in
+//! - [`api`]: the agent's metrics; the `imasnap-evidence/2` body itself is defined in
 //!   `imasnap-wire` and re-exported there.
 //! - [`tls`], [`http`], [`devpki`]: re-exported from `imasnap-net`, the mutual-TLS kit
 //!   shared by both services (the verifier depends on that crate, not on this one).

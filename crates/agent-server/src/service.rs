@@ -505,6 +505,9 @@ pub fn open_host(cfg: &AgentServiceConfig) -> anyhow::Result<Box<dyn HostOps>> {
             Ok(Box::new(Host::start(k, cfg.agent_config(), wcfg)?))
         }
         Backend::Securityfs => {
+            if let Some(m) = cfg.missing_on_this_machine() {
+                anyhow::bail!(m);
+            }
             if cfg.tpm == "soft" || cfg.tpm.starts_with("soft:") {
                 anyhow::bail!(
                     "backend = \"securityfs\" needs the TPM the kernel extends (swtpm:…, device:…, tabrmd), \
@@ -704,7 +707,9 @@ pub async fn run(cfg: AgentServiceConfig) -> anyhow::Result<()> {
         }
         None => None,
     };
+    imasnap_net::notify::ready();
     shutdown_signal().await;
+    imasnap_net::notify::stopping();
     tracing::info!("shutting down");
     if let Some(v) = mounted {
         if let Err(e) = v.unmount() {
@@ -724,8 +729,10 @@ mod tests {
 
     fn model_cfg() -> AgentServiceConfig {
         let dir = std::env::temp_dir().join(format!("imasnap-agent-server-{}", std::process::id()));
-        let mut c =
-            AgentServiceConfig::from_toml("[tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\nca = \"/ca.pem\"\n").unwrap();
+        let mut c = AgentServiceConfig::from_toml(
+            "backend = \"model\"\ntpm = \"soft\"\n[tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\nca = \"/ca.pem\"\n",
+        )
+        .unwrap();
         c.state_dir = dir;
         c
     }

@@ -70,8 +70,9 @@ impl Env {
         let d = tempfile::tempdir().unwrap();
         let dir = d.path().to_path_buf();
         let pki = write_dev_pki(&dir.join("pki"), &["localhost"]).unwrap();
+        // The simulated machine, named explicitly (the defaults are the real one).
         let cfg = AgentServiceConfig::from_toml(&format!(
-            "state_dir = {:?}\nlisten = \"127.0.0.1:0\"\ntpm = {tpm:?}\n{extra}\n[keylime]\nenabled = true\n\
+            "state_dir = {:?}\nlisten = \"127.0.0.1:0\"\nbackend = \"model\"\ntpm = {tpm:?}\n{extra}\n[keylime]\nenabled = true\n\
              [tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\n",
             dir.join("agent-state"),
             pki.agent.cert,

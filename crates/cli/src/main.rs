@@ -3,7 +3,7 @@
 mod cmd;
 mod ui;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::process::ExitCode;
 
 /// IMA measurement-log snapshotting: formats, replay, verification.
@@ -47,6 +47,8 @@ enum Command {
     #[cfg(feature = "agent")]
     /// The main job: kernel model + agent + verifier on a synthetic workload, with a summary.
     Demo(cmd::demo::DemoArgs),
+    Completions(cmd::gen::CompletionsArgs),
+    Man(cmd::gen::ManArgs),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +71,8 @@ fn main() -> ExitCode {
         Command::Mount(a) => cmd::mount::run(a),
         #[cfg(feature = "agent")]
         Command::Demo(a) => cmd::demo::run_demo(a),
+        Command::Completions(a) => cmd::gen::completions(a, Cli::command()),
+        Command::Man(a) => cmd::gen::man(a, Cli::command()),
     };
     match r {
         Ok(code) => code,

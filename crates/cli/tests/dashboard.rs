@@ -501,7 +501,7 @@ fn dashboard_in_headless_chromium() {
             "POST",
             "/v1/hosts",
             Some(json!({"name": name, "address": format!("127.0.0.1:{port}"), "server_name": "localhost",
-                        "tofu": true, "poll_interval_ms": 700})),
+                        "tofu": true, "simulated": true, "poll_interval_ms": 700})),
         );
     }
     // db1: history with snapshots, by hand.

@@ -859,7 +859,7 @@ fn agent_run_mounts_the_view_and_unmounts_on_sigterm() {
     std::fs::write(
         &cfg,
         format!(
-            "state_dir = {state:?}\nlisten = \"127.0.0.1:0\"\ntick = \"100ms\"\n\
+            "state_dir = {state:?}\nlisten = \"127.0.0.1:0\"\nbackend = \"model\"\ntpm = \"soft\"\ntick = \"100ms\"\n\
              [workload]\nrecords_per_second = 2000\n[snapshot]\nmax_records = 300\n\
              [mount]\npath = {mp:?}\n\
              [tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\n",

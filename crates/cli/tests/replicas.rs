@@ -137,7 +137,7 @@ fn replicas_failover_stale_replica_and_database_restart() {
         let mut v = Vec::new();
         for i in 0..HOSTS {
             let mut c = AgentServiceConfig::from_toml(&format!(
-                "state_dir = {:?}\ntpm = \"soft:seed={}\"\n[tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\n",
+                "state_dir = {:?}\nbackend = \"model\"\ntpm = \"soft:seed={}\"\n[tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\n",
                 dir.join(format!("a{i}")),
                 i + 1,
                 pki.agent.cert,
@@ -191,6 +191,7 @@ fn replicas_failover_stale_replica_and_database_restart() {
                 agent_cert: None,
                 poll_interval_ms: POLL_MS as u64,
                 late_join: LateJoin::FullHistory,
+                simulated: true,
             };
             c.ok(hyper::Method::POST, "/v1/hosts", Some(serde_json::to_value(&spec).unwrap())).await.unwrap();
         }

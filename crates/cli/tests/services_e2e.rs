@@ -36,9 +36,11 @@ impl Env {
         self.t.path().join(n)
     }
     /// An agent with `extra` top-level settings (e.g. `interface = "staging"`).
+    /// The kernel model unless `extra` names a `backend` (the default is the real machine).
     fn agent_with(&self, tpm: &str, extra: &str) -> Proc {
+        let backend = if extra.contains("backend") { "" } else { "backend = \"model\"\n" };
         let cfg = format!(
-            "state_dir = {:?}\nlisten = \"127.0.0.1:0\"\ntpm = {tpm:?}\ntest_endpoints = true\ntick_ms = 100\n{extra}\n\
+            "state_dir = {:?}\nlisten = \"127.0.0.1:0\"\n{backend}tpm = {tpm:?}\ntest_endpoints = true\ntick_ms = 100\n{extra}\n\
              [tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\n",
             self.p("agent-state"),
             self.pki.agent.cert,
@@ -132,6 +134,7 @@ fn scenario_on(env: Env, tpm: &str, restart_agent: bool, extra: &str, mode: &str
             "--server-name",
             "localhost",
             "--tofu",
+            "--simulated",
             "--poll-interval-ms",
             "3600000",
         ],
@@ -396,4 +399,100 @@ fn finding_3_host_update_flags_verdict_times_and_remove_line() {
         (v["format"].as_str(), v["hosts"].as_array().map(Vec::len)),
         (Some("imasnap-verifier-host-list/1"), Some(0))
     );
+}
+
+/// Issue 16: a real machine's agent (securityfs back end, a real TPM: swtpm) sends evidence
+/// that does not say `simulated`; its host, registered without `--simulated`, verifies.
+/// The "kernel" is a directory laid out like securityfs holding the kernel model's list,
+/// which the model extended into swtpm's PCR 10 (read-only legacy mode: no snapshot file).
+#[cfg(feature = "tpm2")]
+#[test]
+fn issue16_real_tpm_host_not_simulated_verifies() {
+    use imasnap_log::HashAlgo;
+    let Some(sw) = imasnap_test_support::swtpm::Swtpm::for_test() else { return };
+    let env = Env::new();
+    let ima = env.p("ima");
+    std::fs::create_dir_all(&ima).unwrap();
+    {
+        let tpm = imasnap_tpm::open_tpm(&sw.tcti()).unwrap();
+        let mut k = imasnap_test_support::kernel::boot_with(imasnap_kernel_model::Config::default(), tpm);
+        imasnap_test_support::kernel::measure_files(&mut k, "/usr/bin/f", 0, 40);
+        std::fs::write(ima.join("binary_runtime_measurements"), k.binary_measurements(HashAlgo::Sha1)).unwrap();
+    } // the TPM connection closes here: swtpm serves one client at a time
+    let agent =
+        env.agent_with(&sw.tcti(), &format!("backend = \"securityfs\"\nima_dir = {ima:?}\ninterface = \"legacy\""));
+    let health = env.agent_call(&agent, "GET", "/v1/health", None);
+    assert_eq!(health["mode"], "securityfs-legacy", "{health}");
+    let ver = env.verifier();
+    let port = agent.addr.rsplit(':').next().unwrap().to_string();
+    let (code, h) = env.cli(
+        &ver,
+        &["host", "add", "h1", "--address", &format!("127.0.0.1:{port}"), "--server-name", "localhost", "--tofu"],
+    );
+    assert_eq!(code, 0, "{h}");
+    assert_eq!(h["spec"]["simulated"], false, "{h}");
+    let r = env.attest(&ver);
+    verified(&r);
+    let (_, text, _) = env.cli_text(&ver, &["host", "list"]);
+    assert!(!text.contains("SIMULATED"), "{text}");
+}
+
+/// Issue 16: the same kind of host, but the agent runs the kernel model: the CLI's
+/// `--simulated` flag is what lets it verify; `host update --simulated false` takes it
+/// back and the next round is refused, naming the header field.
+#[test]
+fn issue16_simulated_flag_through_the_cli() {
+    let env = Env::new();
+    let agent = env.agent_with("soft", "");
+    let ver = env.verifier();
+    let port = agent.addr.rsplit(':').next().unwrap().to_string();
+    let addr = format!("127.0.0.1:{port}");
+    let args = ["host", "add", "h1", "--address", &addr, "--server-name", "localhost", "--tofu", "--simulated"];
+    let (code, h) = env.cli(&ver, &args);
+    assert_eq!(code, 0, "{h}");
+    assert_eq!(h["spec"]["simulated"], true, "{h}");
+    env.agent_call(&agent, "POST", "/v1/test/records?count=10", None);
+    verified(&env.attest(&ver));
+    let (_, text, _) = env.cli_text(&ver, &["host", "list"]);
+    assert!(text.contains("SIMULATED"), "{text}");
+    let (code, h) = env.cli(&ver, &["host", "update", "h1", "--simulated", "false"]);
+    assert_eq!(code, 0, "{h}");
+    let r = env.attest(&ver);
+    assert_eq!(r["verdict"], "rejected", "{r}");
+    assert_eq!(r["reason"], "simulated_evidence", "{r}");
+    assert!(r["detail"].as_str().unwrap().contains("`simulated`"), "{r}");
+}
+
+/// Issue 16: `imasnap agent run` with no settings but [tls] is the real machine; on a
+/// machine without /dev/tpmrm0 (or without IMA in securityfs) it stops at once with one
+/// message naming what is missing and how to choose the simulation explicitly.
+#[test]
+fn issue16_default_agent_config_names_what_is_missing() {
+    let env = Env::new();
+    let cfg = env.p("agent-default.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "state_dir = {:?}\nlisten = \"127.0.0.1:0\"\n[tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\n",
+            env.p("st"),
+            env.pki.agent.cert,
+            env.pki.agent.key,
+            env.pki.ca
+        ),
+    )
+    .unwrap();
+    let real = std::path::Path::new("/dev/tpmrm0").exists()
+        && std::path::Path::new("/sys/kernel/security/ima/binary_runtime_measurements").exists();
+    if real {
+        eprintln!("this machine has /dev/tpmrm0 and IMA: the default agent would start; nothing to refuse");
+        return;
+    }
+    let o = Command::new(common::imasnap_bin()).args(["agent", "run", "--config"]).arg(&cfg).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("backend = \"securityfs\" (the default"), "{err}");
+    assert!(err.contains("backend = \"model\" and tpm = \"soft\""), "{err}");
+    if !std::path::Path::new("/dev/tpmrm0").exists() {
+        assert!(err.contains("/dev/tpmrm0 does not exist"), "{err}");
+    }
 }

@@ -9,11 +9,13 @@
 //! - [`devpki`]: a development CA and leaf certificates (tests, trying things out).
 //! - [`duration`]: `"30s"`-style durations in both services' TOML files.
 //! - [`shutdown_signal`]: SIGINT or SIGTERM, for both daemons.
+//! - [`notify`]: systemd's `READY=1`/`STOPPING=1` datagrams for `Type=notify` units.
 
 pub mod devpki;
 pub mod duration;
 pub mod endpoint;
 pub mod http;
+pub mod notify;
 pub mod tls;
 
 pub use endpoint::{Endpoint, EndpointError};

@@ -114,6 +114,13 @@ pub trait Tpm: Send {
 
     /// The attestation key that signs [`Tpm::quote`].
     fn ak_public(&self) -> AkPublic;
+
+    /// Whether this is a simulation inside the process (the soft TPM): evidence quoted by
+    /// it says so (`simulated` in the evidence header). swtpm counts as a real TPM here:
+    /// it is a separate TPM 2.0 implementation, reached like a device.
+    fn is_simulated(&self) -> bool {
+        false
+    }
 }
 
 /// Opens a TPM back end from a spec string:
@@ -180,5 +187,8 @@ impl<T: Tpm + ?Sized> Tpm for Box<T> {
     }
     fn ak_public(&self) -> AkPublic {
         (**self).ak_public()
+    }
+    fn is_simulated(&self) -> bool {
+        (**self).is_simulated()
     }
 }

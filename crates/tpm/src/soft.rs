@@ -156,6 +156,10 @@ fn derive_key(seed: u64) -> p256::ecdsa::SigningKey {
 }
 
 impl Tpm for SoftTpm {
+    fn is_simulated(&self) -> bool {
+        true
+    }
+
     fn banks(&self) -> Vec<HashAlgo> {
         self.banks.clone()
     }

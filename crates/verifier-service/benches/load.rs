@@ -130,7 +130,7 @@ async fn start_agents(
     let mut agents = Vec::with_capacity(hosts);
     for i in first..first + hosts {
         let mut c = AgentServiceConfig::from_toml(&format!(
-            "state_dir = {:?}\ntpm = \"soft:seed={}\"\n[tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\n",
+            "state_dir = {:?}\nbackend = \"model\"\ntpm = \"soft:seed={}\"\n[tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\n",
             dir.join(format!("a{i}")),
             i + 1,
             pki.cert,
@@ -305,6 +305,7 @@ fn main() {
                 agent_cert: None,
                 poll_interval_ms: poll_ms,
                 late_join: LateJoin::FullHistory,
+                simulated: true,
             })
             .await
             .unwrap();

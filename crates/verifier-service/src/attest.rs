@@ -65,9 +65,20 @@ pub struct RoundResult {
     pub summary: crate::model::EvidenceSummary,
 }
 
+/// Refuses evidence whose header says `simulated` for a host not registered as simulated.
+pub fn check_simulated(h: &api::EvidenceHeader, host_simulated: bool) -> Result<(), Failure> {
+    if h.simulated.is_empty() || host_simulated {
+        return Ok(());
+    }
+    let parts: Vec<&str> = h.simulated.iter().map(|s| s.as_str()).collect();
+    Err(Failure::SimulatedEvidence { simulated: format!("[{}]", parts.join(", ")) })
+}
+
 /// Verifies one evidence body. `trusted_ak` is the enrolled key; without one, `tofu`
 /// enrols the shipped key (the quote must still verify under it). `policy` comes with the
-/// host's learned keys; the result carries the keys learned after this round.
+/// host's learned keys; the result carries the keys learned after this round. Evidence
+/// from a simulated back end is refused unless `simulated` (the host's registration).
+#[allow(clippy::too_many_arguments)]
 pub fn run_round(
     body: &[u8],
     nonce: &[u8],
@@ -76,9 +87,11 @@ pub fn run_round(
     trusted_ak: Option<&AkPublic>,
     tofu: bool,
     policy: Option<(&crate::policy::LoadedPolicy, &KeyRing)>,
+    simulated: bool,
 ) -> Result<RoundResult, Failure> {
     let parsed = api::parse(body).map_err(|detail| Failure::BadEvidence { detail })?;
     let summary = crate::model::EvidenceSummary::of(&parsed.header);
+    check_simulated(&parsed.header, simulated)?;
     let shipped = shipped_ak(&parsed.header).ok();
     let (ak, enrolled) = match (trusted_ak, &shipped) {
         (Some(k), _) => (k.clone(), None),

@@ -171,6 +171,10 @@ pub struct HostSpec {
     pub poll_interval_ms: u64,
     #[serde(default)]
     pub late_join: LateJoin,
+    /// The host is a simulation (kernel model and/or soft TPM): only then is evidence
+    /// whose header says `simulated` accepted. Off by default: a real machine.
+    #[serde(default)]
+    pub simulated: bool,
 }
 
 /// `PATCH /v1/hosts/{name}`: fields to change (`null`/absent = unchanged; an empty string
@@ -186,6 +190,7 @@ pub struct HostPatch {
     pub agent_cert: Option<String>,
     pub poll_interval_ms: Option<u64>,
     pub late_join: Option<LateJoin>,
+    pub simulated: Option<bool>,
 }
 
 pub const MAX_POLICY: usize = 32 << 20;
@@ -250,6 +255,9 @@ impl HostSpec {
         }
         if let Some(l) = p.late_join {
             self.late_join = l;
+        }
+        if let Some(sim) = p.simulated {
+            self.simulated = sim;
         }
     }
 

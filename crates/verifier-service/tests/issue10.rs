@@ -435,7 +435,7 @@ async fn finding_8_duplicate_pcr_values_rejected() {
     let (s, body) = c.request(hyper::Method::GET, &path, None, 64 << 20, Duration::from_secs(10)).await.unwrap();
     assert_eq!(s, 200);
     let run = |b: &[u8]| {
-        imasnap_verifier_service::attest::run_round(b, &nonce, None, LateJoin::FullHistory, None, true, None)
+        imasnap_verifier_service::attest::run_round(b, &nonce, None, LateJoin::FullHistory, None, true, None, true)
     };
     // As sent, it verifies.
     assert!(run(&body).unwrap().outcome.verdict.is_verified());

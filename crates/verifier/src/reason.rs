@@ -18,6 +18,10 @@ pub enum Failure {
     /// The evidence cannot be verified as given (no banks, a bank twice, PCR out of range…).
     #[error("unusable evidence: {detail}")]
     BadEvidence { detail: String },
+    /// The evidence header's `simulated` field names simulated parts (the kernel model, the
+    /// soft TPM) and the host is not registered as simulated.
+    #[error("evidence header field `simulated` says {simulated}: the agent attests a simulated machine and the host is not registered as simulated (register it with simulated: true, `host add --simulated`, only for a simulation)")]
+    SimulatedEvidence { simulated: String },
 
     // ---- the quote ---------------------------------------------------------------------
     /// Quote bytes that do not decode.
@@ -171,6 +175,7 @@ snake_case_enum! {
     /// snake_case name that also tags a serialised [`Failure`] (`"kind"`).
     pub enum FailureKind("failure kind") {
         BadEvidence = "bad_evidence",
+        SimulatedEvidence = "simulated_evidence",
         QuoteMalformed = "quote_malformed",
         AkMismatch = "ak_mismatch",
         QuoteBadSignature = "quote_bad_signature",
@@ -249,6 +254,7 @@ impl Failure {
         use Failure::*;
         match self {
             BadEvidence { .. } => FailureKind::BadEvidence,
+            SimulatedEvidence { .. } => FailureKind::SimulatedEvidence,
             QuoteMalformed { .. } => FailureKind::QuoteMalformed,
             AkMismatch { .. } => FailureKind::AkMismatch,
             QuoteBadSignature { .. } => FailureKind::QuoteBadSignature,
@@ -311,6 +317,7 @@ mod tests {
         let b = HashAlgo::Sha256;
         vec![
             BadEvidence { detail: s() },
+            SimulatedEvidence { simulated: s() },
             QuoteMalformed { detail: s() },
             AkMismatch { claimed: s(), trusted: s() },
             QuoteBadSignature { detail: s() },

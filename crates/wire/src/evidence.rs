@@ -1,5 +1,5 @@
-//! The agent's evidence body (`GET /v1/evidence`, header format `imasnap-evidence/1`),
-//! encoded by the agent and decoded by the verifier:
+//! The agent's evidence body (`GET /v1/evidence`, header format `imasnap-evidence/2`; `/1`
+//! is still read), encoded by the agent and decoded by the verifier:
 //!
 //! ```text
 //! "IMASNAP-EVIDENCE/1\n"          magic
@@ -11,6 +11,12 @@
 //!
 //! Everything in the header except the quote's signed content is a claim: the verifier
 //! gives it to the replay engine, which checks it against the quote.
+//!
+//! `/2` added one header field, `simulated`: which parts of the attested machine are
+//! simulated (`kernel_model`, `soft_tpm`). A `/1` header has none and reads as `[]`. The
+//! field is the agent's own statement, not a proof: it stops a simulated agent from being
+//! taken for a real machine by mistake (the verifier refuses it unless the host is
+//! registered as simulated); a lying agent still has to pass the quote under a trusted AK.
 
 use crate::manifest::{BootInfo, Cut, MarkerRef};
 use crate::{Part, WireError};
@@ -79,6 +85,37 @@ pub struct SnapshotJson {
     pub bytes: Option<u64>,
 }
 
+/// A simulated part of the attested machine (`simulated` in the header).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Simulated {
+    /// The measurement list comes from the in-process kernel model (`backend = "model"`).
+    KernelModel,
+    /// Quotes come from the in-process software TPM (`tpm = "soft"`).
+    SoftTpm,
+}
+
+impl Simulated {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::KernelModel => "kernel_model",
+            Self::SoftTpm => "soft_tpm",
+        }
+    }
+
+    /// The header's list for a back end: the kernel model and/or the soft TPM.
+    pub fn parts(kernel_model: bool, soft_tpm: bool) -> Vec<Self> {
+        let mut v = Vec::new();
+        if kernel_model {
+            v.push(Self::KernelModel);
+        }
+        if soft_tpm {
+            v.push(Self::SoftTpm);
+        }
+        v
+    }
+}
+
 /// The attestation key's public part, as the agent ships it (a claim: the verifier uses
 /// its enrolled key, or enrols this one only with an explicit trust-on-first-use flag).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,6 +167,10 @@ pub struct EvidenceHeader {
     /// verifier's checkpoint) instead of at its head. Absent: every segment is whole.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_from: Option<u64>,
+    /// `/2`: the simulated parts of the machine (empty: a real kernel and a real TPM).
+    /// Always written by `/2` agents; absent in `/1` headers.
+    #[serde(default)]
+    pub simulated: Vec<Simulated>,
     /// The agent's back end (`model`, `model-staging`, `securityfs-snapshot`,
     /// `securityfs-staging`, `securityfs-legacy`): shown by the verifier, never trusted.
     /// Absent in evidence from agents before it was added.
@@ -187,7 +228,7 @@ pub struct Parsed {
 /// Splits a body; checks that the lengths the header claims add up exactly. The error
 /// text names the offset or the header field.
 pub fn parse(body: &[u8]) -> Result<Parsed, String> {
-    let rest = body.strip_prefix(MAGIC).ok_or("not an imasnap-evidence/1 body (magic)")?;
+    let rest = body.strip_prefix(MAGIC).ok_or("not an imasnap evidence body (magic)")?;
     let len_bytes: [u8; 4] =
         rest.get(..4).and_then(|b| b.try_into().ok()).ok_or("truncated before the header length")?;
     let hlen = u32::from_be_bytes(len_bytes) as usize;
@@ -198,8 +239,11 @@ pub fn parse(body: &[u8]) -> Result<Parsed, String> {
     let hbytes = body.get(hstart..hstart + hlen).ok_or("truncated header")?;
     // Straight into typed values: the quote included, with no detour through a JSON tree.
     let header: EvidenceHeader = serde_json::from_slice(hbytes).map_err(|e| format!("header: {e}"))?;
-    if header.format != FORMAT {
-        return Err(format!("format {:?}, want {FORMAT:?}", header.format));
+    if !crate::EVIDENCE_FORMATS_READ.contains(&header.format.as_str()) {
+        return Err(format!("format {:?}, want one of {:?}", header.format, crate::EVIDENCE_FORMATS_READ));
+    }
+    if header.format != FORMAT && !header.simulated.is_empty() {
+        return Err(format!("header: simulated: not a field of {:?}", header.format));
     }
     crate::bundle::check_pcr_values(&header.quote.pcr_values).map_err(|e| format!("header: quote.{e}"))?;
     let mut at = hstart + hlen;
@@ -276,6 +320,7 @@ mod tests {
             data_from: None,
             mode: None,
             log_size: None,
+            simulated: vec![],
         }
     }
 
@@ -340,12 +385,42 @@ mod tests {
         assert_eq!(p.header.log_size.unwrap().untrimmed_bytes, 1000);
     }
 
+    /// `/2` carries `simulated`; a `/1` header (the field absent) still parses, as real.
+    #[test]
+    fn issue16_simulated_field_and_the_previous_version() {
+        let mut h = header();
+        h.simulated = Simulated::parts(true, true);
+        let p = parse(&body(&h)).unwrap();
+        assert_eq!(p.header.simulated, vec![Simulated::KernelModel, Simulated::SoftTpm]);
+        let j = serde_json::to_string(&h).unwrap();
+        assert!(j.contains("\"simulated\":[\"kernel_model\",\"soft_tpm\"]"), "{j}");
+        let frame = |j: &str| {
+            let mut b = MAGIC.to_vec();
+            b.extend_from_slice(&(j.len() as u32).to_be_bytes());
+            b.extend_from_slice(j.as_bytes());
+            b.extend_from_slice(b"abcde");
+            b
+        };
+        let mut v1 = serde_json::to_value(header()).unwrap();
+        v1["format"] = "imasnap-evidence/1".into();
+        v1.as_object_mut().unwrap().remove("simulated");
+        let old = parse(&frame(&v1.to_string())).unwrap();
+        assert_eq!(old.header.format, "imasnap-evidence/1");
+        assert!(old.header.simulated.is_empty());
+        // A /1 header cannot carry the /2 field.
+        v1["simulated"] = serde_json::json!(["soft_tpm"]);
+        assert!(parse(&frame(&v1.to_string())).unwrap_err().contains("simulated"));
+        assert_eq!(Simulated::parts(false, true), vec![Simulated::SoftTpm]);
+        assert_eq!(Simulated::SoftTpm.as_str(), "soft_tpm");
+    }
+
     #[test]
     fn finding_9_evidence_header_rejections() {
         let good = serde_json::to_string(&header()).unwrap();
         for (from, to, want) in [
             ("\"live_bytes\"", "\"extra\":1,\"live_bytes\"", "unknown field"),
-            ("imasnap-evidence/1", "imasnap-evidence/2", "want"),
+            ("imasnap-evidence/2", "imasnap-evidence/3", "want"),
+            ("\"simulated\":[]", "\"simulated\":[\"qemu\"]", "unknown variant"),
             ("\"attest\":\"01\"", "\"attest\":\"zz\"", "header"),
             ("\"seq\":2", "\"seq\":2,\"file\":\"x\"", "unknown field"),
             ("\"pem\":\"x\"", "\"pem\":\"x\",\"der\":\"\"", "unknown field"),

@@ -8,7 +8,7 @@
 //! | `bundle.json` | `imasnap-bundle/1` (`format` field) | evidence bundle | [`bundle::BundleIndex`] |
 //! | `quote.json` | none (the quote's own structure) | evidence bundle | [`bundle::QuoteFile`] |
 //! | `ak.pub` / `ak.pem` / AK text | none (hex TPM2B_PUBLIC or PEM SubjectPublicKeyInfo) | bundle, API, CLI | [`ak`] |
-//! | evidence body of `GET /v1/evidence` | `IMASNAP-EVIDENCE/1\n` magic, header `format` `imasnap-evidence/1` | agent HTTP API | [`evidence`] |
+//! | evidence body of `GET /v1/evidence` | `IMASNAP-EVIDENCE/1\n` magic, header `format` `imasnap-evidence/2` (`/1` still read) | agent HTTP API | [`evidence`] |
 //!
 //! The verifier engine consumes claims ([`claims`]), not JSON: [`claims`] holds the claim
 //! types and the one checked conversion from these wire types into them (hex lengths,
@@ -38,8 +38,11 @@ pub use segment::Segment;
 pub const MANIFEST_FORMAT: &str = "imasnap-manifest/1";
 /// `format` of `bundle.json`.
 pub const BUNDLE_FORMAT: &str = "imasnap-bundle/1";
-/// `format` of the evidence header.
-pub const EVIDENCE_FORMAT: &str = "imasnap-evidence/1";
+/// `format` of the evidence header the agent writes. `/2` added `simulated`; the framing
+/// (magic, lengths) is unchanged, so the magic keeps its `/1`.
+pub const EVIDENCE_FORMAT: &str = "imasnap-evidence/2";
+/// Every evidence header format the verifier reads (`/1`: no `simulated`, read as empty).
+pub const EVIDENCE_FORMATS_READ: &[&str] = &["imasnap-evidence/1", EVIDENCE_FORMAT];
 /// First bytes of an evidence body.
 pub const EVIDENCE_MAGIC: &[u8] = b"IMASNAP-EVIDENCE/1\n";
 /// `content-type` of an evidence body.

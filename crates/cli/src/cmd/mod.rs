@@ -6,6 +6,7 @@ pub mod agent_service;
 pub mod daemon;
 #[cfg(feature = "agent")]
 pub mod demo;
+pub mod gen;
 pub mod log;
 #[cfg(feature = "agent")]
 pub mod mount;

@@ -138,6 +138,10 @@ pub struct AddArgs {
     /// marker_tofu accepts the marker heading the live list on first use.
     #[arg(long, value_name = "POLICY", default_value = "full_history", value_parser = ["full_history", "marker_tofu"])]
     late_join: String,
+    /// The host is a simulation (agent with backend = "model" and/or tpm = "soft"): accept
+    /// evidence that says so. Without it such evidence is refused (simulated_evidence).
+    #[arg(long)]
+    simulated: bool,
     #[command(flatten)]
     api: ApiArgs,
 }
@@ -178,6 +182,9 @@ pub struct UpdateArgs {
     /// full_history or marker_tofu (resets the host's state).
     #[arg(long, value_name = "POLICY", value_parser = ["full_history", "marker_tofu"])]
     late_join: Option<String>,
+    /// Whether the host is a simulation whose evidence says `simulated` (true or false).
+    #[arg(long, value_name = "BOOL")]
+    simulated: Option<bool>,
     #[command(flatten)]
     api: ApiArgs,
 }
@@ -237,7 +244,7 @@ fn show_host(v: &serde_json::Value) {
     let g = |k: &str| v.get(k).cloned().unwrap_or_default();
     let spec = g("spec");
     println!(
-        "{}  {}  status {}  checkpoint {}  rounds {}  AK {}  late-join {}{}",
+        "{}  {}  status {}  checkpoint {}  rounds {}  AK {}  late-join {}{}{}",
         spec.get("name").and_then(|x| x.as_str()).unwrap_or("?"),
         spec.get("address").and_then(|x| x.as_str()).unwrap_or("?"),
         g("status").as_str().unwrap_or("?"),
@@ -245,6 +252,7 @@ fn show_host(v: &serde_json::Value) {
         g("rounds"),
         g("ak_source").as_str().unwrap_or("none"),
         spec.get("late_join").and_then(|x| x.as_str()).unwrap_or("?"),
+        if spec.get("simulated") == Some(&serde_json::json!(true)) { "  SIMULATED" } else { "" },
         if g("history_verified") == serde_json::json!(false) {
             " (history not verified: marker accepted on first use)"
         } else {
@@ -319,6 +327,7 @@ fn host(h: HostCmd) -> Result<ExitCode> {
                 "policy": a.policy.as_deref().map(read_policy).transpose()?,
                 "agent_cert": a.agent_cert.as_deref().map(read_cert).transpose()?,
                 "poll_interval_ms": a.poll_interval_ms, "late_join": a.late_join,
+                "simulated": a.simulated,
             });
             let v = call(&a.api, Method::POST, "/v1/hosts", Some(body))?;
             (a.api, v, "imasnap-verifier-host/1")
@@ -382,8 +391,11 @@ fn host(h: HostCmd) -> Result<ExitCode> {
             if let Some(l) = a.late_join {
                 body.insert("late_join".into(), l.into());
             }
+            if let Some(sim) = a.simulated {
+                body.insert("simulated".into(), sim.into());
+            }
             if body.is_empty() {
-                anyhow::bail!("nothing to update: pass at least one of --address, --server-name, --ak, --tofu, --policy, --no-policy, --agent-cert, --no-agent-cert, --poll-interval-ms, --late-join");
+                anyhow::bail!("nothing to update: pass at least one of --address, --server-name, --ak, --tofu, --policy, --no-policy, --agent-cert, --no-agent-cert, --poll-interval-ms, --late-join, --simulated");
             }
             let v = call(&a.api, Method::PATCH, &format!("/v1/hosts/{}", a.name), Some(body.into()))?;
             (a.api, v, "imasnap-verifier-host/1")

@@ -72,6 +72,7 @@ fn placeholder_spec(name: &str) -> HostSpec {
         agent_cert: None,
         poll_interval_ms: 30_000,
         late_join: LateJoin::default(),
+        simulated: false,
     }
 }
 

@@ -92,12 +92,12 @@ fn record_result(row: &mut VerdictRow, rr: RoundResult) -> Judged {
 
 /// Runs the pure round on a blocking thread and turns the result into a verdict row.
 async fn judge(input: &RoundInput, body: Vec<u8>, nonce: Vec<u8>, row: &mut VerdictRow) -> Result<Judged, String> {
-    let (late, tofu) = (input.spec.late_join, input.spec.tofu);
+    let (late, tofu, sim) = (input.spec.late_join, input.spec.tofu, input.spec.simulated);
     let (prior, ak, pol, learned) =
         (input.state.clone(), input.ak.clone(), input.policy.clone(), input.learned.clone());
     let r = tokio::task::spawn_blocking(move || {
         let pol = pol.as_deref().map(|p| (p, &*learned));
-        attest::run_round(&body, &nonce, prior.as_ref(), late, ak.as_ref(), tofu, pol)
+        attest::run_round(&body, &nonce, prior.as_ref(), late, ak.as_ref(), tofu, pol, sim)
     })
     .await
     .map_err(|e| format!("round worker: {e}"))?;

@@ -38,7 +38,9 @@ pub async fn run(cfg: VerifierConfig) -> anyhow::Result<()> {
     let running = spawn(listener, api_tls, v, true)?;
     tracing::info!(addr = %running.addr, "verifier service listening");
     println!("listening on {}", running.addr);
+    imasnap_net::notify::ready();
     imasnap_net::shutdown_signal().await;
+    imasnap_net::notify::stopping();
     tracing::info!("shutting down");
     running.stop().await;
     Ok(())

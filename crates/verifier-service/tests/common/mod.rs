@@ -109,9 +109,13 @@ pub async fn start_verifier_on(
 
 /// An agent configuration on loopback with `tls` as its identity and state under `dir`;
 /// `extra` adds top-level keys (`backend`, `test_endpoints`, `ima_template`, …). No ticker.
+/// The simulation (`backend = "model"`, `tpm = "soft"`) unless `extra` names them: the
+/// defaults are the real machine.
 pub fn agent_cfg(dir: &Path, tls: &TlsFiles, extra: &str) -> AgentServiceConfig {
+    let backend = if extra.contains("backend") { "" } else { "backend = \"model\"\n" };
+    let tpm = if extra.contains("tpm =") { "" } else { "tpm = \"soft\"\n" };
     let mut c = AgentServiceConfig::from_toml(&format!(
-        "state_dir = {:?}\nlisten = \"127.0.0.1:0\"\n{extra}\n[tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\n",
+        "state_dir = {:?}\nlisten = \"127.0.0.1:0\"\n{backend}{tpm}{extra}\n[tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\n",
         dir.join("agent-state"),
         tls.cert,
         tls.key,
@@ -134,7 +138,8 @@ pub async fn start_agent(cfg: &AgentServiceConfig) -> agent::Running {
 }
 
 /// Host `name` at `address` (server name `localhost`, as the dev PKI issues), its AK trusted
-/// on first use, full-history late join, polled hourly (the tests attest on demand).
+/// on first use, full-history late join, polled hourly (the tests attest on demand),
+/// registered as simulated (the test agents run the kernel model and the soft TPM).
 pub fn tofu_host(name: &str, address: &str) -> HostSpec {
     HostSpec {
         name: name.into(),
@@ -146,5 +151,6 @@ pub fn tofu_host(name: &str, address: &str) -> HostSpec {
         agent_cert: None,
         poll_interval_ms: 3_600_000,
         late_join: LateJoin::FullHistory,
+        simulated: true,
     }
 }
