@@ -139,8 +139,9 @@ impl<T: Tpm> Kernel<T> {
         self.take_fault(Fault::Read)?;
         let end = self.snapshot.marker_pos.min(from.saturating_add(n));
         let mut out = Vec::new();
+        // The classic SHA1 records, encoded straight from the entries.
         for e in self.list.range(from.min(end)..end) {
-            e.sha1_record(&self.banks).encode(Endian::Little, &mut out);
+            e.encode(None, Endian::Little, &mut out);
         }
         Ok(out)
     }
