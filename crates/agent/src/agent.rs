@@ -837,9 +837,12 @@ impl<R: std::io::Read> std::io::Read for LiveTail<R> {
     }
 }
 
+/// A record's byte offset in a buffer, its length and its digest.
+type LastRecord = (usize, usize, Vec<u8>);
+
 /// Records in `b` (binary SHA1 records from index `first`), each parsed in place, and
 /// the last one's byte offset, length and digest.
-fn count_live(b: &[u8], first: u64) -> Result<(u64, Option<(usize, usize, Vec<u8>)>), AgentError> {
+fn count_live(b: &[u8], first: u64) -> Result<(u64, Option<LastRecord>), AgentError> {
     let mut rd = BinaryReader::starting_at(b, imasnap_store::snapshot_format(), first);
     let (mut at, mut last) = (0usize, None::<(usize, usize)>);
     rd.visit_raw(usize::MAX, |r| {

@@ -197,7 +197,13 @@ impl<T: Tpm> Kernel<T> {
                 skip += 1;
             }
         }
-        let mut out = self.render(entries.iter().skip(skip), fd.file)?;
+        // Sized for what is rendered (known for the SHA1 list), not for the whole list.
+        let cap =
+            if fd.file.bank == HashAlgo::Sha1 && !fd.file.staged { self.bytes_in_list.saturating_sub(at) } else { 0 };
+        let mut out = Vec::with_capacity(usize::try_from(cap).unwrap_or(0));
+        for e in entries.range(skip.min(entries.len())..) {
+            e.encode(bi, Endian::Little, &mut out);
+        }
         // An offset inside a record: its remaining bytes come first, as from a file.
         out.drain(..usize::try_from(offset - at).unwrap_or(usize::MAX).min(out.len()));
         Ok(out)
