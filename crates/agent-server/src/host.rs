@@ -442,24 +442,35 @@ impl<K: HostKernel> HostOps for Host<K> {
         let a = self.agent();
         let dir = a.boot_dir().cloned().ok_or(AgentError::NotRecovered)?;
         let m = a.manifest().cloned().ok_or(AgentError::NotRecovered)?;
-        let mut live = Vec::new();
-        a.live_tail()?.read_to_end(&mut live).map_err(|e| HostError::Other(format!("reading the live list: {e}")))?;
         let same_boot = boot_hint.as_ref().is_none_or(|(rc, ba)| {
             *rc == m.boot.reset_count && ba.as_ref().is_none_or(|b| *b == m.boot.boot_aggregate_sha1)
         });
-        let live_records = count_records(&live)?;
-        let end = m.next_index + live_records;
-        let kernel_bytes = live.len() as u64;
-        let snap_bytes = snapshot_bytes(&mut self.snap_bytes, &dir, &m);
+        // A verifier on this boot that names its index needs nothing before it: the
+        // agent may then read only the list's new part (see `Agent::live_read`).
+        let want = match from {
+            api::From::Index(i) if same_boot => Some(i),
+            _ => None,
+        };
+        let mut read = a.live_read(want)?;
+        let end = read.first + read.records;
         let seg = segment_view(&m, from, same_boot, end, &|s| {
             let p = dir.path().join(&s.file);
             let len = std::fs::metadata(&p).map_err(|e| HostError::Other(format!("{}: {e}", p.display())))?.len();
             Ok((p, 0, len))
         })?;
         let (from_index, snapshots, files, mut data_from) = (seg.from_index, seg.snapshots, seg.files, seg.data_from);
+        if from_index < read.first {
+            // Only reached if the index is before the part read (not asked that way).
+            read = a.live_read(None)?;
+        }
+        // The kernel's part as it stands: what was read plus what lay before the read.
+        let kernel_records = end.saturating_sub(m.next_index);
+        let kernel_bytes = read.offset.saturating_add(read.bytes.len() as u64);
+        let snap_bytes = snapshot_bytes(&mut self.snap_bytes, &dir, &m);
+        let mut live = read.bytes;
         if from_index > m.next_index {
             data_from = Some(from_index);
-            let off = byte_offset(&live, m.next_index, from_index)?;
+            let off = byte_offset(&live, read.first, from_index)?;
             live.drain(..off);
         }
         let header = EvidenceHeader {
@@ -477,7 +488,7 @@ impl<K: HostKernel> HostOps for Host<K> {
             data_from,
             mode: Some(self.mode().into()),
             log_size: Some(api::LogSize {
-                kernel_records: live_records,
+                kernel_records,
                 kernel_bytes,
                 untrimmed_records: end,
                 untrimmed_bytes: snap_bytes.saturating_add(kernel_bytes),

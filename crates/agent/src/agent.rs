@@ -146,6 +146,32 @@ pub struct Agent<K: SnapshotKernel> {
     live_base: u64,
     /// What checkpoints cost this process so far.
     pub(crate) checkpoint_stats: crate::checkpoint::CheckpointStats,
+    /// Where the last [`Agent::live_read`] ended, so the next one can start there.
+    live_mark: Option<LiveMark>,
+}
+
+/// The end of a read of the live list: its last record (absolute index, byte offset in
+/// the live list, length, SHA1 digest) and the list head it was read under. Between two
+/// cuts the kernel's list only grows, so the next read may start at that record; a cut,
+/// restart or recovery drops the mark, and the record found there is checked anyway.
+#[derive(Clone, Debug)]
+struct LiveMark {
+    head: u64,
+    index: u64,
+    offset: u64,
+    len: usize,
+    digest: Vec<u8>,
+}
+
+/// Records of the live list from index `first` on, and how many (see [`Agent::live_read`]).
+#[derive(Debug)]
+pub struct LiveRead {
+    pub first: u64,
+    pub records: u64,
+    /// Where `bytes` starts in the kernel's part of the list (0 for a whole read), so the
+    /// list's size is `offset + bytes.len()` without reading what came before.
+    pub offset: u64,
+    pub bytes: Vec<u8>,
 }
 
 /// The interface `choice` picks on `kernel`: `auto` prefers the RFC snapshot file (its
@@ -169,6 +195,7 @@ impl<K: SnapshotKernel> Agent<K> {
             interface,
             live_base: 0,
             checkpoint_stats: Default::default(),
+            live_mark: None,
             kernel,
             store,
             cfg,
@@ -186,6 +213,7 @@ impl<K: SnapshotKernel> Agent<K> {
     pub fn restart(&mut self) -> Result<(), AgentError> {
         self.store = Store::open(&self.cfg.state_dir)?;
         self.current = None;
+        self.live_mark = None;
         self.needs_recovery = true;
         self.crash_at = None;
         self.dead = None;
@@ -257,6 +285,7 @@ impl<K: SnapshotKernel> Agent<K> {
 
     /// Where the kernel's list (staged records first) starts. Only a delete moves it.
     pub(crate) fn set_live_base(&mut self, b: u64) {
+        self.live_mark = None;
         self.live_base = b;
     }
 
@@ -426,6 +455,7 @@ impl<K: SnapshotKernel> Agent<K> {
         dir.remove_pending()?;
         dir.sync()?;
         self.live_base = next.next_index;
+        self.live_mark = None;
         self.current = Some(Current { dir, manifest: next });
         self.needs_recovery = false;
         self.last_snapshot = Instant::now();
@@ -492,6 +522,7 @@ impl<K: SnapshotKernel> Agent<K> {
     /// [`Agent::recover`] with the store lock already held.
     fn recover_locked(&mut self) -> Result<RecoveryReport, AgentError> {
         self.current = None;
+        self.live_mark = None;
         self.needs_recovery = true;
         if self.interface == Interface::Staging {
             return self.recover_staging();
@@ -572,6 +603,7 @@ impl<K: SnapshotKernel> Agent<K> {
             .map_err(|why| AgentError::Inconsistent(format!("live list head: {why}")))?;
         let report = RecoveryReport { boot: dir.id().clone(), created, retired, pending, removed };
         self.live_base = m.next_index;
+        self.live_mark = None;
         self.current = Some(Current { dir, manifest: m });
         self.needs_recovery = false;
         self.last_snapshot = Instant::now();
@@ -645,6 +677,7 @@ impl<K: SnapshotKernel> Agent<K> {
         }
         let removed = dir.remove_leftovers(&m)?;
         let boot = dir.id().clone();
+        self.live_mark = None;
         self.current = Some(Current { dir, manifest: m });
         self.settle_staging(staged, live, pcr_now.as_deref())?;
         self.needs_recovery = false;
@@ -706,6 +739,56 @@ impl<K: SnapshotKernel> Agent<K> {
         Ok(dir.stitched(&m, live, from))
     }
 
+    /// The kernel's records from `next_index` on, as [`Agent::live_tail`] gives them,
+    /// counted and checked record by record; or, when a caller that needs nothing
+    /// before record `want` asks again while the list has not been cut (RFC snapshot
+    /// interface, no stored records left in the kernel), only the records past the
+    /// previous read's last one: the read starts at that record's byte offset (the
+    /// kernel walks to it without copying what lies before), and the record found there
+    /// must be the one remembered, else the whole list is read.
+    pub fn live_read(&mut self, want: Option<u64>) -> Result<LiveRead, AgentError> {
+        let next = self.current.as_ref().ok_or(AgentError::NotRecovered)?.manifest.next_index;
+        let plain = self.interface == Interface::Snapshot && self.live_base == next;
+        let mark = self.live_mark.take().filter(|mk| plain && mk.head == next && want.is_some_and(|w| w > mk.index));
+        if let Some(mk) = mark {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut self.kernel.live_list_at(mk.offset)?, &mut buf)
+                .map_err(|e| AgentError::Inconsistent(format!("reading the live list: {e}")))?;
+            let mut same = false;
+            let _ = BinaryReader::new(&buf[..], imasnap_store::snapshot_format()).visit_raw(1, |r| {
+                same = r.len == mk.len && r.digest == mk.digest.as_slice();
+                true
+            });
+            if same {
+                buf.drain(..mk.len);
+                return self.finish_read(next, mk.index + 1, mk.offset + mk.len as u64, buf);
+            }
+        }
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut self.live_tail()?, &mut buf)
+            .map_err(|e| AgentError::Inconsistent(format!("reading the live list: {e}")))?;
+        if plain {
+            // The tail starts at the list's head: byte 0.
+            return self.finish_read(next, next, 0, buf);
+        }
+        let records = count_live(&buf, next)?.0;
+        Ok(LiveRead { first: next, records, offset: 0, bytes: buf })
+    }
+
+    /// Counts `bytes` (the live list from record `first`, at byte `offset` of it) and
+    /// marks its last record for the next [`Agent::live_read`].
+    fn finish_read(&mut self, head: u64, first: u64, offset: u64, bytes: Vec<u8>) -> Result<LiveRead, AgentError> {
+        let (records, last) = count_live(&bytes, first)?;
+        self.live_mark = last.map(|(at, len, digest)| LiveMark {
+            head,
+            index: first + records - 1,
+            offset: offset + at as u64,
+            len,
+            digest,
+        });
+        Ok(LiveRead { first, records, offset, bytes })
+    }
+
     /// The kernel's records from `next_index` on: the staged list (staging), then the
     /// current list. Records the store already holds that the kernel has not deleted yet
     /// (a cut interrupted before its delete) are skipped, so nothing is sent or stitched
@@ -755,4 +838,32 @@ impl<R: std::io::Read> std::io::Read for LiveTail<R> {
         }
         self.inner.read(buf)
     }
+}
+
+/// A record's byte offset in a buffer, its length and its digest.
+type LastRecord = (usize, usize, Vec<u8>);
+
+/// Records in `b` (binary SHA1 records from index `first`), each parsed in place, and
+/// the last one's byte offset, length and digest.
+fn count_live(b: &[u8], first: u64) -> Result<(u64, Option<LastRecord>), AgentError> {
+    let mut rd = BinaryReader::starting_at(b, imasnap_store::snapshot_format(), first);
+    let (mut at, mut last) = (0usize, None::<(usize, usize)>);
+    rd.visit_raw(usize::MAX, |r| {
+        last = Some((at, r.len));
+        at += r.len;
+        true
+    })
+    .map_err(|e| AgentError::Inconsistent(format!("live list: {e}")))?;
+    // The last record's digest, parsed again (one record) rather than copied for each.
+    let last = last.and_then(|(at, len)| {
+        let mut digest = None;
+        let mut r = BinaryReader::new(b.get(at..at + len)?, imasnap_store::snapshot_format());
+        r.visit_raw(1, |x| {
+            digest = Some(x.digest.to_vec());
+            true
+        })
+        .ok()?;
+        digest.map(|d| (at, len, d))
+    });
+    Ok((rd.next_index() - first, last))
 }

@@ -82,6 +82,15 @@ pub trait SnapshotKernel {
     /// The live list, streaming.
     fn live_list(&mut self) -> Result<Self::Live, KernelIfError>;
 
+    /// The live list from byte `offset` on, as a read after `lseek(offset)` gives it
+    /// (past the end: nothing). The default reads the bytes before it and drops them.
+    fn live_list_at(&mut self, offset: u64) -> Result<Self::Live, KernelIfError> {
+        let mut live = self.live_list()?;
+        std::io::copy(&mut (&mut live).take(offset), &mut std::io::sink())
+            .map_err(|e| KernelIfError::Failed(format!("reading the live list: {e}")))?;
+        Ok(live)
+    }
+
     /// TPM resetCount (cold boots since TPM2_Clear).
     fn reset_count(&mut self) -> Result<u64, KernelIfError>;
 
@@ -207,6 +216,9 @@ impl<K: SnapshotKernel + ?Sized> SnapshotKernel for &mut K {
     }
     fn live_list(&mut self) -> Result<Self::Live, KernelIfError> {
         (**self).live_list()
+    }
+    fn live_list_at(&mut self, offset: u64) -> Result<Self::Live, KernelIfError> {
+        (**self).live_list_at(offset)
     }
     fn reset_count(&mut self) -> Result<u64, KernelIfError> {
         (**self).reset_count()

@@ -75,6 +75,13 @@ impl<T: Tpm> SnapshotKernel for Kernel<T> {
         Ok(Cursor::new(r.map_err(err)?))
     }
 
+    fn live_list_at(&mut self, offset: u64) -> Result<Cursor<Vec<u8>>, KernelIfError> {
+        let fd = self.open(MeasFile::BINARY, false, AGENT_PID, true).map_err(err)?;
+        let r = self.read_at(&fd, offset);
+        self.close(fd);
+        Ok(Cursor::new(r.map_err(err)?))
+    }
+
     fn live_head(&mut self) -> Result<Record, KernelIfError> {
         let e = self.entries().next().ok_or_else(|| KernelIfError::Failed("live list is empty".into()))?;
         Ok(e.sha1_record(Kernel::banks(self)))

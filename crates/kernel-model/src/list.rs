@@ -94,6 +94,17 @@ impl Entry {
             + self.template_data.len()
     }
 
+    /// Bytes of the record in the binary list of bank `bank_idx` (`None`: the classic
+    /// SHA1 list), as [`Entry::encode`] writes it.
+    pub fn encoded_len_in(&self, bank_idx: Option<usize>) -> usize {
+        let digest = match bank_idx {
+            Some(i) => self.digests[i].as_bytes().len(),
+            None => self.sha1.len(),
+        };
+        let data_len = if self.template.is_legacy_ima() { 0 } else { 4 };
+        4 + digest + 4 + self.template.name().len() + data_len + self.template_data.len()
+    }
+
     /// The record as it appears in the binary list of `bank`.
     pub fn record(&self, bank_idx: usize) -> Record {
         Record {
@@ -160,7 +171,7 @@ pub struct Kernel<T: Tpm> {
     pub(crate) banks: Vec<HashAlgo>,
     pub(crate) list: VecDeque<Entry>,
     /// Dedup table: (pcr, template digest in the ima_hash bank).
-    pub(crate) htable: HashSet<(u32, Vec<u8>)>,
+    pub(crate) htable: HashSet<(u32, PcrValue)>,
     pub(crate) dedup_bank: usize,
     pub(crate) violations: u64,
     /// PCRs IMA has extended in this kernel (bit p for PCR p).
@@ -175,13 +186,18 @@ pub struct Kernel<T: Tpm> {
     pub(crate) last_pause: Option<Duration>,
     pub(crate) max_pause: Duration,
     pub(crate) bytes_in_list: u64,
+    /// `cfg.template` parsed once (the config is fixed for the kernel's life); `None`
+    /// when the name is bad, reported by [`Kernel::template`] on each measurement.
+    pub(crate) parsed_template: Option<Arc<Template>>,
 }
 
 impl<T: Tpm> Kernel<T> {
     fn empty(cfg: Config, tpm: T) -> Self {
         let banks = tpm.banks();
         let dedup_bank = banks.iter().position(|&b| b == cfg.ima_hash).unwrap_or(0);
+        let parsed_template = imasnap_log::entry::template(&cfg.template).ok();
         Self {
+            parsed_template,
             cfg,
             tpm,
             banks,
@@ -210,6 +226,9 @@ impl<T: Tpm> Kernel<T> {
 
     /// The configured template; a bad name in the config is an error, not a panic.
     fn template(&self) -> Result<Arc<Template>, KernelError> {
+        if let Some(t) = &self.parsed_template {
+            return Ok(t.clone());
+        }
         imasnap_log::entry::template(&self.cfg.template)
             .map_err(|r| KernelError::Invalid(format!("template {:?}: {r}", self.cfg.template)))
     }
@@ -308,7 +327,8 @@ impl<T: Tpm> Kernel<T> {
 
     /// A buffer measurement (`ima_measure_critical_data`, `kexec-cmdline`): template ima-buf.
     pub fn measure_buffer(&mut self, name: &[u8], buf: &[u8]) -> Result<bool, KernelError> {
-        let t = builtin("ima-buf");
+        static IMA_BUF: std::sync::OnceLock<Arc<Template>> = std::sync::OnceLock::new();
+        let t = IMA_BUF.get_or_init(|| builtin("ima-buf")).clone();
         let d = self.cfg.ima_hash.hash(&[buf]);
         let f = self.name_fields(&t, self.cfg.ima_hash.name(), d.as_bytes(), name, Some(buf));
         self.add_checked(t, f, false)
@@ -327,7 +347,7 @@ impl<T: Tpm> Kernel<T> {
     /// Adds a measurement unless it is a duplicate. Returns whether it was added.
     fn add_checked(&mut self, t: Arc<Template>, fields: Vec<Vec<u8>>, violation: bool) -> Result<bool, KernelError> {
         let e = self.make_entry(t, fields, violation)?;
-        if !violation && self.htable.contains(&(e.pcr, e.digests[self.dedup_bank].as_bytes().to_vec())) {
+        if !violation && self.htable.contains(&(e.pcr, e.digests[self.dedup_bank])) {
             return Ok(false);
         }
         self.append(e)?;
@@ -357,7 +377,11 @@ impl<T: Tpm> Kernel<T> {
             }
         };
         let digests = self.banks.iter().map(|&a| hash(a)).collect::<Result<Vec<_>, _>>()?;
-        let sha1 = hash(HashAlgo::Sha1)?.as_bytes().to_vec();
+        // The SHA1 bank's digest when there is one: the same hash, computed once.
+        let sha1 = match self.banks.iter().position(|&b| b == HashAlgo::Sha1) {
+            Some(i) => digests[i].as_bytes().to_vec(),
+            None => hash(HashAlgo::Sha1)?.as_bytes().to_vec(),
+        };
         Ok(Entry {
             pcr: probe.pcr,
             template: probe.template,
@@ -378,10 +402,10 @@ impl<T: Tpm> Kernel<T> {
         let values: Vec<PcrValue> =
             self.banks.iter().zip(&e.digests).map(|(&a, d)| if e.violation { PcrValue::ones(a) } else { *d }).collect();
         if !e.violation {
-            self.htable.insert((e.pcr, e.digests[self.dedup_bank].as_bytes().to_vec()));
+            self.htable.insert((e.pcr, e.digests[self.dedup_bank]));
         }
         let p = e.pcr as usize;
-        self.bytes_in_list += e.encoded_len(0) as u64;
+        self.bytes_in_list += e.encoded_len_in(None) as u64;
         self.list.push_back(e);
         self.extended |= 1 << p;
         self.tpm.pcr_extend(p as u32, &values).map_err(|e| KernelError::Tpm(e.to_string()))?;

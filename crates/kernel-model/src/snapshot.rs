@@ -139,8 +139,9 @@ impl<T: Tpm> Kernel<T> {
         self.take_fault(Fault::Read)?;
         let end = self.snapshot.marker_pos.min(from.saturating_add(n));
         let mut out = Vec::new();
+        // The classic SHA1 records, encoded straight from the entries.
         for e in self.list.range(from.min(end)..end) {
-            e.sha1_record(&self.banks).encode(Endian::Little, &mut out);
+            e.encode(None, Endian::Little, &mut out);
         }
         Ok(out)
     }
@@ -157,9 +158,9 @@ impl<T: Tpm> Kernel<T> {
         self.take_fault(Fault::Done)?;
         let n = self.snapshot.marker_pos;
         for e in self.list.drain(..n) {
-            self.bytes_in_list -= e.record(0).encoded_len() as u64;
+            self.bytes_in_list -= e.encoded_len_in(None) as u64;
             if !self.cfg.keep_dedup_on_done && !e.violation {
-                self.htable.remove(&(e.pcr, e.digests[self.dedup_bank].as_bytes().to_vec()));
+                self.htable.remove(&(e.pcr, e.digests[self.dedup_bank]));
             }
         }
         self.removed += n as u64;

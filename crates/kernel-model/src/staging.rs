@@ -163,6 +163,52 @@ impl<T: Tpm> Kernel<T> {
         self.render(entries.iter(), fd.file)
     }
 
+    /// `read()` after `lseek(offset)`: the file's bytes from `offset` on (none past the
+    /// end). Like the kernel's seq_file, the entries before it are walked, not rendered.
+    pub fn read_at(&mut self, fd: &MeasFd, offset: u64) -> Result<Vec<u8>, KernelError> {
+        self.check_fd(fd)?;
+        self.take_staging_fault(StagingFault::Read)?;
+        let entries = if fd.file.staged { &self.staging.staged } else { &self.list };
+        if fd.file.ascii {
+            let all = self.render(entries.iter(), fd.file)?;
+            return Ok(all.get(usize::try_from(offset).unwrap_or(usize::MAX)..).unwrap_or_default().to_vec());
+        }
+        let bi = self.banks.iter().position(|&b| b == fd.file.bank);
+        // `skip` entries end at byte `at` <= offset, and the next one ends past it.
+        let (mut skip, mut at) = (0usize, 0u64);
+        if !fd.file.staged && fd.file.bank == HashAlgo::Sha1 {
+            // The SHA1 list's size is kept: walk back from its end, so a read near the
+            // end (the agent's usual one) touches only the entries after the offset.
+            (skip, at) = (entries.len(), self.bytes_in_list);
+            for e in entries.iter().rev() {
+                if at <= offset {
+                    break;
+                }
+                at = at.saturating_sub(e.encoded_len_in(bi) as u64);
+                skip -= 1;
+            }
+        } else {
+            for e in entries.iter() {
+                let len = e.encoded_len_in(bi) as u64;
+                if at + len > offset {
+                    break;
+                }
+                at += len;
+                skip += 1;
+            }
+        }
+        // Sized for what is rendered (known for the SHA1 list), not for the whole list.
+        let cap =
+            if fd.file.bank == HashAlgo::Sha1 && !fd.file.staged { self.bytes_in_list.saturating_sub(at) } else { 0 };
+        let mut out = Vec::with_capacity(usize::try_from(cap).unwrap_or(0));
+        for e in entries.range(skip.min(entries.len())..) {
+            e.encode(bi, Endian::Little, &mut out);
+        }
+        // An offset inside a record: its remaining bytes come first, as from a file.
+        out.drain(..usize::try_from(offset - at).unwrap_or(usize::MAX).min(out.len()));
+        Ok(out)
+    }
+
     /// The bytes of a measurement file for `entries`.
     pub(crate) fn render<'a>(
         &self,
@@ -273,7 +319,7 @@ impl<T: Tpm> Kernel<T> {
         }
         self.take_staging_fault(StagingFault::Trim)?;
         for e in self.list.drain(..n as usize) {
-            self.bytes_in_list -= e.record(0).encoded_len() as u64;
+            self.bytes_in_list -= e.encoded_len_in(None) as u64;
         }
         self.staging.deleted += n;
         Ok(())

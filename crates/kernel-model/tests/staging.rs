@@ -227,3 +227,32 @@ fn without_config_ima_staging_there_is_nothing_to_write() {
     assert_eq!(errno(k.open(MeasFile::BINARY, true, AGENT, true)), "EACCES");
     assert_eq!(errno(k.open(MeasFile::BINARY, false, AGENT, true)), "ok");
 }
+
+/// A read after lseek(offset) gives the file's bytes from there on, for every offset
+/// (mid-record and past the end too), after trims and violations, with SHA1 first or
+/// last among the banks (the SHA1 list's size is kept, and the walk starts from it).
+#[test]
+fn read_at_is_the_file_from_the_offset() {
+    for banks in
+        [vec![HashAlgo::Sha1, HashAlgo::Sha256], vec![HashAlgo::Sha256, HashAlgo::Sha1], vec![HashAlgo::Sha256]]
+    {
+        let mut k = kernel::boot_with(Config::default(), SoftTpm::with_banks(7, &banks).unwrap());
+        kernel::measure_files(&mut k, "/f", 0, 12);
+        k.violation(b"/tomtou").unwrap();
+        k.measure_buffer(b"kexec-cmdline", b"root=/dev/vda").unwrap();
+        let fd = k.open(MeasFile::BINARY, true, AGENT, true).unwrap();
+        k.write(&fd, b"3\n").unwrap();
+        k.close(fd);
+        kernel::measure_files(&mut k, "/g", 0, 5);
+        for file in [MeasFile::BINARY, MeasFile { bank: HashAlgo::Sha256, ..MeasFile::BINARY }, MeasFile::ASCII] {
+            let r = k.open(file, false, AGENT, true).unwrap();
+            let all = k.read(&r).unwrap();
+            for off in (0..all.len() + 40).step_by(7).chain([all.len(), all.len() + 1]) {
+                let want = all.get(off..).unwrap_or_default();
+                assert_eq!(k.read_at(&r, off as u64).unwrap(), want, "banks {banks:?} {file:?} offset {off}");
+            }
+            k.close(r);
+        }
+        assert_eq!(k.list_bytes(), k.binary_measurements(HashAlgo::Sha1).len() as u64, "banks {banks:?}");
+    }
+}

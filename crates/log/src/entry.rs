@@ -17,7 +17,8 @@ pub fn d_ng(algo: &str, digest: &[u8]) -> Vec<u8> {
 
 /// `n-ng` payload: the name with spaces turned into `_`, then NUL.
 pub fn n_ng(name: &[u8]) -> Vec<u8> {
-    let mut v: Vec<u8> = name.iter().map(|&b| if b == b' ' { b'_' } else { b }).collect();
+    let mut v = Vec::with_capacity(name.len() + 1);
+    v.extend(name.iter().map(|&b| if b == b' ' { b'_' } else { b }));
     v.push(0);
     v
 }

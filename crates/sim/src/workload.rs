@@ -32,7 +32,7 @@ impl Iterator for Workload {
         let roll = self.rng.below(1000);
         // Re-open an existing file (deduplicated unless it changed), or a new one.
         let file = if self.files > 0 && roll < 300 { self.rng.below(self.files) } else { self.new_file() };
-        let path = format!("{}/file-{file:07}", DIRS[(file % DIRS.len() as u64) as usize]).into_bytes();
+        let path = file_path(file);
         if roll >= 995 {
             return Some(Event::Violation { path });
         }
@@ -45,9 +45,32 @@ impl Iterator for Workload {
             self.versions[file as usize] = self.versions[file as usize].wrapping_add(1);
         }
         let v = self.versions[file as usize];
-        let digest = HashAlgo::Sha256.hash(&[&file.to_le_bytes(), &[v]]).as_bytes().to_vec();
+        // SHA-256(file number LE || version), hashed as one part (the one-shot path).
+        let mut msg = [0u8; 9];
+        msg[..8].copy_from_slice(&file.to_le_bytes());
+        msg[8] = v;
+        let digest = HashAlgo::Sha256.hash(&[&msg]).as_bytes().to_vec();
         Some(Event::File { path, digest })
     }
+}
+
+/// `{dir}/file-{file:07}`, written without the formatting machinery (this runs for
+/// every simulated event).
+fn file_path(file: u64) -> Vec<u8> {
+    let dir = DIRS[(file % DIRS.len() as u64) as usize].as_bytes();
+    let mut digits = [b'0'; 20];
+    let (mut n, mut i) = (file, digits.len());
+    while n > 0 {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    let start = i.min(digits.len() - 7);
+    let mut p = Vec::with_capacity(dir.len() + 6 + digits.len() - start);
+    p.extend_from_slice(dir);
+    p.extend_from_slice(b"/file-");
+    p.extend_from_slice(&digits[start..]);
+    p
 }
 
 impl Workload {
@@ -55,5 +78,16 @@ impl Workload {
         self.versions.push(0);
         self.files += 1;
         self.files - 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn file_path_is_the_formatted_one() {
+        for f in [0u64, 7, 12, 999_999, 1_234_567, 9_999_999, 10_000_000, 123_456_789_012, u64::MAX] {
+            let want = format!("{}/file-{f:07}", super::DIRS[(f % super::DIRS.len() as u64) as usize]);
+            assert_eq!(super::file_path(f), want.into_bytes(), "file {f}");
+        }
     }
 }

@@ -21,6 +21,7 @@ pub mod quote;
 pub mod selection;
 pub mod signature;
 pub mod soft;
+mod soft_sign;
 mod wire;
 
 #[cfg(test)]

@@ -7,7 +7,6 @@ use crate::selection::PcrSelection;
 use crate::signature::Signature;
 use crate::{Tpm, TpmError, MAX_NONCE, NUM_PCRS};
 use imasnap_log::{HashAlgo, PcrValue};
-use p256::ecdsa::signature::hazmat::PrehashSigner as _;
 
 /// TPM_RH_ENDORSEMENT: the hierarchy the software AK lives in, so clock info is not
 /// obfuscated in its quotes (as with `tpm2_createak`).
@@ -135,9 +134,10 @@ impl SoftTpm {
     /// a restricted key signs only what the TPM itself built.
     pub(crate) fn sign_attest(&self, attest: &[u8]) -> Result<Signature, TpmError> {
         let digest = HashAlgo::Sha256.hash(&[attest]);
-        let sig: p256::ecdsa::Signature =
-            self.key.sign_prehash(digest.as_bytes()).map_err(|e| TpmError::Backend(format!("ECDSA sign: {e}")))?;
-        let (r, s) = sig.split_bytes();
+        let mut prehash = [0u8; 32];
+        prehash.copy_from_slice(digest.as_bytes());
+        let (r, s) = crate::soft_sign::sign_prehash(self.key.as_nonzero_scalar().as_ref(), &prehash)
+            .ok_or_else(|| TpmError::Backend("ECDSA sign: degenerate nonce".into()))?;
         Ok(Signature::Ecdsa { hash: HashAlgo::Sha256, r: r.to_vec(), s: s.to_vec() })
     }
 }
@@ -175,14 +175,14 @@ impl Tpm for SoftTpm {
             return Err(TpmError::PcrOutOfRange(pcr));
         }
         // Validate everything first so a bad list changes nothing.
-        let mut idx = Vec::with_capacity(digests.len());
         for (i, d) in digests.iter().enumerate() {
             if digests[..i].iter().any(|e| e.algo() == d.algo()) {
                 return Err(TpmError::DuplicateBank(d.algo()));
             }
-            idx.push(self.bank_index(d.algo())?);
+            self.bank_index(d.algo())?;
         }
-        for (d, b) in digests.iter().zip(idx) {
+        for d in digests {
+            let b = self.bank_index(d.algo())?;
             if let Some(v) = self.pcrs.get_mut(b).and_then(|bank| bank.get_mut(pcr as usize)) {
                 d.algo().extend(v, d.as_bytes());
             }
