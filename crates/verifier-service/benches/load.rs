@@ -257,6 +257,7 @@ fn main() {
             agent_tls: pki.verifier.clone(),
             backoff: Default::default(),
             webhooks: Default::default(),
+            ek: Default::default(),
         };
         let vs: Vec<_> = (0..replicas)
             .map(|i| {
@@ -281,6 +282,9 @@ fn main() {
                 agent_cert: None,
                 poll_interval_ms: poll_ms,
                 late_join: LateJoin::FullHistory,
+                ek_activate: false,
+                ek: None,
+                ak_enrolment: None,
             })
             .await
             .unwrap();

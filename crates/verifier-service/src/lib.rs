@@ -9,12 +9,14 @@
 //!   per-host state saved after every round (group commit, compare-and-swap).
 //! - [`model`]: host registrations, status and verdict rows.
 //! - [`client`]: REST client (CLI, tests).
+//! - [`enrol`]: AK enrolment by EK credential activation (EK trust, challenges).
 //! - [`ops`]: Prometheus metrics, backoff for failing hosts, revocation webhooks.
 
 pub mod attest;
 pub mod client;
 pub mod config;
 pub mod db;
+pub mod enrol;
 pub mod model;
 pub mod ops;
 pub mod policy;

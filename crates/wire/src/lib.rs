@@ -8,6 +8,7 @@
 //! | `bundle.json` | `imasnap-bundle/1` (`format` field) | evidence bundle | [`bundle::BundleIndex`] |
 //! | `quote.json` | none (the quote's own structure) | evidence bundle | [`bundle::QuoteFile`] |
 //! | `ak.pub` / `ak.pem` / AK text | none (hex TPM2B_PUBLIC or PEM SubjectPublicKeyInfo) | bundle, API, CLI | [`ak`] |
+//! | AK enrolment (EK, EK certificate, AK; credential; secret) | `imasnap-enrolment/1` (`format` field of the presentation) | agent and verifier HTTP APIs | [`enrolment`] |
 //! | evidence body of `GET /v1/evidence` | `IMASNAP-EVIDENCE/1\n` magic, header `format` `imasnap-evidence/1` | agent HTTP API | [`evidence`] |
 //!
 //! The verifier engine consumes claims ([`claims`]), not JSON: [`claims`] holds the claim
@@ -24,6 +25,7 @@ pub mod ak;
 pub mod bundle;
 pub mod checkpoint;
 pub mod claims;
+pub mod enrolment;
 pub mod evidence;
 pub mod manifest;
 pub mod segment;
