@@ -264,7 +264,7 @@ impl Verifier {
         let mut spec = self.spec_for_enrolment(name)?;
         spec.ak = Some(hex::encode(&ak));
         spec.tofu = false;
-        spec.ak_enrolment = Some(e.clone());
+        spec.ak_enrolment = Some(Box::new(e.clone()));
         spec.validate().map_err(bad)?;
         let mut fresh = HostRt::fresh(spec.clone()).map_err(bad)?;
         fresh.version = self

@@ -182,7 +182,7 @@ pub struct HostSpec {
     /// Written by the verifier when an enrolment succeeds (never accepted from a client):
     /// the EK the AK in `ak` was proven to share a TPM with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ak_enrolment: Option<AkEnrolment>,
+    pub ak_enrolment: Option<Box<AkEnrolment>>,
 }
 
 /// How the AK in a registration was enrolled by EK credential activation.
