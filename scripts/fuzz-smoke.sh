@@ -19,8 +19,8 @@ cd "$root"
 if [ "$#" -gt 0 ]; then
     targets=("$@")
 else
-    # 9 targets x 20 s: about three minutes of fuzzing after the build.
-    targets=(binary_log ascii_log kexec_buffer evidence_body bundle_manifest tpm_wire policy_json engine_segments engine_checkpoints)
+    # 10 targets x 20 s: about three and a half minutes of fuzzing after the build.
+    targets=(binary_log ascii_log kexec_buffer evidence_body bundle_manifest tpm_wire tpm_credential policy_json engine_segments engine_checkpoints)
 fi
 
 if ! cargo fuzz --version >/dev/null 2>&1; then

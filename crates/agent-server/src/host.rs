@@ -275,6 +275,11 @@ pub trait HostOps: Send {
     /// The whole boot's log as one consistent state: the committed snapshot files and the
     /// kernel's records after them (`imasnap mount`, `[mount]` in agent.toml).
     fn whole_log(&mut self) -> Result<imasnap_mount::State, HostError>;
+    /// The TPM that quotes, for AK enrolment ([`crate::enrol`]): its EK and
+    /// TPM2_ActivateCredential with the AK the quotes use.
+    fn enrolment_tpm(&mut self) -> Option<&mut dyn Tpm> {
+        None
+    }
 }
 
 /// Bytes of `m`'s snapshot files (what trimming took out of the kernel), cached until the
@@ -423,6 +428,10 @@ impl<K: HostKernel> Host<K> {
 }
 
 impl<K: HostKernel> HostOps for Host<K> {
+    fn enrolment_tpm(&mut self) -> Option<&mut dyn Tpm> {
+        Some(self.agent.kernel_mut().tpm())
+    }
+
     fn evidence(
         &mut self,
         nonce: &[u8],

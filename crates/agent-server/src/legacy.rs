@@ -497,6 +497,10 @@ fn check_copy(copy: &Path, live: &Path) -> Result<(u64, u64), HostError> {
 const NO_WORKLOAD: &str = "securityfs-legacy back end: the kernel measures by itself (no test workload)";
 
 impl<T: Tpm + 'static> HostOps for LegacyHost<T> {
+    fn enrolment_tpm(&mut self) -> Option<&mut dyn Tpm> {
+        Some(self.fs.tpm_mut())
+    }
+
     fn evidence(
         &mut self,
         nonce: &[u8],

@@ -24,6 +24,7 @@
 
 pub mod api;
 pub mod config;
+pub mod enrol;
 pub mod host;
 pub mod keylime;
 pub mod legacy;

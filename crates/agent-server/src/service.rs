@@ -318,6 +318,24 @@ impl AgentService {
                 Err(e) => error_response(StatusCode::SERVICE_UNAVAILABLE, e),
             },
             (&Method::GET, "/v1/evidence") => self.evidence(&req).await,
+            (&Method::GET, "/v1/enrolment") => match self.with_host(crate::enrol::present).await {
+                Ok(p) => json_response(StatusCode::OK, &p),
+                Err(e) => error_response(status_of(&e), e),
+            },
+            (&Method::POST, "/v1/enrolment/activate") => {
+                let body = match http::read_limited(req.into_body(), 64 << 10).await {
+                    Ok(b) => b,
+                    Err(e) => return error_response(StatusCode::PAYLOAD_TOO_LARGE, e),
+                };
+                let r: imasnap_wire::enrolment::ActivateRequest = match serde_json::from_slice(&body) {
+                    Ok(r) => r,
+                    Err(e) => return error_response(StatusCode::BAD_REQUEST, format!("request body: {e}")),
+                };
+                match self.with_host(move |h| crate::enrol::activate(h, &r)).await {
+                    Ok(a) => json_response(StatusCode::OK, &a),
+                    Err(e) => error_response(status_of(&e), e),
+                }
+            }
             (&Method::GET, "/v1/snapshots") => {
                 let m = self.host.lock().unwrap_or_else(|p| p.into_inner()).manifest();
                 json_response(StatusCode::OK, &m)

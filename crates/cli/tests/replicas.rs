@@ -192,6 +192,9 @@ fn replicas_failover_stale_replica_and_database_restart() {
                 poll_interval_ms: POLL_MS as u64,
                 late_join: LateJoin::FullHistory,
                 simulated: true,
+                ek_activate: false,
+                ek: None,
+                ak_enrolment: None,
             };
             c.ok(hyper::Method::POST, "/v1/hosts", Some(serde_json::to_value(&spec).unwrap())).await.unwrap();
         }

@@ -496,3 +496,65 @@ fn issue16_default_agent_config_names_what_is_missing() {
         assert!(err.contains("/dev/tpmrm0 does not exist"), "{err}");
     }
 }
+
+/// Issue 16: `host add --ek-activate --ek FINGERPRINT` enrols the agent's AK by EK
+/// credential activation (real agent and verifier processes); `host show` says so
+/// plainly; a wrong pin leaves the host without a trusted AK and exits 1.
+fn ek_activation_scenario(tpm: &str) {
+    let env = Env::new();
+    let agent = env.agent_with(tpm, "");
+    let ver = env.verifier();
+    let port = agent.addr.rsplit(':').next().unwrap().to_string();
+    let p = env.agent_call(&agent, "GET", "/v1/enrolment", None);
+    let ek = imasnap_tpm::EkPublic::from_tpm2b(&hex::decode(p["ek_public"].as_str().unwrap()).unwrap()).unwrap();
+    let fpr = ek.fingerprint().unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let add = |name: &str, pin: &str| {
+        env.cli_text(
+            &ver,
+            &[
+                "host",
+                "add",
+                name,
+                "--address",
+                &addr,
+                "--server-name",
+                "localhost",
+                "--simulated",
+                "--ek-activate",
+                "--ek",
+                pin,
+            ],
+        )
+    };
+    let (code, out, err) = add("h1", &fpr);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("AK ek_activated") && out.contains("AK proven by EK credential activation"), "{out}");
+    assert!(out.contains(&fpr) && out.contains("trusted by pinned"), "{out}");
+    let (_, h) = env.cli(&ver, &["host", "show", "h1"]);
+    assert_eq!(h["ak_source"], "ek_activated", "{h}");
+    assert_eq!(h["spec"]["ak_enrolment"]["ek_fingerprint"], fpr.as_str(), "{h}");
+    env.agent_call(&agent, "POST", "/v1/test/records?count=5", None);
+    verified(&env.attest(&ver));
+
+    // Another EK pinned: refused, registered without a trusted AK.
+    let (code, out, err) = add("h2", &"ab".repeat(32));
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("not the EK pinned") && err.contains("host enrol h2"), "{err}");
+    let (_, out, _) = env.cli_text(&ver, &["host", "show", "h2"]);
+    assert!(out.contains("AK none") && out.contains("waiting for EK credential activation"), "{out}");
+    let (code, _, err) = env.cli_text(&ver, &["host", "enrol", "h2"]);
+    assert_eq!(code, 1, "{err}");
+}
+
+#[test]
+fn issue16_ek_activation_with_the_soft_tpm() {
+    ek_activation_scenario("soft:seed=16");
+}
+
+#[cfg(feature = "tpm2")]
+#[test]
+fn issue16_ek_activation_with_swtpm() {
+    let Some(sw) = imasnap_test_support::swtpm::Swtpm::for_test() else { return };
+    ek_activation_scenario(&sw.tcti());
+}

@@ -38,6 +38,29 @@ impl Swtpm {
     /// SHA-1, SHA-256, SHA-384, SHA-512; `startup-clear`, so PCRs are fresh) on two
     /// free consecutive ports and waits until it accepts connections.
     pub fn start() -> io::Result<Self> {
+        Self::start_inner(None)
+    }
+
+    /// Like [`Swtpm::start`], but the TPM is first manufactured by `swtpm_setup` with
+    /// an RSA 2048 and an ECC EK, their certificates in NV (0x01c00002 for RSA) and a
+    /// platform certificate, issued by a swtpm-localca CA kept in `ca_dir` (created
+    /// there on first use, so TPMs started with the same `ca_dir` share one CA, and
+    /// nothing depends on /var/lib/swtpm-localca). PCR banks: SHA-1 and SHA-256.
+    /// The CA's certificates are `ca_dir/issuercert.pem` (the EK certificates' issuer)
+    /// and `ca_dir/swtpm-localca-rootca-cert.pem`.
+    pub fn start_with_ek_cert(ca_dir: &Path) -> io::Result<Self> {
+        Self::start_inner(Some(ca_dir))
+    }
+
+    /// [`Swtpm::start_with_ek_cert`] for a test, with [`Swtpm::for_test`]'s rules.
+    pub fn for_test_with_ek_cert(ca_dir: &Path) -> Option<Self> {
+        if !Self::test_gate() {
+            return None;
+        }
+        Some(Self::start_with_ek_cert(ca_dir).unwrap_or_else(|e| panic!("cannot start a swtpm with EK certs: {e}")))
+    }
+
+    fn start_inner(ca_dir: Option<&Path>) -> io::Result<Self> {
         let pid = std::process::id();
         let mut last = io::Error::other("no free port pair");
         for _ in 0..20 {
@@ -50,6 +73,12 @@ impl Swtpm {
             let dir = std::env::temp_dir().join(format!("imasnap-swtpm-{pid}-{n}"));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir)?;
+            if let Some(ca) = ca_dir {
+                if let Err(e) = manufacture(&dir, ca) {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(e);
+                }
+            }
             match Self::spawn(&dir, port) {
                 Ok(s) => return Ok(s),
                 Err(e) => {
@@ -101,9 +130,17 @@ impl Swtpm {
     /// message when `IMASNAP_SWTPM` is unset (so CI cannot skip silently) or swtpm
     /// does not start.
     pub fn for_test() -> Option<Self> {
+        if !Self::test_gate() {
+            return None;
+        }
+        Some(Self::start().unwrap_or_else(|e| panic!("cannot start a private swtpm: {e}")))
+    }
+
+    /// `false` when `IMASNAP_SKIP_SWTPM=1`; panics when `IMASNAP_SWTPM` is unset.
+    fn test_gate() -> bool {
         if std::env::var(ENV_SKIP).is_ok_and(|v| v == "1") {
             eprintln!("swtpm test skipped: {ENV_SKIP}=1");
-            return None;
+            return false;
         }
         if std::env::var_os(ENV_SWTPM).is_none() {
             panic!(
@@ -112,7 +149,7 @@ impl Swtpm {
                  or set {ENV_SKIP}=1 to skip it"
             );
         }
-        Some(Self::start().unwrap_or_else(|e| panic!("cannot start a private swtpm: {e}")))
+        true
     }
 
     /// The TCTI string: `swtpm:host=127.0.0.1,port=P`.
@@ -129,6 +166,50 @@ impl Swtpm {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+}
+
+/// Runs `swtpm_setup` on `state` with a throwaway swtpm-localca configuration in `ca`.
+fn manufacture(state: &Path, ca: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(ca)?;
+    let ca = ca.canonicalize()?;
+    let c = ca.display();
+    let localca = ca.join("swtpm-localca.conf");
+    std::fs::write(
+        &localca,
+        format!(
+            "statedir = {c}\nsigningkey = {c}/signkey.pem\nissuercert = {c}/issuercert.pem\ncertserial = {c}/certserial\n"
+        ),
+    )?;
+    let options = ca.join("swtpm-localca.options");
+    std::fs::write(&options, "--platform-manufacturer imasnap\n--platform-version 2.1\n--platform-model test\n")?;
+    let setup = ca.join("swtpm_setup.conf");
+    std::fs::write(
+        &setup,
+        format!(
+            "create_certs_tool = swtpm_localca\ncreate_certs_tool_config = {}\ncreate_certs_tool_options = {}\nactive_pcr_banks = sha1,sha256\n",
+            localca.display(),
+            options.display()
+        ),
+    )?;
+    // swtpm_localca creates the CA under a lock; TPMs sharing `ca` may be set up at once.
+    let out = Command::new("swtpm_setup")
+        .args(["--tpm2", "--create-ek-cert", "--create-platform-cert", "--overwrite", "--pcr-banks", "sha1,sha256"])
+        .arg("--tpmstate")
+        .arg(state)
+        .arg("--config")
+        .arg(&setup)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| io::Error::new(e.kind(), format!("running swtpm_setup (is swtpm-tools installed?): {e}")))?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "swtpm_setup failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(())
 }
 
 impl Drop for Swtpm {

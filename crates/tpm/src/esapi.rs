@@ -7,8 +7,8 @@
 //! one command. swtpm and `/dev/tpm0` have no resource manager, so a leaked
 //! handle would stay until the TPM restarts (libtpms holds only 3 objects).
 //!
-//! Authorisation is always the empty password (`TPM_RS_PW`): no session is ever
-//! started on the TPM, so there is no session context to flush.
+//! Authorisation is the empty password (`TPM_RS_PW`), except for the EK's policy
+//! session in credential activation, which is flushed after its one command.
 
 use crate::attest::ClockInfo;
 use crate::public::{attrs, AkPublic, EccCurve, PublicArea, PublicKeyParams};
@@ -31,6 +31,9 @@ use tss_esapi::structures::{
 use tss_esapi::traits::{Marshall as _, UnMarshall as _};
 use tss_esapi::tss2_esys::{TPML_PCR_SELECTION, TPMS_PCR_SELECTION};
 use tss_esapi::{Context, TctiNameConf};
+
+// The endorsement key and credential activation (AK enrolment).
+mod ek;
 
 /// TPM2_PCR_Read returns at most 8 digests per call (TPML_DIGEST holds 8).
 const PCRS_PER_READ: usize = 8;
@@ -710,6 +713,14 @@ impl Tpm for EsapiTpm {
 
     fn ak_public(&self) -> AkPublic {
         self.ak.public.clone()
+    }
+
+    fn endorsement_key(&mut self) -> Result<crate::EkInfo, TpmError> {
+        self.esapi_endorsement_key()
+    }
+
+    fn activate_credential(&mut self, cred: &crate::Credential) -> Result<Vec<u8>, TpmError> {
+        self.esapi_activate_credential(cred)
     }
 }
 

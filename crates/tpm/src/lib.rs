@@ -14,6 +14,8 @@
 //! [`WireError`] or [`QuoteError`] naming the structure and byte offset.
 
 pub mod attest;
+pub mod credential;
+pub mod ekcert;
 #[cfg(feature = "esapi")]
 pub mod esapi;
 pub mod public;
@@ -28,6 +30,7 @@ mod wire;
 mod tests;
 
 pub use attest::{Attest, ClockInfo};
+pub use credential::{make_credential, Credential, CredentialError, EkPublic};
 #[cfg(feature = "esapi")]
 pub use esapi::{AkAlg, AkHierarchy, AkSource, EsapiTpm};
 pub use imasnap_log::{HashAlgo, PcrValue};
@@ -122,6 +125,28 @@ pub trait Tpm: Send {
     fn is_simulated(&self) -> bool {
         false
     }
+
+    /// The endorsement key (TCG default template) and its certificate from NV, if the
+    /// TPM has one: what an agent presents for AK enrolment (docs/SERVICES.md).
+    fn endorsement_key(&mut self) -> Result<EkInfo, TpmError> {
+        Err(TpmError::Backend("this TPM back end has no endorsement key".into()))
+    }
+
+    /// TPM2_ActivateCredential with the AK as the credentialed object and the EK as the
+    /// key that unwraps the seed: returns the secret only if `cred` was made for this
+    /// TPM's EK and this AK's Name.
+    fn activate_credential(&mut self, cred: &Credential) -> Result<Vec<u8>, TpmError> {
+        let _ = cred;
+        Err(TpmError::Backend("this TPM back end cannot activate credentials".into()))
+    }
+}
+
+/// What [`Tpm::endorsement_key`] returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EkInfo {
+    pub public: EkPublic,
+    /// The EK certificate (DER) from NV index 0x01c00002 (RSA) or 0x01c0000a (ECC).
+    pub cert: Option<Vec<u8>>,
 }
 
 /// Opens a TPM back end from a spec string:
@@ -191,5 +216,11 @@ impl<T: Tpm + ?Sized> Tpm for Box<T> {
     }
     fn is_simulated(&self) -> bool {
         (**self).is_simulated()
+    }
+    fn endorsement_key(&mut self) -> Result<EkInfo, TpmError> {
+        (**self).endorsement_key()
+    }
+    fn activate_credential(&mut self, cred: &Credential) -> Result<Vec<u8>, TpmError> {
+        (**self).activate_credential(cred)
     }
 }

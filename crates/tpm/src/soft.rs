@@ -8,6 +8,9 @@ use crate::signature::Signature;
 use crate::{Tpm, TpmError, MAX_NONCE, NUM_PCRS};
 use imasnap_log::{HashAlgo, PcrValue};
 
+// The endorsement key and credential activation (AK enrolment).
+mod ek;
+
 /// TPM_RH_ENDORSEMENT: the hierarchy the software AK lives in, so clock info is not
 /// obfuscated in its quotes (as with `tpm2_createak`).
 pub const TPM_RH_ENDORSEMENT: u32 = 0x4000_000b;
@@ -236,5 +239,14 @@ impl Tpm for SoftTpm {
 
     fn ak_public(&self) -> AkPublic {
         self.ak.clone()
+    }
+
+    fn endorsement_key(&mut self) -> Result<crate::EkInfo, TpmError> {
+        self.soft_endorsement_key()
+    }
+
+    fn activate_credential(&mut self, cred: &crate::Credential) -> Result<Vec<u8>, TpmError> {
+        self.tick();
+        self.soft_activate_credential(cred)
     }
 }

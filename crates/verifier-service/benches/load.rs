@@ -281,6 +281,7 @@ fn main() {
             agent_tls: pki.verifier.clone(),
             backoff: Default::default(),
             webhooks: Default::default(),
+            ek: Default::default(),
         };
         let vs: Vec<_> = (0..replicas)
             .map(|i| {
@@ -306,6 +307,9 @@ fn main() {
                 poll_interval_ms: poll_ms,
                 late_join: LateJoin::FullHistory,
                 simulated: true,
+                ek_activate: false,
+                ek: None,
+                ak_enrolment: None,
             })
             .await
             .unwrap();

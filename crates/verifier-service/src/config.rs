@@ -92,6 +92,23 @@ pub struct VerifierConfig {
     /// `[webhooks]`: where revocation events go.
     #[serde(default)]
     pub webhooks: crate::ops::webhook::WebhookConfig,
+    /// `[ek]`: which endorsement keys AK enrolment trusts ([`crate::enrol`]).
+    #[serde(default)]
+    pub ek: EkConfig,
+}
+
+/// `[ek]` in verifier.toml.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EkConfig {
+    /// PEM files of CA certificates (TPM manufacturers' roots and intermediates, or a
+    /// local CA such as swtpm-localca's). Every certificate in them is a trust anchor.
+    #[serde(default)]
+    pub ca: Vec<PathBuf>,
+    /// EKs trusted without a certificate, for every host: SHA-256 fingerprints of their
+    /// SubjectPublicKeyInfo (hex), or hex TPM2B_PUBLIC.
+    #[serde(default)]
+    pub trusted: Vec<String>,
 }
 
 impl VerifierConfig {

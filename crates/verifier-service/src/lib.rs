@@ -9,6 +9,7 @@
 //!   per-host state saved after every round (group commit, compare-and-swap).
 //! - [`model`]: host registrations, status and verdict rows.
 //! - [`client`]: REST client (CLI, tests).
+//! - [`enrol`]: AK enrolment by EK credential activation (EK trust, challenges).
 //! - [`ops`]: Prometheus metrics, backoff for failing hosts, revocation webhooks.
 //! - [`dashboard`]: the web dashboard (read-only, same listener and roles as the API).
 
@@ -17,6 +18,7 @@ pub mod client;
 pub mod config;
 pub mod dashboard;
 pub mod db;
+pub mod enrol;
 pub mod model;
 pub mod ops;
 pub mod policy;

@@ -175,6 +175,36 @@ pub struct HostSpec {
     /// whose header says `simulated` accepted. Off by default: a real machine.
     #[serde(default)]
     pub simulated: bool,
+    /// Trust no AK until it is bound to the TPM's endorsement key by credential
+    /// activation (`POST /v1/hosts/{name}/enrol`); rounds before that fail.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ek_activate: bool,
+    /// This host's EK, pinned: the SHA-256 of its SubjectPublicKeyInfo (hex, as the
+    /// enrolment reports it) or its TPM2B_PUBLIC (hex). For TPMs without an EK certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ek: Option<String>,
+    /// Written by the verifier when an enrolment succeeds (never accepted from a client):
+    /// the EK the AK in `ak` was proven to share a TPM with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ak_enrolment: Option<Box<AkEnrolment>>,
+}
+
+/// How the AK in a registration was enrolled by EK credential activation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AkEnrolment {
+    /// SHA-256 of the EK's SubjectPublicKeyInfo, hex.
+    pub ek_fingerprint: String,
+    /// `rsa-2048`, `ecc-p256`.
+    pub ek_kind: String,
+    /// Why the EK was trusted: `ek_cert` (chains to a configured CA), `pinned` (the
+    /// host's `ek`), `trusted_list` (`[ek] trusted` in verifier.toml).
+    pub ek_trust: String,
+    /// With `ek_cert`: the CA that issued the EK certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ek_issuer: Option<String>,
+    /// Unix milliseconds.
+    pub at_ms: i64,
 }
 
 /// `PATCH /v1/hosts/{name}`: fields to change (`null`/absent = unchanged; an empty string
@@ -191,6 +221,8 @@ pub struct HostPatch {
     pub poll_interval_ms: Option<u64>,
     pub late_join: Option<LateJoin>,
     pub simulated: Option<bool>,
+    pub ek_activate: Option<bool>,
+    pub ek: Option<String>,
 }
 
 pub const MAX_POLICY: usize = 32 << 20;
@@ -206,8 +238,19 @@ impl HostSpec {
                 return Err(format!("server_name {n:?} is not a DNS name or IP address"));
             }
         }
-        if self.ak.is_none() && !self.tofu {
-            return Err("either an AK (ak) or trust on first use (tofu: true) is required".into());
+        if self.ak.is_none() && !self.tofu && !self.ek_activate {
+            return Err("an AK (ak), EK credential activation (ek_activate: true) or trust on first use (tofu: true) \
+                 is required"
+                .into());
+        }
+        if self.tofu && self.ek_activate {
+            return Err("tofu and ek_activate exclude each other: choose one way to trust the AK".into());
+        }
+        if self.ak_enrolment.is_some() && self.ak.is_none() {
+            return Err("ak_enrolment without ak".into());
+        }
+        if let Some(e) = &self.ek {
+            crate::enrol::ek_fingerprint_of(e).map_err(|e| format!("ek: {e}"))?;
         }
         if let Some(ak) = &self.ak {
             if ak.len() > MAX_PEM {
@@ -240,6 +283,14 @@ impl HostSpec {
         }
         if let Some(a) = p.ak {
             self.ak = opt(a);
+            // An AK given by hand was not proven by this verifier.
+            self.ak_enrolment = None;
+        }
+        if let Some(e) = p.ek_activate {
+            self.ek_activate = e;
+        }
+        if let Some(e) = p.ek {
+            self.ek = opt(e);
         }
         if let Some(t) = p.tofu {
             self.tofu = t;
@@ -443,7 +494,9 @@ pub struct HostStatus {
     /// With `unusable`: the table, column and reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub damage: Option<Damage>,
-    /// Where the trusted AK came from: `registered`, `tofu` (enrolled from a first quote).
+    /// Where the trusted AK came from: `registered` (given by the operator), `tofu`
+    /// (enrolled from a first quote, unproven), `ek_activated` (proven by EK credential
+    /// activation; details in `spec.ak_enrolment`); absent while none is trusted.
     pub ak_source: Option<String>,
     pub ak_enrolled_pem: Option<String>,
     pub checkpoint: Option<u64>,

@@ -22,6 +22,9 @@
 //! | `GET /v1/hosts/{name}/verdicts?limit=N` | verdict history, newest first |
 //! | `POST /v1/hosts/{name}/attest` | run a round now and return its verdict |
 //! | `POST /v1/hosts/{name}/reset` | forget the host's state (repairs an `unusable` host) |
+//! | `POST /v1/hosts/{name}/enrol` | enrol the agent's AK by EK credential activation ([`crate::enrol`]) |
+//! | `POST /v1/hosts/{name}/enrol/challenge` | the same in two steps: EK, EK certificate and AK in, credential out |
+//! | `POST /v1/hosts/{name}/enrol/response` | the activated secret in; single use, expires after 5 minutes |
 
 pub mod registry;
 pub mod replicas;

@@ -9,6 +9,7 @@
 //! | `quote.json` | none (the quote's own structure) | evidence bundle | [`bundle::QuoteFile`] |
 //! | `ak.pub` / `ak.pem` / AK text | none (hex TPM2B_PUBLIC or PEM SubjectPublicKeyInfo) | bundle, API, CLI | [`ak`] |
 //! | evidence body of `GET /v1/evidence` | `IMASNAP-EVIDENCE/1\n` magic, header `format` `imasnap-evidence/2` (`/1` still read) | agent HTTP API | [`evidence`] |
+//! | AK enrolment (EK, EK certificate, AK; credential; secret) | `imasnap-enrolment/1` (`format` field of the presentation) | agent and verifier HTTP APIs | [`enrolment`] |
 //!
 //! The verifier engine consumes claims ([`claims`]), not JSON: [`claims`] holds the claim
 //! types and the one checked conversion from these wire types into them (hex lengths,
@@ -24,6 +25,7 @@ pub mod ak;
 pub mod bundle;
 pub mod checkpoint;
 pub mod claims;
+pub mod enrolment;
 pub mod evidence;
 pub mod manifest;
 pub mod segment;

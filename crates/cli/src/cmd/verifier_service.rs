@@ -72,8 +72,15 @@ pub struct ApiArgs {
 
 #[derive(Subcommand)]
 pub enum HostCmd {
-    /// Register a host. Example: imasnap verifier host add web1 --address 10.0.0.5:8891 --tofu
+    /// Register a host. Example: imasnap verifier host add web1 --address 10.0.0.5:8891 --ek-activate
     Add(AddArgs),
+    /// Enrol the host's AK by EK credential activation (again): the verifier fetches the
+    /// agent's EK, EK certificate and AK, checks the EK against `[ek]` in verifier.toml or
+    /// the host's pinned EK, and trusts the AK only once the agent's TPM has activated
+    /// the credential. Exit 1 if refused.
+    ///
+    /// Example: imasnap verifier host enrol web1
+    Enrol(NameArgs),
     /// List hosts and their status.
     List(ApiArgs),
     /// One host's status (checkpoint, boot, AK source, late-join marker, last verdict).
@@ -120,11 +127,21 @@ pub struct AddArgs {
     #[arg(long, value_name = "NAME")]
     server_name: Option<String>,
     /// Trusted AK: PEM file or hex TPM2B_PUBLIC file (`imasnap tpm ak`).
-    #[arg(long, value_name = "FILE", conflicts_with = "tofu")]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["tofu", "ek_activate"])]
     ak: Option<PathBuf>,
-    /// Enrol the AK from the first quote (trust on first use).
-    #[arg(long)]
+    /// Enrol the AK from the first quote (trust on first use: nothing proves the key is
+    /// in the host's TPM; status shows `AK tofu`).
+    #[arg(long, conflicts_with = "ek_activate")]
     tofu: bool,
+    /// Trust the agent's AK only after EK credential activation, done right after
+    /// registering (`host enrol` repeats it). The EK must be certified by a CA in
+    /// verifier.toml's `[ek] ca`, listed in `[ek] trusted`, or pinned with --ek.
+    #[arg(long)]
+    ek_activate: bool,
+    /// Pin this host's EK: the SHA-256 fingerprint an enrolment reports (hex), or a file
+    /// with its hex TPM2B_PUBLIC. For TPMs without an EK certificate.
+    #[arg(long, value_name = "FINGERPRINT|FILE", requires = "ek_activate")]
+    ek: Option<String>,
     /// Runtime policy file (Keylime JSON or sha256sum-style allowlist).
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
@@ -259,6 +276,23 @@ fn show_host(v: &serde_json::Value) {
             ""
         }
     );
+    match (g("ak_source").as_str(), spec.get("ak_enrolment").filter(|e| !e.is_null())) {
+        (Some("ek_activated"), Some(e)) => {
+            let s = |k: &str| e.get(k).and_then(|x| x.as_str()).unwrap_or("?").to_string();
+            println!(
+                "  AK proven by EK credential activation: EK {} sha256:{} trusted by {}{}",
+                s("ek_kind"),
+                s("ek_fingerprint"),
+                s("ek_trust"),
+                e.get("ek_issuer").and_then(|x| x.as_str()).map(|i| format!(" ({i})")).unwrap_or_default()
+            );
+        }
+        (Some("tofu"), _) => println!("  AK trusted on first use: nothing proved it is in the host's TPM"),
+        (None, _) if spec.get("ek_activate") == Some(&serde_json::json!(true)) => {
+            println!("  no AK trusted yet: waiting for EK credential activation (imasnap verifier host enrol)")
+        }
+        _ => {}
+    }
     if let Some(l) = v.get("last").filter(|l| !l.is_null()) {
         print_verdict("  last: ", l);
     }
@@ -316,22 +350,51 @@ pub fn run(cmd: VerifierCmd) -> Result<ExitCode> {
 fn host(h: HostCmd) -> Result<ExitCode> {
     let (api, out, format) = match h {
         HostCmd::Add(a) => {
-            if a.ak.is_none() && !a.tofu {
+            if a.ak.is_none() && !a.tofu && !a.ek_activate {
                 anyhow::bail!(
-                    "pass --ak FILE (the host's enrolled AK, from `imasnap tpm ak`) or --tofu (trust the AK of the first quote)"
+                    "pass --ek-activate (prove the agent's AK is in its TPM by EK credential activation), \
+                     --ak FILE (the host's AK, from `imasnap tpm ak`) or --tofu (trust the AK of the first quote)"
                 );
             }
+            let ek = match &a.ek {
+                Some(e) if Path::new(e).is_file() => {
+                    Some(read_limited(Path::new(e), ui::MAX_AK_BYTES).context("--ek")?)
+                }
+                e => e.clone(),
+            };
             let body = serde_json::json!({
                 "name": a.name, "address": a.address, "server_name": a.server_name,
                 "ak": a.ak.as_deref().map(read_ak).transpose()?, "tofu": a.tofu,
+                "ek_activate": a.ek_activate, "ek": ek,
                 "policy": a.policy.as_deref().map(read_policy).transpose()?,
                 "agent_cert": a.agent_cert.as_deref().map(read_cert).transpose()?,
                 "poll_interval_ms": a.poll_interval_ms, "late_join": a.late_join,
                 "simulated": a.simulated,
             });
             let v = call(&a.api, Method::POST, "/v1/hosts", Some(body))?;
-            (a.api, v, "imasnap-verifier-host/1")
+            if !a.ek_activate {
+                (a.api, v, "imasnap-verifier-host/1")
+            } else {
+                match call(&a.api, Method::POST, &format!("/v1/hosts/{}/enrol", a.name), None) {
+                    Ok(v) => (a.api, v, "imasnap-verifier-host/1"),
+                    Err(e) => {
+                        eprintln!(
+                            "imasnap: host {} registered, but its AK enrolment failed: {e:#}\n\
+                             no AK is trusted for it until `imasnap verifier host enrol {}` succeeds",
+                            a.name, a.name
+                        );
+                        return Ok(ExitCode::from(ui::EXIT_FAIL));
+                    }
+                }
+            }
         }
+        HostCmd::Enrol(a) => match call(&a.api, Method::POST, &format!("/v1/hosts/{}/enrol", a.name), None) {
+            Ok(v) => (a.api, v, "imasnap-verifier-host/1"),
+            Err(e) => {
+                eprintln!("imasnap: AK enrolment of {} refused: {e:#}", a.name);
+                return Ok(ExitCode::from(ui::EXIT_FAIL));
+            }
+        },
         HostCmd::List(a) => {
             let v = call(&a, Method::GET, "/v1/hosts", None)?;
             if !a.json {

@@ -73,6 +73,9 @@ fn placeholder_spec(name: &str) -> HostSpec {
         poll_interval_ms: 30_000,
         late_join: LateJoin::default(),
         simulated: false,
+        ek_activate: false,
+        ek: None,
+        ak_enrolment: None,
     }
 }
 
@@ -156,7 +159,8 @@ impl HostRt {
             (None, Some(a)) => {
                 let k = parse_ak(a).map_err(|e| damage("hosts", "spec", e))?;
                 let pem = k.to_pem();
-                (Some(k), Some(pem), Some("registered".into()))
+                let source = if spec.ak_enrolment.is_some() { "ek_activated" } else { "registered" };
+                (Some(k), Some(pem), Some(source.into()))
             }
             (None, None) => (None, None, None),
         };
@@ -271,6 +275,8 @@ pub struct Verifier {
     pub record_latencies: bool,
     /// Metrics, webhooks ([`crate::ops`]).
     pub ops: crate::ops::Ops,
+    /// EK trust and pending credential challenges ([`crate::enrol`]).
+    pub(crate) enrolment: crate::enrol::Enrolment,
 }
 
 pub type Shared = Arc<Verifier>;
@@ -312,6 +318,7 @@ impl Verifier {
             "verifier state loaded");
         let sem = Arc::new(Semaphore::new(cfg.max_concurrency.max(1)));
         let ops = crate::ops::Ops::new(&cfg)?;
+        let enrolment = crate::enrol::Enrolment::from_config(&cfg.ek)?;
         Ok(Arc::new(Self {
             cfg,
             db,
@@ -324,6 +331,7 @@ impl Verifier {
             latencies: Mutex::new(Vec::new()),
             record_latencies: false,
             ops,
+            enrolment,
         }))
     }
 
@@ -404,6 +412,12 @@ impl Verifier {
     }
 
     pub async fn add_host(&self, spec: HostSpec) -> Result<HostStatus, ApiError> {
+        if spec.ak_enrolment.is_some() {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                "ak_enrolment is written by the verifier after EK credential activation, never registered".into(),
+            ));
+        }
         spec.validate().map_err(|e| (StatusCode::BAD_REQUEST, e))?;
         if self.hosts().contains_key(&spec.name) {
             return Err((StatusCode::CONFLICT, format!("host {} already exists", spec.name)));
@@ -437,7 +451,10 @@ impl Verifier {
         spec.apply(patch);
         spec.validate().map_err(|e| (StatusCode::BAD_REQUEST, e))?;
         // A different trust root or late-join choice invalidates what was proven.
-        let reset = spec.ak != old.ak || spec.tofu != old.tofu || spec.late_join != old.late_join;
+        let reset = spec.ak != old.ak
+            || spec.ak_enrolment != old.ak_enrolment
+            || spec.tofu != old.tofu
+            || spec.late_join != old.late_join;
         let policy = spec.policy.as_deref().map(policy::load).transpose().map_err(|e| (StatusCode::BAD_REQUEST, e))?;
         let fresh =
             if reset { Some(HostRt::fresh(spec.clone()).map_err(|e| (StatusCode::BAD_REQUEST, e))?) } else { None };

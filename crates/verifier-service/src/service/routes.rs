@@ -127,6 +127,32 @@ impl Api {
                 Some(r) => r,
                 None => error_response(StatusCode::NOT_FOUND, format!("no route {method} {path}")),
             },
+            (&Method::POST, ["v1", "hosts", name, "enrol"]) => match v.enrol(name).await {
+                Ok(s) => ok(&s),
+                Err(e) => err(e),
+            },
+            (&Method::POST, ["v1", "hosts", name, "enrol", "challenge"]) => {
+                let name = name.to_string();
+                let p: imasnap_wire::enrolment::EkPresentation = match body_json(req).await {
+                    Ok(s) => s,
+                    Err(e) => return e,
+                };
+                match v.enrol_challenge(&name, &p) {
+                    Ok(c) => ok(&c),
+                    Err(e) => err(e),
+                }
+            }
+            (&Method::POST, ["v1", "hosts", name, "enrol", "response"]) => {
+                let name = name.to_string();
+                let r: crate::enrol::ChallengeResponse = match body_json(req).await {
+                    Ok(s) => s,
+                    Err(e) => return e,
+                };
+                match v.enrol_response(&name, &r).await {
+                    Ok(s) => ok(&s),
+                    Err(e) => err(e),
+                }
+            }
             _ => error_response(StatusCode::NOT_FOUND, format!("no route {method} {path}")),
         }
     }

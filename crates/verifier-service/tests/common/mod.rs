@@ -100,6 +100,7 @@ pub async fn start_verifier_on(
         agent_tls: pki.verifier.clone(),
         backoff: Default::default(),
         webhooks: Default::default(),
+        ek: Default::default(),
     };
     edit(&mut cfg);
     let v = Verifier::open(cfg.clone(), cfg.agent_tls.client().unwrap()).unwrap();
@@ -152,5 +153,8 @@ pub fn tofu_host(name: &str, address: &str) -> HostSpec {
         poll_interval_ms: 3_600_000,
         late_join: LateJoin::FullHistory,
         simulated: true,
+        ek_activate: false,
+        ek: None,
+        ak_enrolment: None,
     }
 }
