@@ -545,6 +545,16 @@ fn ek_activation_scenario(tpm: &str) {
     assert!(out.contains("AK none") && out.contains("waiting for EK credential activation"), "{out}");
     let (code, _, err) = env.cli_text(&ver, &["host", "enrol", "h2"]);
     assert_eq!(code, 1, "{err}");
+    // The right pin through `host update` enrols it at once.
+    let (code, h) = env.cli(&ver, &["host", "update", "h2", "--ek", &fpr, "--ek-activate"]);
+    assert_eq!(code, 0, "{h}");
+    assert_eq!(h["ak_source"], "ek_activated", "{h}");
+    assert_eq!(h["spec"]["ek"], fpr.as_str(), "{h}");
+    // --tofu takes EK activation back (and says so).
+    let (code, h) = env.cli(&ver, &["host", "update", "h2", "--tofu"]);
+    assert_eq!(code, 0, "{h}");
+    assert_eq!(h["spec"]["tofu"], true, "{h}");
+    assert!(h["spec"]["ek_activate"].is_null() || h["spec"]["ek_activate"] == false, "{h}");
 }
 
 #[test]

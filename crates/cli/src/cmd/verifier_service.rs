@@ -179,8 +179,16 @@ pub struct UpdateArgs {
     ak: Option<PathBuf>,
     /// Forget the trusted AK and enrol the one of the next quote (trust on first use;
     /// resets the host's state).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "ek_activate")]
     tofu: bool,
+    /// Forget the trusted AK and enrol the agent's AK by EK credential activation now
+    /// (as `host add --ek-activate`; resets the host's state).
+    #[arg(long, conflicts_with = "ak")]
+    ek_activate: bool,
+    /// Pin this host's EK (SHA-256 fingerprint, or a file with its hex TPM2B_PUBLIC);
+    /// "" removes the pin.
+    #[arg(long, value_name = "FINGERPRINT|FILE")]
+    ek: Option<String>,
     /// New runtime policy file (an empty file removes the policy, as --no-policy does).
     #[arg(long, value_name = "FILE", conflicts_with = "no_policy")]
     policy: Option<PathBuf>,
@@ -347,6 +355,30 @@ pub fn run(cmd: VerifierCmd) -> Result<ExitCode> {
     }
 }
 
+/// `--ek`: a fingerprint as given, or the hex TPM2B_PUBLIC in a file; "" clears the pin.
+fn read_ek(e: &str) -> Result<Option<String>> {
+    Ok(match e {
+        "" => None,
+        e if Path::new(e).is_file() => Some(read_limited(Path::new(e), ui::MAX_AK_BYTES).context("--ek")?),
+        e => Some(e.to_string()),
+    })
+}
+
+/// Enrols `name`'s AK right after `host add|update --ek-activate`. On failure the host
+/// stays registered with no trusted AK; says so and how to retry.
+fn enrol_after_registration(api: &ApiArgs, name: &str) -> Option<serde_json::Value> {
+    match call(api, Method::POST, &format!("/v1/hosts/{name}/enrol"), None) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            eprintln!(
+                "imasnap: host {name} registered, but its AK enrolment failed: {e:#}\n\
+                 no AK is trusted for it until `imasnap verifier host enrol {name}` succeeds"
+            );
+            None
+        }
+    }
+}
+
 fn host(h: HostCmd) -> Result<ExitCode> {
     let (api, out, format) = match h {
         HostCmd::Add(a) => {
@@ -357,10 +389,8 @@ fn host(h: HostCmd) -> Result<ExitCode> {
                 );
             }
             let ek = match &a.ek {
-                Some(e) if Path::new(e).is_file() => {
-                    Some(read_limited(Path::new(e), ui::MAX_AK_BYTES).context("--ek")?)
-                }
-                e => e.clone(),
+                Some(e) => read_ek(e)?,
+                None => None,
             };
             let body = serde_json::json!({
                 "name": a.name, "address": a.address, "server_name": a.server_name,
@@ -375,16 +405,9 @@ fn host(h: HostCmd) -> Result<ExitCode> {
             if !a.ek_activate {
                 (a.api, v, "imasnap-verifier-host/1")
             } else {
-                match call(&a.api, Method::POST, &format!("/v1/hosts/{}/enrol", a.name), None) {
-                    Ok(v) => (a.api, v, "imasnap-verifier-host/1"),
-                    Err(e) => {
-                        eprintln!(
-                            "imasnap: host {} registered, but its AK enrolment failed: {e:#}\n\
-                             no AK is trusted for it until `imasnap verifier host enrol {}` succeeds",
-                            a.name, a.name
-                        );
-                        return Ok(ExitCode::from(ui::EXIT_FAIL));
-                    }
+                match enrol_after_registration(&a.api, &a.name) {
+                    Some(v) => (a.api, v, "imasnap-verifier-host/1"),
+                    None => return Ok(ExitCode::from(ui::EXIT_FAIL)),
                 }
             }
         }
@@ -435,6 +458,15 @@ fn host(h: HostCmd) -> Result<ExitCode> {
             if a.tofu {
                 body.insert("ak".into(), "".into());
                 body.insert("tofu".into(), true.into());
+                body.insert("ek_activate".into(), false.into());
+            }
+            if a.ek_activate {
+                body.insert("ak".into(), "".into());
+                body.insert("tofu".into(), false.into());
+                body.insert("ek_activate".into(), true.into());
+            }
+            if let Some(e) = &a.ek {
+                body.insert("ek".into(), read_ek(e)?.unwrap_or_default().into());
             }
             if let Some(p) = &a.policy {
                 body.insert("policy".into(), read_policy(p)?.into());
@@ -458,10 +490,17 @@ fn host(h: HostCmd) -> Result<ExitCode> {
                 body.insert("simulated".into(), sim.into());
             }
             if body.is_empty() {
-                anyhow::bail!("nothing to update: pass at least one of --address, --server-name, --ak, --tofu, --policy, --no-policy, --agent-cert, --no-agent-cert, --poll-interval-ms, --late-join, --simulated");
+                anyhow::bail!("nothing to update: pass at least one of --address, --server-name, --ak, --tofu, --ek-activate, --ek, --policy, --no-policy, --agent-cert, --no-agent-cert, --poll-interval-ms, --late-join, --simulated");
             }
             let v = call(&a.api, Method::PATCH, &format!("/v1/hosts/{}", a.name), Some(body.into()))?;
-            (a.api, v, "imasnap-verifier-host/1")
+            if !a.ek_activate {
+                (a.api, v, "imasnap-verifier-host/1")
+            } else {
+                match enrol_after_registration(&a.api, &a.name) {
+                    Some(v) => (a.api, v, "imasnap-verifier-host/1"),
+                    None => return Ok(ExitCode::from(ui::EXIT_FAIL)),
+                }
+            }
         }
         HostCmd::Attest(a) => {
             let v = call(&a.api, Method::POST, &format!("/v1/hosts/{}/attest", a.name), None)?;
