@@ -157,6 +157,33 @@ impl Swtpm {
         format!("swtpm:host=127.0.0.1,port={}", self.port)
     }
 
+    /// Runs one tpm2-tools command (`args[0]` is the tool) on this TPM in `dir` and
+    /// answers its stdout; panics with its stderr if it fails (tests only). Transient
+    /// objects are flushed after it: swtpm has no resource manager.
+    pub fn tools(&self, dir: &Path, args: &[&str]) -> Vec<u8> {
+        let out = Command::new(args[0])
+            .args(&args[1..])
+            .current_dir(dir)
+            .env("TPM2TOOLS_TCTI", self.tcti())
+            .output()
+            .unwrap_or_else(|e| panic!("{}: {e}", args[0]));
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let flushed = Command::new("tpm2_flushcontext").arg("-t").env("TPM2TOOLS_TCTI", self.tcti()).status();
+        assert!(flushed.is_ok_and(|s| s.success()), "tpm2_flushcontext -t failed");
+        out.stdout
+    }
+
+    /// tpm2-tools' own EK (TCG RSA template) and an ECC P-256 signing AK under it, in
+    /// `dir`: `ek.ctx`, `ek.pub`, `ak.ctx`, `ak.pub`, `ak.name`.
+    pub fn tools_ek_and_ak(&self, dir: &Path) {
+        self.tools(dir, &["tpm2_createek", "-c", "ek.ctx", "-G", "rsa", "-u", "ek.pub"]);
+        let ak = ["-C", "ek.ctx", "-c", "ak.ctx", "-G", "ecc", "-g", "sha256", "-s", "ecdsa"];
+        let mut args = vec!["tpm2_createak"];
+        args.extend(ak);
+        args.extend(["-u", "ak.pub", "-n", "ak.name"]);
+        self.tools(dir, &args);
+    }
+
     /// The command port (the control port is one above).
     pub fn port(&self) -> u16 {
         self.port

@@ -43,20 +43,6 @@ mod swtpm {
         EsapiTpm::open(&sw.tcti(), AkSource::default()).unwrap_or_else(|e| panic!("open {}: {e}", sw.tcti()))
     }
 
-    fn tools(sw: &Swtpm, dir: &Path, args: &[&str]) -> Vec<u8> {
-        let out = Command::new(args[0])
-            .args(&args[1..])
-            .current_dir(dir)
-            .env("TPM2TOOLS_TCTI", sw.tcti())
-            .output()
-            .unwrap_or_else(|e| panic!("{}: {e}", args[0]));
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        // swtpm has no resource manager: drop the transient objects each tool leaves.
-        let flushed = Command::new("tpm2_flushcontext").arg("-t").env("TPM2TOOLS_TCTI", sw.tcti()).status().unwrap();
-        assert!(flushed.success());
-        out.stdout
-    }
-
     fn tmp(tag: &str) -> tempfile::TempDir {
         tempfile::Builder::new().prefix(&format!("imasnap-cred-{tag}-")).tempdir().unwrap()
     }
@@ -115,35 +101,15 @@ mod swtpm {
         let d = tmp("act");
         let p = d.path();
         // tpm2-tools' own EK and AK, saved as contexts (swtpm has no resource manager).
-        tools(&sw, p, &["tpm2_createek", "-c", "ek.ctx", "-G", "rsa", "-u", "ek.pub"]);
-        tools(
-            &sw,
-            p,
-            &[
-                "tpm2_createak",
-                "-C",
-                "ek.ctx",
-                "-c",
-                "ak.ctx",
-                "-G",
-                "ecc",
-                "-g",
-                "sha256",
-                "-s",
-                "ecdsa",
-                "-n",
-                "ak.name",
-            ],
-        );
+        sw.tools_ek_and_ak(p);
         let ek_pub = std::fs::read(p.join("ek.pub")).unwrap();
         let ek = EkPublic::from_tpm2b(&ek_pub).unwrap();
         let ak_name = std::fs::read(p.join("ak.name")).unwrap();
         let cred = make_credential(&mut OsRng, &ek, &ak_name, SECRET).unwrap();
         std::fs::write(p.join("cred.out"), cred.to_tpm2_tools()).unwrap();
-        tools(&sw, p, &["tpm2_startauthsession", "--policy-session", "-S", "session.ctx"]);
-        tools(&sw, p, &["tpm2_policysecret", "-S", "session.ctx", "-c", "e"]);
-        tools(
-            &sw,
+        sw.tools(p, &["tpm2_startauthsession", "--policy-session", "-S", "session.ctx"]);
+        sw.tools(p, &["tpm2_policysecret", "-S", "session.ctx", "-c", "e"]);
+        sw.tools(
             p,
             &[
                 "tpm2_activatecredential",
@@ -159,7 +125,7 @@ mod swtpm {
                 "session:session.ctx",
             ],
         );
-        tools(&sw, p, &["tpm2_flushcontext", "session.ctx"]);
+        sw.tools(p, &["tpm2_flushcontext", "session.ctx"]);
         assert_eq!(std::fs::read(p.join("secret.out")).unwrap(), SECRET);
         // And the wrong AK Name is refused by the TPM itself.
         let mut bad_name = ak_name.clone();
@@ -167,8 +133,8 @@ mod swtpm {
         bad_name[last] ^= 1;
         let cred = make_credential(&mut OsRng, &ek, &bad_name, SECRET).unwrap();
         std::fs::write(p.join("bad.out"), cred.to_tpm2_tools()).unwrap();
-        tools(&sw, p, &["tpm2_startauthsession", "--policy-session", "-S", "s2.ctx"]);
-        tools(&sw, p, &["tpm2_policysecret", "-S", "s2.ctx", "-c", "e"]);
+        sw.tools(p, &["tpm2_startauthsession", "--policy-session", "-S", "s2.ctx"]);
+        sw.tools(p, &["tpm2_policysecret", "-S", "s2.ctx", "-c", "e"]);
         let out = Command::new("tpm2_activatecredential")
             .args(["-c", "ak.ctx", "-C", "ek.ctx", "-i", "bad.out", "-o", "bad.secret", "-P", "session:s2.ctx"])
             .current_dir(p)

@@ -145,44 +145,11 @@ mod swtpm {
     use super::*;
     use imasnap_test_support::swtpm::Swtpm;
     use std::path::Path;
-    use std::process::Command;
-
-    fn tools(sw: &Swtpm, dir: &Path, args: &[&str]) {
-        let out = Command::new(args[0])
-            .args(&args[1..])
-            .current_dir(dir)
-            .env("TPM2TOOLS_TCTI", sw.tcti())
-            .output()
-            .unwrap_or_else(|e| panic!("{}: {e}", args[0]));
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        // swtpm has no resource manager: drop the transient objects each tool leaves.
-        let f = Command::new("tpm2_flushcontext").arg("-t").env("TPM2TOOLS_TCTI", sw.tcti()).status().unwrap();
-        assert!(f.success());
-    }
 
     /// EK (TCG RSA template), its certificate from NV 0x01c00002, and an AK, all by tpm2-tools.
     fn present(sw: &Swtpm, p: &Path) -> EkPresentation {
-        tools(sw, p, &["tpm2_createek", "-c", "ek.ctx", "-G", "rsa", "-u", "ek.pub"]);
-        tools(
-            sw,
-            p,
-            &[
-                "tpm2_createak",
-                "-C",
-                "ek.ctx",
-                "-c",
-                "ak.ctx",
-                "-G",
-                "ecc",
-                "-g",
-                "sha256",
-                "-s",
-                "ecdsa",
-                "-u",
-                "ak.pub",
-            ],
-        );
-        tools(sw, p, &["tpm2_nvread", "0x01c00002", "-C", "o", "-o", "ekcert.der"]);
+        sw.tools_ek_and_ak(p);
+        sw.tools(p, &["tpm2_nvread", "0x01c00002", "-C", "o", "-o", "ekcert.der"]);
         let rd = |f: &str| std::fs::read(p.join(f)).unwrap();
         let cert = rd("ekcert.der");
         EkPresentation::new(&rd("ek.pub"), Some(imasnap_tpm::ekcert::trim_der(&cert)), &rd("ak.pub"))
@@ -194,10 +161,9 @@ mod swtpm {
             secret: hex::decode(&c.encrypted_secret).unwrap(),
         };
         std::fs::write(p.join("cred.out"), cred.to_tpm2_tools()).unwrap();
-        tools(sw, p, &["tpm2_startauthsession", "--policy-session", "-S", "session.ctx"]);
-        tools(sw, p, &["tpm2_policysecret", "-S", "session.ctx", "-c", "e"]);
-        tools(
-            sw,
+        sw.tools(p, &["tpm2_startauthsession", "--policy-session", "-S", "session.ctx"]);
+        sw.tools(p, &["tpm2_policysecret", "-S", "session.ctx", "-c", "e"]);
+        sw.tools(
             p,
             &[
                 "tpm2_activatecredential",
@@ -213,7 +179,7 @@ mod swtpm {
                 "session:session.ctx",
             ],
         );
-        tools(sw, p, &["tpm2_flushcontext", "session.ctx"]);
+        sw.tools(p, &["tpm2_flushcontext", "session.ctx"]);
         hex::encode(std::fs::read(p.join("secret.out")).unwrap())
     }
 

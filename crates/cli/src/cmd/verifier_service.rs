@@ -364,9 +364,13 @@ fn read_ek(e: &str) -> Result<Option<String>> {
     })
 }
 
-/// Enrols `name`'s AK right after `host add|update --ek-activate`. On failure the host
-/// stays registered with no trusted AK; says so and how to retry.
-fn enrol_after_registration(api: &ApiArgs, name: &str) -> Option<serde_json::Value> {
+/// After `host add|update`: with `--ek-activate`, enrols `name`'s AK and answers the new
+/// status; else `status` as it is. On failure the host stays registered with no trusted
+/// AK: says so and how to retry, and answers None.
+fn enrol_if(ek_activate: bool, api: &ApiArgs, name: &str, status: serde_json::Value) -> Option<serde_json::Value> {
+    if !ek_activate {
+        return Some(status);
+    }
     match call(api, Method::POST, &format!("/v1/hosts/{name}/enrol"), None) {
         Ok(v) => Some(v),
         Err(e) => {
@@ -402,14 +406,10 @@ fn host(h: HostCmd) -> Result<ExitCode> {
                 "simulated": a.simulated,
             });
             let v = call(&a.api, Method::POST, "/v1/hosts", Some(body))?;
-            if !a.ek_activate {
-                (a.api, v, "imasnap-verifier-host/1")
-            } else {
-                match enrol_after_registration(&a.api, &a.name) {
-                    Some(v) => (a.api, v, "imasnap-verifier-host/1"),
-                    None => return Ok(ExitCode::from(ui::EXIT_FAIL)),
-                }
-            }
+            let Some(v) = enrol_if(a.ek_activate, &a.api, &a.name, v) else {
+                return Ok(ExitCode::from(ui::EXIT_FAIL));
+            };
+            (a.api, v, "imasnap-verifier-host/1")
         }
         HostCmd::Enrol(a) => match call(&a.api, Method::POST, &format!("/v1/hosts/{}/enrol", a.name), None) {
             Ok(v) => (a.api, v, "imasnap-verifier-host/1"),
@@ -493,14 +493,10 @@ fn host(h: HostCmd) -> Result<ExitCode> {
                 anyhow::bail!("nothing to update: pass at least one of --address, --server-name, --ak, --tofu, --ek-activate, --ek, --policy, --no-policy, --agent-cert, --no-agent-cert, --poll-interval-ms, --late-join, --simulated");
             }
             let v = call(&a.api, Method::PATCH, &format!("/v1/hosts/{}", a.name), Some(body.into()))?;
-            if !a.ek_activate {
-                (a.api, v, "imasnap-verifier-host/1")
-            } else {
-                match enrol_after_registration(&a.api, &a.name) {
-                    Some(v) => (a.api, v, "imasnap-verifier-host/1"),
-                    None => return Ok(ExitCode::from(ui::EXIT_FAIL)),
-                }
-            }
+            let Some(v) = enrol_if(a.ek_activate, &a.api, &a.name, v) else {
+                return Ok(ExitCode::from(ui::EXIT_FAIL));
+            };
+            (a.api, v, "imasnap-verifier-host/1")
         }
         HostCmd::Attest(a) => {
             let v = call(&a.api, Method::POST, &format!("/v1/hosts/{}/attest", a.name), None)?;

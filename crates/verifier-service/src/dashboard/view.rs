@@ -219,7 +219,7 @@ mod tests {
     use super::*;
 
     fn seg(seq: u64, first: u64, count: u64) -> SegmentSummary {
-        SegmentSummary { seq, first_index: first, count, cut: "marker".into(), checkpoint: seq % 2 == 0 }
+        SegmentSummary { seq, first_index: first, count, cut: "marker".into(), checkpoint: seq.is_multiple_of(2) }
     }
 
     fn row(at: i64, rc: u64, segs: Vec<SegmentSummary>, live: u64) -> VerdictRow {
