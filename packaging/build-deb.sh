@@ -19,7 +19,7 @@ if [ -z "$bin" ]; then
 fi
 [ -x "$bin" ] || { echo "build-deb: no binary at $bin" >&2; exit 1; }
 # A package without the real TPM back end would refuse the default tpm = "device:…".
-objdump -p "$bin" | grep -q 'NEEDED.*libtss2-esys' \
+objdump -p "$bin" | grep -c 'NEEDED.*libtss2-esys' >/dev/null \
   || { echo "build-deb: $bin is not built with --features imasnap/tpm2 (no libtss2-esys)" >&2; exit 1; }
 
 version="$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' "$root/Cargo.toml")"
@@ -55,11 +55,12 @@ install -m0644 "$here/debian/copyright" "$doc/copyright"
 # upstream version (what dpkg-shlibdeps would do with a debian/ tree).
 deps=()
 for lib in $(objdump -p "$bin" | awk '/NEEDED/ {print $2}'); do
-  path="$(ldconfig -p | awk -v l="$lib" '$1 == l && /x86-64|AArch64|64bit/ {print $NF; exit}')"
+  # awk reads to the end (no early exit): under pipefail a writer cut off early is a failure.
+  path="$(ldconfig -p | awk -v l="$lib" '$1 == l && /x86-64|AArch64|64bit/ && !n++ {print $NF}')"
   [ -n "$path" ] || { echo "build-deb: $lib not found by ldconfig" >&2; exit 1; }
   pkg=""
   for cand in "$path" "$(readlink -f "$path")" "${path/#\/usr\/lib/\/lib}" "${path/#\/lib/\/usr\/lib}"; do
-    pkg="$(dpkg -S "$cand" 2>/dev/null | head -n1 | cut -d: -f1)" && [ -n "$pkg" ] && break
+    pkg="$(dpkg -S "$cand" 2>/dev/null | awk -F: '!n++ {print $1}')" && [ -n "$pkg" ] && break
   done
   [ -n "$pkg" ] || { echo "build-deb: no package owns $path" >&2; exit 1; }
   ver="$(dpkg-query -W -f='${Version}' "$pkg" | sed 's/^[0-9]*://; s/-[^-]*$//; s/+.*//')"

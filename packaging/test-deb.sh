@@ -29,8 +29,8 @@ for f in ./usr/bin/imasnap ./lib/systemd/system/imasnap-agent.service ./lib/syst
   grep -qxF "$f" <<<"$list" || fail "$f missing from the package"
 done
 [ "$(dpkg-deb -f "$deb" Package)" = imasnap ] || fail "Package field"
-dpkg-deb -f "$deb" Depends | grep -q libtss2-esys || fail "Depends lacks libtss2-esys: $(dpkg-deb -f "$deb" Depends)"
-dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles | grep -qx /etc/imasnap/agent.toml || fail "agent.toml is not a conffile"
+dpkg-deb -f "$deb" Depends | grep -c libtss2-esys >/dev/null || fail "Depends lacks libtss2-esys: $(dpkg-deb -f "$deb" Depends)"
+dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles | grep -cx /etc/imasnap/agent.toml >/dev/null || fail "agent.toml is not a conffile"
 ok "contents: binary, units, configs (conffiles), man pages, completions, docs; Depends: $(dpkg-deb -f "$deb" Depends)"
 
 # Install into a scratch root. It has no other packages, hence --force-depends; the
@@ -40,17 +40,17 @@ mkdir -p "$r/var/lib/dpkg/info" "$r/var/lib/dpkg/updates" "$r/var/log"
 touch "$r/var/lib/dpkg/status" "$r/var/lib/dpkg/available"
 dpkg --root="$r" --log="$r/var/log/dpkg.log" --force-depends --force-script-chrootless -i "$deb" >"$work/dpkg.log" 2>&1 \
   || { cat "$work/dpkg.log" >&2; fail "dpkg -i"; }
-dpkg --root="$r" -s imasnap | grep -q '^Status: install ok installed' || fail "not installed"
+dpkg --root="$r" -s imasnap | grep -c '^Status: install ok installed' >/dev/null || fail "not installed"
 grep -q '^imasnap:' "$r/etc/passwd" || fail "postinst did not create the imasnap user in the scratch root"
 ok "dpkg -i into a scratch root; user imasnap created there (systemd-sysusers --root)"
 
 ibin="$r/usr/bin/imasnap"
 v="$("$ibin" --version)"
 [[ "$v" == "imasnap "* ]] || fail "--version: $v"
-zcat "$r/usr/share/man/man1/imasnap-agent-run.1.gz" | grep -q '^\.TH' || fail "man page is not roff"
-zcat "$r/usr/share/man/man1/imasnap-agent-run.1.gz" | grep -q 'config' || fail "man page lacks --config"
-man -l "$r/usr/share/man/man1/imasnap-verifier-host-add.1.gz" 2>/dev/null | grep -q simulated \
-  || zcat "$r/usr/share/man/man1/imasnap-verifier-host-add.1.gz" | grep -q simulated || fail "host add page lacks --simulated"
+zcat "$r/usr/share/man/man1/imasnap-agent-run.1.gz" | grep -c '^\.TH' >/dev/null || fail "man page is not roff"
+zcat "$r/usr/share/man/man1/imasnap-agent-run.1.gz" | grep -c 'config' >/dev/null || fail "man page lacks --config"
+man -l "$r/usr/share/man/man1/imasnap-verifier-host-add.1.gz" 2>/dev/null | grep -c simulated >/dev/null \
+  || zcat "$r/usr/share/man/man1/imasnap-verifier-host-add.1.gz" | grep -c simulated >/dev/null || fail "host add page lacks --simulated"
 grep -q 'complete -F' "$r/usr/share/bash-completion/completions/imasnap" || fail "bash completion"
 grep -q '#compdef imasnap' "$r/usr/share/zsh/vendor-completions/_imasnap" || fail "zsh completion"
 grep -q 'complete -c imasnap' "$r/usr/share/fish/vendor_completions.d/imasnap.fish" || fail "fish completion"

@@ -703,6 +703,8 @@ pub fn spawn(
 
 /// `imasnap agent run`: the whole service until SIGINT/SIGTERM.
 pub async fn run(cfg: AgentServiceConfig) -> anyhow::Result<()> {
+    // Before anything is announced: see `shutdown_signal`.
+    let stop = shutdown_signal();
     let tls = cfg.tls.server()?;
     let host = open_host(&cfg)?;
     let listener = TcpListener::bind(&cfg.listen).await.map_err(|e| anyhow::anyhow!("listen {}: {e}", cfg.listen))?;
@@ -726,7 +728,7 @@ pub async fn run(cfg: AgentServiceConfig) -> anyhow::Result<()> {
         None => None,
     };
     imasnap_net::notify::ready();
-    shutdown_signal().await;
+    stop.await;
     imasnap_net::notify::stopping();
     tracing::info!("shutting down");
     if let Some(v) = mounted {

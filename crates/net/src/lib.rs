@@ -20,18 +20,26 @@ pub mod tls;
 
 pub use endpoint::{Endpoint, EndpointError};
 
-/// SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
+/// SIGINT or SIGTERM. The handlers are installed when this is called, not when the
+/// future is first polled: call it before announcing readiness (a "listening on" line,
+/// READY=1), so a signal sent right after the announcement is not met by the default
+/// action (death without cleanup or STOPPING=1). Needs a Tokio runtime.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, Signal, SignalKind};
+    let term = signal(SignalKind::terminate()).ok();
+    let int = signal(SignalKind::interrupt()).ok();
+    async fn first(s: Option<Signal>) {
+        match s {
+            Some(mut s) => {
                 s.recv().await;
             }
-            Err(_) => std::future::pending::<()>().await,
+            None => std::future::pending::<()>().await,
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
+    }
+    async move {
+        tokio::select! {
+            _ = first(term) => {}
+            _ = first(int) => {}
+        }
     }
 }

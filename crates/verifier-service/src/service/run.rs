@@ -31,6 +31,7 @@ pub fn spawn(
 
 /// `imasnap verifier run`: the whole service until SIGINT/SIGTERM.
 pub async fn run(cfg: VerifierConfig) -> anyhow::Result<()> {
+    let stop = imasnap_net::shutdown_signal();
     let api_tls = cfg.tls.server()?;
     let agent_tls = cfg.agent_tls.client()?;
     let listener = TcpListener::bind(&cfg.listen).await.map_err(|e| anyhow::anyhow!("listen {}: {e}", cfg.listen))?;
@@ -39,7 +40,7 @@ pub async fn run(cfg: VerifierConfig) -> anyhow::Result<()> {
     tracing::info!(addr = %running.addr, "verifier service listening");
     println!("listening on {}", running.addr);
     imasnap_net::notify::ready();
-    imasnap_net::shutdown_signal().await;
+    stop.await;
     imasnap_net::notify::stopping();
     tracing::info!("shutting down");
     running.stop().await;
