@@ -62,7 +62,8 @@ fuzz_target!(|data: &[u8]| {
         Ok(p) => check_parsed(body, p),
         Err(e) => assert!(!e.is_empty()),
     }
-    let round = run_round(body, NONCE, None, late, None, true, None);
+    // A host registered as simulated: evidence saying `simulated` goes on to the quote and replay.
+    let round = run_round(body, NONCE, None, late, None, true, None, true);
     let r = match (round, &parsed) {
         (Err(Failure::BadEvidence { detail }), Err(e)) => {
             assert_eq!(&detail, e);
@@ -93,7 +94,7 @@ fuzz_target!(|data: &[u8]| {
     let live_records_max = p.live.len() as u64; // a record is far more than one byte
     assert!(st.checkpoint <= p.header.live_first_index.saturating_add(live_records_max));
     // Verifying the same body from the state it produced gives the same checkpoint.
-    let again = run_round(body, NONCE, Some(st), late, None, true, None).expect("second round runs");
+    let again = run_round(body, NONCE, Some(st), late, None, true, None, true).expect("second round runs");
     assert!(
         again.outcome.verdict.is_verified(),
         "re-verification from the saved state failed: {:?} (report {:?})",
