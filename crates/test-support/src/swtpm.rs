@@ -173,15 +173,25 @@ impl Swtpm {
         out.stdout
     }
 
+    /// `tpm2_activatecredential` of `cred` (a `tpm2_makecredential` file's bytes) with
+    /// the `ak.ctx` and `ek.ctx` of [`Swtpm::tools_ek_and_ak`] in `dir`, the EK authorised
+    /// by PolicySecret(endorsement): answers the secret the TPM released.
+    pub fn tools_activate(&self, dir: &Path, cred: &[u8]) -> Vec<u8> {
+        std::fs::write(dir.join("cred.out"), cred).unwrap_or_else(|e| panic!("cred.out: {e}"));
+        self.tools(dir, &["tpm2_startauthsession", "--policy-session", "-S", "session.ctx"]);
+        self.tools(dir, &["tpm2_policysecret", "-S", "session.ctx", "-c", "e"]);
+        let activate = "tpm2_activatecredential -c ak.ctx -C ek.ctx -i cred.out -o secret.out -P session:session.ctx";
+        self.tools(dir, &activate.split(' ').collect::<Vec<_>>());
+        self.tools(dir, &["tpm2_flushcontext", "session.ctx"]);
+        std::fs::read(dir.join("secret.out")).unwrap_or_else(|e| panic!("secret.out: {e}"))
+    }
+
     /// tpm2-tools' own EK (TCG RSA template) and an ECC P-256 signing AK under it, in
     /// `dir`: `ek.ctx`, `ek.pub`, `ak.ctx`, `ak.pub`, `ak.name`.
     pub fn tools_ek_and_ak(&self, dir: &Path) {
         self.tools(dir, &["tpm2_createek", "-c", "ek.ctx", "-G", "rsa", "-u", "ek.pub"]);
-        let ak = ["-C", "ek.ctx", "-c", "ak.ctx", "-G", "ecc", "-g", "sha256", "-s", "ecdsa"];
-        let mut args = vec!["tpm2_createak"];
-        args.extend(ak);
-        args.extend(["-u", "ak.pub", "-n", "ak.name"]);
-        self.tools(dir, &args);
+        let ak = "tpm2_createak -C ek.ctx -c ak.ctx -G ecc -g sha256 -s ecdsa -u ak.pub -n ak.name";
+        self.tools(dir, &ak.split(' ').collect::<Vec<_>>());
     }
 
     /// The command port (the control port is one above).

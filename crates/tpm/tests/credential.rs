@@ -106,27 +106,7 @@ mod swtpm {
         let ek = EkPublic::from_tpm2b(&ek_pub).unwrap();
         let ak_name = std::fs::read(p.join("ak.name")).unwrap();
         let cred = make_credential(&mut OsRng, &ek, &ak_name, SECRET).unwrap();
-        std::fs::write(p.join("cred.out"), cred.to_tpm2_tools()).unwrap();
-        sw.tools(p, &["tpm2_startauthsession", "--policy-session", "-S", "session.ctx"]);
-        sw.tools(p, &["tpm2_policysecret", "-S", "session.ctx", "-c", "e"]);
-        sw.tools(
-            p,
-            &[
-                "tpm2_activatecredential",
-                "-c",
-                "ak.ctx",
-                "-C",
-                "ek.ctx",
-                "-i",
-                "cred.out",
-                "-o",
-                "secret.out",
-                "-P",
-                "session:session.ctx",
-            ],
-        );
-        sw.tools(p, &["tpm2_flushcontext", "session.ctx"]);
-        assert_eq!(std::fs::read(p.join("secret.out")).unwrap(), SECRET);
+        assert_eq!(sw.tools_activate(p, &cred.to_tpm2_tools()), SECRET);
         // And the wrong AK Name is refused by the TPM itself.
         let mut bad_name = ak_name.clone();
         let last = bad_name.len() - 1;

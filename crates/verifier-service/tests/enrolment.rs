@@ -160,27 +160,7 @@ mod swtpm {
             blob: hex::decode(&c.credential_blob).unwrap(),
             secret: hex::decode(&c.encrypted_secret).unwrap(),
         };
-        std::fs::write(p.join("cred.out"), cred.to_tpm2_tools()).unwrap();
-        sw.tools(p, &["tpm2_startauthsession", "--policy-session", "-S", "session.ctx"]);
-        sw.tools(p, &["tpm2_policysecret", "-S", "session.ctx", "-c", "e"]);
-        sw.tools(
-            p,
-            &[
-                "tpm2_activatecredential",
-                "-c",
-                "ak.ctx",
-                "-C",
-                "ek.ctx",
-                "-i",
-                "cred.out",
-                "-o",
-                "secret.out",
-                "-P",
-                "session:session.ctx",
-            ],
-        );
-        sw.tools(p, &["tpm2_flushcontext", "session.ctx"]);
-        hex::encode(std::fs::read(p.join("secret.out")).unwrap())
+        hex::encode(sw.tools_activate(p, &cred.to_tpm2_tools()))
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
