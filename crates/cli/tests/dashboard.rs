@@ -343,20 +343,7 @@ impl Env {
     }
 
     fn verifier(&self) -> Proc {
-        let cfg = format!(
-            "database = {:?}\nlisten = \"127.0.0.1:0\"\ntimeout = \"20s\"\n\
-             [tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\n[agent_tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\n",
-            self.p("verifier.db"),
-            self.pki.verifier.cert,
-            self.pki.verifier.key,
-            self.pki.ca,
-            self.pki.verifier.cert,
-            self.pki.verifier.key,
-            self.pki.ca
-        );
-        std::fs::write(self.p("verifier.toml"), cfg).unwrap();
-        let c = self.p("verifier.toml");
-        start_service(&["verifier", "run", "--config", c.to_str().unwrap()], &self.p("verifier.log"))
+        common::start_verifier(self.t.path(), &self.pki, &format!("database = {:?}", self.p("verifier.db")))
     }
 
     /// A REST call as `who` (`admin` or `reader`) to the service at `addr`.

@@ -53,19 +53,7 @@ impl Env {
     }
     fn verifier(&self) -> Proc {
         let db = self.db.clone().unwrap_or_else(|| format!("database = {:?}", self.p("verifier.db")));
-        let cfg = format!(
-            "{db}\nlisten = \"127.0.0.1:0\"\ntimeout_ms = 20000\n\
-             [tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\n[agent_tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\n",
-            self.pki.verifier.cert,
-            self.pki.verifier.key,
-            self.pki.ca,
-            self.pki.verifier.cert,
-            self.pki.verifier.key,
-            self.pki.ca
-        );
-        std::fs::write(self.p("verifier.toml"), cfg).unwrap();
-        let c = self.p("verifier.toml");
-        start_service(&["verifier", "run", "--config", c.to_str().unwrap()], &self.p("verifier.log"))
+        common::start_verifier(self.t.path(), &self.pki, &db)
     }
     /// `imasnap verifier <args> --json` against `v`; returns (exit code, JSON).
     fn cli(&self, v: &Proc, args: &[&str]) -> (i32, serde_json::Value) {

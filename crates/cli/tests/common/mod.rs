@@ -153,3 +153,17 @@ pub fn start_service(args: &[&str], log: &Path) -> Proc {
         }
     }
 }
+
+/// `imasnap verifier run` with the development PKI's verifier identity (API and agent
+/// links), on a free port; `verifier.toml` and `verifier.log` go in `dir`. `database` is
+/// its `database = …` line.
+pub fn start_verifier(dir: &Path, pki: &imasnap_agent_server::devpki::DevPkiFiles, database: &str) -> Proc {
+    let (cert, key, ca) = (&pki.verifier.cert, &pki.verifier.key, &pki.ca);
+    let cfg = format!(
+        "{database}\nlisten = \"127.0.0.1:0\"\ntimeout = \"20s\"\n\
+         [tls]\ncert = {cert:?}\nkey = {key:?}\nca = {ca:?}\n[agent_tls]\ncert = {cert:?}\nkey = {key:?}\nca = {ca:?}\n"
+    );
+    let c = dir.join("verifier.toml");
+    std::fs::write(&c, cfg).unwrap();
+    start_service(&["verifier", "run", "--config", c.to_str().unwrap()], &dir.join("verifier.log"))
+}
